@@ -1,0 +1,744 @@
+"""Labelled images in: sources, safe unzipping, the scan, stratified splits, and the tf.data pipeline.
+
+A *source* is a folder of class sub-folders, a folder of split folders (``train/`` plus ``val/`` or
+``validation/`` and/or ``test/``, each holding class sub-folders), a ``.zip`` of either, or an
+embedded sample (``sample:digits``). Everything is resolved to a folder, scanned once (every file
+decoded, every skip named with its reason), split, and then decoded again at the model's input size
+into a uint8 cache that the tf.data pipeline shuffles and batches.
+
+TensorFlow is imported only by :func:`make_dataset`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import stat
+import tempfile
+import warnings
+import zipfile
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+from pipeline import paths
+from pipeline.config import DataConfig
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must fail, not decode half-grey
+
+SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+SAMPLES = ("digits",)
+ProgressFn = Callable[[int, int], None]
+
+
+class DataError(ValueError):
+    """The data cannot be used as given; the message says which file, folder or class, and what to do."""
+
+
+# === Sources ===
+
+
+def resolve_source(source: str | os.PathLike, data_cfg: DataConfig | None = None) -> Path:
+    """Turns a source string into a folder on disk.
+
+    Args:
+        source: A folder, a ``.zip`` file, or ``sample:NAME`` (``sample`` alone is ``sample:digits``).
+        data_cfg: Zip limits.
+
+    Raises:
+        DataError: the source does not exist, or the zip is unsafe or broken.
+    """
+    data_cfg = data_cfg or DataConfig()
+    text = str(source)
+    if text == "sample" or text.startswith("sample:"):
+        name = text.partition(":")[2] or "digits"
+        return materialize_sample(name)
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise DataError(f"{path} does not exist; give a folder of class sub-folders, a .zip of one, or sample:digits.")
+    if path.is_file():
+        if not zipfile.is_zipfile(path):
+            raise DataError(f"{path} is a file but not a zip archive; give a folder or a .zip of class folders.")
+        digest = _file_sha256(path)[:16]
+        dest = paths.datasets_dir() / f"zip-{digest}"
+        if not dest.exists():
+            safe_extract_zip(path, dest, max_bytes=data_cfg.max_zip_bytes, max_files=data_cfg.max_zip_files)
+        return unwrap_single_folder(dest)
+    return unwrap_single_folder(path.resolve())
+
+
+def unwrap_single_folder(path: Path) -> Path:
+    """Descends into a lone wrapper folder (``data.zip`` holding ``data/ants, data/bees``)."""
+    while True:
+        entries = [p for p in path.iterdir() if not _is_hidden(p.name)]
+        if len(entries) == 1 and entries[0].is_dir():
+            inner = [p for p in entries[0].iterdir() if not _is_hidden(p.name)]
+            if inner and all(p.is_dir() for p in inner):
+                path = entries[0]
+                continue
+        return path
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".") or name in ("__MACOSX", "Thumbs.db", "desktop.ini")
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def safe_extract_zip(zip_path: Path, dest: Path, *, max_bytes: int, max_files: int) -> None:
+    """Extracts ``zip_path`` into ``dest`` (which must not exist), refusing anything unsafe.
+
+    Refused: entries with absolute paths or ``..`` (they would escape ``dest``), symbolic links,
+    more than ``max_files`` entries, and more than ``max_bytes`` declared or actually written bytes
+    (a zip bomb can lie about its sizes, so the written bytes are counted too). Nothing is left
+    behind when extraction fails: it happens in a temporary folder renamed into place at the end.
+
+    Raises:
+        DataError: naming the offending entry or limit.
+    """
+    name = Path(zip_path).name
+    try:
+        archive = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DataError(f"{name} is not a readable zip archive ({exc}); re-create it and upload again.") from exc
+    with archive:
+        infos = archive.infolist()
+        if len(infos) > max_files:
+            raise DataError(
+                f"{name} holds {len(infos)} entries, more than the limit of {max_files} "
+                "(data.max_zip_files); split the archive or raise the limit."
+            )
+        declared = sum(info.file_size for info in infos)
+        if declared > max_bytes:
+            raise DataError(
+                f"{name} would expand to {declared:,} bytes, more than the limit of {max_bytes:,} "
+                "(data.max_zip_bytes); this looks like a zip bomb, or raise the limit for a genuinely large set."
+            )
+        for info in infos:
+            _check_zip_entry(name, info)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+        try:
+            written = 0
+            for info in infos:
+                target = tmp.joinpath(*PurePosixPath(info.filename).parts)
+                if info.is_dir():
+                    target.mkdir(parents=True, exist_ok=True)
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(info) as src, open(target, "wb") as out:
+                    while chunk := src.read(1 << 20):
+                        written += len(chunk)
+                        if written > max_bytes:
+                            raise DataError(
+                                f"{name} expands past {max_bytes:,} bytes (data.max_zip_bytes) although it "
+                                "declares less: a zip bomb. It was not extracted."
+                            )
+                        out.write(chunk)
+            os.replace(tmp, dest)
+        except zipfile.BadZipFile as exc:
+            raise DataError(f"{name} is damaged ({exc}); re-create it and upload again.") from exc
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_zip_entry(zip_name: str, info: zipfile.ZipInfo) -> None:
+    raw = info.filename
+    pure = PurePosixPath(raw.replace("\\", "/"))
+    if raw.startswith(("/", "\\")) or (len(raw) > 1 and raw[1] == ":") or ".." in pure.parts:
+        raise DataError(
+            f"{zip_name} contains the entry {raw!r}, which points outside the archive's folder; "
+            "such archives are refused. Re-create the zip from the dataset folder itself."
+        )
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        raise DataError(
+            f"{zip_name} contains a symbolic link {raw!r}; links are refused. Zip the real files instead."
+        )
+
+
+def materialize_sample(name: str) -> Path:
+    """Writes an embedded sample set to ``TRANSFER_STUDIO_HOME/datasets/sample-NAME`` once and returns it.
+
+    ``digits`` is scikit-learn's handwritten digits (1,797 8x8 grayscale images, 10 classes),
+    shipped inside the scikit-learn package, so it needs no network.
+    """
+    if name not in SAMPLES:
+        raise DataError(f"unknown sample set {name!r}; available: {', '.join(SAMPLES)}.")
+    dest = paths.datasets_dir() / f"sample-{name}"
+    if dest.exists():
+        return dest
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        pixels = np.clip(np.rint(digits.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+        for i, (img, target) in enumerate(zip(pixels, digits.target, strict=True)):
+            folder = tmp / str(int(target))
+            folder.mkdir(exist_ok=True)
+            Image.fromarray(img, mode="L").save(folder / f"digit_{i:04d}.png")
+        os.replace(tmp, dest)
+    except FileExistsError:
+        shutil.rmtree(tmp, ignore_errors=True)  # another process won the race; its copy is identical
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def sample_preset() -> dict[str, dict[str, Any]]:
+    """Default settings for the digits sample: the small CNN trained from scratch (the MNIST codelab recipe)."""
+    return {
+        "model": {"backbone": "small_cnn", "weights": "none", "image_size": 32, "dropout": 0.3},
+        "train": {
+            "strategy": "from_scratch",
+            "head_epochs": 12,
+            "fine_tune_epochs": 0,
+            "batch_size": 64,
+            "learning_rate": 0.003,
+            "lr_schedule": "exponential",
+            "lr_decay_rate": 0.75,
+            "early_stopping_patience": 4,
+        },
+        "augment": {"enabled": False},
+        "data": {"val_fraction": 0.2, "test_fraction": 0.1},
+    }
+
+
+def is_sample(source: str) -> bool:
+    return str(source) == "sample" or str(source).startswith("sample:")
+
+
+# === Decoding ===
+
+
+def load_image(path: str | Path, size: int | None = None, *, max_pixels: int = 89_478_485) -> np.ndarray:
+    """Decodes one image to an RGB uint8 array, optionally resized to ``size`` x ``size``.
+
+    Grayscale, palette, RGBA, 16-bit and CMYK images become RGB; EXIF orientation is applied.
+    Only the resized copy is kept, so memory does not grow with the original photo size.
+
+    Raises:
+        DataError: the file is not an image, is truncated or unreadable, or is a decompression bomb.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: unreadable ({exc.strerror or exc})") from exc
+    return decode_image_bytes(data, size, max_pixels=max_pixels, name=str(path))
+
+
+def decode_image_bytes(data: bytes, size: int | None = None, *, max_pixels: int = 89_478_485, name: str = "image") -> np.ndarray:
+    """Like :func:`load_image`, from bytes already in memory (uploads in the app)."""
+    img = _open_checked(data, max_pixels, name, draft_to=size)
+    try:
+        img = _to_rgb(ImageOps.exif_transpose(img))
+        if size is not None and img.size != (size, size):
+            img = img.resize((size, size), Image.Resampling.BILINEAR)
+        return np.asarray(img, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"{name}: {_describe_decode_error(exc)}") from exc
+
+
+def _open_checked(data: bytes, max_pixels: int, name: str, draft_to: int | None = None) -> Image.Image:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            if width * height > max_pixels:
+                raise DataError(
+                    f"{name}: a decompression bomb ({width}x{height} pixels, over the limit of {max_pixels:,}, "
+                    "data.max_image_pixels); it was skipped"
+                )
+            if draft_to is not None and img.format == "JPEG":
+                img.draft("RGB", (draft_to * 2, draft_to * 2))  # DCT-domain downscale: fast and still full quality
+            img.load()  # decodes everything: a truncated file fails here
+        return img
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"{name}: a decompression bomb ({exc}); it was skipped") from exc
+    except Image.UnidentifiedImageError as exc:
+        raise DataError(f"{name}: not an image (Pillow cannot identify it)") from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise DataError(f"{name}: {_describe_decode_error(exc)}") from exc
+
+
+def _describe_decode_error(exc: BaseException) -> str:
+    text = str(exc)
+    if "truncated" in text.lower():
+        return "truncated (the file ends early); re-export or re-download it"
+    return f"unreadable image ({text or type(exc).__name__})"
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.int64)
+        top = 65535 if img.mode.startswith("I;16") or arr.max() > 255 else 255
+        img = Image.fromarray((np.clip(arr, 0, top) * (255.0 / top)).round().astype(np.uint8), mode="L")
+    elif img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        top = 1.0 if arr.max() <= 1.0 else 255.0
+        img = Image.fromarray((np.clip(arr, 0, top) * (255.0 / top)).round().astype(np.uint8), mode="L")
+    elif img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return img
+
+
+# === Scan ===
+
+
+@dataclass
+class ScanReport:
+    """What a folder holds: classes, counts, sizes, and every skipped file with its reason.
+
+    Attributes:
+        root: The scanned folder.
+        layout: "classes" (class sub-folders) or "splits" (train/val/test folders of class sub-folders).
+        classes: Class names in label order (sorted).
+        items: Split name ("all" for the classes layout) -> list of [relative path, class name].
+        skipped: Files not used, as {"path", "reason"}.
+        sizes: Class -> {"min": [w, h], "max": [w, h], "median": [w, h]} of the original images.
+        warnings: Things worth fixing that do not stop training.
+    """
+
+    root: str
+    layout: str
+    classes: list[str]
+    items: dict[str, list[list[str]]]
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    sizes: dict[str, dict[str, list[int]]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Class -> split -> number of usable images."""
+        out: dict[str, dict[str, int]] = {c: {} for c in self.classes}
+        for split, items in self.items.items():
+            for _, cls in items:
+                out.setdefault(cls, {})
+                out[cls][split] = out[cls].get(split, 0) + 1
+        return out
+
+    def total(self) -> int:
+        return sum(len(v) for v in self.items.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["counts"] = self.counts()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ScanReport:
+        names = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def summary(self) -> str:
+        """Plain-text report for the terminal."""
+        lines = [f"{self.root}: {len(self.classes)} classes, {self.total()} images ({self.layout} layout)"]
+        counts = self.counts()
+        for c in self.classes:
+            per = ", ".join(f"{s} {n}" for s, n in counts.get(c, {}).items())
+            size = self.sizes.get(c)
+            size_txt = f"; sizes {size['min'][0]}x{size['min'][1]} to {size['max'][0]}x{size['max'][1]}" if size else ""
+            lines.append(f"  {c}: {per}{size_txt}")
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} file(s):")
+            lines += [f"  {s['path']}: {s['reason']}" for s in self.skipped]
+        lines += [f"warning: {w}" for w in self.warnings]
+        return "\n".join(lines)
+
+
+@dataclass
+class _Probe:
+    rel: str
+    cls: str
+    split: str
+    digest: str = ""
+    size: tuple[int, int] = (0, 0)
+    error: str = ""
+
+
+def scan(source_dir: str | Path, data_cfg: DataConfig | None = None, progress: ProgressFn | None = None) -> ScanReport:
+    """Scans a folder of class sub-folders or split folders; decodes every file to find the bad ones.
+
+    Raises:
+        DataError: the folder holds no class folders.
+    """
+    data_cfg = data_cfg or DataConfig()
+    root = Path(source_dir)
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder.")
+    skipped: list[dict[str, str]] = []
+    probes: list[_Probe] = []
+    top = sorted(root.iterdir(), key=lambda p: p.name)
+    split_dirs = {p: SPLIT_NAMES[p.name.lower()] for p in top if p.is_dir() and p.name.lower() in SPLIT_NAMES}
+    layout = "splits" if any(v == "train" for v in split_dirs.values()) else "classes"
+    if layout == "splits":
+        for p in top:
+            if p in split_dirs:
+                _collect_classes(root, p, split_dirs[p], probes, skipped)
+            elif not _is_hidden(p.name):
+                skipped.append({"path": _rel(root, p), "reason": "not a train/val/test split folder"})
+    else:
+        _collect_classes(root, root, "all", probes, skipped)
+
+    _probe_all(root, probes, data_cfg.max_image_pixels, progress)
+    good = _drop_bad_and_duplicates(probes, skipped)
+
+    split_order = ("all",) if layout == "classes" else ("train", "val", "test")
+    items = {s: [[p.rel, p.cls] for p in good if p.split == s] for s in split_order}
+    items = {s: v for s, v in items.items() if v or s in ("all", "train")}
+    class_source = items.get("all") or items.get("train") or []
+    classes = sorted({cls for _, cls in class_source})
+    report = ScanReport(str(root), layout, classes, items, skipped, _size_stats(good))
+    report.warnings = _warnings(report)
+    return report
+
+
+def _rel(root: Path, path: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def _collect_classes(root: Path, folder: Path, split: str, probes: list[_Probe], skipped: list[dict[str, str]]) -> None:
+    for entry in sorted(folder.iterdir(), key=lambda p: p.name):
+        if entry.is_dir():
+            if _is_hidden(entry.name):
+                continue
+            for dirpath, dirnames, filenames in os.walk(entry):
+                dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+                for fname in sorted(filenames):
+                    full = Path(dirpath) / fname
+                    if _is_hidden(fname):
+                        skipped.append({"path": _rel(root, full), "reason": "hidden or system file"})
+                    elif full.is_symlink():
+                        skipped.append({"path": _rel(root, full), "reason": "a symbolic link; copy the real file"})
+                    else:
+                        probes.append(_Probe(_rel(root, full), entry.name, split))
+        elif not _is_hidden(entry.name):
+            skipped.append({"path": _rel(root, entry), "reason": "not inside a class folder"})
+
+
+def _probe_all(root: Path, probes: list[_Probe], max_pixels: int, progress: ProgressFn | None) -> None:
+    def probe(p: _Probe) -> None:
+        try:
+            data = (root / p.rel).read_bytes()
+        except OSError as exc:
+            p.error = f"unreadable ({exc.strerror or exc})"
+            return
+        p.digest = hashlib.sha256(data).hexdigest()
+        try:
+            img = _open_checked(data, max_pixels, p.rel, draft_to=64)
+            p.size = tuple(ImageOps.exif_transpose(img).size) if _has_rotation(img) else img.size
+            if img.format == "JPEG":  # draft() shrank it; the header size is the real one
+                p.size = _header_size(data)
+        except DataError as exc:
+            p.error = str(exc).split(": ", 1)[-1]
+
+    done = 0
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
+        for _ in pool.map(probe, probes):
+            done += 1
+            if progress and (done % 25 == 0 or done == len(probes)):
+                progress(done, len(probes))
+
+
+def _has_rotation(img: Image.Image) -> bool:
+    try:
+        return img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+    except Exception:
+        return False
+
+
+def _header_size(data: bytes) -> tuple[int, int]:
+    with Image.open(io.BytesIO(data)) as img:
+        size = img.size
+        rotated = _has_rotation(img)
+    return (size[1], size[0]) if rotated else size
+
+
+def _drop_bad_and_duplicates(probes: list[_Probe], skipped: list[dict[str, str]]) -> list[_Probe]:
+    ok = []
+    for p in probes:
+        if p.error:
+            skipped.append({"path": p.rel, "reason": p.error})
+        else:
+            ok.append(p)
+    by_digest: dict[str, list[_Probe]] = defaultdict(list)
+    for p in ok:
+        by_digest[p.digest].append(p)
+    good = []
+    for p in ok:
+        group = by_digest[p.digest]
+        classes = sorted({g.cls for g in group})
+        if len(classes) > 1:
+            others = ", ".join(g.rel for g in group if g is not p)
+            skipped.append({
+                "path": p.rel,
+                "reason": f"the same bytes sit in classes {' and '.join(classes)} ({others}); "
+                "its label is ambiguous, so every copy is skipped: keep it in one class",
+            })
+        elif group[0] is not p:
+            skipped.append({"path": p.rel, "reason": f"an exact duplicate of {group[0].rel}; one copy is used"})
+        else:
+            good.append(p)
+    return good
+
+
+def _size_stats(good: list[_Probe]) -> dict[str, dict[str, list[int]]]:
+    by_class: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for p in good:
+        by_class[p.cls].append(p.size)
+    out = {}
+    for cls, sizes in by_class.items():
+        arr = np.array(sizes)
+        out[cls] = {
+            "min": [int(arr[:, 0].min()), int(arr[:, 1].min())],
+            "max": [int(arr[:, 0].max()), int(arr[:, 1].max())],
+            "median": [int(np.median(arr[:, 0])), int(np.median(arr[:, 1]))],
+        }
+    return out
+
+
+def _warnings(report: ScanReport) -> list[str]:
+    out = []
+    totals = {c: sum(n.values()) for c, n in report.counts().items()}
+    if totals:
+        small = [c for c, n in totals.items() if n < 10]
+        if small:
+            out.append(
+                "few images in " + ", ".join(f"{c!r} ({totals[c]})" for c in small)
+                + ": aim for at least 10, better 50+, per class"
+            )
+        lo, hi = min(totals.values()), max(totals.values())
+        if lo and hi / lo >= 3:
+            out.append(f"classes are imbalanced ({lo} to {hi} images); train.class_weight=auto compensates")
+    dup = sum(1 for s in report.skipped if "same bytes sit in classes" in s["reason"])
+    if dup:
+        out.append(f"{dup} file(s) appear in more than one class and were skipped")
+    extra = set()
+    for split, items in report.items.items():
+        extra |= {cls for _, cls in items} - set(report.classes)
+    if extra:
+        out.append("classes only in val/test (not in train) are ignored: " + ", ".join(sorted(extra)))
+    return out
+
+
+# === Splits ===
+
+
+@dataclass(frozen=True)
+class Splits:
+    """The exact file lists of a run, in label order ``classes``.
+
+    Attributes:
+        root: Folder the relative paths are under.
+        classes: Class names; a label is an index into this list.
+        train, val, test: Lists of (relative path, label index); ``test`` may be empty.
+    """
+
+    root: str
+    classes: tuple[str, ...]
+    train: tuple[tuple[str, int], ...]
+    val: tuple[tuple[str, int], ...]
+    test: tuple[tuple[str, int], ...]
+
+    def paths(self, split: str) -> list[str]:
+        return [str(Path(self.root) / rel) for rel, _ in getattr(self, split)]
+
+    def labels(self, split: str) -> np.ndarray:
+        return np.array([label for _, label in getattr(self, split)], dtype=np.int64)
+
+    @property
+    def eval_split(self) -> str:
+        """The split evaluation uses: test when there is one, else val."""
+        return "test" if self.test else "val"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "root": self.root,
+            "classes": list(self.classes),
+            "train": [list(x) for x in self.train],
+            "val": [list(x) for x in self.val],
+            "test": [list(x) for x in self.test],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Splits:
+        return cls(
+            data["root"],
+            tuple(data["classes"]),
+            *(tuple((rel, int(label)) for rel, label in data[s]) for s in ("train", "val", "test")),
+        )
+
+
+def make_splits(report: ScanReport, data_cfg: DataConfig, seed: int) -> Splits:
+    """Stratified, seeded train/val/test lists; given split folders are used as they are.
+
+    Raises:
+        DataError: fewer than 2 classes, or a class with too few images for the split (naming it).
+    """
+    if len(report.classes) < 2:
+        found = f"only {report.classes[0]!r}" if report.classes else "none"
+        raise DataError(
+            f"{report.root} has {len(report.classes)} usable class folder(s) ({found}); a classifier needs at "
+            "least 2. Put each class's images in its own sub-folder."
+        )
+    index = {c: i for i, c in enumerate(report.classes)}
+    rng = np.random.default_rng(seed)
+    if report.layout == "classes":
+        val_f, test_f = data_cfg.val_fraction, data_cfg.test_fraction
+        pool = report.items["all"]
+    else:
+        val_f = 0.0 if report.items.get("val") else data_cfg.val_fraction
+        test_f = 0.0
+        pool = report.items["train"]
+    per_class: dict[str, list[str]] = defaultdict(list)
+    for rel, cls in pool:
+        per_class[cls].append(rel)
+    train, val, test = [], [], []
+    for cls in report.classes:
+        files = sorted(per_class.get(cls, []))
+        n_val = max(1, round(len(files) * val_f)) if val_f > 0 else 0
+        n_test = max(1, round(len(files) * test_f)) if test_f > 0 else 0
+        if len(files) - n_val - n_test < 1:
+            need = 1 + (n_val > 0) + (n_test > 0)
+            where = "" if report.layout == "classes" else " in train/"
+            parts = ["one to train on"] + (["one for validation"] if n_val else []) + (["one for test"] if n_test else [])
+            raise DataError(
+                f"class {cls!r} has {len(files)} usable image(s){where}; each class needs at least {need} "
+                f"({', '.join(parts)}). Add images to {cls!r}"
+                + (" or set data.test_fraction=0." if n_test else " or remove the class.")
+            )
+        order = rng.permutation(len(files))
+        shuffled = [files[i] for i in order]
+        val += [(f, index[cls]) for f in shuffled[:n_val]]
+        test += [(f, index[cls]) for f in shuffled[n_val : n_val + n_test]]
+        train += [(f, index[cls]) for f in shuffled[n_val + n_test :]]
+    if report.layout == "splits":
+        for split, target in (("val", val), ("test", test)):
+            target += [(rel, index[cls]) for rel, cls in report.items.get(split, []) if cls in index]
+    if not val:
+        raise DataError(f"{report.root} leaves no validation images; add a val/ folder or images to train/.")
+    return Splits(report.root, tuple(report.classes), tuple(train), tuple(val), tuple(test))
+
+
+def class_weights(labels: Sequence[int], num_classes: int, mode: str) -> dict[int, float] | None:
+    """``balanced`` weights (n / (k * count)); ``auto`` applies them only when classes differ by 1.5x or more."""
+    counts = Counter(int(x) for x in labels)
+    if mode == "none" or not counts:
+        return None
+    present = [counts.get(i, 0) for i in range(num_classes)]
+    if mode == "auto" and max(present) < 1.5 * max(1, min(c for c in present if c)):
+        return None
+    total = sum(present)
+    return {i: (total / (num_classes * c) if c else 0.0) for i, c in enumerate(present)}
+
+
+# === Cache and tf.data pipeline ===
+
+
+class ImageCache:
+    """The split's images decoded once, resized to ``size``, as one uint8 array (memory or a disk memmap).
+
+    Decoding runs on a thread pool (Pillow releases the GIL while decoding and resizing).
+    """
+
+    def __init__(
+        self,
+        files: Sequence[str],
+        size: int,
+        *,
+        memory_budget_mb: int,
+        disk_dir: Path | None = None,
+        max_pixels: int = 89_478_485,
+        progress: ProgressFn | None = None,
+    ):
+        self.size = size
+        n = len(files)
+        nbytes = n * size * size * 3
+        self.on_disk = nbytes > memory_budget_mb * 1024 * 1024 and disk_dir is not None
+        if self.on_disk:
+            disk_dir.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix="images-", suffix=".u8", dir=disk_dir)
+            os.close(fd)
+            self.path: Path | None = Path(name)
+            self.array = np.lib.format.open_memmap(self.path, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+        else:
+            self.path = None
+            self.array = np.empty((n, size, size, 3), dtype=np.uint8)
+
+        def fill(i: int) -> None:
+            self.array[i] = load_image(files[i], size, max_pixels=max_pixels)
+
+        done = 0
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+            for _ in pool.map(fill, range(n)):
+                done += 1
+                if progress and (done % 50 == 0 or done == n):
+                    progress(done, n)
+        if self.on_disk:
+            self.array.flush()
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def close(self) -> None:
+        if self.path is not None:
+            del self.array
+            self.path.unlink(missing_ok=True)
+            self.path = None
+
+
+def make_dataset(
+    cache: ImageCache,
+    labels: np.ndarray,
+    num_classes: int,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int,
+):
+    """A tf.data pipeline over the cache: shuffle indices (seeded), gather a batch, one-hot, prefetch.
+
+    Images come out as float32 0..255 (raw pixels: preprocessing is inside the model). Shuffling
+    indices rather than images keeps memory at one copy of the cache.
+    """
+    import tensorflow as tf
+
+    n = len(cache)
+    array = cache.array
+    size = cache.size
+
+    def gather(idx: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(array[idx])
+
+    ds = tf.data.Dataset.range(n)
+    if shuffle:
+        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    onehot = tf.one_hot(tf.constant(labels, dtype=tf.int32), num_classes)
+
+    def load(idx):
+        images = tf.numpy_function(gather, [idx], tf.uint8, stateful=False)
+        images = tf.ensure_shape(images, [None, size, size, 3])
+        return tf.cast(images, tf.float32), tf.gather(onehot, idx)
+
+    return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,139 @@
+"""The run folder: one place per training run, readable by the app, the CLI and the export step.
+
+Layout::
+
+    config.json        the RunConfig (pipeline.config)
+    dataset.json       the data source, labels, scan summary and the exact train/val/test file lists
+    metrics.jsonl      one JSON line per finished epoch, plus progress lines, flushed as written
+    state.json         which phases finished (so a resumed run skips them)
+    checkpoints/       backup_<phase>/ (BackupAndRestore), best.weights.h5, <phase>.done.weights.h5
+    model.keras        the trained inference model (raw pixels in, probabilities out)
+    eval.json          test-split evaluation
+    CANCEL             present when a cancel was requested
+    exports/           written by `python -m export`
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Writes ``text`` to ``path`` so that readers see the old or the new file, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Reads a JSON-lines file, ignoring a last line that is still being written."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """Paths inside one run folder."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.json"
+
+    @property
+    def dataset(self) -> Path:
+        return self.root / "dataset.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def state(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def best_weights(self) -> Path:
+        return self.checkpoints / "best.weights.h5"
+
+    def phase_done_weights(self, phase: str) -> Path:
+        return self.checkpoints / f"{phase}.done.weights.h5"
+
+    def backup_dir(self, phase: str) -> Path:
+        return self.checkpoints / f"backup_{phase}"
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model.keras"
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval.json"
+
+    @property
+    def cancel_file(self) -> Path:
+        return self.root / "CANCEL"
+
+    @property
+    def exports(self) -> Path:
+        return self.root / "exports"
+
+    def read_state(self) -> dict[str, Any]:
+        if not self.state.exists():
+            return {"phases_done": []}
+        return json.loads(self.state.read_text(encoding="utf-8"))
+
+    def write_state(self, state: dict[str, Any]) -> None:
+        atomic_write_json(self.state, state)
+
+    def metrics_lines(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.metrics)
+
+    def epochs(self) -> list[dict[str, Any]]:
+        """The finished-epoch lines of metrics.jsonl, in order."""
+        return [m for m in self.metrics_lines() if m.get("event") == "epoch"]
+
+
+class MetricsWriter:
+    """Appends JSON lines to metrics.jsonl, flushed and fsynced as written."""
+
+    def __init__(self, path: Path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._fh.write(json.dumps(record) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
