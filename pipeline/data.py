@@ -192,7 +192,7 @@ def materialize_sample(name: str) -> Path:
         for i, (img, target) in enumerate(zip(pixels, digits.target, strict=True)):
             folder = tmp / str(int(target))
             folder.mkdir(exist_ok=True)
-            Image.fromarray(img, mode="L").save(folder / f"digit_{i:04d}.png")
+            Image.fromarray(img).save(folder / f"digit_{i:04d}.png")
         os.replace(tmp, dest)
     except FileExistsError:
         shutil.rmtree(tmp, ignore_errors=True)  # another process won the race; its copy is identical
@@ -291,11 +291,11 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         arr = np.asarray(img, dtype=np.int64)
         top = 65535 if img.mode.startswith("I;16") or arr.max() > 255 else 255
-        img = Image.fromarray((np.clip(arr, 0, top) * (255.0 / top)).round().astype(np.uint8), mode="L")
+        img = Image.fromarray((np.clip(arr, 0, top) * (255.0 / top)).round().astype(np.uint8))
     elif img.mode == "F":
         arr = np.asarray(img, dtype=np.float64)
         top = 1.0 if arr.max() <= 1.0 else 255.0
-        img = Image.fromarray((np.clip(arr, 0, top) * (255.0 / top)).round().astype(np.uint8), mode="L")
+        img = Image.fromarray((np.clip(arr, 0, top) * (255.0 / top)).round().astype(np.uint8))
     elif img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode != "RGB":

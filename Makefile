@@ -1,0 +1,35 @@
+# The two commands a new user needs: `make run` (the app) and `make test` (the whole suite).
+# Both create or reuse .venv in the project root and install the pinned requirements first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+
+.PHONY: setup test test-fast lint bench clean
+
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt -c constraints.txt
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Whole suite: fast tests plus the slow real-photo / real-weights ones.
+test: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
+
+# Fast tests only (the default while developing).
+test-fast: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+bench: $(STAMP)
+	$(PY) bench/bench_train.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,86 @@
+"""Shared fixtures: an isolated TRANSFER_STUDIO_HOME, tiny generated datasets, and ../shared material."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+@pytest.fixture(autouse=True)
+def ts_home(tmp_path_factory, monkeypatch) -> Path:
+    """Every test gets its own TRANSFER_STUDIO_HOME and an empty KERAS_HOME (offline, like CI)."""
+    home = tmp_path_factory.mktemp("ts_home")
+    keras_home = tmp_path_factory.mktemp("keras_home")
+    monkeypatch.setenv("TRANSFER_STUDIO_HOME", str(home))
+    monkeypatch.setenv("KERAS_HOME", str(keras_home))
+    return home
+
+
+def write_shapes_dataset(root: Path, per_class: int = 12, size: int = 40, seed: int = 0) -> Path:
+    """Three easily learnable classes of noisy images: a bright square, a bright disc, a horizontal bar."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    for cls in ("bar", "disc", "square"):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            img = rng.integers(0, 60, (size, size, 3)).astype(np.uint8)
+            c = rng.integers(size // 3, 2 * size // 3, 2)
+            r = size // 5
+            if cls == "square":
+                mask = (abs(yy - c[0]) < r) & (abs(xx - c[1]) < r)
+            elif cls == "disc":
+                mask = (yy - c[0]) ** 2 + (xx - c[1]) ** 2 < r * r
+            else:
+                mask = abs(yy - c[0]) < r // 3
+            img[mask] = rng.integers(180, 255, 3)
+            Image.fromarray(img).save(root / cls / f"{cls}_{i:02d}.png")
+    return root
+
+
+@pytest.fixture
+def shapes_dir(tmp_path) -> Path:
+    return write_shapes_dataset(tmp_path / "shapes")
+
+
+@pytest.fixture
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"{SHARED} is absent (real photos and weights live there on CI and developer machines)")
+    return SHARED
+
+
+@pytest.fixture
+def keras_home_with_weights(shared_dir, monkeypatch, tmp_path) -> Path:
+    """A KERAS_HOME whose models/ holds ../shared/weights, so weights='imagenet' loads offline."""
+    home = tmp_path / "keras_home_weights"
+    (home / "models").mkdir(parents=True)
+    for f in (shared_dir / "weights").glob("*.h5"):
+        shutil.copy(f, home / "models" / f.name)
+    monkeypatch.setenv("KERAS_HOME", str(home))
+    return home
+
+
+def tiny_config(**sections):
+    """A RunConfig for seconds-long real training on the shapes set (random-init MobileNetV2 at 32 px)."""
+    from pipeline import config
+
+    base = {
+        "model": {"backbone": "mobilenet_v2", "alpha": 0.35, "image_size": 32, "weights": "none"},
+        "train": {"head_epochs": 2, "fine_tune_epochs": 1, "batch_size": 8, "early_stopping_patience": 0,
+                  "fine_tune_learning_rate": 1e-3},
+        "augment": {"enabled": False},
+        "data": {"val_fraction": 0.25, "test_fraction": 0.0},
+    }
+    for name, values in sections.items():
+        base.setdefault(name, {}).update(values)
+    return config.from_dict(base)

@@ -1,0 +1,131 @@
+import dataclasses
+import json
+
+import pytest
+
+from pipeline import config
+from pipeline.config import ConfigError, RunConfig
+
+REQUIRED_KEYS = [
+    "model.backbone", "model.alpha", "model.image_size", "model.weights", "train.strategy", "train.head_epochs",
+    "train.fine_tune_epochs", "train.batch_size", "train.learning_rate", "train.fine_tune_learning_rate",
+    "train.seed", "augment.enabled", "data.val_fraction", "data.test_fraction",
+]
+
+
+def test_every_field_has_a_default_and_a_meaning():
+    cfg = RunConfig()
+    helps = config.field_help()
+    for section, cls in config.SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            key = f"{section}.{f.name}"
+            assert helps.get(key), f"{key} has no one-line meaning in its Attributes docstring"
+            assert getattr(getattr(cfg, section), f.name) is not None
+
+
+def test_configs_are_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        RunConfig().train.seed = 3
+
+
+@pytest.mark.parametrize(
+    "override, value",
+    [
+        ("model.backbone=resnet50_v2", "resnet50_v2"),
+        ("model.alpha=0.5", 0.5),
+        ("model.image_size=160", 160),
+        ("model.weights=none", "none"),
+        ("train.strategy=feature_extraction", "feature_extraction"),
+        ("train.head_epochs=7", 7),
+        ("train.fine_tune_epochs=0", 0),
+        ("train.batch_size=16", 16),
+        ("train.learning_rate=0.01", 0.01),
+        ("train.fine_tune_learning_rate=2e-5", 2e-5),
+        ("train.seed=123", 123),
+        ("augment.enabled=false", False),
+        ("data.val_fraction=0.3", 0.3),
+        ("data.test_fraction=0", 0.0),
+    ],
+)
+def test_required_keys_work_with_set(override, value):
+    key = override.split("=")[0]
+    assert key in REQUIRED_KEYS
+    cfg = config.apply_overrides(RunConfig(), [override])
+    section, name = key.split(".")
+    assert getattr(getattr(cfg, section), name) == value
+
+
+@pytest.mark.parametrize("backbone", ["mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "mobilenet",
+                                      "efficientnet_v2_b0", "resnet50_v2", "xception", "small_cnn"])
+def test_required_backbones_exist(backbone):
+    overrides = [f"model.backbone={backbone}", "model.alpha=1.0" if backbone.startswith("mobilenet") else "model.alpha=0.35"]
+    if backbone == "small_cnn":
+        overrides += ["model.weights=none", "train.strategy=from_scratch"]
+    if backbone == "xception":
+        overrides += ["model.image_size=299"]
+    cfg = config.apply_overrides(RunConfig(), overrides)
+    assert cfg.model.backbone == backbone
+
+
+@pytest.mark.parametrize(
+    "override, words",
+    [
+        ("train.strategy=transfer", ["train.strategy", "'transfer'", "fine_tune"]),
+        ("data.val_fraction=1.5", ["data.val_fraction", "1.5", "(0.0, 1.0)"]),
+        ("model.alpha=0.3", ["model.alpha", "0.3", "0.35"]),
+        ("model.image_size=8", ["model.image_size", "8", "at least 32"]),
+        ("train.batch_size=0", ["train.batch_size", "at least 1"]),
+        ("train.batch_size=many", ["train.batch_size", "'many'", "whole number"]),
+        ("augment.flip=diagonal", ["augment.flip", "horizontal"]),
+        ("augment.enabled=maybe", ["augment.enabled", "true or false"]),
+        ("train.lr_schedule=linear", ["train.lr_schedule", "cosine"]),
+        ("model.weights=/no/such/file.h5", ["model.weights", "does not exist"]),
+        ("model.colour=red", ["model.colour", "unknown config key"]),
+        ("optimizer.lr=1", ["optimizer", "unknown config section"]),
+        ("seed=1", ["section.key=value"]),
+    ],
+)
+def test_invalid_values_name_the_field_and_what_is_allowed(override, words):
+    with pytest.raises(ConfigError) as err:
+        config.apply_overrides(RunConfig(), [override])
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_small_cnn_has_no_imagenet_weights():
+    with pytest.raises(ConfigError, match="model.weights=none"):
+        config.apply_overrides(RunConfig(), ["model.backbone=small_cnn"])
+
+
+def test_fractions_must_leave_training_data():
+    with pytest.raises(ConfigError, match="something is left to train on"):
+        config.apply_overrides(RunConfig(), ["data.val_fraction=0.5", "data.test_fraction=0.45"])
+
+
+def test_json_round_trip_and_toml(tmp_path):
+    cfg = config.apply_overrides(RunConfig(), ["train.seed=9", "augment.rotation=0.2", "model.backbone=mobilenet", "model.alpha=0.25"])
+    path = tmp_path / "config.json"
+    config.save(cfg, path)
+    assert config.load(path) == cfg
+    assert json.loads(path.read_text())["train"]["seed"] == 9
+
+    toml = tmp_path / "run.toml"
+    toml.write_text('[train]\nstrategy = "feature_extraction"\nhead_epochs = 4\n[augment]\nenabled = false\n')
+    loaded = config.load(toml)
+    assert (loaded.train.strategy, loaded.train.head_epochs, loaded.augment.enabled) == ("feature_extraction", 4, False)
+    assert loaded.model == RunConfig().model  # untouched sections keep their defaults
+
+
+def test_broken_config_file_is_reported(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\nseed = 1")
+    with pytest.raises(ConfigError, match="bad.toml is not valid TOML"):
+        config.load(bad)
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        config.load(tmp_path / "missing.json")
+
+
+def test_warnings_for_legal_but_odd_choices():
+    cfg = config.apply_overrides(RunConfig(), ["model.weights=none"])
+    assert any("transfers nothing" in w for w in cfg.warnings())
+    assert RunConfig().warnings() == []

@@ -1,0 +1,230 @@
+import io
+import os
+import stat
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import data
+from pipeline.config import DataConfig
+from pipeline.data import DataError
+from tests.conftest import write_shapes_dataset
+
+
+def _png(path, arr, mode=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr, mode=mode).save(path)
+
+
+# === Decoding ===
+
+
+def test_every_colour_mode_becomes_rgb_uint8(tmp_path):
+    gray = np.tile(np.arange(0, 256, 16, dtype=np.uint8), (16, 1))
+    Image.fromarray(gray).save(tmp_path / "gray.png")
+    Image.fromarray(gray).convert("P").save(tmp_path / "palette.png")
+    rgba = np.dstack([gray, gray, gray, np.full_like(gray, 128)])
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "sixteen.png")
+    Image.fromarray(np.dstack([gray] * 3)).convert("CMYK").save(tmp_path / "cmyk.jpg")
+    for name in ("gray.png", "palette.png", "rgba.png", "sixteen.png", "cmyk.jpg"):
+        arr = data.load_image(tmp_path / name)
+        assert arr.dtype == np.uint8 and arr.shape == (16, 16, 3), name
+        # the left column is dark and the right column bright in every mode, 16-bit included
+        assert arr[:, 0].mean() < 40 and arr[:, -1].mean() > 200, name
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    img = np.zeros((10, 20, 3), np.uint8)  # 20 wide, 10 tall; left half white
+    img[:, :10] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    Image.fromarray(img).save(tmp_path / "rot.jpg", exif=exif, quality=95)
+    arr = data.load_image(tmp_path / "rot.jpg")
+    assert arr.shape == (20, 10, 3)  # displayed portrait
+    assert arr[:8].mean() > 200 and arr[12:].mean() < 50  # the white half is now on top
+
+
+def test_resize_keeps_only_the_small_copy(tmp_path):
+    Image.fromarray(np.full((1200, 1600, 3), 90, np.uint8)).save(tmp_path / "big.jpg")
+    arr = data.load_image(tmp_path / "big.jpg", 32)
+    assert arr.shape == (32, 32, 3)
+
+
+# === Scan ===
+
+
+def test_scan_names_every_skipped_file_and_why(tmp_path):
+    root = write_shapes_dataset(tmp_path / "ds", per_class=4)
+    (root / "bar" / "notes.txt").write_text("not a picture")
+    (root / "disc" / "broken.jpg").write_bytes(os.urandom(300))
+    good = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(good, "JPEG")
+    (root / "disc" / "truncated.jpg").write_bytes(good.getvalue()[: len(good.getvalue()) // 2])
+    (root / "square" / "copy.png").write_bytes((root / "square" / "square_00.png").read_bytes())
+    (root / "bar" / "twin.png").write_bytes((root / "disc" / "disc_00.png").read_bytes())
+    (root / "stray.png").write_bytes((root / "bar" / "bar_01.png").read_bytes())
+    Image.fromarray(np.zeros((300, 300, 3), np.uint8)).save(root / "square" / "huge.png")
+
+    report = data.scan(root, DataConfig(max_image_pixels=200 * 200))
+    reasons = {s["path"]: s["reason"] for s in report.skipped}
+    assert "not an image" in reasons["bar/notes.txt"]
+    assert "not an image" in reasons["disc/broken.jpg"]
+    assert "truncated" in reasons["disc/truncated.jpg"]
+    assert "decompression bomb" in reasons["square/huge.png"]
+    assert "exact duplicate of square/copy.png" in reasons["square/square_00.png"]  # first by name is kept
+    assert "classes bar and disc" in reasons["bar/twin.png"] and "classes bar and disc" in reasons["disc/disc_00.png"]
+    assert "not inside a class folder" in reasons["stray.png"]
+    assert report.counts() == {"bar": {"all": 4}, "disc": {"all": 3}, "square": {"all": 4}}
+    assert report.classes == ["bar", "disc", "square"]
+    assert report.sizes["bar"]["max"] == [40, 40]
+    assert any("more than one class" in w for w in report.warnings)
+    used = {rel for rel, _ in report.items["all"]}
+    assert not used & set(reasons)
+
+
+def test_one_class_is_an_error_naming_it(tmp_path):
+    _png(tmp_path / "only" / "cats" / "a.png", np.zeros((8, 8, 3), np.uint8))
+    _png(tmp_path / "only" / "cats" / "b.png", np.ones((8, 8, 3), np.uint8))
+    report = data.scan(tmp_path / "only")
+    with pytest.raises(DataError, match=r"1 usable class folder.*'cats'.*at least 2"):
+        data.make_splits(report, DataConfig(), 0)
+
+
+def test_class_with_one_image_is_an_error_naming_it(tmp_path):
+    root = write_shapes_dataset(tmp_path / "ds", per_class=5)
+    _png(root / "lonely" / "x.png", np.full((8, 8, 3), 77, np.uint8))
+    report = data.scan(root)
+    with pytest.raises(DataError, match=r"class 'lonely' has 1 usable image.*Add images to 'lonely'"):
+        data.make_splits(report, DataConfig(val_fraction=0.2, test_fraction=0.0), 0)
+
+
+def test_splits_are_stratified_seeded_and_disjoint(tmp_path):
+    root = write_shapes_dataset(tmp_path / "ds", per_class=20)
+    report = data.scan(root)
+    cfg = DataConfig(val_fraction=0.2, test_fraction=0.1)
+    a, b, c = (data.make_splits(report, cfg, s) for s in (1, 1, 2))
+    assert a == b and a != c
+    for split, per_class in (("train", 14), ("val", 4), ("test", 2)):
+        labels = a.labels(split)
+        assert np.bincount(labels, minlength=3).tolist() == [per_class] * 3
+    names = [set(a.paths(s)) for s in ("train", "val", "test")]
+    assert not (names[0] & names[1] or names[0] & names[2] or names[1] & names[2])
+    assert data.Splits.from_dict(a.to_dict()) == a
+
+
+def test_given_split_folders_are_used_and_missing_val_is_carved(tmp_path):
+    root = tmp_path / "given"
+    write_shapes_dataset(root / "train", per_class=10)
+    write_shapes_dataset(root / "test", per_class=3, seed=5)
+    report = data.scan(root)
+    assert report.layout == "splits"
+    splits = data.make_splits(report, DataConfig(val_fraction=0.2, test_fraction=0.3), 0)
+    assert len(splits.test) == 9  # the given test split as it is; test_fraction does not apply
+    assert all(p.startswith("test/") for p, _ in splits.test)
+    assert len(splits.val) == 6 and all(p.startswith("train/") for p, _ in splits.val)
+    assert len(splits.train) == 24
+
+    write_shapes_dataset(root / "validation", per_class=2, seed=7)
+    splits = data.make_splits(data.scan(root), DataConfig(), 0)
+    assert len(splits.train) == 30 and len(splits.val) == 6
+    assert all(p.startswith("validation/") for p, _ in splits.val)
+
+
+# === Zip safety ===
+
+
+def _zip(path, entries):
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, payload in entries:
+            if isinstance(payload, zipfile.ZipInfo):
+                zf.writestr(payload, name)
+            else:
+                zf.writestr(name, payload)
+    return path
+
+
+@pytest.mark.parametrize("bad_name", ["../escape.png", "/etc/evil.png", "ok/../../escape.png", "C:/win.png"])
+def test_zip_entries_escaping_the_folder_are_refused(tmp_path, bad_name):
+    z = _zip(tmp_path / "bad.zip", [("a/x.png", b"1"), (bad_name, b"2")])
+    with pytest.raises(DataError, match="points outside the archive"):
+        data.safe_extract_zip(z, tmp_path / "out", max_bytes=10**6, max_files=100)
+    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "escape.png").exists()
+
+
+def test_zip_symlinks_are_refused(tmp_path):
+    link = zipfile.ZipInfo("a/link.png")
+    link.external_attr = (stat.S_IFLNK | 0o777) << 16
+    with zipfile.ZipFile(tmp_path / "link.zip", "w") as zf:
+        zf.writestr(link, "/etc/passwd")
+    with pytest.raises(DataError, match="symbolic link"):
+        data.safe_extract_zip(tmp_path / "link.zip", tmp_path / "out", max_bytes=10**6, max_files=100)
+
+
+def test_zip_bombs_are_refused_by_size_and_count(tmp_path):
+    with zipfile.ZipFile(tmp_path / "bomb.zip", "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("a/zeros.png", b"\0" * 20_000_000)
+    assert (tmp_path / "bomb.zip").stat().st_size < 100_000
+    with pytest.raises(DataError, match="zip bomb"):
+        data.safe_extract_zip(tmp_path / "bomb.zip", tmp_path / "out", max_bytes=5_000_000, max_files=100)
+    many = _zip(tmp_path / "many.zip", [(f"a/{i}.png", b"x") for i in range(50)])
+    with pytest.raises(DataError, match="50 entries.*data.max_zip_files"):
+        data.safe_extract_zip(many, tmp_path / "out2", max_bytes=10**6, max_files=20)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out2").exists()
+
+
+def test_a_zip_of_a_wrapped_dataset_resolves_and_scans(tmp_path):
+    src = write_shapes_dataset(tmp_path / "mydata", per_class=3)
+    z = tmp_path / "upload.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        for f in sorted(src.rglob("*.png")):
+            zf.write(f, f"mydata/{f.relative_to(src).as_posix()}")
+        zf.writestr("__MACOSX/mydata/._bar", b"junk")
+    folder = data.resolve_source(str(z))
+    assert folder.name == "mydata"
+    assert data.scan(folder).classes == ["bar", "disc", "square"]
+    assert data.resolve_source(str(z)) == folder  # cached by content hash
+
+
+def test_unusable_sources_get_a_message(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        data.resolve_source(str(tmp_path / "nope"))
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(DataError, match="not a zip archive"):
+        data.resolve_source(str(tmp_path / "x.txt"))
+    with pytest.raises(DataError, match="unknown sample set"):
+        data.resolve_source("sample:cifar")
+
+
+# === Cache and pipeline ===
+
+
+@pytest.mark.parametrize("budget_mb", [64, 0])
+def test_cache_is_uint8_at_model_size_in_memory_or_on_disk(tmp_path, budget_mb):
+    for i in range(6):
+        Image.fromarray(np.full((900, 1200, 3), i * 40, np.uint8)).save(tmp_path / f"{i}.jpg", quality=90)
+    files = [str(tmp_path / f"{i}.jpg") for i in range(6)]
+    cache = data.ImageCache(files, 24, memory_budget_mb=budget_mb, disk_dir=tmp_path / "cache")
+    try:
+        assert cache.on_disk == (budget_mb == 0)
+        assert cache.array.dtype == np.uint8 and cache.array.nbytes == 6 * 24 * 24 * 3
+        ds = data.make_dataset(cache, np.array([0, 1, 0, 1, 0, 1]), 2, 4, shuffle=True, seed=3)
+        batches = list(ds.as_numpy_iterator())
+        assert [len(x) for x, _ in batches] == [4, 2]
+        x, y = batches[0]
+        assert x.dtype == np.float32 and 0 <= x.min() and x.max() <= 255 and y.shape == (4, 2)
+        seen = sorted(round(float(v)) for x, _ in batches for v in x[:, 0, 0, 0])
+        assert seen == [0, 40, 80, 120, 160, 200]  # every image once per epoch
+    finally:
+        cache.close()
+    assert not list((tmp_path / "cache").glob("*.u8")) if (tmp_path / "cache").exists() else True
+
+
+def test_sample_set_materialises_offline():
+    folder = data.resolve_source("sample:digits")
+    report = data.scan(folder)
+    assert report.classes == [str(d) for d in range(10)] and report.total() == 1797
+    assert data.load_image(folder / "3" / os.listdir(folder / "3")[0]).shape == (8, 8, 3)
