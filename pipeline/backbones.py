@@ -126,7 +126,16 @@ def preprocessing_layers(spec: BackboneSpec) -> list[Any]:
 
 
 def keras_cache_dir() -> Path:
-    """Where Keras looks for (and downloads) application weights."""
+    """Where Keras looks for (and downloads) application weights.
+
+    Keras reads ``KERAS_HOME`` once, when it is imported; once it is, its own answer wins.
+    """
+    import sys
+
+    if "keras" in sys.modules:
+        from keras.src.backend import config as keras_config
+
+        return Path(keras_config.keras_home()) / "models"
     home = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
     return Path(home) / "models"
 

@@ -1,9 +1,17 @@
 """Builds the training and inference models and sets what trains in each phase.
 
 Both models take raw RGB pixels (float32, 0..255) and share every trained layer; the training
-model adds augmentation in front. The Keras transfer-learning recipe is followed exactly: the
-base is called with ``training=False`` whenever it holds pretrained weights, so its BatchNorm
-layers stay in inference mode even once they are unfrozen for fine-tuning.
+model adds augmentation in front. The Keras transfer-learning recipe is followed: the base is called
+with ``training=False`` whenever it holds pretrained weights, so that its BatchNorm layers stay in
+inference mode while fine-tuning.
+
+Keras 3 caveat, found by ``tests/test_train.py``: ``fit`` calls the outer model with
+``training=True``, and that overrides the ``training=False`` recorded on the nested base call
+(keras-team/keras#20285), so an unfrozen BatchNorm layer *would* update its moving statistics and
+undo what the base learned on ImageNet. In Keras 3 a BatchNorm layer with ``trainable=False`` always
+runs in inference mode, so :func:`unfreeze_for_phase_two` keeps every BatchNorm layer of the base
+frozen (as the keras-io EfficientNet fine-tuning example does): moving statistics and gamma/beta stay
+as pretrained, every other unfrozen layer trains.
 """
 
 from __future__ import annotations
@@ -119,9 +127,12 @@ def unfreeze_for_phase_two(models: Models, cfg: RunConfig) -> int:
         frozen = k
     else:
         raise AssertionError(f"no second phase for {cfg.train.strategy}")
+    import keras
+
     models.base.trainable = True
-    for layer in base_layers[:frozen]:
-        layer.trainable = False
+    for i, layer in enumerate(base_layers):
+        if i < frozen or isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False  # BatchNorm: inference mode, see the module docstring
     return frozen
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,14 +16,17 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 
+# Keras reads KERAS_HOME once, at import: point it at an empty folder before anything imports keras,
+# so the suite is offline like a user's fresh machine; keras_home_with_weights seeds it for one test.
+KERAS_HOME = Path(tempfile.mkdtemp(prefix="ts-keras-home-"))
+os.environ["KERAS_HOME"] = str(KERAS_HOME)
+
 
 @pytest.fixture(autouse=True)
 def ts_home(tmp_path_factory, monkeypatch) -> Path:
-    """Every test gets its own TRANSFER_STUDIO_HOME and an empty KERAS_HOME (offline, like CI)."""
+    """Every test gets its own TRANSFER_STUDIO_HOME."""
     home = tmp_path_factory.mktemp("ts_home")
-    keras_home = tmp_path_factory.mktemp("keras_home")
     monkeypatch.setenv("TRANSFER_STUDIO_HOME", str(home))
-    monkeypatch.setenv("KERAS_HOME", str(keras_home))
     return home
 
 
@@ -60,14 +64,14 @@ def shared_dir() -> Path:
 
 
 @pytest.fixture
-def keras_home_with_weights(shared_dir, monkeypatch, tmp_path) -> Path:
-    """A KERAS_HOME whose models/ holds ../shared/weights, so weights='imagenet' loads offline."""
-    home = tmp_path / "keras_home_weights"
-    (home / "models").mkdir(parents=True)
+def keras_home_with_weights(shared_dir) -> Path:
+    """KERAS_HOME/models seeded with ../shared/weights for one test, so weights='imagenet' loads offline."""
+    models = KERAS_HOME / "models"
+    models.mkdir(parents=True, exist_ok=True)
     for f in (shared_dir / "weights").glob("*.h5"):
-        shutil.copy(f, home / "models" / f.name)
-    monkeypatch.setenv("KERAS_HOME", str(home))
-    return home
+        shutil.copy(f, models / f.name)
+    yield KERAS_HOME
+    shutil.rmtree(models, ignore_errors=True)
 
 
 def tiny_config(**sections):

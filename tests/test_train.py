@@ -1,0 +1,277 @@
+"""Real training on tiny data: the transfer recipe's invariants, resume, cancel, determinism, accuracy."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from pipeline import config as config_mod
+from pipeline import data as data_mod
+from pipeline import model as model_mod
+from pipeline import train as train_mod
+from pipeline.evaluate import RunNotReadyError, evaluate
+from pipeline.runfolder import RunFolder
+from tests.conftest import ROOT, tiny_config, write_shapes_dataset
+
+
+def _initial_models(cfg, num_classes=3):
+    """The models exactly as train() builds them before any step (same seed)."""
+    import keras
+
+    keras.utils.set_random_seed(cfg.train.seed)
+    return model_mod.build_models(cfg, num_classes)
+
+
+def _base_weights(models):
+    return {w.path: np.array(w) for w in models.base.weights}
+
+
+def test_feature_extraction_uses_cached_features_and_leaves_the_base_untouched(shapes_dir, tmp_path):
+    cfg = tiny_config(train={"strategy": "feature_extraction", "head_epochs": 3})
+    run = train_mod.train(str(shapes_dir), tmp_path / "run", cfg, evaluate_after=False)
+
+    lines = run.metrics_lines()
+    phase = next(x for x in lines if x["event"] == "phase")
+    assert phase["cached_features"] is True and phase["phase"] == "head"
+    assert any(x["event"] == "features" for x in lines)
+    epochs = run.epochs()
+    assert [e["epoch"] for e in epochs] == [1, 2, 3]
+    for key in ("phase", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds", "images_per_second"):
+        assert key in epochs[0]
+
+    before = _initial_models(cfg)
+    after = _initial_models(cfg)
+    after.inference.load_weights(run.phase_done_weights("head"))
+    for path, value in _base_weights(before).items():
+        np.testing.assert_allclose(_base_weights(after)[path], value, err_msg=path)
+    dense_before = before.inference.get_layer("predictions").get_weights()[0]
+    dense_after = after.inference.get_layer("predictions").get_weights()[0]
+    assert not np.allclose(dense_before, dense_after)  # the head did learn
+    assert run.model.exists() and json.loads(run.state.read_text())["status"] == "done"
+
+
+def test_fine_tune_freezes_base_then_unfreezes_with_batchnorm_in_inference_mode(shapes_dir, tmp_path):
+    cfg = tiny_config(train={"strategy": "fine_tune", "head_epochs": 1, "fine_tune_epochs": 2},
+                      augment={"enabled": True, "flip": "horizontal", "rotation": 0.05})
+    run = train_mod.train(str(shapes_dir), tmp_path / "run", cfg, evaluate_after=False)
+    phases = [x for x in run.metrics_lines() if x["event"] == "phase"]
+    assert [p["phase"] for p in phases] == ["head", "fine_tune"]
+    assert phases[0]["cached_features"] is False  # augmentation on: the base runs every epoch
+    assert phases[1]["trainable_params"] > phases[0]["trainable_params"]
+    assert [e["lr"] for e in run.epochs() if e["phase"] == "fine_tune"] == [pytest.approx(1e-3)] * 2
+
+    initial = _base_weights(_initial_models(cfg))
+    after_head = _initial_models(cfg)
+    after_head.inference.load_weights(run.phase_done_weights("head"))
+    for path, value in _base_weights(after_head).items():
+        np.testing.assert_allclose(value, initial[path], err_msg=f"{path} changed while the base was frozen")
+
+    after_ft = _initial_models(cfg)
+    after_ft.inference.load_weights(run.phase_done_weights("fine_tune"))
+    tuned = _base_weights(after_ft)
+    moving = [p for p in tuned if "moving_mean" in p or "moving_variance" in p]
+    kernels = [p for p in tuned if p.endswith("kernel")]
+    assert moving and kernels
+    for path in moving:
+        np.testing.assert_allclose(tuned[path], initial[path], err_msg=f"{path} moved during fine-tuning")
+    # random-init layers deep in the base barely get gradient (ReLU6 saturates); the top ones do
+    changed = [p for p in kernels if not np.allclose(tuned[p], initial[p])]
+    assert len(changed) >= 3, changed  # (the slow real-weights test checks that nearly all of them move)
+
+
+def test_same_seed_gives_the_same_metrics(shapes_dir, tmp_path):
+    cfg = tiny_config(train={"strategy": "fine_tune", "head_epochs": 2, "fine_tune_epochs": 1},
+                      augment={"enabled": True, "flip": "horizontal"})
+    runs = [train_mod.train(str(shapes_dir), tmp_path / f"run{i}", cfg, evaluate_after=False) for i in range(2)]
+    keys = ("loss", "accuracy", "val_loss", "val_accuracy")
+    a, b = ([[e[k] for k in keys] for e in r.epochs()] for r in runs)
+    np.testing.assert_allclose(a, b, rtol=1e-5)
+
+
+def test_evaluation_writes_a_complete_eval_json(shapes_dir, tmp_path):
+    cfg = tiny_config(train={"strategy": "from_scratch", "head_epochs": 2}, data={"test_fraction": 0.25})
+    run = train_mod.train(str(shapes_dir), tmp_path / "run", cfg)
+    result = json.loads(run.eval.read_text())
+    assert result["split"] == "test" and result["labels"] == ["bar", "disc", "square"]
+    assert np.array(result["confusion_matrix"]).sum() == result["images"] == 9
+    assert set(result["per_class"]["disc"]) == {"precision", "recall", "f1", "support"}
+    correct = np.trace(np.array(result["confusion_matrix"]))
+    assert result["accuracy"] == pytest.approx(correct / 9)
+    probs = [m["probability"] for m in result["mistakes"]]
+    assert probs == sorted(probs, reverse=True) and len(probs) == 9 - correct
+    for m in result["mistakes"]:
+        assert os.path.exists(m["file"]) and m["true"] != m["predicted"]
+
+
+def test_evaluate_needs_a_finished_run(tmp_path):
+    with pytest.raises(RunNotReadyError, match="does not exist"):
+        evaluate(tmp_path / "missing")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.json").write_text(config_mod.RunConfig().to_json())
+    with pytest.raises(RunNotReadyError, match="no dataset.json"):
+        evaluate(tmp_path / "half")
+
+
+def test_a_run_folder_refuses_a_different_config(shapes_dir, tmp_path):
+    cfg = tiny_config(train={"strategy": "feature_extraction", "head_epochs": 1})
+    train_mod.train(str(shapes_dir), tmp_path / "run", cfg, evaluate_after=False)
+    with pytest.raises(train_mod.RunFolderError, match="finished run"):
+        train_mod.train(str(shapes_dir), tmp_path / "run", cfg)
+    with pytest.raises(train_mod.RunFolderError, match="different configuration"):
+        train_mod.train(str(shapes_dir), tmp_path / "run", tiny_config(train={"seed": 5}))
+
+
+def test_sample_set_trains_to_95_percent_with_its_defaults(tmp_path):
+    """The embedded sample with its preset (small CNN, from scratch): a learnable task, measured on test."""
+    from pipeline.__main__ import build_config
+
+    cfg = build_config("sample:digits", None, [])
+    run = train_mod.train("sample:digits", tmp_path / "run", cfg)
+    result = json.loads(run.eval.read_text())
+    assert result["split"] == "test"
+    assert result["accuracy"] >= 0.95, result["accuracy"]
+    assert max(e["val_accuracy"] for e in run.epochs()) >= 0.95
+
+
+# === Processes: kill, resume, cancel (the CLI as a user runs it) ===
+
+
+def _cli(*args, **kw):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _wait_for_epochs(run: RunFolder, n: int, proc, timeout=300):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if len(run.epochs()) >= n:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended early: {proc.stderr.read()}")
+        time.sleep(0.05)
+    raise AssertionError("no epoch line in time")
+
+
+SLOW_SETS = ["--set", "model.image_size=64", "--set", "train.head_epochs=3", "--set", "train.fine_tune_epochs=4",
+             "--set", "model.weights=none", "--set", "augment.enabled=true", "--set", "train.batch_size=8",
+             "--set", "train.early_stopping_patience=0", "--set", "data.test_fraction=0"]
+
+
+def test_a_killed_training_resumes_at_its_last_finished_epoch(tmp_path):
+    data_dir = write_shapes_dataset(tmp_path / "shapes", per_class=20, size=64)
+    run = RunFolder(tmp_path / "run")
+    proc = _cli("train", str(data_dir), "--run-dir", str(run.root), *SLOW_SETS)
+    _wait_for_epochs(run, 4, proc)  # the head phase (3) is done, and fine-tune epoch 1 too
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = [(e["phase"], e["epoch"]) for e in run.epochs()]
+    assert ("head", 3) in killed and len(killed) < 7
+
+    proc = _cli("train", str(data_dir), "--run-dir", str(run.root), *SLOW_SETS)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert "resuming" in err
+    done = [(e["phase"], e["epoch"]) for e in run.epochs()]
+    assert done[: len(killed)] == killed
+    resumed = done[len(killed):]
+    assert ("head", 1) not in resumed  # the finished head phase was not repeated
+    assert len(set(done)) == len(done)  # no finished epoch ran twice
+    assert done[-1] == ("fine_tune", 4) and len(done) == 7
+    assert run.eval.exists() and "accuracy on val" in out
+
+
+def test_sigterm_cancels_at_the_next_batch_keeping_the_checkpoint(tmp_path):
+    data_dir = write_shapes_dataset(tmp_path / "shapes", per_class=20, size=64)
+    run = RunFolder(tmp_path / "run")
+    proc = _cli("train", str(data_dir), "--run-dir", str(run.root), *SLOW_SETS)
+    _wait_for_epochs(run, 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, err
+    assert "cancelled" in err and "resume" in err
+    assert json.loads(run.state.read_text())["status"] == "cancelled"
+    assert run.backup_dir("head").exists() or run.phase_done_weights("head").exists()
+    finished = len(run.epochs())
+    assert finished < 7
+
+    run.cancel_file.touch()  # a cancel file stops it too, right away
+    proc = _cli("train", str(data_dir), "--run-dir", str(run.root), *SLOW_SETS)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 3 and len(run.epochs()) == finished
+    run.cancel_file.unlink()
+
+
+def test_cli_reports_bad_input_in_one_line(tmp_path, shapes_dir):
+    proc = _cli("train", str(shapes_dir), "--run-dir", str(tmp_path / "r"), "--set", "train.strategy=magic")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    assert err.strip().splitlines()[-1].startswith("error: train.strategy='magic' is not allowed")
+    assert "Traceback" not in err
+
+    (shapes_dir / "bar" / "oops.jpg").write_bytes(b"\x00" * 50)
+    proc = _cli("scan", str(shapes_dir))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "bar/oops.jpg: not an image" in out
+
+    proc = _cli("evaluate", str(tmp_path / "nothing"))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "is not a run folder" in err and "Traceback" not in err
+
+
+def test_offline_weights_message_from_the_cli(tmp_path, shapes_dir):
+    proc = _cli("train", str(shapes_dir), "--run-dir", str(tmp_path / "r"), "--set", "model.image_size=96")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_96_no_top.h5" in last and "model.weights=none" in last
+
+
+# === Real photos, real weights (slow; CI runs them) ===
+
+
+@pytest.mark.slow
+def test_hymenoptera_fine_tune_reaches_088(shared_dir, keras_home_with_weights, tmp_path):
+    cfg = config_mod.apply_overrides(config_mod.RunConfig(), ["train.head_epochs=3", "train.fine_tune_epochs=2"])
+    assert (cfg.model.backbone, cfg.model.alpha, cfg.model.image_size, cfg.train.strategy) == (
+        "mobilenet_v2", 0.35, 224, "fine_tune")
+    run = train_mod.train(str(shared_dir / "data" / "hymenoptera"), tmp_path / "run", cfg)
+    result = json.loads(run.eval.read_text())
+    assert result["split"] == "val" and result["images"] == 153
+    assert result["accuracy"] >= 0.88, result["accuracy"]
+
+    # with real ImageNet weights: fine-tuning moved the kernels but none of the BatchNorm statistics
+    pristine = _base_weights(_initial_models(cfg, 2))
+    tuned = _initial_models(cfg, 2)
+    tuned.inference.load_weights(run.phase_done_weights("fine_tune"))
+    tuned = _base_weights(tuned)
+    for path in (p for p in tuned if "moving_" in p):
+        np.testing.assert_array_equal(tuned[path], pristine[path], err_msg=path)
+    kernels = [p for p in tuned if p.endswith("kernel")]
+    assert sum(not np.allclose(tuned[p], pristine[p]) for p in kernels) > 0.9 * len(kernels)
+
+
+@pytest.mark.slow
+def test_flowers_scan_reports_the_cross_class_duplicates(shared_dir):
+    from collections import defaultdict
+
+    by_digest = defaultdict(list)
+    for line in (shared_dir / "data" / "flowers5.sha256").read_text().splitlines():
+        digest, name = line.split(maxsplit=1)
+        by_digest[digest].append(name.removeprefix("./"))
+    groups = [g for g in by_digest.values() if len(g) > 1]
+    cross = {p for g in groups if len({x.split("/")[0] for x in g}) > 1 for p in g}
+    within = {p for g in groups if len({x.split("/")[0] for x in g}) == 1 for p in sorted(g)[1:]}
+    assert cross and within
+
+    report = data_mod.scan(shared_dir / "data" / "flowers5")
+    assert len(report.classes) == 5
+    reasons = {s["path"]: s["reason"] for s in report.skipped}
+    assert {p for p, r in reasons.items() if "same bytes sit in classes" in r} == cross
+    assert {p for p, r in reasons.items() if "exact duplicate" in r} == within
+    assert report.total() == sum(len(g) for g in by_digest.values()) - len(cross) - len(within)
