@@ -154,9 +154,8 @@ class ModelConfig:
         _check_choice("model.backbone", self.backbone, backbones.names())
         spec = backbones.get(self.backbone)
         _check_int("model.image_size", self.image_size, spec.min_size, 1024)
-        if spec.alphas:
-            if isinstance(self.alpha, bool) or self.alpha not in spec.alphas:
-                _fail("model.alpha", self.alpha, f"{self.backbone} accepts " + ", ".join(map(str, spec.alphas)))
+        if spec.alphas and (isinstance(self.alpha, bool) or self.alpha not in spec.alphas):
+            _fail("model.alpha", self.alpha, f"{self.backbone} accepts " + ", ".join(map(str, spec.alphas)))
         if not isinstance(self.weights, str) or not self.weights:
             _fail("model.weights", self.weights, "use imagenet, none, or the path of a weights file")
         if self.weights == "imagenet" and not spec.has_imagenet:

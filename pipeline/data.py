@@ -534,7 +534,7 @@ def _warnings(report: ScanReport) -> list[str]:
     if dup:
         out.append(f"{dup} file(s) appear in more than one class and were skipped")
     extra = set()
-    for split, items in report.items.items():
+    for _split, items in report.items.items():
         extra |= {cls for _, cls in items} - set(report.classes)
     if extra:
         out.append("classes only in val/test (not in train) are ignored: " + ", ".join(sorted(extra)))
