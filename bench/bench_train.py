@@ -1,0 +1,181 @@
+"""Benchmark: Transfer Studio's training pipeline against the Keras guide's recipe as written.
+
+Same data (../shared/data/hymenoptera), backbone (MobileNetV2 alpha 0.35, real ImageNet weights),
+size (224), epochs (3 head + 2 fine-tune) and batch size (32), each variant in its own process so
+that peak memory (ru_maxrss) is its own. Variants:
+
+- ``recipe``: image_dataset_from_directory, map(resize), .cache() of float32 images, batch 32,
+  prefetch(10), augmentation layers in the model, base called with training=False.
+- ``studio``: ``pipeline.train`` with augmentation on (flip + rotation, like the recipe).
+- ``studio_cached``: ``pipeline.train`` with augmentation off, so the head phase runs on cached features.
+
+Usage: ``python bench/bench_train.py [--out bench/results_train.json]``. Prints a Markdown table.
+Not a test: figures go to BENCHMARKS.md and the closing note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+DATA = SHARED / "data" / "hymenoptera"
+HEAD_EPOCHS, FT_EPOCHS, BATCH, SIZE, ALPHA = 3, 2, 32, 224, 0.35
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_recipe() -> dict:
+    import keras
+    import tensorflow as tf
+    from keras import layers
+
+    t0 = time.perf_counter()
+    keras.utils.set_random_seed(42)
+    train_ds = keras.utils.image_dataset_from_directory(DATA / "train", image_size=(SIZE, SIZE), batch_size=None,
+                                                        label_mode="categorical", seed=42)
+    val_ds = keras.utils.image_dataset_from_directory(DATA / "val", image_size=(SIZE, SIZE), batch_size=None,
+                                                      label_mode="categorical", shuffle=False)
+    resize = layers.Resizing(SIZE, SIZE)
+    train_ds = train_ds.map(lambda x, y: (resize(x), y)).cache().batch(BATCH).prefetch(10)
+    val_ds = val_ds.map(lambda x, y: (resize(x), y)).cache().batch(BATCH).prefetch(10)
+    augmentation = keras.Sequential([layers.RandomFlip("horizontal"), layers.RandomRotation(0.1)])
+    base = keras.applications.MobileNetV2(weights="imagenet", input_shape=(SIZE, SIZE, 3), include_top=False,
+                                          alpha=ALPHA)
+    base.trainable = False
+    inputs = keras.Input(shape=(SIZE, SIZE, 3))
+    x = augmentation(inputs)
+    x = layers.Rescaling(1 / 127.5, offset=-1)(x)
+    x = base(x, training=False)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(0.2)(x)
+    outputs = layers.Dense(2, activation="softmax")(x)
+    model = keras.Model(inputs, outputs)
+    n_train = 244
+
+    class Timer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.epochs = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.t = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.epochs.append({"seconds": time.perf_counter() - self.t, "val_accuracy": logs["val_accuracy"]})
+
+    model.compile(optimizer=keras.optimizers.Adam(), loss="categorical_crossentropy", metrics=["accuracy"])
+    head = Timer()
+    model.fit(train_ds, epochs=HEAD_EPOCHS, validation_data=val_ds, callbacks=[head], verbose=0)
+    base.trainable = True
+    model.compile(optimizer=keras.optimizers.Adam(1e-5), loss="categorical_crossentropy", metrics=["accuracy"])
+    ft = Timer()
+    model.fit(train_ds, epochs=FT_EPOCHS, validation_data=val_ds, callbacks=[ft], verbose=0)
+    del tf
+    return _result("recipe", t0, head.epochs, ft.epochs, n_train)
+
+
+def run_studio(augment: bool) -> dict:
+    import keras  # noqa: F401  (imported before the clock starts, as in run_recipe)
+    import tensorflow  # noqa: F401
+
+    from pipeline import config as config_mod
+    from pipeline import train as train_mod
+
+    t0 = time.perf_counter()
+    cfg = config_mod.apply_overrides(config_mod.RunConfig(), [
+        f"train.head_epochs={HEAD_EPOCHS}", f"train.fine_tune_epochs={FT_EPOCHS}", f"train.batch_size={BATCH}",
+        f"augment.enabled={str(augment).lower()}", "train.early_stopping_patience=0",
+    ])
+    run_dir = Path(tempfile.mkdtemp(prefix="bench-run-"))
+    try:
+        run = train_mod.train(str(DATA), run_dir / "run", cfg, evaluate_after=False)
+        epochs = run.epochs()
+        features = [x for x in run.metrics_lines() if x["event"] == "features"]
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    head = [{"seconds": e["seconds"], "val_accuracy": e["val_accuracy"]} for e in epochs if e["phase"] == "head"]
+    ft = [{"seconds": e["seconds"], "val_accuracy": e["val_accuracy"]} for e in epochs if e["phase"] == "fine_tune"]
+    out = _result("studio_cached" if not augment else "studio", t0, head, ft, 244)
+    if features:
+        out["feature_pass_seconds"] = features[0]["seconds"]
+    return out
+
+
+def _result(name: str, t0: float, head: list, ft: list, n_train: int) -> dict:
+    def ips(epochs, skip_first):
+        chosen = epochs[1:] if skip_first and len(epochs) > 1 else epochs
+        return round(n_train * len(chosen) / sum(e["seconds"] for e in chosen), 1)
+
+    return {
+        "variant": name,
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+        "head_epoch_seconds": [round(e["seconds"], 2) for e in head],
+        "fine_tune_epoch_seconds": [round(e["seconds"], 2) for e in ft],
+        "head_images_per_second_steady": ips(head, True),
+        "fine_tune_images_per_second": ips(ft, False),
+        "final_val_accuracy": round((ft or head)[-1]["val_accuracy"], 4),
+        "peak_rss_mb": round(peak_rss_mb(), 0),
+    }
+
+
+def child(variant: str) -> None:
+    result = run_recipe() if variant == "recipe" else run_studio(augment=variant == "studio")
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results_train.json"))
+    parser.add_argument("--child")
+    args = parser.parse_args()
+    if args.child:
+        child(args.child)
+        return 0
+    if not DATA.is_dir():
+        print(f"skipped: {DATA} is absent", file=sys.stderr)
+        return 0
+    keras_home = Path(tempfile.mkdtemp(prefix="bench-keras-"))
+    (keras_home / "models").mkdir()
+    for f in (SHARED / "weights").glob("*.h5"):
+        shutil.copy(f, keras_home / "models" / f.name)
+    env = {**os.environ, "KERAS_HOME": str(keras_home), "TF_CPP_MIN_LOG_LEVEL": "2",
+           "TRANSFER_STUDIO_HOME": tempfile.mkdtemp(prefix="bench-home-"), "PYTHONPATH": str(ROOT)}
+    results = []
+    for variant in ("recipe", "studio", "studio_cached"):
+        proc = subprocess.run([sys.executable, __file__, "--child", variant], env=env, capture_output=True, text=True)
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if line is None:
+            print(proc.stderr[-3000:], file=sys.stderr)
+            return 1
+        results.append(json.loads(line[7:]))
+        print(json.dumps(results[-1]), file=sys.stderr)
+    Path(args.out).write_text(json.dumps({"machine": f"{os.cpu_count()} cores", "results": results}, indent=2) + "\n")
+    by = {r["variant"]: r for r in results}
+    rec, st, sc = by["recipe"], by["studio"], by["studio_cached"]
+    print("| variant | wall s | head img/s (steady) | fine-tune img/s | peak RSS MB | final val acc |")
+    print("|---|---|---|---|---|---|")
+    for r in results:
+        print(f"| {r['variant']} | {r['wall_seconds']} | {r['head_images_per_second_steady']} | "
+              f"{r['fine_tune_images_per_second']} | {r['peak_rss_mb']:.0f} | {r['final_val_accuracy']} |")
+    print()
+    print(f"end to end, augmentation on: {rec['wall_seconds'] / st['wall_seconds']:.2f}x faster than the recipe")
+    print(f"head epochs on cached features: "
+          f"{sc['head_images_per_second_steady'] / rec['head_images_per_second_steady']:.1f}x the recipe's")
+    print(f"peak memory: {st['peak_rss_mb'] / rec['peak_rss_mb']:.2f} of the recipe's")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
