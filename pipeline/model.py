@@ -30,7 +30,7 @@ class Models:
 
     Attributes:
         train: input -> augmentation -> preprocessing -> base -> head (what ``fit`` trains end to end).
-        inference: input -> preprocessing -> base -> head (what is evaluated, saved and exported).
+        inference: input -> preprocessing -> base -> pooling -> classifier (evaluated, saved, exported).
         features: input -> preprocessing -> base -> pooling (run once on the cached-feature path).
         head: pooled features -> dropout -> classifier (trained on cached features).
         base: the backbone.
@@ -77,7 +77,9 @@ def build_models(cfg: RunConfig, num_classes: int) -> Models:
 
     # === Functional models ===
     raw = keras.Input(shape=(size, size, 3), dtype="float32", name="image")
-    inference = keras.Model(raw, classifier(dropout(through_base(raw, False))), name="classifier")
+    # No dropout here: it is the identity at inference, and its seed variable would be the one stateful
+    # op left in the graph (TFLite's int8 calibration cannot read it).
+    inference = keras.Model(raw, classifier(through_base(raw, False)), name="classifier")
 
     raw_t = keras.Input(shape=(size, size, 3), dtype="float32", name="image")
     augmented = augmentation(raw_t) if augmentation is not None else raw_t
