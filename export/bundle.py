@@ -27,8 +27,10 @@ from pipeline import data as data_mod
 from pipeline.evaluate import load_model, load_run
 from pipeline.runfolder import atomic_write_json
 
-FORMATS = ("savedmodel", "tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8", "tfjs", "tfjs-uint8")
-OPTIONAL_FORMATS = ("tfjs-float16",)
+FORMATS = ("savedmodel", "tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8", "tfjs", "tfjs-float16")
+# tfjs-uint8 (affine uint8 weights) is on request only: on MobileNetV2 with real weights it agreed with
+# Keras on 57% of top-1 labels (depthwise kernels do not survive 8-bit affine weights), far below the gate.
+OPTIONAL_FORMATS = ("tfjs-uint8",)
 ZIP_NAME = "model_bundle.zip"
 ProgressFn = Callable[[str], None]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -23,6 +24,9 @@ class TfjsRuntimeMissing(RuntimeError):
 
 def convert(saved_model_dir: Path, out_dir: Path, fmt: str) -> Path:
     """Converts the SavedModel's serving signature to a TF.js graph model in ``out_dir``."""
+    # tensorflowjs imports tensorflow_decision_forests, whose welcome banner imports IPython whenever
+    # stdout is not a terminal (pytest, the app, a worker): switch the banner off.
+    os.environ.setdefault("TFDF_DISABLE_WELCOME_MESSAGE", "1")
     from tensorflowjs.converters import tf_saved_model_conversion_v2 as conv
 
     dtype = QUANTIZE[fmt]

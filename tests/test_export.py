@@ -1,0 +1,170 @@
+"""Export from a small really-trained run, verified in each format's own runtime (TF, LiteRT, Node TF.js)."""
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from export import bundle, tfjs, tflite, verify
+from pipeline import train as train_mod
+from pipeline.evaluate import RunNotReadyError, load_model
+from pipeline.runfolder import RunFolder
+from tests.conftest import ROOT, tiny_config, write_shapes_dataset
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """The small CNN really trained with augmentation on (so the export must leave it out).
+
+    (MobileNetV2 with real weights is exported and verified by the slow test at the end.)
+    """
+    root = tmp_path_factory.mktemp("export")
+    data_dir = write_shapes_dataset(root / "shapes", per_class=16)
+    cfg = tiny_config(model={"backbone": "small_cnn"},
+                      train={"strategy": "from_scratch", "head_epochs": 8, "learning_rate": 3e-3},
+                      augment={"enabled": True, "flip": "horizontal", "rotation": 0.05},
+                      data={"test_fraction": 0.25})
+    run = train_mod.train(str(data_dir), root / "run", cfg)
+    return run
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run):
+    dest, result = bundle.export_run(trained_run.root, list(bundle.FORMATS))
+    return dest, result
+
+
+def test_every_format_is_exported_and_verified_in_its_runtime(exported, trained_run):
+    dest, result = exported
+    assert tfjs.node_available() is None, "Node and @tensorflow/tfjs are part of the test set-up (make test)"
+    assert result["passed"], verify.table(result)
+    rows = result["formats"]
+    assert set(rows) == {"keras", *bundle.FORMATS}
+    for fmt in ("savedmodel", "tflite-float32", "tfjs"):
+        assert rows[fmt]["agreement"] == 1.0 and rows[fmt]["max_abs_diff"] <= 1e-4, fmt
+    for fmt in ("tflite-float16", "tflite-dynamic", "tfjs-float16"):
+        assert rows[fmt]["agreement"] >= 0.99, fmt
+    assert "accuracy" in rows["tflite-int8"]
+    assert result["images"] == 12  # the whole test split (25% of 3 x 16)
+    assert json.loads((dest / "verify.json").read_text()) == json.loads(json.dumps(result))
+
+
+def test_manifest_labels_and_checksums(exported, trained_run):
+    dest, _ = exported
+    manifest = json.loads((dest / "manifest.json").read_text())
+    classes = json.loads(trained_run.dataset.read_text())["splits"]["classes"]
+    assert (dest / "labels.txt").read_text().splitlines() == classes == manifest["labels"]
+    assert manifest["input"]["value_range"] == [0, 255] and manifest["input"]["shape"] == [1, 32, 32, 3]
+    assert manifest["backbone"]["name"] == "small_cnn"
+    for rel, info in manifest["files"].items():
+        data = (dest / rel).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == info["sha256"] and len(data) == info["bytes"], rel
+    for key in ("tensorflow", "keras", "tensorflowjs", "ai-edge-litert"):
+        assert manifest["versions"][key]
+    import zipfile
+
+    with zipfile.ZipFile(dest / bundle.ZIP_NAME) as zf:
+        names = set(zf.namelist())
+    assert {"manifest.json", "labels.txt", "README.md", "model-int8.tflite", "tfjs/model.json",
+            "tfjs-float16/model.json", "savedmodel/saved_model.pb"} <= names
+
+
+def test_int8_model_takes_and_returns_uint8_with_manifest_parameters(exported):
+    dest, _ = exported
+    path = verify.artifact_path(dest, "tflite-int8")
+    details = tflite.io_details(path)
+    assert details["input"]["dtype"] == "uint8" and details["output"]["dtype"] == "uint8"
+    manifest = json.loads((dest / "manifest.json").read_text())
+    assert manifest["tflite_int8"] == details
+    assert details["input"]["quantization"]["scale"] == pytest.approx(1.0, rel=0.02)  # raw 0..255 pixels
+
+
+def test_no_tflite_file_uses_flex_ops(exported):
+    dest, _ = exported
+    for fmt in ("tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8"):
+        ops = tflite.op_names(verify.artifact_path(dest, fmt))
+        assert ops and not any(op.startswith("Flex") for op in ops), (fmt, ops)
+
+
+def test_a_raw_image_gives_the_keras_top1_in_every_runtime(exported, trained_run):
+    from pipeline import data as data_mod
+
+    dest, _ = exported
+    model = load_model(trained_run)
+    splits = json.loads(trained_run.dataset.read_text())["splits"]
+    path = f"{splits['root']}/{splits['test'][0][0]}"
+    raw = data_mod.load_image(path, 32).astype(np.float32)[None]  # 0..255, no normalisation by the caller
+    assert raw.max() > 1.0
+    expected = int(model.predict(raw, verbose=0).argmax())
+    for fmt in ("savedmodel", "tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8", "tfjs"):
+        probs, _ = verify.run_format(dest, fmt, raw)
+        assert int(probs.argmax()) == expected, fmt
+
+
+def test_interrupted_export_leaves_no_complete_looking_bundle(trained_run, tmp_path):
+    def interrupt(msg):
+        if msg.startswith("converting tfjs"):
+            raise KeyboardInterrupt
+
+    out = tmp_path / "bundle"
+    with pytest.raises(KeyboardInterrupt):
+        bundle.export_run(trained_run.root, ["savedmodel", "tflite-float32", "tfjs"], out, progress=interrupt)
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []  # no temporary folder left either
+
+    bundle.export_run(trained_run.root, ["savedmodel", "tflite-float32"], out, run_verify=False)
+    before = (out / "manifest.json").read_text()
+    with pytest.raises(KeyboardInterrupt):
+        bundle.export_run(trained_run.root, ["savedmodel", "tflite-float32", "tfjs"], out, progress=interrupt)
+    assert (out / "manifest.json").read_text() == before  # the previous complete bundle is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
+
+
+def test_missing_or_unfinished_run_folder_is_one_line(tmp_path):
+    with pytest.raises(RunNotReadyError):
+        bundle.export_run(tmp_path / "nothing")
+    half = RunFolder(tmp_path / "half")
+    half.root.mkdir()
+    (half.root / "config.json").write_text("{}")
+    (half.root / "dataset.json").write_text("{}")
+    proc = subprocess.run([sys.executable, "-m", "export", str(half.root)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == f"error: {half.root} has no model.keras: training has not finished."
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_exports_chosen_formats_and_reverifies(trained_run, tmp_path):
+    out = tmp_path / "cli"
+    proc = subprocess.run([sys.executable, "-m", "export", str(trained_run.root), "--formats", "tflite-float32,tfjs",
+                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "tflite-float32" in proc.stdout and "tfjs" in proc.stdout
+    assert set(json.loads((out / "manifest.json").read_text())["formats"]) == {"savedmodel", "tflite-float32", "tfjs"}
+    proc = subprocess.run([sys.executable, "-m", "export", str(trained_run.root), "--out", str(out), "--verify"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    bad = subprocess.run([sys.executable, "-m", "export", str(trained_run.root), "--formats", "onnx"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown format(s) onnx" in bad.stderr
+
+
+@pytest.mark.slow
+def test_real_mobilenet_v2_export_passes_every_gate(shared_dir, keras_home_with_weights, tmp_path):
+    """MobileNetV2 alpha 0.35 at 224 with ImageNet weights, fine-tuned on hymenoptera, every format verified."""
+    from pipeline import config as config_mod
+
+    cfg = config_mod.apply_overrides(config_mod.RunConfig(), ["train.head_epochs=2", "train.fine_tune_epochs=1"])
+    run = train_mod.train(str(shared_dir / "data" / "hymenoptera"), tmp_path / "run", cfg)
+    dest, result = bundle.export_run(run.root, list(bundle.FORMATS), verify_limit=120)
+    assert result["passed"], verify.table(result)
+    assert result["images"] == 120
+    for fmt in ("tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8"):
+        ops = tflite.op_names(verify.artifact_path(dest, fmt))
+        assert not any(op.startswith("Flex") for op in ops)
+    rows = result["formats"]
+    assert rows["tflite-int8"]["size_bytes"] < 0.5 * rows["tflite-float32"]["size_bytes"]
+    assert rows["tflite-int8"]["accuracy"] >= rows["keras"]["accuracy"] - 0.05
