@@ -32,6 +32,7 @@ def atomic_write_text(path: Path, text: str) -> None:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; run folders are shared with the app and workers
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
