@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -90,6 +91,65 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_submit(args) -> int:
+    from pipeline.jobs.backends import get_backend
+
+    cfg = build_config(args.data, args.config, args.set or [])
+    for w in cfg.warnings():
+        print(f"warning: {w}", file=sys.stderr)
+    job_id = get_backend().submit(args.data, cfg)
+    print(job_id)
+    return 0
+
+
+def _job_line(job) -> str:
+    import time
+
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.created))
+    extra = f"  {job.error}" if job.error else ""
+    return f"{job.id}  {job.state:<9}  {when}  {job.source}{extra}"
+
+
+def cmd_status(args) -> int:
+    from pipeline.jobs.backends import get_backend
+    from pipeline.runfolder import RunFolder
+
+    job = get_backend().status(args.job)
+    epochs = RunFolder(Path(job.run_dir)).epochs()
+    if args.json:
+        print(json.dumps({**job.to_dict(), "epochs": epochs}, indent=2))
+        return 0
+    print(_job_line(job))
+    print(f"run folder: {job.run_dir}")
+    if epochs:
+        e = epochs[-1]
+        print(f"last epoch: {e['phase']} {e['epoch']}/{e['epochs']} val_accuracy {e['val_accuracy']:.4f}")
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    from pipeline.jobs.backends import get_backend
+
+    job = get_backend().cancel(args.job)
+    print(f"{job.id} {'cancelled' if job.state == 'cancelled' else 'stopping at its next batch'}")
+    return 0
+
+
+def cmd_jobs(args) -> int:
+    from pipeline.jobs.backends import get_backend
+
+    for job in get_backend().list():
+        print(_job_line(job))
+    return 0
+
+
+def cmd_worker(args) -> int:
+    from pipeline.jobs.store import JobStore
+    from pipeline.jobs.worker import Worker
+
+    return Worker(JobStore(), args.concurrency, once=args.once).run()
+
+
 def cmd_backbones(args) -> int:
     from pipeline import backbones
 
@@ -134,6 +194,29 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_evaluate)
 
+    j = sub.add_parser("submit", help="queue a training job (starts a background worker if none runs)")
+    j.add_argument("data", help="folder, .zip, or sample:digits")
+    j.add_argument("--config", help="TOML or JSON config file")
+    j.add_argument("--set", action="append", metavar="KEY=VALUE")
+    j.set_defaults(func=cmd_submit)
+
+    st = sub.add_parser("status", help="show one job")
+    st.add_argument("job")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+
+    cn = sub.add_parser("cancel", help="cancel a queued job, or stop a running one at its next batch")
+    cn.add_argument("job")
+    cn.set_defaults(func=cmd_cancel)
+
+    js = sub.add_parser("jobs", help="list jobs, newest first")
+    js.set_defaults(func=cmd_jobs)
+
+    w = sub.add_parser("worker", help="run queued jobs (one per GPU, or one on CPU)")
+    w.add_argument("--once", action="store_true", help="exit when the queue is empty")
+    w.add_argument("--concurrency", type=int, help="jobs at once (default: visible GPUs, 1 without)")
+    w.set_defaults(func=cmd_worker)
+
     b = sub.add_parser("backbones", help="list the supported backbones")
     b.set_defaults(func=cmd_backbones)
 
@@ -151,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.config import ConfigError
     from pipeline.data import DataError
     from pipeline.evaluate import RunNotReadyError
+    from pipeline.jobs.store import JobError
     from pipeline.train import RunFolderError, TrainingCancelled
 
     args = parser().parse_args(argv)
@@ -160,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ncancelled: the last finished epoch is kept; run the same command to resume ({args.run_dir}).",
               file=sys.stderr)
         return EXIT_CANCELLED
-    except (ConfigError, DataError, WeightsUnavailableError, RunNotReadyError, RunFolderError) as exc:
+    except (ConfigError, DataError, WeightsUnavailableError, RunNotReadyError, RunFolderError, JobError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

@@ -1,0 +1,82 @@
+"""Training backends behind one contract: ``submit``, ``status``, ``cancel``, ``list``.
+
+The run folder's ``metrics.jsonl`` is the progress feed for every backend. ``LocalBackend`` (the
+default) queues jobs in the SQLite store and starts a background worker when none is alive, so a new
+user needs no second terminal.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Protocol
+
+from pipeline.config import RunConfig
+from pipeline.jobs.store import Job, JobStore
+from pipeline.jobs.worker import ROOT, WorkerLock
+
+
+class Backend(Protocol):
+    def submit(self, source: str, config: RunConfig) -> str: ...
+
+    def status(self, job_id: str) -> Job: ...
+
+    def cancel(self, job_id: str) -> Job: ...
+
+    def list(self) -> list[Job]: ...
+
+
+class LocalBackend:
+    """Jobs run by the local worker process (``python -m pipeline worker``)."""
+
+    def __init__(self, store: JobStore | None = None, *, autostart: bool = True):
+        self.store = store or JobStore()
+        self.autostart = autostart
+
+    def submit(self, source: str, config: RunConfig) -> str:
+        """Queues a training job (the config is validated already: it is a RunConfig)."""
+        job_id = self.store.add(_absolute_source(source), config.to_dict())
+        if self.autostart:
+            self.ensure_worker()
+        return job_id
+
+    def status(self, job_id: str) -> Job:
+        return self.store.get(job_id)
+
+    def cancel(self, job_id: str) -> Job:
+        return self.store.cancel(job_id)
+
+    def list(self) -> list[Job]:
+        return self.store.list()
+
+    def worker_alive(self) -> bool:
+        return WorkerLock(self.store.home).held_elsewhere()
+
+    def ensure_worker(self) -> bool:
+        """Starts a background worker when none holds the lock; returns True if it started one."""
+        if self.worker_alive():
+            return False
+        log = open(self.store.home / "worker.log", "a")  # noqa: SIM115 - handed to the worker
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "TRANSFER_STUDIO_HOME": str(self.store.home)}
+        subprocess.Popen([sys.executable, "-m", "pipeline", "worker"], cwd=ROOT, env=env, stdout=log,
+                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not self.worker_alive():
+            time.sleep(0.1)
+        return True
+
+
+def _absolute_source(source: str) -> str:
+    text = str(source)
+    if text == "sample" or text.startswith("sample:"):
+        return text
+    return str(Path(text).expanduser().resolve())
+
+
+def get_backend() -> Backend:
+    """The configured backend: local (default)."""
+    return LocalBackend()

@@ -1,0 +1,261 @@
+"""The job store: SQLite in WAL mode under TRANSFER_STUDIO_HOME, shared by the app, the CLI and workers.
+
+Every state change is one short transaction, so several processes (app sessions, CLI calls, workers)
+can use it at once; claiming a queued job is atomic (``BEGIN IMMEDIATE``), so each job runs once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline import paths
+
+STATES = ("queued", "running", "done", "failed", "cancelled")
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+HEARTBEAT_SECONDS = 2.0
+STALE_AFTER = 10.0
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    source TEXT NOT NULL,
+    config TEXT NOT NULL,
+    run_dir TEXT NOT NULL,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL,
+    error TEXT,
+    worker TEXT,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    cancel_requested INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, created);
+CREATE TABLE IF NOT EXISTS workers (
+    id TEXT PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    host TEXT NOT NULL,
+    started REAL NOT NULL,
+    heartbeat REAL NOT NULL,
+    concurrency INTEGER NOT NULL,
+    stopped REAL
+);
+"""
+
+
+class JobError(ValueError):
+    """A job request cannot be served (unknown or malformed id, wrong state)."""
+
+
+def validate_job_id(job_id: str) -> str:
+    """Returns ``job_id`` if it is a well-formed id (32 hex digits), else raises JobError.
+
+    Ids arrive from URLs and the CLI and become folder names, so nothing else may pass.
+    """
+    if not isinstance(job_id, str) or not JOB_ID.match(job_id):
+        raise JobError(f"{job_id!r} is not a job id (32 hexadecimal characters).")
+    return job_id
+
+
+@dataclass(frozen=True)
+class Job:
+    """One row of the store, as ``status`` reports it."""
+
+    id: str
+    state: str
+    source: str
+    config: dict[str, Any]
+    run_dir: str
+    created: float
+    started: float | None
+    finished: float | None
+    error: str | None
+    worker: str | None
+    attempts: int
+    cancel_requested: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    id: str
+    pid: int
+    host: str
+    started: float
+    heartbeat: float
+    concurrency: int
+    stopped: float | None
+
+    @property
+    def alive(self) -> bool:
+        return self.stopped is None and time.time() - self.heartbeat < STALE_AFTER
+
+
+class JobStore:
+    """Jobs and workers in ``TRANSFER_STUDIO_HOME/jobs.sqlite3``; runs in ``TRANSFER_STUDIO_HOME/runs/<id>``."""
+
+    def __init__(self, home: Path | None = None):
+        self.home = Path(home) if home else paths.home()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.runs = self.home / "runs"
+        self.runs.mkdir(exist_ok=True)
+        self.path = self.home / "jobs.sqlite3"
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+
+    @contextmanager
+    def _connect(self):
+        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA busy_timeout=30000")
+        try:
+            yield db
+        finally:
+            db.close()
+
+    @contextmanager
+    def _transaction(self):
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    # === Jobs ===
+
+    def run_dir(self, job_id: str) -> Path:
+        return self.runs / validate_job_id(job_id)
+
+    def add(self, source: str, config: dict[str, Any]) -> str:
+        """Queues a job; returns its id (128 random bits)."""
+        job_id = secrets.token_hex(16)
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO jobs (id, state, source, config, run_dir, created) VALUES (?, 'queued', ?, ?, ?, ?)",
+                (job_id, str(source), json.dumps(config), str(self.runs / job_id), time.time()),
+            )
+        return job_id
+
+    def get(self, job_id: str) -> Job:
+        validate_job_id(job_id)
+        with self._connect() as db:
+            row = db.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobError(f"no job {job_id}.")
+        return _job(row)
+
+    def list(self, limit: int = 500) -> list[Job]:
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM jobs ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
+        return [_job(r) for r in rows]
+
+    def claim(self, worker_id: str) -> Job | None:
+        """Atomically moves the oldest queued job to running for ``worker_id``."""
+        with self._transaction() as db:
+            row = db.execute("SELECT id FROM jobs WHERE state = 'queued' ORDER BY created LIMIT 1").fetchone()
+            if row is None:
+                return None
+            db.execute(
+                "UPDATE jobs SET state = 'running', worker = ?, started = COALESCE(started, ?), "
+                "attempts = attempts + 1 WHERE id = ?",
+                (worker_id, time.time(), row["id"]),
+            )
+        return self.get(row["id"])
+
+    def finish(self, job_id: str, state: str, error: str | None = None) -> None:
+        assert state in ("done", "failed", "cancelled")
+        with self._transaction() as db:
+            db.execute("UPDATE jobs SET state = ?, finished = ?, error = ? WHERE id = ?",
+                       (state, time.time(), error, validate_job_id(job_id)))
+
+    def cancel(self, job_id: str) -> Job:
+        """Cancels a queued job at once; asks a running one to stop at its next batch."""
+        job = self.get(job_id)
+        if job.state == "queued":
+            with self._transaction() as db:
+                db.execute("UPDATE jobs SET state = 'cancelled', finished = ?, cancel_requested = 1 "
+                           "WHERE id = ? AND state = 'queued'", (time.time(), job_id))
+        elif job.state == "running":
+            Path(job.run_dir).mkdir(parents=True, exist_ok=True)
+            (Path(job.run_dir) / "CANCEL").touch()
+            with self._transaction() as db:
+                db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+        else:
+            raise JobError(f"job {job_id} is already {job.state}; nothing to cancel.")
+        return self.get(job_id)
+
+    def requeue(self, job_id: str) -> None:
+        """Puts a running job back in the queue (its worker is stopping); it resumes where it stopped."""
+        with self._transaction() as db:
+            db.execute("UPDATE jobs SET state = 'queued', worker = NULL WHERE id = ? AND state = 'running'",
+                       (validate_job_id(job_id),))
+
+    def requeue_orphans(self, owner_alive: Callable[[str | None], bool] | None = None) -> list[str]:
+        """Running jobs whose worker is gone go back to the queue, to resume from their last finished epoch.
+
+        Args:
+            owner_alive: Says whether a job's worker still runs (default: its heartbeat is fresh).
+        """
+        if owner_alive is None:
+            alive = {w.id for w in self.workers() if w.alive}
+            owner_alive = alive.__contains__
+        moved = []
+        with self._transaction() as db:
+            for row in db.execute("SELECT id, worker, cancel_requested FROM jobs WHERE state = 'running'").fetchall():
+                if not owner_alive(row["worker"]):
+                    if row["cancel_requested"]:
+                        db.execute("UPDATE jobs SET state = 'cancelled', finished = ? WHERE id = ?",
+                                   (time.time(), row["id"]))
+                    else:
+                        db.execute("UPDATE jobs SET state = 'queued', worker = NULL WHERE id = ?", (row["id"],))
+                        moved.append(row["id"])
+        return moved
+
+    # === Workers ===
+
+    def register_worker(self, concurrency: int) -> str:
+        worker_id = f"w-{secrets.token_hex(6)}"
+        now = time.time()
+        with self._transaction() as db:
+            db.execute("INSERT INTO workers (id, pid, host, started, heartbeat, concurrency) VALUES (?, ?, ?, ?, ?, ?)",
+                       (worker_id, os.getpid(), os.uname().nodename, now, now, concurrency))
+        return worker_id
+
+    def heartbeat(self, worker_id: str) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE workers SET heartbeat = ? WHERE id = ?", (time.time(), worker_id))
+
+    def stop_worker(self, worker_id: str) -> None:
+        with self._transaction() as db:
+            db.execute("UPDATE workers SET stopped = ? WHERE id = ?", (time.time(), worker_id))
+
+    def workers(self) -> list[WorkerInfo]:
+        with self._connect() as db:
+            rows = db.execute("SELECT * FROM workers ORDER BY started DESC LIMIT 50").fetchall()
+        return [WorkerInfo(**dict(r)) for r in rows]
+
+    def live_worker(self) -> WorkerInfo | None:
+        return next((w for w in self.workers() if w.alive), None)
+
+
+def _job(row: sqlite3.Row) -> Job:
+    data = dict(row)
+    data["config"] = json.loads(data["config"])
+    data["cancel_requested"] = bool(data["cancel_requested"])
+    return Job(**data)

@@ -1,0 +1,175 @@
+"""The local worker: claims queued jobs and runs each training in its own child process.
+
+One worker per TRANSFER_STUDIO_HOME (an exclusive lock on ``worker.lock``), so two jobs never fight over
+one device: concurrency defaults to the number of visible GPUs, 1 without a GPU. On start it puts every
+job left ``running`` by a dead worker back in the queue; the child then resumes it from its last
+finished epoch (the pipeline's BackupAndRestore). Children die with the worker (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from pipeline.jobs.store import HEARTBEAT_SECONDS, JobStore
+
+EXIT_CANCELLED = 3
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def visible_gpus() -> int:
+    """NVIDIA GPUs this process may use, without loading TensorFlow (the worker stays light)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return len(list(gpus.iterdir())) if gpus.is_dir() else 0
+
+
+def default_concurrency() -> int:
+    """One job per visible GPU, 1 without a GPU: two jobs never fight over one device."""
+    return max(1, visible_gpus())
+
+
+class WorkerLock:
+    """Exclusive, process-lifetime lock: at most one worker per home."""
+
+    def __init__(self, home: Path):
+        self.path = home / "worker.lock"
+        self._fh = None
+
+    def acquire(self) -> bool:
+        self._fh = open(self.path, "a+")  # noqa: SIM115 - held for the worker's lifetime
+        try:
+            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._fh.close()
+            self._fh = None
+            return False
+        return True
+
+    def held_elsewhere(self) -> bool:
+        """True when another process holds the lock (a worker is alive)."""
+        with open(self.path, "a+") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(fh, fcntl.LOCK_UN)
+            return False
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: receive SIGKILL when the worker dies, so no training outlives it."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+    os.setsid()
+
+
+class Worker:
+    def __init__(self, store: JobStore, concurrency: int | None = None, *, once: bool = False, poll: float = 0.3):
+        self.store = store
+        self.concurrency = concurrency or default_concurrency()
+        self.once = once
+        self.poll = poll
+        self.children: dict[str, subprocess.Popen] = {}
+        self.stopping = threading.Event()
+        self.id = ""
+
+    def run(self) -> int:
+        lock = WorkerLock(self.store.home)
+        if not lock.acquire():
+            print("a worker is already running for this TRANSFER_STUDIO_HOME", file=sys.stderr)
+            return 0
+        self.id = self.store.register_worker(self.concurrency)
+        beat = threading.Thread(target=self._heartbeat, daemon=True)
+        beat.start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stopping.set())
+        resumed = self.store.requeue_orphans(owner_alive=lambda w: w == self.id)
+        for job_id in resumed:
+            (self.store.run_dir(job_id) / "CANCEL").unlink(missing_ok=True)
+        print(f"worker {self.id} (pid {os.getpid()}, concurrency {self.concurrency}); "
+              f"{len(resumed)} interrupted job(s) requeued", file=sys.stderr, flush=True)
+        try:
+            while not self.stopping.is_set():
+                self._reap()
+                while len(self.children) < self.concurrency and not self.stopping.is_set():
+                    job = self.store.claim(self.id)
+                    if job is None:
+                        break
+                    self._spawn(job)
+                if self.once and not self.children and not any(j.state == "queued" for j in self.store.list()):
+                    break
+                self.stopping.wait(self.poll)
+        finally:
+            self._shutdown()
+            self.store.stop_worker(self.id)
+        return 0
+
+    def _heartbeat(self) -> None:
+        while not self.stopping.wait(HEARTBEAT_SECONDS):
+            try:
+                self.store.heartbeat(self.id)
+            except Exception as exc:  # a locked database for a moment must not kill the heartbeat
+                print(f"heartbeat failed: {exc}", file=sys.stderr)
+
+    def _spawn(self, job) -> None:
+        run_dir = Path(job.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        log = open(run_dir / "train.log", "a")  # noqa: SIM115 - handed to the child
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2",
+               "TRANSFER_STUDIO_HOME": str(self.store.home)}
+        self.children[job.id] = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.jobs.child", job.id], cwd=ROOT, env=env,
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+        )
+        log.close()
+        print(f"job {job.id} started (attempt {job.attempts})", file=sys.stderr, flush=True)
+
+    def _reap(self) -> None:
+        for job_id, proc in list(self.children.items()):
+            rc = proc.poll()
+            if rc is None:
+                continue
+            del self.children[job_id]
+            job = self.store.get(job_id)
+            error_file = Path(job.run_dir) / "error.txt"
+            if rc == 0:
+                self.store.finish(job_id, "done")
+            elif rc == EXIT_CANCELLED and job.cancel_requested:
+                self.store.finish(job_id, "cancelled")
+            elif error_file.exists():
+                self.store.finish(job_id, "failed", error_file.read_text(encoding="utf-8").strip())
+            elif rc < 0:
+                self.store.finish(job_id, "failed", f"the training process was killed by signal {-rc} "
+                                  "(out of memory?); see train.log in the run folder")
+            else:
+                self.store.finish(job_id, "failed", f"the training process exited with code {rc}; "
+                                  "see train.log in the run folder")
+            print(f"job {job_id} {self.store.get(job_id).state}", file=sys.stderr, flush=True)
+
+    def _shutdown(self) -> None:
+        """Stopping the worker stops its children at their next batch; their jobs wait in the queue."""
+        for proc in self.children.values():
+            proc.send_signal(signal.SIGTERM)
+        for job_id, proc in self.children.items():
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            if not self.store.get(job_id).cancel_requested:
+                self.store.requeue(job_id)
+            else:
+                self.store.finish(job_id, "cancelled")
+        self.children.clear()

@@ -1,0 +1,175 @@
+"""The local job backend with real worker and training processes."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.jobs.backends import LocalBackend
+from pipeline.jobs.store import JobError, JobStore
+from pipeline.runfolder import RunFolder
+from tests.conftest import ROOT, tiny_config, write_shapes_dataset
+
+QUICK = {"model": {"backbone": "small_cnn"}, "train": {"strategy": "from_scratch", "head_epochs": 2}}
+
+
+def _cli(*args, **kw):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _run_once(*extra, timeout=600):
+    proc = _cli("worker", "--once", *extra)
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err
+    return err
+
+
+def _wait(predicate, timeout=300, what="condition"):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def backend():
+    return LocalBackend(JobStore(), autostart=False)
+
+
+@pytest.fixture
+def shapes(tmp_path):
+    return write_shapes_dataset(tmp_path / "shapes", per_class=10)
+
+
+def test_submit_run_done_with_metrics(backend, shapes):
+    job_id = backend.submit(str(shapes), tiny_config(**QUICK))
+    assert len(job_id) == 32 and backend.status(job_id).state == "queued"
+    _run_once()
+    job = backend.status(job_id)
+    assert job.state == "done", job.error
+    assert job.started and job.finished and job.finished >= job.started and job.attempts == 1
+    run = RunFolder(Path(job.run_dir))
+    assert Path(job.run_dir).parent == backend.store.runs
+    assert [e["epoch"] for e in run.epochs()] == [1, 2] and run.eval.exists()
+    assert "job" in (run.root / "train.log").read_text()
+
+
+def test_cancel_a_queued_job(backend, shapes):
+    job_id = backend.submit(str(shapes), tiny_config(**QUICK))
+    assert backend.cancel(job_id).state == "cancelled"
+    _run_once()
+    assert backend.status(job_id).state == "cancelled"
+    assert not RunFolder(Path(backend.status(job_id).run_dir)).metrics.exists()  # it never ran
+    with pytest.raises(JobError, match="already cancelled"):
+        backend.cancel(job_id)
+
+
+LONG = {"model": {"image_size": 64}, "train": {"head_epochs": 3, "fine_tune_epochs": 4},
+        "augment": {"enabled": True}, "data": {"test_fraction": 0.0}}
+
+
+def test_cancel_a_running_job_keeps_its_checkpoint(backend, tmp_path):
+    data_dir = write_shapes_dataset(tmp_path / "big", per_class=20, size=64)
+    job_id = backend.submit(str(data_dir), tiny_config(**LONG))
+    worker = _cli("worker")
+    try:
+        run = RunFolder(backend.store.run_dir(job_id))
+        _wait(lambda: len(run.epochs()) >= 1, what="the first epoch")
+        assert backend.cancel(job_id).cancel_requested
+        _wait(lambda: backend.status(job_id).state == "cancelled", what="the cancel")
+        assert len(run.epochs()) < 7
+        assert run.backup_dir("head").exists() or run.phase_done_weights("head").exists()
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=120)
+    assert worker.returncode == 0
+
+
+def test_killed_worker_and_child_resume_without_repeating_epochs(backend, tmp_path):
+    data_dir = write_shapes_dataset(tmp_path / "big", per_class=20, size=64)
+    job_id = backend.submit(str(data_dir), tiny_config(**LONG))
+    worker = _cli("worker")
+    run = RunFolder(backend.store.run_dir(job_id))
+    _wait(lambda: len(run.epochs()) >= 4, what="four epochs")
+    child_pids = [int(p) for p in subprocess.run(["pgrep", "-f", f"pipeline.jobs.child {job_id}"],
+                                                 capture_output=True, text=True).stdout.split()]
+    assert child_pids
+    worker.send_signal(signal.SIGKILL)
+    worker.communicate()
+    for pid in child_pids:  # the child dies with its worker (PR_SET_PDEATHSIG)
+        _wait(lambda pid=pid: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2],
+              timeout=30, what="the child to die")
+    before = [(e["phase"], e["epoch"]) for e in run.epochs()]
+    assert backend.status(job_id).state == "running"  # the dead worker left it so
+
+    _run_once()
+    job = backend.status(job_id)
+    assert job.state == "done" and job.attempts == 2
+    after = [(e["phase"], e["epoch"]) for e in run.epochs()]
+    assert after[: len(before)] == before and len(set(after)) == len(after) == 7
+
+
+def test_five_jobs_with_concurrency_one_run_one_at_a_time(backend, shapes):
+    ids = [backend.submit(str(shapes), tiny_config(**{**QUICK, "train": {**QUICK["train"], "head_epochs": 1}}))
+           for _ in range(5)]
+    _run_once("--concurrency", "1", timeout=900)
+    jobs = sorted((backend.status(i) for i in ids), key=lambda j: j.started)
+    assert [j.state for j in jobs] == ["done"] * 5
+    for a, b in zip(jobs, jobs[1:], strict=False):
+        assert a.finished <= b.started  # never two at once
+    assert all(j.attempts == 1 for j in jobs)  # each ran exactly once
+
+
+def test_broken_config_and_bad_data_fail_with_a_readable_reason(backend, shapes, tmp_path):
+    bad_config = backend.store.add(str(shapes), {"train": {"strategy": "magic"}})
+    one_class = tmp_path / "one"
+    write_shapes_dataset(one_class, per_class=3)
+    for extra in ("bar", "disc"):
+        for f in (one_class / extra).iterdir():
+            f.unlink()
+        (one_class / extra).rmdir()
+    bad_data = backend.submit(str(one_class), tiny_config(**QUICK))
+    _run_once()
+    job = backend.status(bad_config)
+    assert job.state == "failed" and job.error.startswith("train.strategy='magic' is not allowed")
+    job = backend.status(bad_data)
+    assert job.state == "failed" and "at least 2" in job.error and "'square'" in job.error
+
+
+def test_crafted_job_ids_are_refused(backend):
+    for bad in ("../../etc", "a" * 31, "A" * 32, "0" * 32 + "/x", ""):
+        with pytest.raises(JobError, match="is not a job id"):
+            backend.status(bad)
+        with pytest.raises(JobError):
+            backend.store.run_dir(bad)
+    proc = _cli("status", "../../etc")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "is not a job id" in err and "Traceback" not in err
+
+
+def test_cli_submit_starts_a_worker_and_the_job_finishes(shapes):
+    proc = _cli("submit", str(shapes), "--set", "model.backbone=small_cnn", "--set", "model.weights=none",
+                "--set", "train.strategy=from_scratch", "--set", "train.head_epochs=1", "--set", "model.image_size=32")
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    job_id = out.strip().splitlines()[-1]
+    store = JobStore()
+    try:
+        _wait(lambda: store.get(job_id).state in ("done", "failed"), what="the job")
+        assert store.get(job_id).state == "done"
+        status = _cli("status", job_id, "--json")
+        out, _ = status.communicate(timeout=60)
+        assert '"state": "done"' in out and '"epochs"' in out
+    finally:
+        for w in store.workers():
+            if w.stopped is None:
+                os.kill(w.pid, signal.SIGTERM)
+        _wait(lambda: all(w.stopped for w in store.workers()), timeout=60, what="the worker to stop")
