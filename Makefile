@@ -17,10 +17,16 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt package.json pac
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $(STAMP)
 
+# The optional Ray backend's extra: `make test` installs it, since CI runs the Ray contract tests.
+RAY_STAMP := $(VENV)/.installed-ray-stamp
+$(RAY_STAMP): $(STAMP) requirements-ray.txt
+	$(PY) -m pip install --quiet -r requirements-ray.txt -c constraints.txt
+	touch $(RAY_STAMP)
+
 setup: $(STAMP)
 
 # Whole suite: fast tests plus the slow real-photo / real-weights ones.
-test: $(STAMP)
+test: $(STAMP) $(RAY_STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
 

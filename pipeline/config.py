@@ -190,6 +190,7 @@ class TrainConfig:
         early_stopping_patience: Stop a phase after this many epochs without val_loss improving (0 = off).
         seed: Seed for the split, shuffling, augmentation and initialisation.
         progress_every: Write a progress line to metrics.jsonl every this many batches.
+        gpus: GPUs a job asks for on a cluster backend (Ray); the local worker runs one job per GPU.
     """
 
     strategy: str = "fine_tune"
@@ -207,6 +208,7 @@ class TrainConfig:
     early_stopping_patience: int = 3
     seed: int = 42
     progress_every: int = 5
+    gpus: int = 0
 
     def __post_init__(self) -> None:
         _check_choice("train.strategy", self.strategy, STRATEGIES)
@@ -224,6 +226,7 @@ class TrainConfig:
         _check_int("train.early_stopping_patience", self.early_stopping_patience, 0)
         _check_int("train.seed", self.seed, 0, 2**31 - 1)
         _check_int("train.progress_every", self.progress_every, 1)
+        _check_int("train.gpus", self.gpus, 0, 64)
 
     @property
     def two_phase(self) -> bool:

@@ -78,5 +78,10 @@ def _absolute_source(source: str) -> str:
 
 
 def get_backend() -> Backend:
-    """The configured backend: local (default)."""
+    """The configured backend: Ray when ``TRANSFER_STUDIO_RAY_ADDRESS`` is set, else local (the default)."""
+    address = os.environ.get("TRANSFER_STUDIO_RAY_ADDRESS")
+    if address:
+        from pipeline.jobs.ray_backend import RayBackend
+
+        return RayBackend(address)
     return LocalBackend()

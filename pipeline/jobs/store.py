@@ -167,6 +167,9 @@ class JobStore:
 
     def claim(self, worker_id: str) -> Job | None:
         """Atomically moves the oldest queued job to running for ``worker_id``."""
+        with self._connect() as db:  # cheap read first: an idle worker polls without writing
+            if db.execute("SELECT 1 FROM jobs WHERE state = 'queued' LIMIT 1").fetchone() is None:
+                return None
         with self._transaction() as db:
             row = db.execute("SELECT id FROM jobs WHERE state = 'queued' ORDER BY created LIMIT 1").fetchone()
             if row is None:
