@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 
-.PHONY: setup test test-fast lint bench clean
+.PHONY: setup run test test-fast lint bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt constraints.txt package.json package-lock.json
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ $(RAY_STAMP): $(STAMP) requirements-ray.txt
 	touch $(RAY_STAMP)
 
 setup: $(STAMP)
+
+# The app, on the embedded sample set by default (no network needed).
+run: $(STAMP)
+	$(PY) -m streamlit run streamlit_app.py $(STREAMLIT_ARGS)
 
 # Whole suite: fast tests plus the slow real-photo / real-weights ones.
 test: $(STAMP) $(RAY_STAMP)

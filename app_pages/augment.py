@@ -1,0 +1,53 @@
+"""Augment: the training-time transforms, previewed on one of your images (the layers training uses)."""
+
+from pathlib import Path
+
+import streamlit as st
+
+from app_pages import shared
+from pipeline import data
+from pipeline.config import FLIPS, AugmentConfig, ConfigError
+
+st.title("Augment")
+st.caption("Random transforms applied to training images only; exports never contain them.")
+
+left, right = st.columns([1, 2])
+with left:
+    enabled = st.toggle("Augment while training", value=True, key="aug_enabled")
+    flip = st.selectbox("Flip", FLIPS, index=FLIPS.index("horizontal"), key="aug_flip")
+    rotation = st.slider("Rotation (fraction of a turn)", 0.0, 0.5, 0.1, 0.01, key="aug_rotation")
+    zoom = st.slider("Zoom", 0.0, 0.5, 0.0, 0.01, key="aug_zoom")
+    translation = st.slider("Translation", 0.0, 0.5, 0.0, 0.01, key="aug_translation")
+    contrast = st.slider("Contrast", 0.0, 0.9, 0.0, 0.05, key="aug_contrast")
+    brightness = st.slider("Brightness", 0.0, 0.9, 0.0, 0.05, key="aug_brightness")
+try:
+    cfg = AugmentConfig(enabled=enabled, flip=flip, rotation=rotation, zoom=zoom, translation=translation,
+                        contrast=contrast, brightness=brightness)
+except ConfigError as exc:
+    st.error(str(exc))
+    st.stop()
+st.session_state["augment_config"] = cfg
+
+with right:
+    try:
+        folder, report = shared.resolve_and_scan(shared.source())
+    except data.DataError as exc:
+        st.error(str(exc))
+        st.stop()
+    files = [rel for items in report["items"].values() for rel, _ in items]
+    if not files:
+        st.info("The dataset has no usable images yet (see the Data page).")
+        st.stop()
+    pick = st.selectbox("Image", files[:500])
+    if st.button("Re-roll", icon=":material/casino:"):
+        st.session_state["aug_seed"] = st.session_state.get("aug_seed", 0) + 1
+    if not cfg.active:
+        st.info("No transform is active: training sees the images as they are.")
+    from pipeline.augment import preview  # imports TensorFlow: only on this page
+
+    image = data.load_image(Path(report["root"]) / pick, 224)
+    grid = preview(image, cfg, count=9, seed=st.session_state.get("aug_seed", 0))
+    for row in range(3):
+        cols = st.columns(3)
+        for col, img in zip(cols, grid[row * 3 : row * 3 + 3], strict=True):
+            col.image(img, use_container_width=True)

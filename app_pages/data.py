@@ -1,0 +1,84 @@
+"""Data: choose the sample, upload a zip, or pick a server folder; see what is in it."""
+
+import hashlib
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from app_pages import shared
+from pipeline import data, paths
+
+st.title("Data")
+st.caption("Labelled images: one sub-folder per class (or train/ val/ test/ folders of class sub-folders).")
+
+choice = st.radio("Source", ["Sample set (handwritten digits)", "Upload a zip", "Server folder"], horizontal=True)
+try:
+    if choice.startswith("Sample"):
+        shared.set_source("sample:digits")
+    elif choice == "Upload a zip":
+        upload = st.file_uploader("Zip of class folders", type=["zip"])
+        if upload is not None:
+            payload = upload.getvalue()
+            target = paths.home() / "uploads" / f"{hashlib.sha256(payload).hexdigest()[:16]}.zip"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if not target.exists():
+                target.write_bytes(payload)
+            shared.set_source(str(target))
+    else:
+        root = shared.data_root()
+        folders = sorted(str(p.relative_to(root)) for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not folders:
+            st.info(f"No folders under {root}. Put datasets there, or set TRANSFER_STUDIO_DATA_ROOT.")
+        else:
+            picked = st.selectbox(f"Folder under {root}", folders)
+            target = (root / picked).resolve()
+            if not target.is_relative_to(root):
+                st.error("That folder is outside the allowed data root.")
+                st.stop()
+            shared.set_source(str(target))
+
+    src = shared.source()
+    with st.spinner("Scanning every image (decoding each one to find broken files)..."):
+        folder, report = shared.resolve_and_scan(src)
+    st.session_state["source_folder"] = folder
+except data.DataError as exc:
+    st.error(str(exc))
+    st.stop()
+
+counts = {c: sum(v.values()) for c, v in report["counts"].items()}
+total = sum(counts.values())
+cols = st.columns(4)
+cols[0].metric("Classes", len(report["classes"]))
+cols[1].metric("Images", total)
+cols[2].metric("Skipped files", len(report["skipped"]))
+cols[3].metric("Layout", report["layout"])
+for warning in report["warnings"]:
+    st.warning(warning)
+if len(report["classes"]) < 2:
+    st.error("A classifier needs at least 2 classes: put each class's images in its own sub-folder.")
+
+st.subheader("Images per class")
+st.bar_chart(pd.DataFrame({"images": counts}), horizontal=True)
+
+st.subheader("Examples")
+root = Path(report["root"])
+by_class: dict[str, list[str]] = {}
+for split_items in report["items"].values():
+    for rel, cls in split_items:
+        by_class.setdefault(cls, []).append(rel)
+for cls in report["classes"][:20]:
+    files = by_class.get(cls, [])[:6]
+    st.markdown(f"**{cls}** ({counts.get(cls, 0)})")
+    row = st.columns(6)
+    for col, rel in zip(row, files, strict=False):
+        col.image(data.load_image(root / rel, 160), use_container_width=True)
+
+st.subheader("Image sizes")
+st.dataframe(pd.DataFrame({c: {"min": f"{s['min'][0]}x{s['min'][1]}", "median": f"{s['median'][0]}x{s['median'][1]}",
+                               "max": f"{s['max'][0]}x{s['max'][1]}"} for c, s in report["sizes"].items()}).T)
+
+if report["skipped"]:
+    st.subheader("Skipped files")
+    st.dataframe(pd.DataFrame(report["skipped"]), hide_index=True, use_container_width=True)
+st.page_link("app_pages/augment.py", label="Next: preview augmentation", icon=":material/arrow_forward:")

@@ -1,0 +1,78 @@
+"""Runs: every job with its status; for one run, live curves, an epoch table and cancel."""
+
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.subplots import make_subplots
+
+from app_pages import shared
+from pipeline.runfolder import RunFolder
+
+st.title("Runs")
+jobs = shared.backend().list()
+if jobs:
+    st.dataframe(pd.DataFrame([{"id": j.id[:8], "state": j.state, "source": Path(j.source).name,
+                                "created": pd.Timestamp(j.created, unit="s"), "error": j.error or ""} for j in jobs]),
+                 hide_index=True, use_container_width=True)
+job = shared.pick_run()
+if job is None:
+    st.stop()
+st.caption(f"Share this run: add `?run={job.id}` to the app's address.")
+
+
+def curves(epochs: list[dict]) -> go.Figure:
+    df = pd.DataFrame(epochs)
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("loss", "accuracy", "learning rate"))
+    x = df["global_epoch"]
+    for col, name in ((1, "loss"), (2, "accuracy")):
+        fig.add_trace(go.Scatter(x=x, y=df[name], name=f"train {name}", mode="lines+markers"), row=1, col=col)
+        fig.add_trace(go.Scatter(x=x, y=df[f"val_{name}"], name=f"val {name}", mode="lines+markers"), row=1, col=col)
+    fig.add_trace(go.Scatter(x=x, y=df["lr"], name="lr", mode="lines+markers"), row=1, col=3)
+    fine = df[df["phase"] == "fine_tune"]
+    if not fine.empty:
+        boundary = float(fine["global_epoch"].min()) - 0.5
+        for col in (1, 2, 3):
+            fig.add_vline(x=boundary, line_dash="dash", line_color="gray", row=1, col=col)
+        fig.add_annotation(x=boundary, y=1.08, yref="paper", text="fine-tuning starts", showarrow=False)
+    fig.update_layout(height=340, margin=dict(t=40, b=20), legend=dict(orientation="h"))
+    return fig
+
+
+@st.fragment(run_every=1.0)
+def live(job_id: str) -> None:
+    current = shared.backend().status(job_id)
+    run = RunFolder(Path(current.run_dir))
+    lines = run.metrics_lines()
+    epochs = [m for m in lines if m.get("event") == "epoch"]
+    c1, c2, c3 = st.columns([1, 1, 2])
+    c1.metric("State", current.state)
+    c2.metric("Epochs", len(epochs))
+    if current.state == "failed":
+        st.error(f"Training failed: {current.error}")
+    if current.state in ("queued", "running"):
+        progress = next((m for m in reversed(lines) if m.get("event") in ("progress", "cache", "scan")), None)
+        if progress and progress["event"] == "progress":
+            c3.progress(progress["batch"] / progress["steps"],
+                        text=f"{progress['phase']} epoch {progress['epoch']}: batch {progress['batch']}/{progress['steps']}")
+        elif progress:
+            c3.progress(progress["done"] / max(1, progress["total"]), text=f"{progress['event']} {progress['done']}/{progress['total']}")
+        if st.button("Cancel", icon=":material/stop_circle:", key=f"cancel-{job_id}"):
+            shared.backend().cancel(job_id)
+            st.toast("Stopping at the next batch; the last finished epoch is kept.")
+    if epochs:
+        st.plotly_chart(curves(epochs), use_container_width=True, key=f"curves-{job_id}")
+        table = pd.DataFrame(epochs)[["phase", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr",
+                                      "seconds", "images_per_second"]]
+        st.dataframe(table, hide_index=True, use_container_width=True)
+    elif current.state in ("queued", "running"):
+        st.info("Waiting for the first epoch...")
+    if current.state in ("done", "failed", "cancelled"):
+        log = run.root / "train.log"
+        if log.exists():
+            with st.expander("Training log"):
+                st.code(log.read_text(errors="replace")[-5000:])
+
+
+live(job.id)

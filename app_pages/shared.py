@@ -1,0 +1,81 @@
+"""Small helpers shared by the page files: the chosen dataset, the backend, the selected run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import streamlit as st
+
+from pipeline import paths
+
+DEFAULT_SOURCE = "sample:digits"
+
+
+def data_root() -> Path:
+    """The only server folder tree the Data page may browse (``TRANSFER_STUDIO_DATA_ROOT``)."""
+    root = Path(os.environ.get("TRANSFER_STUDIO_DATA_ROOT") or paths.home() / "data").expanduser().resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def source() -> str:
+    return st.session_state.get("source", DEFAULT_SOURCE)
+
+
+def set_source(value: str) -> None:
+    st.session_state["source"] = value
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def scan_folder(folder: str, stamp: float) -> dict:
+    """Scan report of a resolved folder, cached per folder and modification time."""
+    from pipeline import data
+
+    return data.scan(folder).to_dict()
+
+
+def resolve_and_scan(src: str) -> tuple[str, dict]:
+    from pipeline import data
+
+    folder = data.resolve_source(src)
+    return str(folder), scan_folder(str(folder), folder.stat().st_mtime)
+
+
+@st.cache_resource
+def backend():
+    from pipeline.jobs.backends import get_backend
+
+    return get_backend()
+
+
+def selected_job_id() -> str | None:
+    """The run named by ``?run=<id>`` (validated), else the last one this session launched."""
+    from pipeline.jobs.store import JobError, validate_job_id
+
+    raw = st.query_params.get("run") or st.session_state.get("run")
+    if not raw:
+        return None
+    try:
+        return validate_job_id(raw)
+    except JobError as exc:
+        st.error(str(exc))
+        return None
+
+
+def pick_run(label: str = "Run", finished_only: bool = False):
+    """A select box of jobs (newest first), preselecting ``?run=``; returns the Job or None."""
+    wanted = selected_job_id()  # validated first: a crafted link gets a message, never a path
+    jobs = backend().list()
+    if finished_only:
+        jobs = [j for j in jobs if j.state == "done"]
+    if not jobs:
+        st.info("No finished runs yet. Launch one on the Train page." if finished_only
+                else "No runs yet. Launch one on the Train page.")
+        return None
+    ids = [j.id for j in jobs]
+    index = ids.index(wanted) if wanted in ids else 0
+    job = st.selectbox(label, jobs, index=index, format_func=lambda j: f"{j.id[:8]}  {j.state}  {Path(j.source).name}")
+    if job is not None and st.query_params.get("run") != job.id:
+        st.query_params["run"] = job.id
+    return job

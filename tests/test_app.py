@@ -1,0 +1,127 @@
+"""The Streamlit app through streamlit.testing.v1.AppTest, against a real tiny job."""
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from pipeline.jobs.backends import LocalBackend
+from pipeline.jobs.store import JobStore
+from tests.conftest import ROOT
+
+ENTRY = str(ROOT / "streamlit_app.py")
+os.environ.setdefault("STREAMLIT_CLIENT_SHOW_ERROR_DETAILS", "full")  # tests want the details users never see
+
+
+def _page(name: str, **query) -> AppTest:
+    """Runs one page through the entry (so st.navigation knows every page, as in the real app)."""
+    at = AppTest.from_file(ENTRY, default_timeout=120)
+    for k, v in query.items():
+        at.query_params[k] = v
+    at.run()
+    at.switch_page(f"app_pages/{name}")
+    return at.run()
+
+
+def _no_exception(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def test_entry_opens_on_the_sample_set():
+    at = AppTest.from_file(ENTRY, default_timeout=120).run()
+    _no_exception(at)
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Classes"] == "10" and metrics["Images"] == "1797"
+
+
+def test_data_page_reports_a_bad_server_folder(tmp_path, monkeypatch):
+    root = tmp_path / "root"
+    (root / "oneclass" / "cats").mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(root / "oneclass" / "cats" / "a.png")
+    (root / "oneclass" / "cats" / "b.jpg").write_bytes(b"not an image")
+    monkeypatch.setenv("TRANSFER_STUDIO_DATA_ROOT", str(root))
+    at = _page("data.py")
+    at.radio[0].set_value("Server folder").run()
+    _no_exception(at)
+    assert any("at least 2 classes" in e.value for e in at.error)
+    assert any("b.jpg" in str(df.value) for df in at.dataframe)
+
+
+def _count(at: AppTest, kind: str) -> int:
+    def walk(node):
+        own = 1 if getattr(node, "type", None) == kind else 0
+        children = getattr(node, "children", None)
+        return own + (sum(walk(c) for c in children.values()) if isinstance(children, dict) else 0)
+
+    return walk(at._tree)
+
+
+def test_augment_page_shows_a_3x3_grid():
+    at = _page("augment.py")
+    _no_exception(at)
+    assert _count(at, "image") == 9
+    at.button[0].click().run()  # re-roll
+    _no_exception(at)
+    assert _count(at, "image") == 9
+
+
+@pytest.fixture
+def finished_job():
+    """A real tiny job launched from the Train page and run by the background worker."""
+    at = _page("train.py")
+    _no_exception(at)
+    assert any("Estimated time per epoch" in m.label for m in at.metric)
+    at.number_input[1].set_value(2)  # epochs: keep the job short
+    at.button[0].click().run()
+    store = JobStore()
+    jobs = store.list()
+    assert len(jobs) == 1
+    job_id = jobs[0].id
+    t0 = time.monotonic()
+    while store.get(job_id).state in ("queued", "running"):
+        assert time.monotonic() - t0 < 300
+        time.sleep(0.5)
+    assert store.get(job_id).state == "done", store.get(job_id).error
+    yield job_id
+    import os
+    import signal
+
+    for w in store.workers():
+        if w.stopped is None:
+            os.kill(w.pid, signal.SIGTERM)
+    while LocalBackend(store).worker_alive():
+        time.sleep(0.1)
+
+
+def test_train_runs_evaluate_export_try_on_a_real_job(finished_job):
+    at = _page("runs.py", run=finished_job)
+    _no_exception(at)
+    assert any(m.label == "State" and m.value == "done" for m in at.metric)
+    assert at.get("plotly_chart")
+
+    at = _page("evaluate.py", run=finished_job)
+    _no_exception(at)
+    assert any("Accuracy on the test split" in m.label for m in at.metric)
+
+    at = _page("export.py", run=finished_job)
+    _no_exception(at)
+    at.multiselect[0].set_value(["savedmodel", "tflite-float32", "tfjs"])
+    at.button[0].click().run(timeout=600)
+    _no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    assert any("Verification on" in s.value for s in at.subheader)
+    run_dir = Path(JobStore().get(finished_job).run_dir)
+    assert (run_dir / "exports" / "tfjs" / "model.json").exists()
+
+    at = _page("try_model.py", run=finished_job)
+    _no_exception(at)
+
+
+def test_a_crafted_run_id_in_the_link_is_refused():
+    at = _page("runs.py", run="../../etc")
+    _no_exception(at)
+    assert any("is not a job id" in e.value for e in at.error)
