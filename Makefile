@@ -30,7 +30,13 @@ run: $(STAMP)
 	$(PY) -m streamlit run streamlit_app.py $(STREAMLIT_ARGS)
 
 # Whole suite: fast tests plus the slow real-photo / real-weights ones.
-test: $(STAMP) $(RAY_STAMP)
+# Debian's chromium for the end-to-end browser test (Playwright drives it; no browser download).
+BROWSER_STAMP := $(VENV)/.installed-browser-stamp
+$(BROWSER_STAMP): $(STAMP)
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+	touch $(BROWSER_STAMP)
+
+test: $(STAMP) $(RAY_STAMP) $(BROWSER_STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
 

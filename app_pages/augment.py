@@ -11,26 +11,29 @@ from pipeline.config import FLIPS, AugmentConfig, ConfigError
 st.title("Augment")
 st.caption("Random transforms applied to training images only; exports never contain them.")
 
+src = shared.source()
+saved = st.session_state.setdefault("augment_config", {})
+d = saved.get(src, shared.base_config(src).augment)  # per dataset: digits must not be flipped by default
 left, right = st.columns([1, 2])
 with left:
-    enabled = st.toggle("Augment while training", value=True, key="aug_enabled")
-    flip = st.selectbox("Flip", FLIPS, index=FLIPS.index("horizontal"), key="aug_flip")
-    rotation = st.slider("Rotation (fraction of a turn)", 0.0, 0.5, 0.1, 0.01, key="aug_rotation")
-    zoom = st.slider("Zoom", 0.0, 0.5, 0.0, 0.01, key="aug_zoom")
-    translation = st.slider("Translation", 0.0, 0.5, 0.0, 0.01, key="aug_translation")
-    contrast = st.slider("Contrast", 0.0, 0.9, 0.0, 0.05, key="aug_contrast")
-    brightness = st.slider("Brightness", 0.0, 0.9, 0.0, 0.05, key="aug_brightness")
+    enabled = st.toggle("Augment while training", value=d.enabled, key=f"aug_enabled:{src}")
+    flip = st.selectbox("Flip", FLIPS, index=FLIPS.index(d.flip), key=f"aug_flip:{src}")
+    rotation = st.slider("Rotation (fraction of a turn)", 0.0, 0.5, d.rotation, 0.01, key=f"aug_rotation:{src}")
+    zoom = st.slider("Zoom", 0.0, 0.5, d.zoom, 0.01, key=f"aug_zoom:{src}")
+    translation = st.slider("Translation", 0.0, 0.5, d.translation, 0.01, key=f"aug_translation:{src}")
+    contrast = st.slider("Contrast", 0.0, 0.9, d.contrast, 0.05, key=f"aug_contrast:{src}")
+    brightness = st.slider("Brightness", 0.0, 0.9, d.brightness, 0.05, key=f"aug_brightness:{src}")
 try:
     cfg = AugmentConfig(enabled=enabled, flip=flip, rotation=rotation, zoom=zoom, translation=translation,
                         contrast=contrast, brightness=brightness)
 except ConfigError as exc:
     st.error(str(exc))
     st.stop()
-st.session_state["augment_config"] = cfg
+saved[src] = cfg
 
 with right:
     try:
-        folder, report = shared.resolve_and_scan(shared.source())
+        folder, report = shared.resolve_and_scan(src)
     except data.DataError as exc:
         st.error(str(exc))
         st.stop()

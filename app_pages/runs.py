@@ -11,11 +11,18 @@ from app_pages import shared
 from pipeline.runfolder import RunFolder
 
 st.title("Runs")
-jobs = shared.backend().list()
-if jobs:
-    st.dataframe(pd.DataFrame([{"id": j.id[:8], "state": j.state, "source": Path(j.source).name,
-                                "created": pd.Timestamp(j.created, unit="s"), "error": j.error or ""} for j in jobs]),
-                 hide_index=True, use_container_width=True)
+
+
+@st.fragment(run_every=2.0)
+def all_jobs() -> None:
+    jobs = shared.backend().list()
+    if jobs:
+        st.dataframe(pd.DataFrame([{"id": j.id[:8], "state": j.state, "source": Path(j.source).name,
+                                    "created": pd.Timestamp(j.created, unit="s"), "error": j.error or ""}
+                                   for j in jobs]), hide_index=True, use_container_width=True)
+
+
+all_jobs()
 job = shared.pick_run()
 if job is None:
     st.stop()

@@ -27,6 +27,13 @@ def set_source(value: str) -> None:
     st.session_state["source"] = value
 
 
+def base_config(src: str):
+    """Defaults for a source: a sample set's own preset, else the RunConfig defaults."""
+    from pipeline import config, data
+
+    return config.from_dict(data.sample_preset()) if data.is_sample(src) else config.RunConfig()
+
+
 @st.cache_data(show_spinner=False, max_entries=16)
 def scan_folder(folder: str, stamp: float) -> dict:
     """Scan report of a resolved folder, cached per folder and modification time."""

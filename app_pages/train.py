@@ -19,7 +19,7 @@ except data.DataError as exc:
 counts = {c: sum(v.values()) for c, v in report["counts"].items()}
 st.caption(f"Data: {src} ({len(counts)} classes, {sum(counts.values())} images)")
 
-base = config_mod.from_dict(data.sample_preset()) if data.is_sample(src) else RunConfig()
+base = shared.base_config(src)
 helps = config_mod.field_help()
 
 with st.expander("Which strategy? (advisor)", expanded=False):
@@ -64,7 +64,7 @@ with c3:
                             index=config_mod.SCHEDULES.index(base.train.lr_schedule), help=helps["train.lr_schedule"])
     seed = st.number_input("Seed", 0, 2**31 - 1, base.train.seed, help=helps["train.seed"])
 
-augment_cfg = st.session_state.get("augment_config", base.augment)
+augment_cfg = st.session_state.get("augment_config", {}).get(src, base.augment)
 st.caption(f"Augmentation: {'on' if augment_cfg.active else 'off'} (set it on the Augment page).")
 try:
     cfg = RunConfig(

@@ -1,0 +1,135 @@
+"""End to end in a real browser: Playwright for Python driving Debian's chromium (headless).
+
+Starts the app on a free port with its own TRANSFER_STUDIO_HOME, picks the sample set, launches a short
+training, sees the curve update, exports TF.js, and classifies an image in the page with TF.js, checking
+the same top-1 as the server model. Screenshots of each page go to test-output/screens/. Marked slow.
+"""
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SCREENS = ROOT / "test-output" / "screens"
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def app_url(ts_home):
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (make test installs it)")
+    pytest.importorskip("playwright")
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRANSFER_STUDIO_HOME": str(ts_home)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 60:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+        except OSError:
+            time.sleep(0.2)
+    yield url
+    proc.terminate()
+    proc.wait(timeout=30)
+    from pipeline.jobs.store import JobStore
+
+    for w in JobStore(ts_home).workers():
+        if w.stopped is None:
+            try:
+                os.kill(w.pid, 15)
+            except ProcessLookupError:
+                pass
+
+
+def test_sample_to_training_to_export_to_in_browser_classification(app_url, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    from pipeline import data
+
+    SCREENS.mkdir(parents=True, exist_ok=True)
+    digit = sorted((data.resolve_source("sample:digits") / "7").iterdir())[0]
+    photo = tmp_path / "seven.png"
+    shutil.copy(digit, photo)
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run", "--disable-quic"],
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(120_000)
+        expect.set_options(timeout=120_000)
+
+        # Data: the sample set is the default source
+        page.goto(app_url)
+        expect(page.get_by_text("Images per class")).to_be_visible()
+        expect(page.get_by_text("1797")).to_be_visible()
+        page.screenshot(path=SCREENS / "1-data.png", full_page=True)
+
+        page.get_by_role("link", name="Augment").first.click()
+        expect(page.get_by_role("button", name="Re-roll")).to_be_visible()
+        page.wait_for_timeout(1500)
+        page.screenshot(path=SCREENS / "2-augment.png", full_page=True)
+
+        # Train: a short run (3 epochs) launched from the page
+        page.get_by_role("link", name="Train").first.click()
+        epochs = page.get_by_role("spinbutton", name="Epochs", exact=True)
+        epochs.fill("3")
+        epochs.press("Enter")
+        page.wait_for_timeout(800)
+        page.screenshot(path=SCREENS / "3-train.png", full_page=True)
+        page.get_by_role("button", name="Launch training").click()
+
+        # Runs: the curves appear and update while the job runs, then it is done
+        expect(page.get_by_text("Share this run")).to_be_visible()
+        expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=180_000)
+        expect(page.get_by_text(re.compile(r"^done$"))).to_be_visible(timeout=240_000)
+        assert "run=" in page.url
+        page.wait_for_timeout(1500)
+        page.screenshot(path=SCREENS / "4-runs.png", full_page=True)
+
+        page.get_by_role("link", name="Evaluate").first.click()
+        expect(page.get_by_text("Confusion matrix")).to_be_visible()
+        page.screenshot(path=SCREENS / "5-evaluate.png", full_page=True)
+
+        # Export: TF.js (SavedModel always comes with it), verified
+        page.get_by_role("link", name="Export").first.click()
+        page.get_by_role("button", name="Export and verify").click()
+        expect(page.get_by_text(re.compile("Verification on"))).to_be_visible(timeout=300_000)
+        page.screenshot(path=SCREENS / "6-export.png", full_page=True)
+
+        # Try: the same image classified by the server and by TF.js in the page
+        page.get_by_role("link", name="Try").first.click()
+        page.locator("input[type=file]").set_input_files(str(photo))
+        server = page.get_by_text(re.compile(r"^Server: "))
+        expect(server).to_be_visible()
+        server_top1 = re.match(r"Server: (\S+)", server.inner_text()).group(1)
+        frame = page.frame_locator("iframe").first
+        result = frame.locator("#out[data-top1]:not([data-top1=''])")
+        expect(result).to_be_visible(timeout=120_000)
+        browser_top1 = result.get_attribute("data-top1")
+        page.screenshot(path=SCREENS / "7-try.png", full_page=True)
+        browser.close()
+    assert browser_top1 == server_top1
