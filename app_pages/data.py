@@ -39,7 +39,7 @@ try:
             shared.set_source(str(target))
 
     src = shared.source()
-    with st.spinner("Scanning every image (decoding each one to find broken files)..."):
+    with st.spinner("Unpacking and scanning (every image is decoded to find broken files)..."):
         folder, report = shared.resolve_and_scan(src)
     st.session_state["source_folder"] = folder
 except data.DataError as exc:

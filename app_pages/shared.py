@@ -34,19 +34,41 @@ def base_config(src: str):
     return config.from_dict(data.sample_preset()) if data.is_sample(src) else config.RunConfig()
 
 
-@st.cache_data(show_spinner=False, max_entries=16)
-def scan_folder(folder: str, stamp: float) -> dict:
-    """Scan report of a resolved folder, cached per folder and modification time."""
+@st.cache_resource
+def _scan_cache() -> dict:
+    """(folder, mtime) -> scan report, shared by every session of this server (small: reports only)."""
+    return {}
+
+
+def scan_folder(folder: str, stamp: float, progress=None) -> dict:
+    """Scan report of a resolved folder, cached per folder and modification time.
+
+    (Not ``st.cache_data``: the progress bar it draws lives outside the function, which cache replay forbids.)
+    """
     from pipeline import data
 
-    return data.scan(folder).to_dict()
+    cache = _scan_cache()
+    key = (folder, stamp)
+    if key not in cache:
+        if len(cache) >= 16:
+            cache.pop(next(iter(cache)))
+        cache[key] = data.scan(folder, progress=progress).to_dict()
+    return cache[key]
 
 
 def resolve_and_scan(src: str) -> tuple[str, dict]:
+    """Resolves (unzipping safely) and scans a source, with a progress bar while it decodes."""
     from pipeline import data
 
     folder = data.resolve_source(src)
-    return str(folder), scan_folder(str(folder), folder.stat().st_mtime)
+    bar = st.empty()
+
+    def progress(done: int, total: int) -> None:
+        bar.progress(done / max(total, 1), text=f"Scanning: {done}/{total} images decoded")
+
+    report = scan_folder(str(folder), folder.stat().st_mtime, progress=progress)
+    bar.empty()
+    return str(folder), report
 
 
 @st.cache_resource

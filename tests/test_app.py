@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 import pytest
+from streamlit import config
 from streamlit.testing.v1 import AppTest
 
 from pipeline.jobs.backends import LocalBackend
@@ -12,7 +13,7 @@ from pipeline.jobs.store import JobStore
 from tests.conftest import ROOT
 
 ENTRY = str(ROOT / "streamlit_app.py")
-os.environ.setdefault("STREAMLIT_CLIENT_SHOW_ERROR_DETAILS", "full")  # tests want the details users never see
+config.set_option("client.showErrorDetails", "full")  # tests want the details users never see
 
 
 def _page(name: str, **query) -> AppTest:
@@ -87,7 +88,6 @@ def finished_job():
         time.sleep(0.5)
     assert store.get(job_id).state == "done", store.get(job_id).error
     yield job_id
-    import os
     import signal
 
     for w in store.workers():
