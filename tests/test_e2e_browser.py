@@ -36,10 +36,11 @@ def app_url(ts_home):
     pytest.importorskip("playwright")
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TRANSFER_STUDIO_HOME": str(ts_home)}
+    log = open(ts_home / "streamlit.log", "w")  # a file, not a pipe: a full pipe would block the server
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     t0 = time.monotonic()
@@ -51,7 +52,12 @@ def app_url(ts_home):
             time.sleep(0.2)
     yield url
     proc.terminate()
-    proc.wait(timeout=30)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    log.close()
     from pipeline.jobs.store import JobStore
 
     for w in JobStore(ts_home).workers():
