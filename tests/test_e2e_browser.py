@@ -36,7 +36,7 @@ def app_url(ts_home):
     pytest.importorskip("playwright")
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TRANSFER_STUDIO_HOME": str(ts_home)}
-    log = open(ts_home / "streamlit.log", "w")  # a file, not a pipe: a full pipe would block the server
+    log = open(ts_home / "streamlit.log", "w")  # noqa: SIM115 - a file, not a pipe: a full pipe blocks the server
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true"],
