@@ -7,7 +7,6 @@ bundle that looks complete.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -73,14 +72,6 @@ def held_out(run_dir: Path, limit: int = 200) -> tuple[np.ndarray, np.ndarray, s
     files = splits.paths(split)
     images = np.stack([data_mod.load_image(files[i], cfg.model.image_size) for i in idx]).astype(np.float32)
     return images, splits.labels(split)[idx], split
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _versions() -> dict[str, str]:
@@ -188,7 +179,7 @@ def build_manifest(run, cfg, splits, formats, int8_params, bundle: Path) -> dict
     for path in sorted(p for p in bundle.rglob("*") if p.is_file() and p.name != "manifest.json"):
         rel = path.relative_to(bundle).as_posix()
         if rel != ZIP_NAME:
-            files[rel] = {"sha256": _sha256(path), "bytes": path.stat().st_size}
+            files[rel] = {"sha256": data_mod.file_sha256(path), "bytes": path.stat().st_size}
     size = cfg.model.image_size
     return {
         "format_version": 1,

@@ -67,7 +67,7 @@ def resolve_source(source: str | os.PathLike, data_cfg: DataConfig | None = None
     if path.is_file():
         if not zipfile.is_zipfile(path):
             raise DataError(f"{path} is a file but not a zip archive; give a folder or a .zip of class folders.")
-        digest = _file_sha256(path)[:16]
+        digest = file_sha256(path)[:16]
         dest = paths.datasets_dir() / f"zip-{digest}"
         if not dest.exists():
             safe_extract_zip(path, dest, max_bytes=data_cfg.max_zip_bytes, max_files=data_cfg.max_zip_files)
@@ -91,7 +91,7 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".") or name in ("__MACOSX", "Thumbs.db", "desktop.ini")
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
