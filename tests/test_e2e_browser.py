@@ -111,7 +111,8 @@ def test_sample_to_training_to_export_to_in_browser_classification(app_url, tmp_
         # Runs: the curves appear and update while the job runs, then it is done
         expect(page.get_by_text("Share this run")).to_be_visible()
         expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=180_000)
-        expect(page.get_by_text(re.compile(r"^done$"))).to_be_visible(timeout=240_000)
+        state = page.get_by_test_id("stMetricValue").filter(has_text=re.compile(r"^done$"))  # the State metric
+        expect(state).to_be_visible(timeout=240_000)
         assert "run=" in page.url
         page.wait_for_timeout(1500)
         page.screenshot(path=SCREENS / "4-runs.png", full_page=True)
