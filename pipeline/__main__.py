@@ -31,8 +31,6 @@ def build_config(source: str, config_file: str | None, overrides: list[str]):
 
 
 def _progress_printer():
-    last = {}
-
     def show(rec: dict) -> None:
         ev = rec.get("event")
         if ev in ("scan", "cache") and (sys.stderr.isatty() or rec["done"] == rec["total"]):
@@ -55,8 +53,6 @@ def _progress_printer():
                   file=sys.stderr, flush=True)
         elif ev in ("start", "resumed"):
             print(f"{'resuming' if ev == 'resumed' else 'training'}: phases {', '.join(rec['phases'])}", file=sys.stderr)
-        last.update(rec)
-
     return show
 
 

@@ -345,11 +345,6 @@ class ScanReport:
         out["counts"] = self.counts()
         return out
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ScanReport:
-        names = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in names})
-
     def summary(self) -> str:
         """Plain-text report for the terminal."""
         lines = [f"{self.root}: {len(self.classes)} classes, {self.total()} images ({self.layout} layout)"]

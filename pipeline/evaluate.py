@@ -47,6 +47,7 @@ def predict_split(run_dir: str | Path, split: str | None = None, *, limit: int |
     run, cfg, splits = load_run(run_dir)
     split = split or splits.eval_split
     files = splits.paths(split)[:limit]
+    relpaths = [rel for rel, _ in getattr(splits, split)][:limit]
     labels = splits.labels(split)[:limit]
     cache = data_mod.ImageCache(files, cfg.model.image_size, memory_budget_mb=cfg.data.cache_memory_mb,
                                 disk_dir=run.root / "cache-eval", max_pixels=cfg.data.max_image_pixels)
@@ -56,7 +57,7 @@ def predict_split(run_dir: str | Path, split: str | None = None, *, limit: int |
         probs = model.predict(images, batch_size=cfg.train.batch_size, verbose=0)
     finally:
         cache.close()
-    return {"split": split, "files": files, "labels": labels, "probs": probs, "images": images,
+    return {"split": split, "files": files, "relpaths": relpaths, "labels": labels, "probs": probs, "images": images,
             "classes": list(splits.classes), "model": model}
 
 
@@ -75,7 +76,6 @@ def evaluate(run_dir: str | Path, *, mistakes: int = 24) -> dict[str, Any]:
     )
     wrong = np.flatnonzero(pred != labels)
     order = wrong[np.argsort(-probs[wrong, pred[wrong]])][:mistakes]
-    root = Path(json.loads(run.dataset.read_text(encoding="utf-8"))["splits"]["root"])
     result = {
         "split": out["split"],
         "images": int(len(labels)),
@@ -88,7 +88,7 @@ def evaluate(run_dir: str | Path, *, mistakes: int = 24) -> dict[str, Any]:
         "confusion_matrix": confusion_matrix(labels, pred, labels=list(range(k))).tolist(),
         "mistakes": [
             {
-                "path": str(Path(out["files"][i]).relative_to(root)) if Path(out["files"][i]).is_relative_to(root) else out["files"][i],
+                "path": out["relpaths"][i],
                 "file": out["files"][i],
                 "true": classes[labels[i]],
                 "predicted": classes[pred[i]],
