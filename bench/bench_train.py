@@ -8,6 +8,11 @@ that peak memory (ru_maxrss) is its own. Variants:
   prefetch(10), augmentation layers in the model, base called with training=False.
 - ``studio``: ``pipeline.train`` with augmentation on (flip + rotation, like the recipe).
 - ``studio_cached``: ``pipeline.train`` with augmentation off, so the head phase runs on cached features.
+- ``floor``: import TensorFlow, build the model, run one fine-tune step on a batch of 32 zeros (base
+  trainable, BatchNorm frozen as in ``pipeline``): the least peak memory any pipeline can have.
+- ``data_recipe`` / ``data_studio``: only the image cache of each (the recipe's ``.cache()`` filled by
+  one pass; ``pipeline.data.ImageCache``): peak RSS above the process's RSS once TensorFlow's runtime
+  and tf.data are started.
 
 Usage: ``python bench/bench_train.py [--out bench/results_train.json]``. Prints a Markdown table.
 Not a test: figures go to BENCHMARKS.md and the closing note.
@@ -36,13 +41,15 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_recipe() -> dict:
+def current_rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def recipe_datasets():
     import keras
-    import tensorflow as tf
     from keras import layers
 
-    t0 = time.perf_counter()
-    keras.utils.set_random_seed(42)
     train_ds = keras.utils.image_dataset_from_directory(DATA / "train", image_size=(SIZE, SIZE), batch_size=None,
                                                         label_mode="categorical", seed=42)
     val_ds = keras.utils.image_dataset_from_directory(DATA / "val", image_size=(SIZE, SIZE), batch_size=None,
@@ -50,6 +57,57 @@ def run_recipe() -> dict:
     resize = layers.Resizing(SIZE, SIZE)
     train_ds = train_ds.map(lambda x, y: (resize(x), y)).cache().batch(BATCH).prefetch(10)
     val_ds = val_ds.map(lambda x, y: (resize(x), y)).cache().batch(BATCH).prefetch(10)
+    return train_ds, val_ds
+
+
+def run_data(variant: str) -> dict:
+    import tensorflow as tf
+
+    # Start TensorFlow's runtime and tf.data first, so the figure is the cache and its pipeline only.
+    for _ in tf.data.Dataset.range(64).map(lambda i: tf.cast(i, tf.float32) / 2).batch(8).prefetch(2):
+        pass
+    before = current_rss_mb()
+    if variant == "data_recipe":
+        for ds in recipe_datasets():
+            for _ in ds:
+                pass
+    else:
+        from pipeline import data as data_mod
+
+        splits = data_mod.make_splits(data_mod.scan(data_mod.resolve_source(str(DATA))),
+                                      data_mod.DataConfig(), seed=42)
+        caches = [data_mod.ImageCache(splits.paths(s), SIZE, memory_budget_mb=1024) for s in ("train", "val")]
+        for s, c in zip(("train", "val"), caches, strict=True):
+            for _ in data_mod.make_dataset(c, splits.labels(s), 2, BATCH, shuffle=True, seed=42):
+                pass
+    return {"variant": variant, "rss_after_imports_mb": round(before), "peak_rss_mb": round(peak_rss_mb()),
+            "data_peak_above_imports_mb": round(peak_rss_mb() - before)}
+
+
+def run_floor() -> dict:
+    import keras
+    import numpy as np
+    from keras import layers
+
+    base = keras.applications.MobileNetV2(weights=None, input_shape=(SIZE, SIZE, 3), include_top=False, alpha=ALPHA)
+    for layer in base.layers:
+        layer.trainable = not isinstance(layer, layers.BatchNormalization)
+    inputs = keras.Input(shape=(SIZE, SIZE, 3))
+    x = base(layers.Rescaling(1 / 127.5, offset=-1)(inputs), training=False)
+    model = keras.Model(inputs, layers.Dense(2, activation="softmax")(layers.GlobalAveragePooling2D()(x)))
+    model.compile(optimizer=keras.optimizers.Adam(1e-5), loss="categorical_crossentropy")
+    model.train_on_batch(np.zeros((BATCH, SIZE, SIZE, 3), "float32"), np.eye(2, dtype="float32")[[0] * BATCH])
+    return {"variant": "floor", "peak_rss_mb": round(peak_rss_mb())}
+
+
+def run_recipe() -> dict:
+    import keras
+    import tensorflow as tf
+    from keras import layers
+
+    t0 = time.perf_counter()
+    keras.utils.set_random_seed(42)
+    train_ds, val_ds = recipe_datasets()
     augmentation = keras.Sequential([layers.RandomFlip("horizontal"), layers.RandomRotation(0.1)])
     base = keras.applications.MobileNetV2(weights="imagenet", input_shape=(SIZE, SIZE, 3), include_top=False,
                                           alpha=ALPHA)
@@ -131,7 +189,14 @@ def _result(name: str, t0: float, head: list, ft: list, n_train: int) -> dict:
 
 
 def child(variant: str) -> None:
-    result = run_recipe() if variant == "recipe" else run_studio(augment=variant == "studio")
+    if variant == "recipe":
+        result = run_recipe()
+    elif variant == "floor":
+        result = run_floor()
+    elif variant.startswith("data_"):
+        result = run_data(variant)
+    else:
+        result = run_studio(augment=variant == "studio")
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -153,7 +218,7 @@ def main() -> int:
     env = {**os.environ, "KERAS_HOME": str(keras_home), "TF_CPP_MIN_LOG_LEVEL": "2",
            "TRANSFER_STUDIO_HOME": tempfile.mkdtemp(prefix="bench-home-"), "PYTHONPATH": str(ROOT)}
     results = []
-    for variant in ("recipe", "studio", "studio_cached"):
+    for variant in ("recipe", "studio", "studio_cached", "floor", "data_recipe", "data_studio"):
         proc = subprocess.run([sys.executable, __file__, "--child", variant], env=env, capture_output=True, text=True)
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
@@ -166,14 +231,17 @@ def main() -> int:
     rec, st, sc = by["recipe"], by["studio"], by["studio_cached"]
     print("| variant | wall s | head img/s (steady) | fine-tune img/s | peak RSS MB | final val acc |")
     print("|---|---|---|---|---|---|")
-    for r in results:
+    for r in (rec, st, sc):
         print(f"| {r['variant']} | {r['wall_seconds']} | {r['head_images_per_second_steady']} | "
               f"{r['fine_tune_images_per_second']} | {r['peak_rss_mb']:.0f} | {r['final_val_accuracy']} |")
     print()
     print(f"end to end, augmentation on: {rec['wall_seconds'] / st['wall_seconds']:.2f}x faster than the recipe")
     print(f"head epochs on cached features: "
           f"{sc['head_images_per_second_steady'] / rec['head_images_per_second_steady']:.1f}x the recipe's")
-    print(f"peak memory: {st['peak_rss_mb'] / rec['peak_rss_mb']:.2f} of the recipe's")
+    print(f"peak memory: {st['peak_rss_mb'] / rec['peak_rss_mb']:.2f} of the recipe's; one fine-tune step alone "
+          f"peaks at {by['floor']['peak_rss_mb']} MB ({by['floor']['peak_rss_mb'] / rec['peak_rss_mb']:.2f} of the recipe's)")
+    dr, ds = by["data_recipe"]["data_peak_above_imports_mb"], by["data_studio"]["data_peak_above_imports_mb"]
+    print(f"image cache memory (peak above imports): recipe {dr} MB, studio {ds} MB: {ds / dr:.2f} of the recipe's")
     return 0
 
 

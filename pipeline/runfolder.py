@@ -6,7 +6,7 @@ Layout::
     dataset.json       the data source, labels, scan summary and the exact train/val/test file lists
     metrics.jsonl      one JSON line per finished epoch, plus progress lines, flushed as written
     state.json         which phases finished (so a resumed run skips them)
-    checkpoints/       backup_<phase>/ (BackupAndRestore), best.weights.h5, <phase>.done.weights.h5
+    checkpoints/       backup_<phase>/latest.npz (resume point), best.npz, <phase>.done.npz (variables)
     model.keras        the trained inference model (raw pixels in, probabilities out)
     eval.json          test-split evaluation
     CANCEL             present when a cancel was requested
@@ -22,6 +22,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -42,6 +44,42 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's variables do not fit the model they are loaded into."""
+
+
+def save_variables(path: Path, variables: list, **meta: int) -> None:
+    """Writes variable values (and small integer ``meta``) to one ``.npz``, atomically.
+
+    About 20 ms for MobileNetV2 with its Adam state, where Keras's ``save_weights`` to HDF5 takes
+    about 0.45 s; a kill during the write leaves the previous file whole.
+    """
+    arrays = {f"v{i}": np.asarray(v) for i, v in enumerate(variables)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    with open(tmp, "wb") as f:
+        np.savez(f, count=len(arrays), **{f"meta_{k}": v for k, v in meta.items()}, **arrays)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_variables(path: Path, variables: list) -> dict[str, int]:
+    """Assigns the values saved by :func:`save_variables` to ``variables``; returns the saved ``meta``.
+
+    Raises:
+        CheckpointMismatchError: the file holds a different number or shape of variables.
+    """
+    with np.load(path) as saved:
+        arrays = [saved[f"v{i}"] for i in range(int(saved["count"]))]
+        meta = {k[5:]: int(saved[k]) for k in saved.files if k.startswith("meta_")}
+    if len(arrays) != len(variables) or any(a.shape != tuple(v.shape) for a, v in zip(arrays, variables, strict=True)):
+        raise CheckpointMismatchError(f"{path} holds {len(arrays)} variables that do not fit this model's {len(variables)}")
+    for v, a in zip(variables, arrays, strict=True):
+        v.assign(a)
+    return meta
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -85,10 +123,10 @@ class RunFolder:
 
     @property
     def best_weights(self) -> Path:
-        return self.checkpoints / "best.weights.h5"
+        return self.checkpoints / "best.npz"
 
     def phase_done_weights(self, phase: str) -> Path:
-        return self.checkpoints / f"{phase}.done.weights.h5"
+        return self.checkpoints / f"{phase}.done.npz"
 
     def backup_dir(self, phase: str) -> Path:
         return self.checkpoints / f"backup_{phase}"

@@ -215,7 +215,7 @@ def test_cache_is_uint8_at_model_size_in_memory_or_on_disk(tmp_path, budget_mb):
         batches = list(ds.as_numpy_iterator())
         assert [len(x) for x, _ in batches] == [4, 2]
         x, y = batches[0]
-        assert x.dtype == np.float32 and x.min() >= 0 and x.max() <= 255 and y.shape == (4, 2)
+        assert x.dtype == np.uint8 and x.min() >= 0 and x.max() <= 255 and y.shape == (4, 2)
         seen = sorted(round(float(v)) for x, _ in batches for v in x[:, 0, 0, 0])
         assert seen == [0, 40, 80, 120, 160, 200]  # every image once per epoch
     finally:

@@ -15,7 +15,7 @@ from pipeline import data as data_mod
 from pipeline import model as model_mod
 from pipeline import train as train_mod
 from pipeline.evaluate import RunNotReadyError, evaluate
-from pipeline.runfolder import RunFolder
+from pipeline.runfolder import RunFolder, load_variables
 from tests.conftest import ROOT, tiny_config, write_shapes_dataset
 
 
@@ -46,7 +46,7 @@ def test_feature_extraction_uses_cached_features_and_leaves_the_base_untouched(s
 
     before = _initial_models(cfg)
     after = _initial_models(cfg)
-    after.inference.load_weights(run.phase_done_weights("head"))
+    load_variables(run.phase_done_weights("head"), after.inference.weights)
     for path, value in _base_weights(before).items():
         np.testing.assert_allclose(_base_weights(after)[path], value, err_msg=path)
     dense_before = before.inference.get_layer("predictions").get_weights()[0]
@@ -67,12 +67,12 @@ def test_fine_tune_freezes_base_then_unfreezes_with_batchnorm_in_inference_mode(
 
     initial = _base_weights(_initial_models(cfg))
     after_head = _initial_models(cfg)
-    after_head.inference.load_weights(run.phase_done_weights("head"))
+    load_variables(run.phase_done_weights("head"), after_head.inference.weights)
     for path, value in _base_weights(after_head).items():
         np.testing.assert_allclose(value, initial[path], err_msg=f"{path} changed while the base was frozen")
 
     after_ft = _initial_models(cfg)
-    after_ft.inference.load_weights(run.phase_done_weights("fine_tune"))
+    load_variables(run.phase_done_weights("fine_tune"), after_ft.inference.weights)
     tuned = _base_weights(after_ft)
     moving = [p for p in tuned if "moving_mean" in p or "moving_variance" in p]
     kernels = [p for p in tuned if p.endswith("kernel")]
@@ -248,7 +248,7 @@ def test_hymenoptera_fine_tune_reaches_088(shared_dir, keras_home_with_weights, 
     # with real ImageNet weights: fine-tuning moved the kernels but none of the BatchNorm statistics
     pristine = _base_weights(_initial_models(cfg, 2))
     tuned = _initial_models(cfg, 2)
-    tuned.inference.load_weights(run.phase_done_weights("fine_tune"))
+    load_variables(run.phase_done_weights("fine_tune"), tuned.inference.weights)
     tuned = _base_weights(tuned)
     for path in (p for p in tuned if "moving_" in p):
         np.testing.assert_array_equal(tuned[path], pristine[path], err_msg=path)
@@ -275,3 +275,72 @@ def test_flowers_scan_reports_the_cross_class_duplicates(shared_dir):
     assert {p for p, r in reasons.items() if "same bytes sit in classes" in r} == cross
     assert {p for p, r in reasons.items() if "exact duplicate" in r} == within
     assert report.total() == sum(len(g) for g in by_digest.values()) - len(cross) - len(within)
+
+
+def _tiny_fit_model():
+    import keras
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    return model
+
+
+def test_backup_restores_weights_optimizer_state_and_epoch(tmp_path):
+    import keras
+
+    Backup = train_mod._callbacks_module()[1]
+    x, y = np.random.default_rng(0).normal(size=(64, 4)), np.random.default_rng(1).normal(size=(64, 2))
+    keras.utils.set_random_seed(0)
+    first = _tiny_fit_model()
+    first.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[Backup(tmp_path / "b")])
+    assert (tmp_path / "b" / "latest.npz").exists() and not list((tmp_path / "b").glob(".*tmp*"))
+
+    keras.utils.set_random_seed(1)  # different initial weights: all state must come from the file
+    second = _tiny_fit_model()
+    seen = []
+    history = second.fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[
+        Backup(tmp_path / "b"),
+        keras.callbacks.LambdaCallback(on_train_begin=lambda logs: seen.append(
+            ([np.array(w) for w in second.weights], int(second.optimizer.iterations)))),
+    ])
+    restored, iterations = seen[0]
+    for a, b in zip(restored, first.weights, strict=True):
+        np.testing.assert_array_equal(a, np.array(b))
+    assert iterations == 2 * 4  # two epochs of four batches, so the learning-rate schedule continues
+    assert history.epoch == [2]  # only the third epoch ran
+
+
+def test_backup_from_another_model_is_refused_with_a_message(tmp_path):
+    import keras
+
+    Backup = train_mod._callbacks_module()[1]
+    x, y = np.zeros((16, 4)), np.zeros((16, 2))
+    _tiny_fit_model().fit(x, y, epochs=1, verbose=0, callbacks=[Backup(tmp_path / "b")])
+    other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    other.compile(optimizer="adam", loss="mse")
+    with pytest.raises(train_mod.RunFolderError, match="does not match this model"):
+        other.fit(x, y, epochs=2, verbose=0, callbacks=[Backup(tmp_path / "b")])
+
+
+def test_head_phase_validation_from_cached_features_equals_keras_evaluate(shapes_dir, tmp_path):
+    """With augmentation on, the head phase validates on features computed once: same numbers as
+    Keras's own evaluation of the whole training model (augmentation, dropout, frozen base)."""
+    cfg = tiny_config(augment={"enabled": True, "flip": "horizontal", "rotation": 0.1, "zoom": 0.1},
+                      train={"label_smoothing": 0.1})
+    splits = data_mod.make_splits(data_mod.scan(data_mod.resolve_source(str(shapes_dir))), cfg.data, seed=0)
+    cache = data_mod.ImageCache(splits.paths("val"), cfg.model.image_size, memory_budget_mb=64)
+    labels = splits.labels("val")
+    models = _initial_models(cfg)
+    model_mod.freeze_base(models)
+    train_mod._compile(models.train, train_mod.phases_for(cfg)[0], cfg, 4, jit=False)
+    val_ds = data_mod.make_dataset(cache, labels, 3, 8, shuffle=False, seed=0)
+    expected = models.train.evaluate(val_ds, verbose=0, return_dict=True)
+
+    FeatureValidation = train_mod._callbacks_module()[3]
+    features = models.features.predict(val_ds.map(lambda x, y: x), verbose=0)
+    callback = FeatureValidation(models.head, features, np.eye(3, dtype=np.float32)[labels], 0.1)
+    logs = {}
+    callback.on_epoch_end(0, logs)
+    assert logs["val_accuracy"] == pytest.approx(expected["accuracy"])
+    assert logs["val_loss"] == pytest.approx(expected["loss"], rel=1e-5)
+    cache.close()
