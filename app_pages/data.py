@@ -39,8 +39,7 @@ try:
             shared.set_source(str(target))
 
     src = shared.source()
-    with st.spinner("Unpacking and scanning (every image is decoded to find broken files)..."):
-        folder, report = shared.resolve_and_scan(src)
+    folder, report = shared.resolve_and_scan(src)  # progress bars: unpacking, then decoding every image
     st.session_state["source_folder"] = folder
 except data.DataError as exc:
     st.error(str(exc))

@@ -1,12 +1,13 @@
-"""Export: choose formats, export with progress, see the verification table, download."""
+"""Export: choose formats, export in the background with progress, see the verification table, download."""
 
+import time
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
 from app_pages import shared
-from export import bundle
+from export import bundle, task
 from pipeline.runfolder import RunFolder
 
 st.title("Export")
@@ -14,18 +15,41 @@ job = shared.pick_run(finished_only=True)
 if job is None:
     st.stop()
 run = RunFolder(Path(job.run_dir))
-formats = st.multiselect("Formats", bundle.FORMATS + bundle.OPTIONAL_FORMATS, default=list(bundle.FORMATS))
-if st.button("Export and verify", type="primary", icon=":material/package_2:"):
-    with st.status("Exporting...", expanded=True) as status:
-        try:
-            dest, result = bundle.export_run(run.root, bundle.parse_formats(",".join(formats) or "all"),
-                                             progress=lambda msg: st.write(msg.capitalize() + "..."))
-        except Exception as exc:  # every export failure is shown as a sentence, never a traceback
-            status.update(label="Export failed", state="error")
-            st.error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-            st.stop()
-        status.update(label="Exported and verified" if result["passed"] else "Exported: a verification gate failed",
-                      state="complete" if result["passed"] else "error")
+formats = st.multiselect("Formats", bundle.FORMATS + bundle.OPTIONAL_FORMATS, default=list(bundle.FORMATS),
+                         key="export_formats")
+
+
+def start_export(run_dir: Path) -> None:
+    """Runs before the rerun draws the page, so the button is already disabled and progress shows."""
+    task.start(run_dir, bundle.parse_formats(",".join(st.session_state["export_formats"])))
+
+
+status = task.read_status(run.root)
+running = bool(status and status["state"] == "running")
+st.button("Export and verify", type="primary", icon=":material/package_2:", disabled=running or not formats,
+          on_click=start_export, args=(run.root,),
+          help="Runs in the background: you can leave this page, refresh, or share the link meanwhile.")
+
+
+@st.fragment(run_every=1.0)
+def export_progress() -> None:
+    """Follows the background export; when it ends, reruns the page to show the results."""
+    now = task.read_status(run.root)
+    if now is None or now["state"] != "running":
+        st.rerun(scope="app")
+    step = now.get("step", "starting")
+    st.progress(min(now.get("done", 0) / max(now.get("total", 1), 1), 1.0),
+                text=f"Exporting {', '.join(now.get('formats', []))}: {step}... "
+                     f"({time.time() - now.get('started', time.time()):.0f} s)")
+
+
+if running:
+    export_progress()
+    st.stop()
+if status and status["state"] in ("failed", "interrupted"):
+    st.error(f"The last export did not finish: {status.get('error')}")
+elif status and status["state"] == "gate_failed":
+    st.error("Exported, but a verification gate failed: do not ship the failing format (see the result column).")
 
 manifest = run.exports / "manifest.json"
 if not manifest.exists():
@@ -42,7 +66,7 @@ if verify_file.exists():
              "result": ("ok " if r["passed"] else "FAIL ") + r.get("note", "")}
             for f, r in result["formats"].items()]
     st.subheader(f"Verification on {result['images']} held-out images")
-    if not result["passed"]:
+    if not result["passed"] and not (status and status["state"] == "gate_failed"):
         st.error("A verification gate failed: do not ship the failing format (see the result column).")
     st.dataframe(pd.DataFrame(rows), hide_index=True, use_container_width=True)
 

@@ -57,16 +57,19 @@ def scan_folder(folder: str, stamp: float, progress=None) -> dict:
 
 
 def resolve_and_scan(src: str) -> tuple[str, dict]:
-    """Resolves (unzipping safely) and scans a source, with a progress bar while it decodes."""
+    """Resolves (unzipping safely) and scans a source, with a progress bar while it unpacks and decodes."""
     from pipeline import data
 
-    folder = data.resolve_source(src)
     bar = st.empty()
 
-    def progress(done: int, total: int) -> None:
+    def unpacking(done: int, total: int) -> None:
+        bar.progress(done / max(total, 1), text=f"Unpacking: {done / 1e6:.1f} of {total / 1e6:.1f} MB")
+
+    def scanning(done: int, total: int) -> None:
         bar.progress(done / max(total, 1), text=f"Scanning: {done}/{total} images decoded")
 
-    report = scan_folder(str(folder), folder.stat().st_mtime, progress=progress)
+    folder = data.resolve_source(src, progress=unpacking)
+    report = scan_folder(str(folder), folder.stat().st_mtime, progress=scanning)
     bar.empty()
     return str(folder), report
 

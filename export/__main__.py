@@ -1,4 +1,5 @@
-"""Command line: ``python -m export RUN_DIR [--formats LIST|all] [--out DIR] [--verify] [--no-verify]``."""
+"""Command line: ``python -m export RUN_DIR [--formats LIST|all] [--out DIR] [--verify] [--no-verify]
+[--status-file FILE]`` (the status file is how the app follows an export it started: export.task)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -22,8 +24,37 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--verify", action="store_true", help="only verify an existing bundle (no export)")
     p.add_argument("--no-verify", action="store_true", help="export without verification")
     p.add_argument("--verify-images", type=int, default=200, help="at most this many held-out images")
+    p.add_argument("--status-file", help="keep a JSON status (step, done/total, outcome) in this file")
     args = p.parse_args(argv)
+    if not args.status_file:
+        return _run(args, lambda msg: None)[0]
 
+    from export import bundle, task
+
+    try:
+        formats = bundle.parse_formats(args.formats)
+    except bundle.ExportError:
+        formats = []  # _run reports the error (and the status file gets it)
+    state = {"done": 0, "total": task.steps_total(formats, not args.no_verify)}
+    common = {"formats": formats, "started": round(time.time(), 3)}
+
+    def report(msg: str) -> None:
+        task.write_status(args.status_file, state="running", step=msg, done=state["done"], total=state["total"], **common)
+        state["done"] += 1
+
+    task.write_status(args.status_file, state="running", step="starting", done=0, total=state["total"], **common)
+    code, error = 1, "the export stopped unexpectedly (see export.log in the run folder)"
+    try:
+        code, error = _run(args, report)
+    finally:
+        outcome = {0: "done", EXIT_GATE_FAILED: "gate_failed"}.get(code, "failed")
+        task.write_status(args.status_file, state=outcome, step=outcome, done=state["total"], total=state["total"],
+                          error=error, finished=round(time.time(), 3), **common)
+    return code
+
+
+def _run(args, on_step) -> tuple[int, str | None]:
+    """The export or verification; returns (exit code, one-line reason when it is not 0)."""
     from export import bundle, verify
     from export.tflite import ConversionError
     from pipeline.evaluate import RunNotReadyError, load_model, load_run
@@ -45,17 +76,17 @@ def main(argv: list[str] | None = None) -> int:
             formats = bundle.parse_formats(args.formats)
             dest, result = bundle.export_run(args.run_dir, formats, args.out, run_verify=not args.no_verify,
                                              verify_limit=args.verify_images,
-                                             progress=lambda msg: print(f"{msg} ...", file=sys.stderr, flush=True))
+                                             progress=lambda msg: (on_step(msg), print(f"{msg} ...", file=sys.stderr, flush=True)))
             print(f"bundle: {dest}")
     except (RunNotReadyError, bundle.ExportError, ConversionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return EXIT_USER_ERROR, str(exc).splitlines()[0]
     if result is not None:
         print(verify.table(result))
         if not result["passed"]:
             print("error: a verification gate failed (see the table above and verify.json)", file=sys.stderr)
-            return EXIT_GATE_FAILED
-    return 0
+            return EXIT_GATE_FAILED, "a verification gate failed: do not ship the failing format (see the table)"
+    return 0, None
 
 
 if __name__ == "__main__":

@@ -46,12 +46,14 @@ class DataError(ValueError):
 # === Sources ===
 
 
-def resolve_source(source: str | os.PathLike, data_cfg: DataConfig | None = None) -> Path:
+def resolve_source(source: str | os.PathLike, data_cfg: DataConfig | None = None,
+                   progress: ProgressFn | None = None) -> Path:
     """Turns a source string into a folder on disk.
 
     Args:
         source: A folder, a ``.zip`` file, or ``sample:NAME`` (``sample`` alone is ``sample:digits``).
         data_cfg: Zip limits.
+        progress: Called with (bytes extracted, bytes in total) while a zip is unpacked.
 
     Raises:
         DataError: the source does not exist, or the zip is unsafe or broken.
@@ -70,7 +72,8 @@ def resolve_source(source: str | os.PathLike, data_cfg: DataConfig | None = None
         digest = file_sha256(path)[:16]
         dest = paths.datasets_dir() / f"zip-{digest}"
         if not dest.exists():
-            safe_extract_zip(path, dest, max_bytes=data_cfg.max_zip_bytes, max_files=data_cfg.max_zip_files)
+            safe_extract_zip(path, dest, max_bytes=data_cfg.max_zip_bytes, max_files=data_cfg.max_zip_files,
+                             progress=progress)
         return unwrap_single_folder(dest)
     return unwrap_single_folder(path.resolve())
 
@@ -99,13 +102,15 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def safe_extract_zip(zip_path: Path, dest: Path, *, max_bytes: int, max_files: int) -> None:
+def safe_extract_zip(zip_path: Path, dest: Path, *, max_bytes: int, max_files: int,
+                     progress: ProgressFn | None = None) -> None:
     """Extracts ``zip_path`` into ``dest`` (which must not exist), refusing anything unsafe.
 
     Refused: entries with absolute paths or ``..`` (they would escape ``dest``), symbolic links,
     more than ``max_files`` entries, and more than ``max_bytes`` declared or actually written bytes
     (a zip bomb can lie about its sizes, so the written bytes are counted too). Nothing is left
     behind when extraction fails: it happens in a temporary folder renamed into place at the end.
+    ``progress(bytes written, bytes declared)`` is called after each entry.
 
     Raises:
         DataError: naming the offending entry or limit.
@@ -149,6 +154,8 @@ def safe_extract_zip(zip_path: Path, dest: Path, *, max_bytes: int, max_files: i
                                 "declares less: a zip bomb. It was not extracted."
                             )
                         out.write(chunk)
+                if progress:
+                    progress(min(written, declared), declared)
             os.replace(tmp, dest)
         except zipfile.BadZipFile as exc:
             raise DataError(f"{name} is damaged ({exc}); re-create it and upload again.") from exc
@@ -183,13 +190,11 @@ def materialize_sample(name: str) -> Path:
     dest = paths.datasets_dir() / f"sample-{name}"
     if dest.exists():
         return dest
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
+    images, targets = _load_digits()
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        pixels = np.clip(np.rint(digits.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
-        for i, (img, target) in enumerate(zip(pixels, digits.target, strict=True)):
+        pixels = np.clip(np.rint(images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+        for i, (img, target) in enumerate(zip(pixels, targets, strict=True)):
             folder = tmp / str(int(target))
             folder.mkdir(exist_ok=True)
             Image.fromarray(img).save(folder / f"digit_{i:04d}.png")
@@ -219,6 +224,25 @@ def sample_preset() -> dict[str, dict[str, Any]]:
         "augment": {"enabled": False},
         "data": {"val_fraction": 0.2, "test_fraction": 0.1},
     }
+
+
+def _load_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits (images 0..16, targets), read from the file the package ships.
+
+    Equal to ``sklearn.datasets.load_digits()`` (a test checks) without importing scikit-learn, which
+    takes 1.5 s, on the app's first start.
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("sklearn")
+    csv = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
+    if csv is None or not csv.exists():
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        return digits.images, digits.target
+    table = np.loadtxt(csv, delimiter=",", dtype=np.float64)
+    return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(int)
 
 
 def is_sample(source: str) -> bool:

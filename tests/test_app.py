@@ -8,6 +8,7 @@ import pytest
 from streamlit import config
 from streamlit.testing.v1 import AppTest
 
+from export import task
 from pipeline.jobs.backends import LocalBackend
 from pipeline.jobs.store import JobStore
 from tests.conftest import ROOT
@@ -110,11 +111,19 @@ def test_train_runs_evaluate_export_try_on_a_real_job(finished_job):
     at = _page("export.py", run=finished_job)
     _no_exception(at)
     at.multiselect[0].set_value(["savedmodel", "tflite-float32", "tfjs"])
-    at.button[0].click().run(timeout=600)
+    at.button[0].click().run()  # starts the export in its own process and returns at once
+    _no_exception(at)
+    run_dir = Path(JobStore().get(finished_job).run_dir)
+    assert task.read_status(run_dir)["state"] == "running"
+    assert at.button[0].disabled  # one export at a time
+    t0 = time.monotonic()
+    while task.read_status(run_dir)["state"] == "running":
+        assert time.monotonic() - t0 < 600
+        time.sleep(1)
+    at = _page("export.py", run=finished_job)  # a fresh session (refresh, second tab) sees the result
     _no_exception(at)
     assert not at.error, [e.value for e in at.error]
     assert any("Verification on" in s.value for s in at.subheader)
-    run_dir = Path(JobStore().get(finished_job).run_dir)
     assert (run_dir / "exports" / "tfjs" / "model.json").exists()
 
     at = _page("try_model.py", run=finished_job)

@@ -228,3 +228,24 @@ def test_sample_set_materialises_offline():
     report = data.scan(folder)
     assert report.classes == [str(d) for d in range(10)] and report.total() == 1797
     assert data.load_image(folder / "3" / os.listdir(folder / "3")[0]).shape == (8, 8, 3)
+
+
+def test_embedded_digits_equal_scikit_learns_loader():
+    from sklearn.datasets import load_digits
+
+    images, targets = data._load_digits()
+    reference = load_digits()
+    np.testing.assert_array_equal(images, reference.images)
+    np.testing.assert_array_equal(targets, reference.target)
+
+
+def test_zip_extraction_reports_progress(tmp_path):
+    archive = tmp_path / "set.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i in range(5):
+            zf.writestr(f"cls{i % 2}/img{i}.bin", bytes(1000 * (i + 1)))
+    calls = []
+    data.safe_extract_zip(archive, tmp_path / "out", max_bytes=10**6, max_files=100,
+                          progress=lambda done, total: calls.append((done, total)))
+    assert len(calls) == 5 and calls[-1] == (15000, 15000)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)

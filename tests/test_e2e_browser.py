@@ -124,6 +124,7 @@ def test_sample_to_training_to_export_to_in_browser_classification(app_url, tmp_
         # Export: TF.js (SavedModel always comes with it), verified
         page.get_by_role("link", name="Export").first.click()
         page.get_by_role("button", name="Export and verify").click()
+        expect(page.get_by_text(re.compile(r"^Exporting .*\(\d+ s\)"))).to_be_visible()  # background progress
         expect(page.get_by_text(re.compile("Verification on"))).to_be_visible(timeout=300_000)
         page.screenshot(path=SCREENS / "6-export.png", full_page=True)
 

@@ -2,13 +2,14 @@
 
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-from export import bundle, tfjs, tflite, verify
+from export import bundle, task, tfjs, tflite, verify
 from pipeline import train as train_mod
 from pipeline.evaluate import RunNotReadyError, load_model
 from pipeline.runfolder import RunFolder
@@ -150,6 +151,47 @@ def test_cli_exports_chosen_formats_and_reverifies(trained_run, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "export", str(trained_run.root), "--formats", "onnx"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown format(s) onnx" in bad.stderr
+
+
+def _wait_for_export(run_dir, timeout=600):
+    import time
+
+    t0 = time.monotonic()
+    while (status := task.read_status(run_dir))["state"] == "running":
+        assert time.monotonic() - t0 < timeout, status
+        time.sleep(0.5)
+    return status
+
+
+def test_background_export_reports_progress_and_outcome(trained_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained_run.root, run_dir, ignore=shutil.ignore_patterns("exports"))
+    started = task.start(run_dir, ["savedmodel", "tflite-float32"])
+    assert started["state"] == "running" and started["total"] == task.steps_total(["savedmodel", "tflite-float32"])
+    assert task.start(run_dir, ["savedmodel"])["pid"] == started["pid"]  # a second click joins the running export
+    steps = set()
+    while (status := task.read_status(run_dir))["state"] == "running":
+        steps.add(status["step"])
+    assert status["state"] == "done" and status["error"] is None and status["done"] == status["total"]
+    assert (run_dir / "exports" / "manifest.json").exists() and (run_dir / "exports" / "verify.json").exists()
+    assert any(s.startswith("converting") or s.startswith("verifying") for s in steps), steps
+
+    (run_dir / "model.keras").unlink()  # a run that cannot be exported: the reason reaches the status
+    task.start(run_dir, ["savedmodel"])
+    failed = _wait_for_export(run_dir)
+    assert failed["state"] == "failed" and "has no model.keras" in failed["error"]
+
+
+def test_an_export_whose_process_died_reads_as_interrupted(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    task.write_status(task.status_path(tmp_path), state="running", step="converting tfjs", done=3, total=7)
+    status = json.loads(task.status_path(tmp_path).read_text())
+    status["pid"] = dead.pid
+    task.status_path(tmp_path).write_text(json.dumps(status))
+    assert task.read_status(tmp_path)["state"] == "interrupted"
+    assert "start it again" in task.read_status(tmp_path)["error"]
+    assert task.read_status(tmp_path / "never") is None
 
 
 @pytest.mark.slow

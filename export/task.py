@@ -1,0 +1,99 @@
+"""Export in the background: the app starts ``python -m export`` as its own process and reads its status.
+
+Exporting converts and verifies up to seven formats (about a minute on 2 cores), too long to run
+inside a Streamlit session: the page would be blocked and a refresh would lose it. Instead
+:func:`start` launches the CLI with ``--status-file``, and any session (a refresh, a second tab, the
+shared link) shows the same progress by reading ``RUN_DIR/export_status.json``:
+
+    {"state": "running" | "done" | "gate_failed" | "failed", "step": "converting tfjs", "done": 3,
+     "total": 7, "pid": 1234, "formats": [...], "started": 1700000000.0, "error": "..."}
+
+The status file sits beside ``exports/`` (which is replaced atomically when an export completes).
+A "running" status whose process is gone reads as "interrupted".
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.runfolder import atomic_write_json
+
+STATUS_NAME = "export_status.json"
+LOG_NAME = "export.log"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def status_path(run_dir: str | Path) -> Path:
+    return Path(run_dir) / STATUS_NAME
+
+
+def steps_total(formats: list[str], verify: bool = True) -> int:
+    """How many progress messages ``bundle.export_run`` says for these formats (see its ``say`` calls)."""
+    converted = sum(1 for f in formats if f.startswith(("tflite", "tfjs")))
+    return 2 + converted + (1 if verify else 0) + 1
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie (finished, not yet reaped by the app that started it) is not running.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def read_status(run_dir: str | Path) -> dict[str, Any] | None:
+    """The last export's status, or None when this run was never exported from the app."""
+    path = status_path(run_dir)
+    try:
+        status = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    if status.get("state") == "running" and not _alive(int(status.get("pid", 0))):
+        status = {**status, "state": "interrupted",
+                  "error": "the export process stopped before finishing (server restart or out of memory); "
+                           "start it again"}
+    return status
+
+
+def write_status(path: str | Path, **fields: Any) -> None:
+    atomic_write_json(Path(path), {"pid": os.getpid(), "updated": round(time.time(), 3), **fields})
+
+
+def start(run_dir: str | Path, formats: list[str]) -> dict[str, Any]:
+    """Starts exporting ``run_dir`` to ``formats`` unless an export of it is already running.
+
+    Returns:
+        The status as written (or the running export's status).
+    """
+    run_dir = Path(run_dir)
+    lock_path = run_dir / ".export.lock"
+    with open(lock_path, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two sessions clicking at once start one export
+        current = read_status(run_dir)
+        if current and current.get("state") == "running":
+            return current
+        log = open(run_dir / LOG_NAME, "w")  # noqa: SIM115 (handed to the child)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "export", str(run_dir), "--formats", ",".join(formats),
+             "--status-file", str(status_path(run_dir))],
+            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+        )
+        log.close()
+        status = {"state": "running", "step": "starting", "done": 0, "total": steps_total(formats),
+                  "formats": formats, "started": round(time.time(), 3)}
+        atomic_write_json(status_path(run_dir), {"pid": proc.pid, "updated": status["started"], **status})
+        return {**status, "pid": proc.pid}
