@@ -53,4 +53,4 @@ with right:
     for row in range(3):
         cols = st.columns(3)
         for col, img in zip(cols, grid[row * 3 : row * 3 + 3], strict=True):
-            col.image(img, use_container_width=True)
+            col.image(img, width="stretch")

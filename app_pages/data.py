@@ -71,7 +71,7 @@ for cls in report["classes"][:20]:
     st.markdown(f"**{cls}** ({counts.get(cls, 0)})")
     row = st.columns(6)
     for col, rel in zip(row, files, strict=False):
-        col.image(data.load_image(root / rel, 160), use_container_width=True)
+        col.image(data.load_image(root / rel, 160), width="stretch")
 
 st.subheader("Image sizes")
 st.dataframe(pd.DataFrame({c: {"min": f"{s['min'][0]}x{s['min'][1]}", "median": f"{s['median'][0]}x{s['median'][1]}",
@@ -79,5 +79,5 @@ st.dataframe(pd.DataFrame({c: {"min": f"{s['min'][0]}x{s['min'][1]}", "median": 
 
 if report["skipped"]:
     st.subheader("Skipped files")
-    st.dataframe(pd.DataFrame(report["skipped"]), hide_index=True, use_container_width=True)
+    st.dataframe(pd.DataFrame(report["skipped"]), hide_index=True, width="stretch")
 st.page_link("app_pages/augment.py", label="Next: preview augmentation", icon=":material/arrow_forward:")

@@ -27,10 +27,10 @@ left, right = st.columns(2)
 with left:
     fig = px.imshow(result["confusion_matrix"], x=labels, y=labels, text_auto=True, color_continuous_scale="Blues",
                     labels={"x": "predicted", "y": "true", "color": "images"}, title="Confusion matrix")
-    st.plotly_chart(fig, use_container_width=True)
+    st.plotly_chart(fig, width="stretch")
 with right:
     st.dataframe(pd.DataFrame(result["per_class"]).T.style.format(
-        {"precision": "{:.3f}", "recall": "{:.3f}", "f1": "{:.3f}"}), use_container_width=True)
+        {"precision": "{:.3f}", "recall": "{:.3f}", "f1": "{:.3f}"}), width="stretch")
 
 st.subheader("Most confident mistakes")
 if not result["mistakes"]:
@@ -39,7 +39,7 @@ cols = st.columns(4)
 for i, m in enumerate(result["mistakes"][:24]):
     with cols[i % 4]:
         try:
-            st.image(data.load_image(m["file"], 192), use_container_width=True)
+            st.image(data.load_image(m["file"], 192), width="stretch")
         except data.DataError:
             st.caption("(image no longer available)")
         st.caption(f"true **{m['true']}**, predicted **{m['predicted']}** ({m['probability']:.0%})")

@@ -60,7 +60,8 @@ if verify_file.exists():
     import json
 
     result = json.loads(verify_file.read_text())
-    rows = [{"format": f, "agreement": r.get("agreement"), "accuracy": r.get("accuracy"),
+    rows = [{"format": f, "agreement": 100 * r["agreement"] if r.get("agreement") is not None else None,
+             "accuracy": r.get("accuracy"),
              "max |dp|": r.get("max_abs_diff"), "ms / image": r.get("latency_ms"),
              "size (KB)": (r["size_bytes"] or 0) / 1024 if r.get("size_bytes") else None,
              "result": ("ok " if r["passed"] else "FAIL ") + r.get("note", "")}
@@ -68,7 +69,11 @@ if verify_file.exists():
     st.subheader(f"Verification on {result['images']} held-out images")
     if not result["passed"] and not (status and status["state"] == "gate_failed"):
         st.error("A verification gate failed: do not ship the failing format (see the result column).")
-    st.dataframe(pd.DataFrame(rows), hide_index=True, use_container_width=True)
+    number = st.column_config.NumberColumn
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
+        "agreement": number("top-1 agreement", format="%.2f%%", help="Same top class as the Keras model"),
+        "accuracy": number(format="%.4f"), "max |dp|": number(format="%.1e", help="Largest probability difference"),
+        "ms / image": number(format="%.2f"), "size (KB)": number(format="%.0f")})
 
 st.subheader("Download")
 zip_path = run.exports / bundle.ZIP_NAME

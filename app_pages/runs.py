@@ -19,7 +19,7 @@ def all_jobs() -> None:
     if jobs:
         st.dataframe(pd.DataFrame([{"id": j.id[:8], "state": j.state, "source": Path(j.source).name,
                                     "created": pd.Timestamp(j.created, unit="s"), "error": j.error or ""}
-                                   for j in jobs]), hide_index=True, use_container_width=True)
+                                   for j in jobs]), hide_index=True, width="stretch")
 
 
 all_jobs()
@@ -69,10 +69,10 @@ def live(job_id: str) -> None:
             shared.backend().cancel(job_id)
             st.toast("Stopping at the next batch; the last finished epoch is kept.")
     if epochs:
-        st.plotly_chart(curves(epochs), use_container_width=True, key=f"curves-{job_id}")
+        st.plotly_chart(curves(epochs), width="stretch", key=f"curves-{job_id}")
         table = pd.DataFrame(epochs)[["phase", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr",
                                       "seconds", "images_per_second"]]
-        st.dataframe(table, hide_index=True, use_container_width=True)
+        st.dataframe(table, hide_index=True, width="stretch")
     elif current.state in ("queued", "running"):
         st.info("Waiting for the first epoch...")
     if current.state in ("done", "failed", "cancelled"):
