@@ -3,16 +3,20 @@
 import hashlib
 from pathlib import Path
 
-import pandas as pd
 import streamlit as st
 
 from app_pages import shared
-from pipeline import data, paths
 
 st.title("Data")
 st.caption("Labelled images: one sub-folder per class (or train/ val/ test/ folders of class sub-folders).")
 
 choice = st.radio("Source", ["Sample set (handwritten digits)", "Upload a zip", "Server folder"], horizontal=True)
+
+# Imported after the first widgets are drawn: on a cold start the page is usable while these load.
+import pandas as pd  # noqa: E402
+
+from pipeline import data, paths  # noqa: E402
+
 try:
     if choice.startswith("Sample"):
         shared.set_source("sample:digits")
@@ -66,12 +70,10 @@ by_class: dict[str, list[str]] = {}
 for split_items in report["items"].values():
     for rel, cls in split_items:
         by_class.setdefault(cls, []).append(rel)
-for cls in report["classes"][:20]:
-    files = by_class.get(cls, [])[:6]
-    st.markdown(f"**{cls}** ({counts.get(cls, 0)})")
-    row = st.columns(6)
-    for col, rel in zip(row, files, strict=False):
-        col.image(data.load_image(root / rel, 160), width="stretch")
+left, right = st.columns(2)
+for i, cls in enumerate(report["classes"][:20]):
+    strip = shared.thumbnail_strip(str(root), tuple(by_class.get(cls, [])[:6]))
+    (left if i % 2 == 0 else right).image(strip, caption=f"{cls} ({counts.get(cls, 0)} images)")
 
 st.subheader("Image sizes")
 st.dataframe(pd.DataFrame({c: {"min": f"{s['min'][0]}x{s['min'][1]}", "median": f"{s['median'][0]}x{s['median'][1]}",

@@ -92,6 +92,8 @@ def test_sample_to_training_to_export_to_in_browser_classification(app_url, tmp_
         page.goto(app_url)
         expect(page.get_by_text("Images per class")).to_be_visible()
         expect(page.get_by_text("1797")).to_be_visible()
+        expect(page.locator("[data-testid=stImage] img")).to_have_count(10)  # one strip of examples per class
+        expect(page.locator("[data-testid=stVegaLiteChart] canvas, [data-testid=stVegaLiteChart] svg").first).to_be_visible()
         page.screenshot(path=SCREENS / "1-data.png", full_page=True)
 
         page.get_by_role("link", name="Augment").first.click()
