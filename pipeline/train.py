@@ -378,7 +378,14 @@ def _train_phases(run: RunFolder, cfg: RunConfig, splits: data_mod.Splits, write
         weights = data_mod.class_weights(labels["train"], num_classes, cfg.train.class_weight)
         for phase in phases_for(cfg):
             if phase.name in state["phases_done"]:
-                load_variables(run.phase_done_weights(phase.name), models.inference.weights)
+                done = run.phase_done_weights(phase.name)
+                if not done.exists():
+                    raise RunFolderError(f"{run.root} records the {phase.name} phase as finished but {done.name} is "
+                                         "missing (written by an older version?); train into a new run folder")
+                try:
+                    load_variables(done, models.inference.weights)
+                except CheckpointMismatchError as exc:
+                    raise RunFolderError(f"{exc}; the config or code changed since: train into a new run folder") from exc
                 continue
             earlier = {(e["phase"], e["epoch"]) for e in run.epochs() if e.get("phase") != phase.name}
             _run_phase(run, cfg, phase, models, caches, labels, weights, num_classes, state,

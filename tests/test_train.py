@@ -344,3 +344,13 @@ def test_head_phase_validation_from_cached_features_equals_keras_evaluate(shapes
     assert logs["val_accuracy"] == pytest.approx(expected["accuracy"])
     assert logs["val_loss"] == pytest.approx(expected["loss"], rel=1e-5)
     cache.close()
+
+
+def test_resuming_without_a_finished_phase_checkpoint_is_one_clear_error(shapes_dir, tmp_path):
+    cfg = tiny_config(train={"strategy": "fine_tune", "head_epochs": 1, "fine_tune_epochs": 1})
+    run = train_mod.train(str(shapes_dir), tmp_path / "run", cfg, evaluate_after=False)
+    state = json.loads(run.state.read_text())
+    run.state.write_text(json.dumps({**state, "status": "cancelled", "phases_done": ["head"]}))
+    run.phase_done_weights("head").unlink()
+    with pytest.raises(train_mod.RunFolderError, match="head phase as finished but head.done.npz is missing"):
+        train_mod.train(str(shapes_dir), run.root, cfg, evaluate_after=False)
