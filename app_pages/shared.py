@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import streamlit as st
@@ -128,7 +129,9 @@ def pick_run(label: str = "Run", finished_only: bool = False):
         return None
     ids = [j.id for j in jobs]
     index = ids.index(wanted) if wanted in ids else 0
-    job = st.selectbox(label, jobs, index=index, format_func=lambda j: f"{j.id[:8]}  {j.state}  {Path(j.source).name}")
+    # No state in the label: the page's live parts update the state, a select box label would go stale.
+    job = st.selectbox(label, jobs, index=index, format_func=lambda j: (
+        f"{j.id[:8]}  {Path(j.source).name}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(j.created))}"))
     if job is not None and st.query_params.get("run") != job.id:
         st.query_params["run"] = job.id
     return job
