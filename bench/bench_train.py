@@ -14,7 +14,9 @@ that peak memory (ru_maxrss) is its own. Variants:
   one pass; ``pipeline.data.ImageCache``): peak RSS above the process's RSS once TensorFlow's runtime
   and tf.data are started.
 
-Usage: ``python bench/bench_train.py [--out bench/results_train.json]``. Prints a Markdown table.
+Usage: ``python bench/bench_train.py [--out bench/results_train.json]``: prints a Markdown table.
+``python bench/bench_train.py --pairs N --out FILE``: N back-to-back recipe/studio pairs (alternating
+which goes first) and the median speed-up, since the machine's speed drifts between minutes.
 Not a test: figures go to BENCHMARKS.md and the closing note.
 """
 
@@ -204,6 +206,8 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=str(ROOT / "bench" / "results_train.json"))
     parser.add_argument("--child")
+    parser.add_argument("--pairs", type=int, default=0,
+                        help="instead: N interleaved recipe/studio pairs, printing each pair's and the median speed-up")
     args = parser.parse_args()
     if args.child:
         child(args.child)
@@ -217,15 +221,41 @@ def main() -> int:
         shutil.copy(f, keras_home / "models" / f.name)
     env = {**os.environ, "KERAS_HOME": str(keras_home), "TF_CPP_MIN_LOG_LEVEL": "2",
            "TRANSFER_STUDIO_HOME": tempfile.mkdtemp(prefix="bench-home-"), "PYTHONPATH": str(ROOT)}
-    results = []
-    for variant in ("recipe", "studio", "studio_cached", "floor", "data_recipe", "data_studio"):
+
+    def run_child(variant: str) -> dict | None:
         proc = subprocess.run([sys.executable, __file__, "--child", variant], env=env, capture_output=True, text=True)
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
             print(proc.stderr[-3000:], file=sys.stderr)
+            return None
+        print(line[7:], file=sys.stderr)
+        return json.loads(line[7:])
+
+    if args.pairs:
+        # The machine's speed drifts between minutes; back-to-back pairs share the drift.
+        pairs = []
+        for i in range(args.pairs):
+            order = ("recipe", "studio") if i % 2 == 0 else ("studio", "recipe")
+            got = {v: run_child(v) for v in order}
+            if None in got.values():
+                return 1
+            pairs.append({"recipe_s": got["recipe"]["wall_seconds"], "studio_s": got["studio"]["wall_seconds"],
+                          "speed_up": round(got["recipe"]["wall_seconds"] / got["studio"]["wall_seconds"], 2)})
+            print(f"pair {i + 1}: recipe {pairs[-1]['recipe_s']} s, studio {pairs[-1]['studio_s']} s: "
+                  f"{pairs[-1]['speed_up']}x", flush=True)
+        ups = sorted(x["speed_up"] for x in pairs)
+        median = ups[len(ups) // 2] if len(ups) % 2 else round((ups[len(ups) // 2 - 1] + ups[len(ups) // 2]) / 2, 2)
+        print(f"median end-to-end speed-up over {len(ups)} pairs: {median}x")
+        Path(args.out).write_text(json.dumps({"machine": f"{os.cpu_count()} cores", "pairs": pairs,
+                                              "median_speed_up": median}, indent=2) + "\n")
+        return 0
+
+    results = []
+    for variant in ("recipe", "studio", "studio_cached", "floor", "data_recipe", "data_studio"):
+        result = run_child(variant)
+        if result is None:
             return 1
-        results.append(json.loads(line[7:]))
-        print(json.dumps(results[-1]), file=sys.stderr)
+        results.append(result)
     Path(args.out).write_text(json.dumps({"machine": f"{os.cpu_count()} cores", "results": results}, indent=2) + "\n")
     by = {r["variant"]: r for r in results}
     rec, st, sc = by["recipe"], by["studio"], by["studio_cached"]
