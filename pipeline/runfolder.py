@@ -11,6 +11,7 @@ Layout::
     eval.json          test-split evaluation
     CANCEL             present when a cancel was requested
     exports/           written by `python -m export`
+    export_status.json, export.log   an export the app started in the background (export.task)
 """
 
 from __future__ import annotations
