@@ -15,8 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+from _common import ROOT, SHARED, seeded_keras_home
+
 DATA = SHARED / "data" / "hymenoptera"
 
 
@@ -27,10 +27,7 @@ def main() -> int:
     if not DATA.is_dir():
         print(f"skipped: {DATA} is absent", file=sys.stderr)
         return 0
-    keras_home = Path(tempfile.mkdtemp(prefix="bench-keras-"))
-    (keras_home / "models").mkdir()
-    for f in (SHARED / "weights").glob("*.h5"):
-        shutil.copy(f, keras_home / "models" / f.name)
+    keras_home = seeded_keras_home()
     os.environ["KERAS_HOME"] = str(keras_home)  # before keras is imported
     os.environ["TRANSFER_STUDIO_HOME"] = tempfile.mkdtemp(prefix="bench-home-")
     sys.path.insert(0, str(ROOT))

@@ -33,8 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+from _common import ROOT, SHARED, seeded_keras_home
+
 DATA = SHARED / "data" / "hymenoptera"
 HEAD_EPOCHS, FT_EPOCHS, BATCH, SIZE, ALPHA = 3, 2, 32, 224, 0.35
 
@@ -215,10 +215,7 @@ def main() -> int:
     if not DATA.is_dir():
         print(f"skipped: {DATA} is absent", file=sys.stderr)
         return 0
-    keras_home = Path(tempfile.mkdtemp(prefix="bench-keras-"))
-    (keras_home / "models").mkdir()
-    for f in (SHARED / "weights").glob("*.h5"):
-        shutil.copy(f, keras_home / "models" / f.name)
+    keras_home = seeded_keras_home()
     env = {**os.environ, "KERAS_HOME": str(keras_home), "TF_CPP_MIN_LOG_LEVEL": "2",
            "TRANSFER_STUDIO_HOME": tempfile.mkdtemp(prefix="bench-home-"), "PYTHONPATH": str(ROOT)}
 

@@ -69,6 +69,7 @@ def read_status(run_dir: str | Path) -> dict[str, Any] | None:
 
 
 def write_status(path: str | Path, **fields: Any) -> None:
+    """Writes a status; ``pid`` defaults to this process (the exporting one)."""
     atomic_write_json(Path(path), {"pid": os.getpid(), "updated": round(time.time(), 3), **fields})
 
 
@@ -94,6 +95,6 @@ def start(run_dir: str | Path, formats: list[str]) -> dict[str, Any]:
         )
         log.close()
         status = {"state": "running", "step": "starting", "done": 0, "total": steps_total(formats),
-                  "formats": formats, "started": round(time.time(), 3)}
-        atomic_write_json(status_path(run_dir), {"pid": proc.pid, "updated": status["started"], **status})
-        return {**status, "pid": proc.pid}
+                  "formats": formats, "started": round(time.time(), 3), "pid": proc.pid}
+        write_status(status_path(run_dir), **status)
+        return status

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -186,14 +187,7 @@ def _callbacks_module():
                 self.model.optimizer.build(self.model.trainable_variables)
             if not self.path.exists():
                 return
-            try:
-                meta = load_variables(self.path, self._variables())
-            except CheckpointMismatchError as e:
-                raise RunFolderError(
-                    f"the checkpoint {self.path} does not match this model (the code or config changed since "
-                    "it was written); start a new run folder, or delete the checkpoints folder to retrain this one"
-                ) from e
-            self.model._initial_epoch = meta["epoch"]
+            self.model._initial_epoch = _load_checkpoint(self.path, self._variables())["epoch"]
 
         def on_epoch_end(self, epoch, logs=None):
             save_variables(self.path, self._variables(), epoch=epoch + 1)
@@ -248,7 +242,8 @@ def _callbacks_module():
             logs["val_loss"] = float(self.loss(self.onehot, probs))
             logs["val_accuracy"] = float(np.mean(np.argmax(probs, axis=1) == np.argmax(self.onehot, axis=1)))
 
-    return EpochLogger, Backup, BestCheckpoint, FeatureValidation
+    return SimpleNamespace(EpochLogger=EpochLogger, Backup=Backup, BestCheckpoint=BestCheckpoint,
+                           FeatureValidation=FeatureValidation)
 
 
 def _schedule(phase: Phase, cfg: RunConfig, steps_per_epoch: int):
@@ -382,10 +377,7 @@ def _train_phases(run: RunFolder, cfg: RunConfig, splits: data_mod.Splits, write
                 if not done.exists():
                     raise RunFolderError(f"{run.root} records the {phase.name} phase as finished but {done.name} is "
                                          "missing (written by an older version?); train into a new run folder")
-                try:
-                    load_variables(done, models.inference.weights)
-                except CheckpointMismatchError as exc:
-                    raise RunFolderError(f"{exc}; the config or code changed since: train into a new run folder") from exc
+                _load_checkpoint(done, models.inference.weights)
                 continue
             earlier = {(e["phase"], e["epoch"]) for e in run.epochs() if e.get("phase") != phase.name}
             _run_phase(run, cfg, phase, models, caches, labels, weights, num_classes, state,
@@ -399,13 +391,24 @@ def _train_phases(run: RunFolder, cfg: RunConfig, splits: data_mod.Splits, write
             c.close()
         _remove_tree(run.root / "cache")
 
-    load_variables(run.best_weights, models.inference.weights)
+    _load_checkpoint(run.best_weights, models.inference.weights)
     tmp = run.root / ".model.tmp.keras"
     models.inference.save(tmp)
     os.replace(tmp, run.model)
     state["status"] = "done"
     run.write_state(state)
     _record(writer, on_event, {"event": "done", "best": state.get("best")})
+
+
+def _load_checkpoint(path: Path, variables: list) -> dict[str, int]:
+    """Loads a checkpoint this run wrote; one that no longer fits the model is a RunFolderError."""
+    try:
+        return load_variables(path, variables)
+    except CheckpointMismatchError as exc:
+        raise RunFolderError(
+            f"the checkpoint {path} does not match this model (the code or config changed since it was written); "
+            "start a new run folder, or delete the checkpoints folder to retrain this one"
+        ) from exc
 
 
 def _remove_tree(path: Path) -> None:
@@ -419,7 +422,7 @@ def _run_phase(run, cfg, phase, models, caches, labels, weights, num_classes, st
     """Runs one phase's ``fit`` (resuming from its Backup checkpoint when there is one)."""
     import keras
 
-    EpochLogger, Backup, BestCheckpoint, FeatureValidation = _callbacks_module()
+    cb = _callbacks_module()
     bs, seed = cfg.train.batch_size, cfg.train.seed
     if phase.name == "head":
         model_mod.freeze_base(models)
@@ -457,15 +460,15 @@ def _run_phase(run, cfg, phase, models, caches, labels, weights, num_classes, st
         if not head:
             val_ds = data_mod.make_dataset(caches["val"], labels["val"], num_classes, bs, shuffle=False, seed=seed)
     if head:
-        extra.append(FeatureValidation(models.head, feats["val"], onehot["val"], cfg.train.label_smoothing))
+        extra.append(cb.FeatureValidation(models.head, feats["val"], onehot["val"], cfg.train.label_smoothing))
 
     steps = -(-len(labels["train"]) // bs)
     _compile(model, phase, cfg, steps, jit)
-    best = BestCheckpoint(run, models.inference, state)
+    best = cb.BestCheckpoint(run, models.inference, state)
     callbacks = [
         *extra,  # first: it fills in val_loss and val_accuracy for the callbacks after it
-        Backup(run.backup_dir(phase.name)),
-        EpochLogger(run, writer, phase.name, phase.epochs, len(labels["train"]), steps, cfg.train.progress_every,
+        cb.Backup(run.backup_dir(phase.name)),
+        cb.EpochLogger(run, writer, phase.name, phase.epochs, len(labels["train"]), steps, cfg.train.progress_every,
                     epoch_offset, cancel, on_event),
         best,
     ]

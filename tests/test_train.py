@@ -288,7 +288,7 @@ def _tiny_fit_model():
 def test_backup_restores_weights_optimizer_state_and_epoch(tmp_path):
     import keras
 
-    Backup = train_mod._callbacks_module()[1]
+    Backup = train_mod._callbacks_module().Backup
     x, y = np.random.default_rng(0).normal(size=(64, 4)), np.random.default_rng(1).normal(size=(64, 2))
     keras.utils.set_random_seed(0)
     first = _tiny_fit_model()
@@ -313,7 +313,7 @@ def test_backup_restores_weights_optimizer_state_and_epoch(tmp_path):
 def test_backup_from_another_model_is_refused_with_a_message(tmp_path):
     import keras
 
-    Backup = train_mod._callbacks_module()[1]
+    Backup = train_mod._callbacks_module().Backup
     x, y = np.zeros((16, 4)), np.zeros((16, 2))
     _tiny_fit_model().fit(x, y, epochs=1, verbose=0, callbacks=[Backup(tmp_path / "b")])
     other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
@@ -336,7 +336,7 @@ def test_head_phase_validation_from_cached_features_equals_keras_evaluate(shapes
     val_ds = data_mod.make_dataset(cache, labels, 3, 8, shuffle=False, seed=0)
     expected = models.train.evaluate(val_ds, verbose=0, return_dict=True)
 
-    FeatureValidation = train_mod._callbacks_module()[3]
+    FeatureValidation = train_mod._callbacks_module().FeatureValidation
     features = models.features.predict(val_ds.map(lambda x, y: x), verbose=0)
     callback = FeatureValidation(models.head, features, np.eye(3, dtype=np.float32)[labels], 0.1)
     logs = {}
