@@ -23,12 +23,15 @@ try:
     elif choice == "Upload a zip":
         upload = st.file_uploader("Zip of class folders", type=["zip"])
         if upload is not None:
-            payload = upload.getvalue()
-            target = paths.home() / "uploads" / f"{hashlib.sha256(payload).hexdigest()[:16]}.zip"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if not target.exists():
-                target.write_bytes(payload)
-            shared.set_source(str(target))
+            saved = st.session_state.setdefault("uploads", {})  # file_id -> saved path: hash and write once
+            if upload.file_id not in saved:
+                payload = upload.getvalue()
+                target = paths.home() / "uploads" / f"{hashlib.sha256(payload).hexdigest()[:16]}.zip"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                if not target.exists():
+                    target.write_bytes(payload)
+                saved[upload.file_id] = str(target)
+            shared.set_source(saved[upload.file_id])
     else:
         root = shared.data_root()
         folders = sorted(str(p.relative_to(root)) for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))

@@ -69,13 +69,24 @@ def resolve_source(source: str | os.PathLike, data_cfg: DataConfig | None = None
     if path.is_file():
         if not zipfile.is_zipfile(path):
             raise DataError(f"{path} is a file but not a zip archive; give a folder or a .zip of class folders.")
-        digest = file_sha256(path)[:16]
-        dest = paths.datasets_dir() / f"zip-{digest}"
+        dest = paths.datasets_dir() / f"zip-{_zip_digest(path)[:16]}"
         if not dest.exists():
             safe_extract_zip(path, dest, max_bytes=data_cfg.max_zip_bytes, max_files=data_cfg.max_zip_files,
                              progress=progress)
         return unwrap_single_folder(dest)
     return unwrap_single_folder(path.resolve())
+
+
+_ZIP_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def _zip_digest(path: Path) -> str:
+    """sha256 of a zip, remembered per (path, size, mtime): the app resolves the same upload on every rerun."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _ZIP_DIGESTS:
+        _ZIP_DIGESTS[key] = file_sha256(path)
+    return _ZIP_DIGESTS[key]
 
 
 def unwrap_single_folder(path: Path) -> Path:
