@@ -21,7 +21,10 @@ formats = st.multiselect("Formats", bundle.FORMATS + bundle.OPTIONAL_FORMATS, de
 
 def start_export(run_dir: Path) -> None:
     """Runs before the rerun draws the page, so the button is already disabled and progress shows."""
-    task.start(run_dir, bundle.parse_formats(",".join(st.session_state["export_formats"])))
+    try:
+        task.start(run_dir, bundle.parse_formats(",".join(st.session_state["export_formats"])))
+    except OSError as exc:  # e.g. a run folder this server cannot write to
+        st.session_state["export_start_error"] = f"Could not start the export in {run_dir}: {exc.strerror or exc}."
 
 
 status = task.read_status(run.root)
@@ -43,6 +46,8 @@ def export_progress() -> None:
                      f"({time.time() - now.get('started', time.time()):.0f} s)")
 
 
+if message := st.session_state.pop("export_start_error", None):
+    st.error(message)
 if running:
     export_progress()
     st.stop()
