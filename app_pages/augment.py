@@ -1,5 +1,6 @@
 """Augment: the training-time transforms, previewed on one of your images (the layers training uses)."""
 
+import dataclasses
 from pathlib import Path
 
 import streamlit as st
@@ -44,12 +45,17 @@ with right:
     pick = st.selectbox("Image", files[:500])
     if st.button("Re-roll", icon=":material/casino:"):
         st.session_state["aug_seed"] = st.session_state.get("aug_seed", 0) + 1
-    if not cfg.active:
-        st.info("No transform is active: training sees the images as they are.")
+    # The preview shows the settings even while augmentation is off, so they can be tried before switching on.
+    shown = dataclasses.replace(cfg, enabled=True)
+    if not shown.active:
+        st.info("No transform is set: training sees the images as they are.")
+    elif not cfg.enabled:
+        st.info("Augmentation is off: training sees the images as they are. The preview shows what these "
+                "settings would do; switch on **Augment while training** to use them.")
     from pipeline.augment import preview  # imports TensorFlow: only on this page
 
     image = data.load_image(Path(report["root"]) / pick, 224)
-    grid = preview(image, cfg, count=9, seed=st.session_state.get("aug_seed", 0))
+    grid = preview(image, shown, count=9, seed=st.session_state.get("aug_seed", 0))
     for row in range(3):
         cols = st.columns(3)
         for col, img in zip(cols, grid[row * 3 : row * 3 + 3], strict=True):

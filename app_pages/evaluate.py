@@ -27,10 +27,14 @@ left, right = st.columns(2)
 with left:
     fig = px.imshow(result["confusion_matrix"], x=labels, y=labels, text_auto=True, color_continuous_scale="Blues",
                     labels={"x": "predicted", "y": "true", "color": "images"}, title="Confusion matrix")
+    fig.update_xaxes(type="category", tickangle=-45 if sum(map(len, labels)) > 40 else 0)  # every class named, even "0".."9"
+    fig.update_yaxes(type="category")
     st.plotly_chart(fig, width="stretch")
 with right:
-    st.dataframe(pd.DataFrame(result["per_class"]).T.style.format(
-        {"precision": "{:.3f}", "recall": "{:.3f}", "f1": "{:.3f}"}), width="stretch")
+    per_class = pd.DataFrame(result["per_class"]).T.rename_axis("class")
+    per_class["support"] = per_class["support"].astype(int)
+    st.dataframe(per_class.style.format({"precision": "{:.3f}", "recall": "{:.3f}", "f1": "{:.3f}"}),
+                 width="stretch")
 
 st.subheader("Most confident mistakes")
 if not result["mistakes"]:
@@ -42,4 +46,5 @@ for i, m in enumerate(result["mistakes"][:24]):
             st.image(data.load_image(m["file"], 192), width="stretch")
         except data.DataError:
             st.caption("(image no longer available)")
-        st.caption(f"true **{m['true']}**, predicted **{m['predicted']}** ({m['probability']:.0%})")
+        st.caption(f"true **{m['true']}**, predicted **{m['predicted']}** ({m['probability']:.0%})  \n"
+                   f"`{Path(m['file']).name}`")

@@ -43,7 +43,9 @@ def curves(epochs: list[dict]) -> go.Figure:
         for col in (1, 2, 3):
             fig.add_vline(x=boundary, line_dash="dash", line_color="gray", row=1, col=col)
         fig.add_annotation(x=boundary, y=1.08, yref="paper", text="fine-tuning starts", showarrow=False)
-    fig.update_layout(height=340, margin=dict(t=40, b=20), legend=dict(orientation="h"))
+    fig.update_layout(height=360, margin=dict(t=40, b=20), legend=dict(orientation="h", y=-0.2),
+                      modebar=dict(orientation="v"))  # a horizontal modebar covers the third title
+    fig.update_xaxes(tickformat="d", dtick=1 if len(df) <= 12 else None)  # epochs, never 1.5
     return fig
 
 

@@ -71,6 +71,19 @@ def test_augment_page_shows_a_3x3_grid():
     assert _count(at, "image") == 9
 
 
+def test_augment_page_previews_settings_while_augmentation_is_off():
+    at = _page("augment.py")  # the digits preset: augmentation off, a small rotation set
+    assert not at.toggle[0].value
+    assert any("Augmentation is off" in i.value for i in at.info)
+    at.toggle[0].set_value(True).run()
+    _no_exception(at)
+    assert not at.info and _count(at, "image") == 9
+    for slider in at.slider:
+        slider.set_value(0.0)
+    at.selectbox[0].set_value("none").run()  # flip: no transform left
+    assert any("No transform is set" in i.value for i in at.info)
+
+
 @pytest.fixture
 def finished_job():
     """A real tiny job launched from the Train page and run by the background worker."""
