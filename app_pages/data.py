@@ -1,6 +1,7 @@
 """Data: choose the sample, upload a zip, or pick a server folder; see what is in it."""
 
 import hashlib
+import re
 from pathlib import Path
 
 import streamlit as st
@@ -10,7 +11,10 @@ from app_pages import shared
 st.title("Data")
 st.caption("Labelled images: one sub-folder per class (or train/ val/ test/ folders of class sub-folders).")
 
-choice = st.radio("Source", ["Sample set (handwritten digits)", "Upload a zip", "Server folder"], horizontal=True)
+SOURCES = ["Sample set (handwritten digits)", "Upload a zip", "Server folder"]
+current = shared.source()  # what this session already chose: coming back to this page must not reset it
+kind = 0 if current.startswith("sample:") else 1 if current.endswith(".zip") else 2
+choice = st.radio("Source", SOURCES, index=kind, horizontal=True)
 
 # Imported after the first widgets are drawn: on a cold start the page is usable while these load.
 import pandas as pd  # noqa: E402
@@ -26,24 +30,31 @@ try:
             saved = st.session_state.setdefault("uploads", {})  # file_id -> saved path: hash and write once
             if upload.file_id not in saved:
                 payload = upload.getvalue()
-                target = paths.home() / "uploads" / f"{hashlib.sha256(payload).hexdigest()[:16]}.zip"
+                # uploads/<content hash>/<the user's file name>: runs list the name, one copy per content
+                name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(upload.name).stem).strip("._")[:60] or "upload"
+                target = paths.home() / "uploads" / hashlib.sha256(payload).hexdigest()[:16] / f"{name}.zip"
                 target.parent.mkdir(parents=True, exist_ok=True)
                 if not target.exists():
                     target.write_bytes(payload)
                 saved[upload.file_id] = str(target)
             shared.set_source(saved[upload.file_id])
+        elif kind == 1:
+            st.caption(f"Using {Path(current).name}, uploaded before. Upload another zip to replace it.")
+        else:
+            st.info("Upload a .zip with one folder per class (or train/ val/ test/ folders of class folders).")
+            st.stop()
     else:
         root = shared.data_root()
         folders = sorted(str(p.relative_to(root)) for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not folders:
             st.info(f"No folders under {root}. Put datasets there, or set TRANSFER_STUDIO_DATA_ROOT.")
+            st.stop()
         else:
-            picked = st.selectbox(f"Folder under {root}", folders)
-            target = (root / picked).resolve()
-            if not target.is_relative_to(root):
-                st.error("That folder is outside the allowed data root.")
-                st.stop()
-            shared.set_source(str(target))
+            # Only the folders listed here can be picked; a symlink among them was put there by whoever runs
+            # the server (a shared dataset mounted elsewhere), so it is followed.
+            chosen = next((f for f in folders if str((root / f).resolve()) == current), None)
+            picked = st.selectbox(f"Folder under {root}", folders, index=folders.index(chosen) if chosen else 0)
+            shared.set_source(str((root / picked).resolve()))
 
     src = shared.source()
     folder, report = shared.resolve_and_scan(src)  # progress bars: unpacking, then decoding every image

@@ -62,6 +62,35 @@ def _count(at: AppTest, kind: str) -> int:
     return walk(at._tree)
 
 
+def test_chosen_server_folder_survives_leaving_and_reopening_the_data_page(tmp_path, monkeypatch):
+    from tests.conftest import write_shapes_dataset
+
+    shapes = write_shapes_dataset(tmp_path / "elsewhere" / "shapes", per_class=4)
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "shapes").symlink_to(shapes)  # a dataset mounted elsewhere, linked into the data root
+    monkeypatch.setenv("TRANSFER_STUDIO_DATA_ROOT", str(root))
+    at = _page("data.py")
+    at.radio[0].set_value("Server folder").run()
+    _no_exception(at)
+    assert {m.label: m.value for m in at.metric}["Classes"] == "3"
+    at.switch_page("app_pages/train.py")
+    at.run()
+    assert any("shapes (3 classes" in c.value for c in at.caption)
+    at.switch_page("app_pages/data.py")
+    at.run()
+    _no_exception(at)
+    assert at.radio[0].value == "Server folder" and at.selectbox[0].value == "shapes"
+    assert {m.label: m.value for m in at.metric}["Classes"] == "3"
+
+
+def test_upload_choice_without_a_zip_asks_for_one():
+    at = _page("data.py")
+    at.radio[0].set_value("Upload a zip").run()
+    _no_exception(at)
+    assert any("Upload a .zip" in i.value for i in at.info) and not at.metric
+
+
 def test_augment_page_shows_a_3x3_grid():
     at = _page("augment.py")
     _no_exception(at)
