@@ -1,7 +1,5 @@
 """Data: choose the sample, upload a zip, or pick a server folder; see what is in it."""
 
-import hashlib
-import re
 from pathlib import Path
 
 import streamlit as st
@@ -19,7 +17,7 @@ choice = st.radio("Source", SOURCES, index=kind, horizontal=True)
 # Imported after the first widgets are drawn: on a cold start the page is usable while these load.
 import pandas as pd  # noqa: E402
 
-from pipeline import data, paths  # noqa: E402
+from pipeline import data  # noqa: E402
 
 try:
     if choice.startswith("Sample"):
@@ -27,17 +25,7 @@ try:
     elif choice == "Upload a zip":
         upload = st.file_uploader("Zip of class folders", type=["zip"])
         if upload is not None:
-            saved = st.session_state.setdefault("uploads", {})  # file_id -> saved path: hash and write once
-            if upload.file_id not in saved:
-                payload = upload.getvalue()
-                # uploads/<content hash>/<the user's file name>: runs list the name, one copy per content
-                name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(upload.name).stem).strip("._")[:60] or "upload"
-                target = paths.home() / "uploads" / hashlib.sha256(payload).hexdigest()[:16] / f"{name}.zip"
-                target.parent.mkdir(parents=True, exist_ok=True)
-                if not target.exists():
-                    target.write_bytes(payload)
-                saved[upload.file_id] = str(target)
-            shared.set_source(saved[upload.file_id])
+            shared.set_source(shared.saved_upload(upload, "uploads"))
         elif kind == 1:
             st.caption(f"Using {Path(current).name}, uploaded before. Upload another zip to replace it.")
         else:

@@ -42,7 +42,9 @@ def curves(epochs: list[dict]) -> go.Figure:
         boundary = float(fine["global_epoch"].min()) - 0.5
         for col in (1, 2, 3):
             fig.add_vline(x=boundary, line_dash="dash", line_color="gray", row=1, col=col)
-        fig.add_annotation(x=boundary, y=1.08, yref="paper", text="fine-tuning starts", showarrow=False)
+        fig.add_annotation(x=boundary, y=1.0, yref="paper", yanchor="top", xanchor="left", text=" fine-tuning",
+                           showarrow=False, font=dict(color="gray"))
+    fig.update_yaxes(type="log", row=1, col=3)  # head and fine-tune rates are 100x apart
     fig.update_layout(height=360, margin=dict(t=40, b=20), legend=dict(orientation="h", y=-0.2),
                       modebar=dict(orientation="v"))  # a horizontal modebar covers the third title
     fig.update_xaxes(tickformat="d", dtick=1 if len(df) <= 12 else None)  # epochs, never 1.5
@@ -60,6 +62,10 @@ def live(job_id: str) -> None:
     c2.metric("Epochs", len(epochs))
     if current.state == "failed":
         st.error(f"Training failed: {current.error}")
+        if "could not be downloaded" in (current.error or ""):
+            st.info("This server cannot download pretrained weights. On the Train page, set Weights to "
+                    "**upload a weights file** and give it the file named above, or ask whoever runs the server "
+                    "to copy it into the Keras cache.")
     if current.state in ("queued", "running"):
         progress = next((m for m in reversed(lines) if m.get("event") in ("progress", "cache", "scan")), None)
         if progress and progress["event"] == "progress":

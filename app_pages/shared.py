@@ -96,8 +96,23 @@ def resolve_and_scan(src: str) -> tuple[str, dict]:
     return str(folder), report
 
 
-@st.cache_resource
+def saved_upload(upload, kind: str) -> str | None:
+    """The path an uploaded file is kept at (``paths.store_upload``), written once per upload, not per rerun."""
+    if upload is None:
+        return None
+    saved = st.session_state.setdefault("uploads", {})  # file_id -> kept path
+    if upload.file_id not in saved:
+        saved[upload.file_id] = str(paths.store_upload(upload.getvalue(), upload.name, kind))
+    return saved[upload.file_id]
+
+
 def backend():
+    """The job backend for this server's TRANSFER_STUDIO_HOME (one per home, shared by every session)."""
+    return _backend(str(paths.home()))
+
+
+@st.cache_resource
+def _backend(home: str):  # home: only the cache key (get_backend reads it from the environment)
     from pipeline.jobs.backends import get_backend
 
     return get_backend()

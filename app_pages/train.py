@@ -9,6 +9,8 @@ from pipeline import advisor, backbones, data
 from pipeline import config as config_mod
 from pipeline.config import STRATEGIES, ConfigError, RunConfig
 
+UPLOAD_WEIGHTS = "upload a weights file"
+
 st.title("Train")
 src = shared.source()
 try:
@@ -42,8 +44,15 @@ with c1:
                              help=helps["model.alpha"])
     size_default = base.model.image_size if backbone == base.model.backbone else spec.default_size
     image_size = st.number_input("Image size (px)", spec.min_size, 1024, size_default, 8, help=helps["model.image_size"])
-    weights = st.selectbox("Weights", ["imagenet", "none"] if spec.has_imagenet else ["none"],
+    weights = st.selectbox("Weights", ["imagenet", "none", UPLOAD_WEIGHTS] if spec.has_imagenet else ["none"],
                            help=helps["model.weights"])
+    if weights == UPLOAD_WEIGHTS:  # the way forward on a server that cannot download ImageNet weights
+        weights = shared.saved_upload(
+            st.file_uploader("Weights file (.h5)", type=["h5"], help="The notop .h5 file Keras names when its "
+                             "download fails, or weights saved from the same backbone, size and width"), "weights")
+        if weights is None:
+            st.info(f"Upload the weights file for {spec.title}, or choose imagenet or none.")
+            st.stop()
 with c2:
     default_strategy = base.train.strategy if spec.has_imagenet or base.train.strategy == "from_scratch" else "from_scratch"
     strategy = st.selectbox("Strategy", STRATEGIES if spec.has_imagenet else ("from_scratch",),

@@ -19,3 +19,24 @@ def datasets_dir() -> Path:
     path = home() / "datasets"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def store_upload(payload: bytes, name: str, kind: str) -> Path:
+    """Keeps an uploaded file as ``<home>/<kind>/<content hash>/<its name, made safe>``; returns that path.
+
+    One copy per content, under the name the user gave it (runs list it), written to a temporary name and
+    renamed, so a crash never leaves a half-written file under the final name.
+    """
+    import hashlib
+    import re
+
+    original = Path(name)
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", original.stem).strip("._")[:60] or "upload"
+    suffix = re.sub(r"[^A-Za-z0-9.]+", "", original.suffix.lower())[:10]
+    target = home() / kind / hashlib.sha256(payload).hexdigest()[:16] / f"{stem}{suffix}"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        part = target.with_name(f"{target.name}.{os.getpid()}.part")
+        part.write_bytes(payload)
+        part.replace(target)
+    return target

@@ -91,6 +91,31 @@ def test_upload_choice_without_a_zip_asks_for_one():
     assert any("Upload a .zip" in i.value for i in at.info) and not at.metric
 
 
+def test_train_page_takes_an_uploaded_weights_file_instead_of_a_download():
+    at = _page("train.py")
+    at.selectbox[0].set_value("mobilenet_v2").run()  # backbone
+    weights = next(sb for sb in at.selectbox if sb.label == "Weights")
+    weights.set_value("upload a weights file").run()
+    _no_exception(at)
+    assert any("Upload the weights file" in i.value for i in at.info)
+    assert not any(b.label == "Launch training" for b in at.button)  # nothing to launch without the file
+
+
+def test_runs_page_shows_the_way_forward_when_weights_cannot_download():
+    from pipeline import backbones, config
+
+    store = JobStore()
+    job_id = store.add("sample:digits", config.RunConfig().to_dict())
+    store.claim(store.register_worker(1))
+    offline = Exception("URL fetch failure on https://storage.example/keras-applications/mobilenet_v2/"
+                        "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5: None -- [Errno -2]")
+    store.finish(job_id, "failed", backbones._weights_message(backbones.get("mobilenet_v2"), "imagenet", offline))
+    at = _page("runs.py", run=job_id)
+    _no_exception(at)
+    assert any("mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5" in e.value for e in at.error)
+    assert any("upload a weights file" in i.value for i in at.info)
+
+
 def test_augment_page_shows_a_3x3_grid():
     at = _page("augment.py")
     _no_exception(at)

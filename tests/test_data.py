@@ -249,3 +249,15 @@ def test_zip_extraction_reports_progress(tmp_path):
                           progress=lambda done, total: calls.append((done, total)))
     assert len(calls) == 5 and calls[-1] == (15000, 15000)
     assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+
+
+def test_store_upload_keeps_uploads_by_content_under_a_safe_name(ts_home):
+    from pipeline import paths
+
+    first = paths.store_upload(b"PK-bytes", "../../My Flowers (v2).ZIP", "uploads")
+    again = paths.store_upload(b"PK-bytes", "other name.zip", "uploads")
+    other = paths.store_upload(b"different", "../../My Flowers (v2).ZIP", "uploads")
+    assert first.name == "My_Flowers_v2.zip" and first.read_bytes() == b"PK-bytes"
+    assert first.is_relative_to(ts_home / "uploads") and other.is_relative_to(ts_home / "uploads")
+    assert again.parent == first.parent and other.parent != first.parent
+    assert not list((ts_home / "uploads").rglob("*.part"))
