@@ -354,3 +354,37 @@ def test_resuming_without_a_finished_phase_checkpoint_is_one_clear_error(shapes_
     run.phase_done_weights("head").unlink()
     with pytest.raises(train_mod.RunFolderError, match="head phase as finished but head.done.npz is missing"):
         train_mod.train(str(shapes_dir), run.root, cfg, evaluate_after=False)
+
+
+def test_fused_adam_follows_keras_adam_and_runs_one_kernel_per_variable():
+    import keras
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 6, 6, 3)).astype("float32")
+    y = np.eye(3, dtype="float32")[rng.integers(0, 3, 64)]
+
+    def trained(optimizer):
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential([keras.Input((6, 6, 3)), keras.layers.Conv2D(4, 3, activation="relu"),
+                                  keras.layers.Flatten(), keras.layers.Dense(3, activation="softmax")])
+        start = [np.array(w) for w in model.trainable_weights]
+        model.compile(optimizer=optimizer, loss="categorical_crossentropy")
+        for _ in range(5):
+            model.train_on_batch(x, y)
+        return start, [np.array(w) for w in model.trainable_weights], int(optimizer.iterations)
+
+    schedule = keras.optimizers.schedules.ExponentialDecay(1e-2, decay_steps=2, decay_rate=0.5, staircase=True)
+    start, reference, steps = trained(keras.optimizers.Adam(schedule))
+    _, fused, fused_steps = trained(train_mod.fused_adam_class()(schedule))
+    assert steps == fused_steps == 5
+    for w0, a, b in zip(start, reference, fused, strict=True):
+        assert np.abs(a - w0).max() > 1e-3  # it trained
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-5)
+
+    opt = train_mod.fused_adam_class()(1e-3)
+    variables = [keras.Variable(np.ones((2, 2), "float32")), keras.Variable(np.zeros(3, "float32"))]
+    opt.build(variables)
+    step = tf.function(lambda: opt.apply_gradients(zip([tf.ones((2, 2)), tf.ones(3)], variables, strict=True)))
+    ops = [op.type for op in step.get_concrete_function().graph.get_operations()]
+    assert ops.count("ResourceApplyAdam") == 2
