@@ -8,7 +8,7 @@ that peak memory (ru_maxrss) is its own. Variants:
   prefetch(10), augmentation layers in the model, base called with training=False.
 - ``studio``: ``pipeline.train`` with augmentation on (flip + rotation, like the recipe).
 - ``studio_cached``: ``pipeline.train`` with augmentation off, so the head phase runs on cached features.
-- ``floor``: import TensorFlow, build the model, run one fine-tune step on a batch of 32 zeros (base
+- ``floor`` / ``floor_8``: import TensorFlow, build the model, run one fine-tune step on a batch of 32 (or 8) zeros (base
   trainable, BatchNorm frozen as in ``pipeline``): the least peak memory any pipeline can have.
 - ``data_recipe`` / ``data_studio``: only the image cache of each (the recipe's ``.cache()`` filled by
   one pass; ``pipeline.data.ImageCache``): peak RSS above the process's RSS once TensorFlow's runtime
@@ -86,7 +86,7 @@ def run_data(variant: str) -> dict:
             "data_peak_above_imports_mb": round(peak_rss_mb() - before)}
 
 
-def run_floor() -> dict:
+def run_floor(batch: int = BATCH) -> dict:
     import keras
     import numpy as np
     from keras import layers
@@ -98,8 +98,8 @@ def run_floor() -> dict:
     x = base(layers.Rescaling(1 / 127.5, offset=-1)(inputs), training=False)
     model = keras.Model(inputs, layers.Dense(2, activation="softmax")(layers.GlobalAveragePooling2D()(x)))
     model.compile(optimizer=keras.optimizers.Adam(1e-5), loss="categorical_crossentropy")
-    model.train_on_batch(np.zeros((BATCH, SIZE, SIZE, 3), "float32"), np.eye(2, dtype="float32")[[0] * BATCH])
-    return {"variant": "floor", "peak_rss_mb": round(peak_rss_mb())}
+    model.train_on_batch(np.zeros((batch, SIZE, SIZE, 3), "float32"), np.eye(2, dtype="float32")[[0] * batch])
+    return {"variant": "floor" if batch == BATCH else f"floor_{batch}", "peak_rss_mb": round(peak_rss_mb())}
 
 
 def run_recipe() -> dict:
@@ -195,6 +195,8 @@ def child(variant: str) -> None:
         result = run_recipe()
     elif variant == "floor":
         result = run_floor()
+    elif variant == "floor_8":
+        result = run_floor(8)
     elif variant.startswith("data_"):
         result = run_data(variant)
     else:
@@ -248,7 +250,7 @@ def main() -> int:
         return 0
 
     results = []
-    for variant in ("recipe", "studio", "studio_cached", "floor", "data_recipe", "data_studio"):
+    for variant in ("recipe", "studio", "studio_cached", "floor", "floor_8", "data_recipe", "data_studio"):
         result = run_child(variant)
         if result is None:
             return 1
@@ -266,7 +268,8 @@ def main() -> int:
     print(f"head epochs on cached features: "
           f"{sc['head_images_per_second_steady'] / rec['head_images_per_second_steady']:.1f}x the recipe's")
     print(f"peak memory: {st['peak_rss_mb'] / rec['peak_rss_mb']:.2f} of the recipe's; one fine-tune step alone "
-          f"peaks at {by['floor']['peak_rss_mb']} MB ({by['floor']['peak_rss_mb'] / rec['peak_rss_mb']:.2f} of the recipe's)")
+          f"peaks at {by['floor']['peak_rss_mb']} MB ({by['floor']['peak_rss_mb'] / rec['peak_rss_mb']:.2f} of the recipe's), "
+          f"at batch 8 {by['floor_8']['peak_rss_mb']} MB ({by['floor_8']['peak_rss_mb'] / rec['peak_rss_mb']:.2f})")
     dr, ds = by["data_recipe"]["data_peak_above_imports_mb"], by["data_studio"]["data_peak_above_imports_mb"]
     print(f"image cache memory (peak above imports): recipe {dr} MB, studio {ds} MB: {ds / dr:.2f} of the recipe's")
     return 0
