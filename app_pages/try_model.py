@@ -53,7 +53,8 @@ with left:
     probs = model.predict(pixels[None].astype("float32"), verbose=0)[0]
     top = probs.argsort()[::-1][:5]
     st.subheader(f"Server: {labels[top[0]]} ({probs[top[0]]:.1%})")
-    st.bar_chart(pd.DataFrame({"probability": {labels[i]: float(probs[i]) for i in top}}), horizontal=True)
+    st.bar_chart(pd.DataFrame({"probability": {labels[i]: float(probs[i]) for i in top}}), horizontal=True,
+                 sort="-probability")  # most likely first, as in the browser column
 
 with right:
     tfjs_dir = run.exports / "tfjs"
@@ -71,15 +72,16 @@ with right:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG")
     png = base64.b64encode(buf.getvalue()).decode()
+    labels_js = json.dumps(labels).replace("</", "<\\/")  # no "</script>" in a class name can end the tag
     components.html(f"""
-<div style="font-family: sans-serif">
+<div style="font-family: 'Source Sans Pro', 'Source Sans 3', sans-serif; color: rgb(49, 51, 63)">
   <div id="out" data-top1="">Loading TF.js and the model in your browser...</div>
   <img id="img" src="data:image/png;base64,{png}" style="display:none">
 </div>
 <script src="/app/static/vendor/tf.min.js"></script>
 <script>
 (async () => {{
-  const labels = {json.dumps(labels)};
+  const labels = {labels_js};
   const out = document.getElementById('out');
   try {{
     const img = document.getElementById('img');
@@ -89,9 +91,16 @@ with right:
     const probs = await model.predict(x).data();
     const order = Array.from(probs.keys()).sort((a, b) => probs[b] - probs[a]).slice(0, 5);
     out.dataset.top1 = labels[order[0]];
-    out.innerHTML = '<h3 style="margin:0 0 8px">Browser (TF.js, ' + tf.getBackend() + '): ' + labels[order[0]] +
-      ' (' + (probs[order[0]] * 100).toFixed(1) + '%)</h3>' +
-      order.map(i => labels[i] + ': ' + (probs[i] * 100).toFixed(1) + '%').join('<br>');
+    const pct = i => (probs[i] * 100).toFixed(1) + '%';
+    // class names are folder names from an upload: escaped, never markup
+    const esc = t => String(t).replace(/[&<>"']/g, c => ({{'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;'}}[c]));
+    out.innerHTML = '<h3 style="margin:0 0 12px; font-weight:600">Browser (TF.js, ' + tf.getBackend() + '): ' +
+      esc(labels[order[0]]) + ' (' + pct(order[0]) + ')</h3>' +
+      order.map(i => '<div style="display:flex; align-items:center; gap:8px; margin:4px 0">' +
+        '<span style="width:35%; overflow:hidden; text-overflow:ellipsis; white-space:nowrap">' + esc(labels[i]) + '</span>' +
+        '<span style="flex:1; background:#f0f2f6; height:14px"><span style="display:block; height:14px; width:' +
+        pct(i) + '; background:#0068c9"></span></span><span style="width:4em; text-align:right">' + pct(i) +
+        '</span></div>').join('');
   }} catch (e) {{
     out.textContent = 'The in-browser model could not run: ' + e.message;
   }}
