@@ -60,7 +60,7 @@ def resolve_source(source: str | os.PathLike, data_cfg: DataConfig | None = None
     """
     data_cfg = data_cfg or DataConfig()
     text = str(source)
-    if text == "sample" or text.startswith("sample:"):
+    if is_sample(text):
         name = text.partition(":")[2] or "digits"
         return materialize_sample(name)
     path = Path(text).expanduser()
@@ -256,8 +256,16 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray]:
     return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(int)
 
 
-def is_sample(source: str) -> bool:
+def is_sample(source: str | os.PathLike) -> bool:
+    """Whether ``source`` names an embedded sample set (``sample`` or ``sample:NAME``) rather than a path."""
     return str(source) == "sample" or str(source).startswith("sample:")
+
+
+def absolute_source(source: str | os.PathLike) -> str:
+    """The source as a job records it: a sample name as it is, a path made absolute (jobs run elsewhere)."""
+    if is_sample(source):
+        return str(source)
+    return str(Path(source).expanduser().resolve())
 
 
 # === Decoding ===

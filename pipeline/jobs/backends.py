@@ -1,7 +1,9 @@
-"""Training backends behind one contract: ``submit``, ``status``, ``cancel``, ``list``.
+"""The local training backend, and the choice of backend (``get_backend``).
 
-The run folder's ``metrics.jsonl`` is the progress feed for every backend. ``LocalBackend`` (the
-default) queues jobs in the SQLite store and starts a background worker when none is alive, so a new
+The contract every backend meets is :class:`pipeline.jobs.contract.Backend`; this module is the only one that
+knows the implementations (local here, Ray in ``ray_backend``), and none of them imports it back.
+
+The run folder's ``metrics.jsonl`` is the progress feed for every backend. ``LocalBackend`` (the default) queues jobs in the SQLite store and starts a background worker when none is alive, so a new
 user needs no second terminal.
 """
 
@@ -11,22 +13,12 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
-from typing import Protocol
 
 from pipeline.config import RunConfig
+from pipeline.data import absolute_source
+from pipeline.jobs.contract import Backend
 from pipeline.jobs.store import Job, JobStore
 from pipeline.jobs.worker import ROOT, WorkerLock
-
-
-class Backend(Protocol):
-    def submit(self, source: str, config: RunConfig) -> str: ...
-
-    def status(self, job_id: str) -> Job: ...
-
-    def cancel(self, job_id: str) -> Job: ...
-
-    def list(self) -> list[Job]: ...
 
 
 class LocalBackend:
@@ -38,7 +30,7 @@ class LocalBackend:
 
     def submit(self, source: str, config: RunConfig) -> str:
         """Queues a training job (the config is validated already: it is a RunConfig)."""
-        job_id = self.store.add(_absolute_source(source), config.to_dict())
+        job_id = self.store.add(absolute_source(source), config.to_dict())
         if self.autostart:
             self.ensure_worker()
         return job_id
@@ -68,13 +60,6 @@ class LocalBackend:
         while time.monotonic() < deadline and not self.worker_alive():
             time.sleep(0.1)
         return True
-
-
-def _absolute_source(source: str) -> str:
-    text = str(source)
-    if text == "sample" or text.startswith("sample:"):
-        return text
-    return str(Path(text).expanduser().resolve())
 
 
 def get_backend() -> Backend:

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from pipeline.config import RunConfig
+from pipeline.data import absolute_source
 from pipeline.jobs.store import Job, JobError, validate_job_id
 from pipeline.jobs.worker import ROOT
 from pipeline.runfolder import atomic_write_json
@@ -49,12 +50,10 @@ class RayBackend:
         return self.runs / validate_job_id(job_id)
 
     def submit(self, source: str, config: RunConfig) -> str:
-        from pipeline.jobs.backends import _absolute_source
-
         job_id = secrets.token_hex(16)
         run_dir = self.run_dir(job_id)
         run_dir.mkdir(parents=True)
-        atomic_write_json(run_dir / "job.json", {"source": _absolute_source(source), "config": config.to_dict()})
+        atomic_write_json(run_dir / "job.json", {"source": absolute_source(source), "config": config.to_dict()})
         gpus = config.train.gpus
         self.client.submit_job(
             entrypoint=f"{sys.executable} -m pipeline.jobs.child --run-dir {run_dir}",

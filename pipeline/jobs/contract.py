@@ -1,0 +1,25 @@
+"""The contract every training backend meets: ``submit``, ``status``, ``cancel``, ``list``.
+
+Implementations: :class:`pipeline.jobs.backends.LocalBackend` (the default) and
+:class:`pipeline.jobs.ray_backend.RayBackend`; :func:`pipeline.jobs.backends.get_backend` chooses one.
+This module imports none of them.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from pipeline.config import RunConfig
+from pipeline.jobs.store import Job
+
+
+class Backend(Protocol):
+    def submit(self, source: str, config: RunConfig) -> str:
+        """Queues a training job on ``source`` (a folder, a .zip or ``sample:NAME``); returns its id."""
+        ...
+
+    def status(self, job_id: str) -> Job: ...
+
+    def cancel(self, job_id: str) -> Job: ...
+
+    def list(self) -> list[Job]: ...

@@ -1,0 +1,103 @@
+"""The shape of the code: no import cycle among the project's modules, and layers that point one way.
+
+Reads every ``import`` statement with ``ast`` (module level and inside functions: a lazy import is still a
+dependency), so nothing is imported to check it.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("pipeline", "export", "app_pages")
+# What each layer may import from the project: app -> export -> pipeline, never back.
+ALLOWED = {
+    "pipeline": {"pipeline"},
+    "export": {"export", "pipeline"},
+    "app_pages": {"app_pages", "export", "pipeline"},
+    "streamlit_app": {"app_pages", "export", "pipeline"},
+}
+
+
+def project_modules() -> dict[str, Path]:
+    """Every project module by dotted name (package ``__init__`` files under the package's own name)."""
+    modules = {"streamlit_app": ROOT / "streamlit_app.py"}
+    for package in PACKAGES:
+        for path in (ROOT / package).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            modules[name] = path
+    return modules
+
+
+def imports_of(path: Path, name: str, modules: dict[str, Path]) -> set[str]:
+    """The project modules that ``name`` (at ``path``) imports, resolved to module names."""
+    found: set[str] = set()
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            # `from a.b import c` is module a.b.c when c is a module, else a name in a.b
+            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target and target != name and modules[target].name != "__init__.py":
+                found.add(target)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = project_modules()
+    return {name: imports_of(path, name, modules) for name, path in modules.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a list of modules (first == last), or None."""
+    state: dict[str, int] = {}  # 1 = on the current path, 2 = finished
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return [*stack[stack.index(nxt) :], nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start)):
+            return cycle
+    return None
+
+
+def test_no_import_cycle():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_layers_point_one_way():
+    wrong = [f"{name} imports {target}" for name, targets in import_graph().items() for target in sorted(targets)
+             if target.split(".")[0] not in ALLOWED[name.split(".")[0]]]
+    assert not wrong, "; ".join(wrong)
+
+
+def test_the_checks_can_fail():
+    """The walker sees lazy imports, and the cycle finder reports a planted cycle."""
+    graph = import_graph()
+    assert "pipeline.jobs.ray_backend" in graph["pipeline.jobs.backends"]  # imported inside get_backend()
+    planted = {**graph, "pipeline.config": graph["pipeline.config"] | {"pipeline.jobs.backends"}}
+    cycle = find_cycle(planted)
+    assert cycle is not None and cycle[0] == cycle[-1]
