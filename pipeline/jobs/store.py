@@ -253,9 +253,6 @@ class JobStore:
             rows = db.execute("SELECT * FROM workers ORDER BY started DESC LIMIT 50").fetchall()
         return [WorkerInfo(**dict(r)) for r in rows]
 
-    def live_worker(self) -> WorkerInfo | None:
-        return next((w for w in self.workers() if w.alive), None)
-
 
 def _job(row: sqlite3.Row) -> Job:
     data = dict(row)
