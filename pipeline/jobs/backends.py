@@ -10,15 +10,14 @@ user needs no second terminal.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 
 from pipeline.config import RunConfig
 from pipeline.data import absolute_source
 from pipeline.jobs.contract import Backend
 from pipeline.jobs.store import Job, JobStore
-from pipeline.jobs.worker import ROOT, WorkerLock
+from pipeline.jobs.worker import WorkerLock
+from pipeline.launch import start_python
 
 
 class LocalBackend:
@@ -51,11 +50,8 @@ class LocalBackend:
         """Starts a background worker when none holds the lock; returns True if it started one."""
         if self.worker_alive():
             return False
-        log = open(self.store.home / "worker.log", "a")  # noqa: SIM115 - handed to the worker
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "TRANSFER_STUDIO_HOME": str(self.store.home)}
-        subprocess.Popen([sys.executable, "-m", "pipeline", "worker"], cwd=ROOT, env=env, stdout=log,
-                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        log.close()
+        start_python("pipeline", "worker", log=self.store.home / "worker.log",
+                     env={"TRANSFER_STUDIO_HOME": str(self.store.home)})
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not self.worker_alive():
             time.sleep(0.1)

@@ -21,7 +21,7 @@ from pathlib import Path
 from pipeline.config import RunConfig
 from pipeline.data import absolute_source
 from pipeline.jobs.store import Job, JobError, validate_job_id
-from pipeline.jobs.worker import ROOT
+from pipeline.launch import ROOT
 from pipeline.runfolder import atomic_write_json
 
 PREFIX = "ts-"
