@@ -348,6 +348,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 # === Scan ===
 
+CONFLICT = "conflict"  # ``kind`` of a skipped file whose exact bytes sit in more than one class
+
 
 @dataclass
 class ScanReport:
@@ -382,6 +384,10 @@ class ScanReport:
 
     def total(self) -> int:
         return sum(len(v) for v in self.items.values())
+
+    def conflicts(self) -> list[dict[str, str]]:
+        """Skipped files whose exact bytes also sit in another class (``path``, ``class``, ``split``, ``digest``)."""
+        return [s for s in self.skipped if s.get("kind") == CONFLICT]
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -532,6 +538,7 @@ def _drop_bad_and_duplicates(probes: list[_Probe], skipped: list[dict[str, str]]
                 "path": p.rel,
                 "reason": f"the same bytes sit in classes {' and '.join(classes)} ({others}); "
                 "its label is ambiguous, so every copy is skipped: keep it in one class",
+                "kind": CONFLICT, "class": p.cls, "split": p.split, "digest": p.digest,
             })
         elif group[0] is not p:
             skipped.append({"path": p.rel, "reason": f"an exact duplicate of {group[0].rel}; one copy is used"})
@@ -568,7 +575,7 @@ def _warnings(report: ScanReport) -> list[str]:
         lo, hi = min(totals.values()), max(totals.values())
         if lo and hi / lo >= 3:
             out.append(f"classes are imbalanced ({lo} to {hi} images); train.class_weight=auto compensates")
-    dup = sum(1 for s in report.skipped if "same bytes sit in classes" in s["reason"])
+    dup = len(report.conflicts())
     if dup:
         out.append(f"{dup} file(s) appear in more than one class and were skipped")
     extra = set()

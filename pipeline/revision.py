@@ -1,0 +1,199 @@
+"""Corrections to a dataset as a revision beside it: relabel, exclude and add, never touching the originals.
+
+A dataset folder (the scanned root of a folder, an extracted .zip or a sample set) gets one revision log,
+``TRANSFER_STUDIO_HOME/revisions/<key>/corrections.json``: an append-only list of entries ::
+
+    {"id": 3, "op": "relabel", "path": "ants/x.jpg", "class": "bees", "time": ...}
+    {"id": 4, "op": "exclude", "path": "bees/blurry.jpg", "time": ...}
+    {"id": 5, "op": "add", "path": "<home>/revisions/<key>/added/<hash>/new.jpg", "class": "ants", "time": ...}
+    {"id": 6, "op": "undo", "undoes": 5, "time": ...}
+
+The revision number is the number of entries. Originals are only ever read; added images are copied into the
+revision's own ``added/`` folder. :func:`apply` turns a scan report into what training sees; the run folder's
+``dataset.json`` records the revision number it used. The log lives under the app's home rather than inside
+the dataset, so a read-only folder or a shared server folder can be corrected too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from pipeline import paths
+from pipeline.data import DataError, ScanReport, load_image
+from pipeline.runfolder import atomic_write_json
+
+OPS = ("relabel", "exclude", "add", "undo")
+
+
+class Revision:
+    """The correction log of one dataset folder."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder).resolve()
+        key = hashlib.sha256(str(self.folder).encode()).hexdigest()[:16]
+        self.dir = paths.home() / "revisions" / f"{_safe(self.folder.name)}-{key}"
+        self.file = self.dir / "corrections.json"
+
+    # === Reading ===
+
+    def entries(self) -> list[dict[str, Any]]:
+        """Every entry, oldest first (an empty list when nothing was corrected).
+
+        Raises:
+            DataError: the log is not valid JSON (naming it and the way forward).
+        """
+        if not self.file.exists():
+            return []
+        try:
+            data = json.loads(self.file.read_text(encoding="utf-8"))
+            entries = data["entries"]
+            assert isinstance(entries, list)
+        except (ValueError, KeyError, TypeError, AssertionError) as exc:
+            raise DataError(f"the corrections file {self.file} is damaged ({exc}); restore it from a backup or "
+                            "delete it to start the dataset's corrections again (the images are unchanged).") from exc
+        return entries
+
+    @property
+    def number(self) -> int:
+        """The revision number: how many entries the log holds (0: the dataset as it is on disk)."""
+        return len(self.entries())
+
+    def active(self) -> list[dict[str, Any]]:
+        """The relabel/exclude/add entries in effect (undone ones and the undo entries left out)."""
+        entries = self.entries()
+        undone = {e["undoes"] for e in entries if e["op"] == "undo"}
+        return [e for e in entries if e["op"] != "undo" and e["id"] not in undone]
+
+    # === Writing (append-only) ===
+
+    def relabel(self, report: ScanReport, path: str, cls: str) -> dict[str, Any]:
+        """Records that the dataset file ``path`` (relative to the folder) belongs to class ``cls``.
+
+        Raises:
+            DataError: the file is not in the dataset, or the class does not exist.
+        """
+        rel = self._dataset_file(report, path)
+        return self._append({"op": "relabel", "path": rel, "class": _known_class(report, cls)})
+
+    def exclude(self, report: ScanReport, path: str) -> dict[str, Any]:
+        """Records that the dataset file ``path`` is left out of training and evaluation."""
+        return self._append({"op": "exclude", "path": self._dataset_file(report, path)})
+
+    def add(self, report: ScanReport, cls: str, image: str | Path, name: str | None = None) -> dict[str, Any]:
+        """Copies the image file ``image`` into the revision and records it as an example of ``cls``.
+
+        Raises:
+            DataError: the class does not exist, or the file is not a readable image.
+        """
+        cls = _known_class(report, cls)
+        src = Path(image)
+        if not src.is_file():
+            raise DataError(f"{name or src} is not a file; give an image file to add.")
+        load_image(src, 32)  # refuses what is not a readable image, naming the file
+        digest = hashlib.sha256(src.read_bytes()).hexdigest()[:16]
+        stored = self.dir / "added" / digest / _safe(name or src.name)
+        if not stored.exists():
+            stored.parent.mkdir(parents=True, exist_ok=True)
+            part = stored.with_name(stored.name + ".part")
+            shutil.copyfile(src, part)
+            part.replace(stored)
+        return self._append({"op": "add", "path": str(stored), "class": cls})
+
+    def undo(self) -> dict[str, Any]:
+        """Undoes the latest correction still in effect (recorded as an ``undo`` entry; nothing is erased).
+
+        Raises:
+            DataError: there is nothing to undo.
+        """
+        active = self.active()
+        if not active:
+            raise DataError(f"the dataset {self.folder} has no correction to undo.")
+        return self._append({"op": "undo", "undoes": active[-1]["id"]})
+
+    def _append(self, entry: dict[str, Any]) -> dict[str, Any]:
+        with self._locked():
+            entries = self.entries()
+            entry = {"id": len(entries) + 1, **entry, "time": round(time.time(), 3)}
+            atomic_write_json(self.file, {"folder": str(self.folder), "entries": [*entries, entry]})
+        return entry
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
+
+    def _dataset_file(self, report: ScanReport, path: str) -> str:
+        """``path`` as the scan names it (relative, forward slashes), checked to be a file of this dataset."""
+        pure = PurePosixPath(str(path).replace("\\", "/"))
+        if pure.is_absolute() or ".." in pure.parts:
+            raise DataError(f"{path!r} is not a path inside the dataset; give it relative to {self.folder}, "
+                            "without '..'.")
+        rel = str(pure)
+        known = {r for items in report.items.values() for r, _ in items} | {s["path"] for s in report.conflicts()}
+        if rel not in known:
+            raise DataError(f"{rel!r} is not an image of the dataset {self.folder} (see `python -m pipeline scan`).")
+        return rel
+
+
+def apply(report: ScanReport, entries: list[dict[str, Any]]) -> ScanReport:
+    """The scan report as training sees it after the corrections ``entries`` (:meth:`Revision.active`).
+
+    Relabels keep each file in its split; excluded files are dropped; added files join ``all`` (class-folder
+    layout) or ``train``. A file the scan skipped because its bytes sat in two classes comes back once the
+    corrections leave its copies in one class (for example, after excluding the other copy).
+    """
+    relabel = {e["path"]: e["class"] for e in entries if e["op"] == "relabel"}
+    excluded = {e["path"] for e in entries if e["op"] == "exclude"}
+    items = {split: [[rel, relabel.get(rel, cls)] for rel, cls in lst if rel not in excluded]
+             for split, lst in report.items.items()}
+    skipped = [s for s in report.skipped if s.get("kind") != "conflict"]
+    groups: dict[str, list[dict[str, str]]] = {}
+    for s in report.conflicts():
+        groups.setdefault(s["digest"], []).append(s)
+    for group in groups.values():
+        kept = [s for s in group if s["path"] not in excluded]
+        classes = {relabel.get(s["path"], s["class"]) for s in kept}
+        if len(classes) == 1:
+            first = kept[0]
+            items.setdefault(first["split"], []).append([first["path"], classes.pop()])
+        else:
+            skipped += [s for s in group if s["path"] not in excluded]
+    target = "all" if report.layout == "classes" else "train"
+    items[target] = items.get(target, []) + [[e["path"], e["class"]] for e in entries if e["op"] == "add"]
+    return dataclasses.replace(report, items=items, skipped=skipped)
+
+
+def summary(revision: Revision) -> str:
+    """The log as plain text, one line per entry."""
+    lines = [f"{revision.folder}: revision {revision.number} ({revision.file})"]
+    undone = {e["undoes"] for e in revision.entries() if e["op"] == "undo"}
+    for e in revision.entries():
+        what = {"relabel": lambda e: f"relabel {e['path']} -> {e['class']}",
+                "exclude": lambda e: f"exclude {e['path']}",
+                "add": lambda e: f"add {Path(e['path']).name} to {e['class']}",
+                "undo": lambda e: f"undo #{e['undoes']}"}[e["op"]](e)
+        lines.append(f"  #{e['id']} {what}{' (undone)' if e['id'] in undone else ''}")
+    return "\n".join(lines)
+
+
+def _known_class(report: ScanReport, cls: str) -> str:
+    if cls not in report.classes:
+        raise DataError(f"there is no class {cls!r} in this dataset; classes: {', '.join(report.classes)}.")
+    return cls
+
+
+def _safe(name: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:80] or "image"
