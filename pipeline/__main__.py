@@ -58,10 +58,15 @@ def _progress_printer():
 
 def cmd_scan(args) -> int:
     from pipeline import data as data_mod
+    from pipeline import revision
 
     folder = data_mod.resolve_source(args.data)
-    report = data_mod.scan(folder)
-    print(json.dumps(report.to_dict(), indent=2) if args.json else report.summary())
+    report, rev = revision.scan(folder)
+    if args.json:
+        print(json.dumps({**report.to_dict(), "revision": rev.number}, indent=2))
+    else:
+        print(report.summary() + (f"\nrevision {rev.number}: corrections applied (`python -m pipeline revision "
+                                  f"{args.data}` lists them)" if rev.number else ""))
     return 0
 
 
@@ -84,6 +89,37 @@ def cmd_evaluate(args) -> int:
 
     result = eval_mod.evaluate(args.run_dir)
     print(json.dumps(result, indent=2) if args.json else eval_mod.summary(result))
+    return 0
+
+
+def cmd_label_issues(args) -> int:
+    from pipeline import label_issues
+
+    result = label_issues.find_for_run(args.run_dir, progress=lambda msg: print(f"{msg} ...", file=sys.stderr, flush=True))
+    print(json.dumps(result, indent=2) if args.json else label_issues.table(result, args.limit))
+    return 0
+
+
+def cmd_correct(args) -> int:
+    """relabel / exclude / add / undo / revision: the dataset's corrections (its originals stay as they are)."""
+    from pipeline import data as data_mod
+    from pipeline import revision
+
+    folder = data_mod.resolve_source(args.data)
+    rev = revision.Revision(folder)
+    if args.command in ("relabel", "exclude", "add"):
+        report = data_mod.scan(folder)
+        if args.command == "relabel":
+            rev.relabel(report, args.file, args.cls)
+        elif args.command == "exclude":
+            for file in args.files:
+                rev.exclude(report, file)
+        else:
+            for file in args.files:
+                rev.add(report, args.cls, file)
+    elif args.command == "undo":
+        rev.undo()
+    print(revision.summary(rev))
     return 0
 
 
@@ -189,6 +225,31 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.add_argument("--json", action="store_true")
     e.set_defaults(func=cmd_evaluate)
+
+    li = sub.add_parser("label-issues", help="rank a run's train/val images whose label looks wrong (cleanlab)")
+    li.add_argument("run_dir")
+    li.add_argument("--limit", type=int, default=30, help="rows to print (all are in label_issues.json)")
+    li.add_argument("--json", action="store_true")
+    li.set_defaults(func=cmd_label_issues)
+
+    data_help = "folder, .zip, or sample:digits (the dataset whose corrections these are)"
+    rl = sub.add_parser("relabel", help="record that one image belongs to another class (the file is not moved)")
+    rl.add_argument("data", help=data_help)
+    rl.add_argument("file", help="the image, relative to the dataset folder as `scan` lists it")
+    rl.add_argument("cls", metavar="CLASS")
+    ex = sub.add_parser("exclude", help="leave images out of training and evaluation (the files stay)")
+    ex.add_argument("data", help=data_help)
+    ex.add_argument("files", nargs="+", metavar="FILE")
+    ad = sub.add_parser("add", help="add image files to a class (copied into the revision, not the dataset)")
+    ad.add_argument("data", help=data_help)
+    ad.add_argument("cls", metavar="CLASS")
+    ad.add_argument("files", nargs="+", metavar="IMAGE")
+    un = sub.add_parser("undo", help="undo the dataset's latest correction still in effect")
+    un.add_argument("data", help=data_help)
+    rv = sub.add_parser("revision", help="list the dataset's corrections")
+    rv.add_argument("data", help=data_help)
+    for corr in (rl, ex, ad, un, rv):
+        corr.set_defaults(func=cmd_correct)
 
     j = sub.add_parser("submit", help="queue a training job (starts a background worker if none runs)")
     j.add_argument("data", help="folder, .zip, or sample:digits")

@@ -28,7 +28,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pipeline import paths
-from pipeline.data import DataError, ScanReport, load_image
+from pipeline.config import DataConfig
+from pipeline.data import DataError, ProgressFn, ScanReport, load_image
+from pipeline.data import scan as data_scan
 from pipeline.runfolder import atomic_write_json
 
 OPS = ("relabel", "exclude", "add", "undo")
@@ -144,6 +146,14 @@ class Revision:
         if rel not in known:
             raise DataError(f"{rel!r} is not an image of the dataset {self.folder} (see `python -m pipeline scan`).")
         return rel
+
+
+def scan(folder: str | Path, data_cfg: DataConfig | None = None,
+         progress: ProgressFn | None = None) -> tuple[ScanReport, Revision]:
+    """The dataset folder as training sees it: its scan with its revision's corrections applied."""
+    rev = Revision(folder)
+    report = data_scan(folder, data_cfg, progress=progress)
+    return apply(report, rev.active()), rev
 
 
 def apply(report: ScanReport, entries: list[dict[str, Any]]) -> ScanReport:
