@@ -1,8 +1,14 @@
 """Transfer Studio: the Streamlit entry. Routes to thin pages in app_pages/ with st.navigation."""
 
+import numpy as np
 import streamlit as st
+from PIL import Image
 
-st.set_page_config(page_title="Transfer Studio", page_icon=":material/model_training:", layout="wide")
+# The tab icon is drawn here: a ":material/..." page icon makes every visitor's browser fetch it from Google's
+# font server, and a shared demo contacts no other host.
+_icon = np.full((32, 32, 3), (37, 99, 235), np.uint8)
+_icon[8:24, 8:12] = _icon[20:24, 8:24] = 255
+st.set_page_config(page_title="Transfer Studio", page_icon=Image.fromarray(_icon), layout="wide")
 
 pages = [
     st.Page("app_pages/data.py", title="Data", icon=":material/photo_library:", default=True),

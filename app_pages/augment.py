@@ -28,7 +28,7 @@ try:
     cfg = AugmentConfig(enabled=enabled, flip=flip, rotation=rotation, zoom=zoom, translation=translation,
                         contrast=contrast, brightness=brightness)
 except ConfigError as exc:
-    st.error(str(exc))
+    shared.error(exc)
     st.stop()
 saved[src] = cfg
 
@@ -36,7 +36,7 @@ with right:
     try:
         folder, report = shared.resolve_and_scan(src)
     except data.DataError as exc:
-        st.error(str(exc))
+        shared.error(exc)
         st.stop()
     files = [rel for items in report["items"].values() for rel, _ in items]
     if not files:

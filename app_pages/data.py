@@ -27,7 +27,7 @@ try:
         if upload is not None:
             shared.set_source(shared.saved_upload(upload, "uploads"))
         elif kind == 1:
-            st.caption(f"Using {Path(current).name}, uploaded before. Upload another zip to replace it.")
+            st.caption(f"Using {shared.plain(Path(current).name)}, uploaded before. Upload another zip to replace it.")
         else:
             st.info("Upload a .zip with one folder per class (or train/ val/ test/ folders of class folders).")
             st.stop()
@@ -35,7 +35,7 @@ try:
         root = shared.data_root()
         folders = sorted(str(p.relative_to(root)) for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         if not folders:
-            st.info(f"No folders under {root}. Put datasets there, or set TRANSFER_STUDIO_DATA_ROOT.")
+            shared.info(f"No folders under {root}. Put datasets there, or set TRANSFER_STUDIO_DATA_ROOT.")
             st.stop()
         else:
             # Only the folders listed here can be picked; a symlink among them was put there by whoever runs
@@ -48,7 +48,7 @@ try:
     folder, report = shared.resolve_and_scan(src)  # progress bars: unpacking, then decoding every image
     st.session_state["source_folder"] = folder
 except data.DataError as exc:
-    st.error(str(exc))
+    shared.error(exc)
     st.stop()
 
 counts = {c: sum(v.values()) for c, v in report["counts"].items()}
@@ -59,7 +59,7 @@ cols[1].metric("Images", total)
 cols[2].metric("Skipped files", len(report["skipped"]))
 cols[3].metric("Layout", report["layout"])
 for warning in report["warnings"]:
-    st.warning(warning)
+    shared.warning(warning)
 if len(report["classes"]) < 2:
     st.error("A classifier needs at least 2 classes: put each class's images in its own sub-folder.")
 
@@ -75,7 +75,7 @@ for split_items in report["items"].values():
 left, right = st.columns(2)
 for i, cls in enumerate(report["classes"][:20]):
     strip = shared.thumbnail_strip(str(root), tuple(by_class.get(cls, [])[:6]))
-    (left if i % 2 == 0 else right).image(strip, caption=f"{cls} ({counts.get(cls, 0)} images)")
+    (left if i % 2 == 0 else right).image(strip, caption=shared.plain(f"{cls} ({counts.get(cls, 0)} images)"))
 
 st.subheader("Image sizes")
 st.dataframe(pd.DataFrame({c: {"min": f"{s['min'][0]}x{s['min'][1]}", "median": f"{s['median'][0]}x{s['median'][1]}",

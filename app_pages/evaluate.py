@@ -25,7 +25,8 @@ st.metric(f"Accuracy on the {result['split']} split ({result['images']} images)"
 labels = result["labels"]
 left, right = st.columns(2)
 with left:
-    fig = px.imshow(result["confusion_matrix"], x=labels, y=labels, text_auto=True, color_continuous_scale="Blues",
+    names = [shared.chart_label(c) for c in labels]  # class names are folder names: Plotly text, not its HTML
+    fig = px.imshow(result["confusion_matrix"], x=names, y=names, text_auto=True, color_continuous_scale="Blues",
                     labels={"x": "predicted", "y": "true", "color": "images"}, title="Confusion matrix")
     fig.update_xaxes(type="category", tickangle=-45 if sum(map(len, labels)) > 40 else 0)  # every class named, even "0".."9"
     fig.update_yaxes(type="category")
@@ -46,5 +47,6 @@ for i, m in enumerate(result["mistakes"][:24]):
             st.image(data.load_image(m["file"], 192), width="stretch")
         except data.DataError:
             st.caption("(image no longer available)")
-        st.caption(f"true **{m['true']}**, predicted **{m['predicted']}** ({m['probability']:.0%})  \n"
-                   f"`{Path(m['file']).name}`")
+        st.caption(f"true **{shared.plain(m['true'])}**, predicted **{shared.plain(m['predicted'])}** "
+                   f"({m['probability']:.0%})")
+        shared.text(Path(m["file"]).name)

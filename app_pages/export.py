@@ -47,12 +47,12 @@ def export_progress() -> None:
 
 
 if message := st.session_state.pop("export_start_error", None):
-    st.error(message)
+    shared.error(message)
 if running:
     export_progress()
     st.stop()
 if status and status["state"] in ("failed", "interrupted"):
-    st.error(f"The last export did not finish: {status.get('error')}")
+    shared.error(f"The last export did not finish: {status.get('error')}")
 elif status and status["state"] == "gate_failed":
     st.error("Exported, but a verification gate failed: do not ship the failing format (see the result column).")
 

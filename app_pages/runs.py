@@ -61,7 +61,7 @@ def live(job_id: str) -> None:
     c1.metric("State", current.state)
     c2.metric("Epochs", len(epochs))
     if current.state == "failed":
-        st.error(f"Training failed: {current.error}")
+        shared.error(f"Training failed: {current.error}")
         if "could not be downloaded" in (current.error or ""):
             st.info("This server cannot download pretrained weights. On the Train page, set Weights to "
                     "**upload a weights file** and give it the file named above, or ask whoever runs the server "

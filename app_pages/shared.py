@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -11,6 +12,47 @@ import streamlit as st
 from pipeline import paths
 
 DEFAULT_SOURCE = "sample:digits"
+
+# === Names are text ===
+# Class names, file names, run sources and error messages quoting them come from uploads and links: they are
+# shown literally, never as Markdown or HTML (an image in a folder name must not make a browser fetch a URL).
+
+_MD_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")  # every ASCII punctuation mark: CommonMark escapes them all
+_AUTOLINK = re.compile(r"(?i)(www)(?=\\\.)|(\\:)(?=\\/\\/)|(?=\\@)")
+WORD_JOINER = "\u2060"  # invisible: breaks the autolinks GFM finds after parsing (www., https://, a@b)
+
+
+def plain(text: object) -> str:
+    """``text`` as Markdown that renders exactly as the characters it holds (no link, image, emoji or icon).
+
+    For the Streamlit elements that always parse Markdown (alerts, captions, image captions, metric labels):
+    every ASCII punctuation mark is backslash-escaped, and the autolinks GitHub Markdown would still find
+    (``www.``, ``scheme://``, ``name@host``) get an invisible word joiner.
+    """
+    escaped = _MD_PUNCTUATION.sub(r"\\\1", str(text))
+    return _AUTOLINK.sub(lambda m: (m.group(1) or m.group(2) or "") + WORD_JOINER, escaped)
+
+
+def text(value: object) -> None:
+    """Shows a user-controlled string as plain text (``st.text``: no Markdown, no HTML)."""
+    st.text(str(value))
+
+
+def error(message: object) -> None:
+    st.error(plain(message))
+
+
+def warning(message: object) -> None:
+    st.warning(plain(message))
+
+
+def info(message: object) -> None:
+    st.info(plain(message))
+
+
+def chart_label(value: object) -> str:
+    """A label for Plotly, which reads a few HTML tags (links among them) in its text: entities keep it literal."""
+    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def data_root() -> Path:
@@ -128,7 +170,7 @@ def selected_job_id() -> str | None:
     try:
         return validate_job_id(raw)
     except JobError as exc:
-        st.error(str(exc))
+        error(exc)  # the message quotes the crafted id: text, never Markdown
         return None
 
 

@@ -16,10 +16,10 @@ src = shared.source()
 try:
     folder, report = shared.resolve_and_scan(src)
 except data.DataError as exc:
-    st.error(str(exc))
+    shared.error(exc)
     st.stop()
 counts = {c: sum(v.values()) for c, v in report["counts"].items()}
-st.caption(f"Data: {src} ({len(counts)} classes, {sum(counts.values())} images)")
+st.caption(shared.plain(f"Data: {src} ({len(counts)} classes, {sum(counts.values())} images)"))
 
 base = shared.base_config(src)
 helps = config_mod.field_help()
@@ -87,10 +87,10 @@ try:
                                   lr_schedule=schedule, seed=int(seed)),
     )
 except ConfigError as exc:
-    st.error(str(exc))
+    shared.error(exc)  # may quote an uploaded weights file's name
     st.stop()
 for warning in cfg.warnings():
-    st.warning(warning)
+    shared.warning(warning)
 
 n = sum(counts.values())
 train_n = int(n * (1 - cfg.data.val_fraction - cfg.data.test_fraction))

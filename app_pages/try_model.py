@@ -35,7 +35,7 @@ if shot is None:
 try:
     pixels = data.decode_image_bytes(shot.getvalue(), size, name=shot.name)
 except data.DataError as exc:
-    st.error(str(exc))
+    shared.error(exc)  # quotes the photo's file name: text, never Markdown
     st.stop()
 
 
@@ -52,7 +52,7 @@ with left:
     model = server_model(str(run.model), run.model.stat().st_mtime)
     probs = model.predict(pixels[None].astype("float32"), verbose=0)[0]
     top = probs.argsort()[::-1][:5]
-    st.subheader(f"Server: {labels[top[0]]} ({probs[top[0]]:.1%})")
+    st.subheader(f"Server: {shared.plain(labels[top[0]])} ({probs[top[0]]:.1%})")
     st.bar_chart(pd.DataFrame({"probability": {labels[i]: float(probs[i]) for i in top}}), horizontal=True,
                  sort="-probability")  # most likely first, as in the browser column
 

@@ -1,0 +1,89 @@
+"""Safe to share, in a real browser: Markdown-named classes render as text and contact no other host; a visitor
+with a run's share link sees it read-only. Same server fixture as test_e2e_browser.py. Marked slow."""
+
+import re
+from urllib.parse import urlparse
+
+import pytest
+
+from tests.test_e2e_browser import CHROMIUM, app_url  # noqa: F401 - the fixture
+from tests.test_sharing import IMAGE_NAME, LINK_NAME, NAMES, finished_job_with_eval, write_markdown_named_dataset
+
+pytestmark = pytest.mark.slow
+LOCAL = {"127.0.0.1", "localhost"}
+
+
+@pytest.fixture
+def tricky_root(tmp_path, monkeypatch):
+    """A server data root holding a dataset whose class folders are named with Markdown (set before app_url)."""
+    root = tmp_path / "root"
+    write_markdown_named_dataset(root / "tricky")
+    monkeypatch.setenv("TRANSFER_STUDIO_DATA_ROOT", str(root))
+    return root
+
+
+def _browser(pw):
+    return pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-quic"])
+
+
+def _offline_context(browser, leaks: list[str]):
+    """A browser context in which every request for another host is recorded and refused."""
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+
+    def route(r):
+        if urlparse(r.request.url).hostname in LOCAL or r.request.url.startswith(("data:", "blob:")):
+            r.continue_()
+        else:
+            leaks.append(r.request.url)
+            r.abort()
+
+    context.route("**/*", route)
+    return context
+
+
+def test_markdown_class_names_render_as_text_and_contact_no_other_host(tricky_root, app_url):  # noqa: F811
+    from playwright.sync_api import expect, sync_playwright
+
+    from pipeline.jobs.store import JobStore
+
+    job_id = finished_job_with_eval(JobStore(), list(NAMES))
+    leaks: list[str] = []
+    with sync_playwright() as pw:
+        browser = _browser(pw)
+        page = _offline_context(browser, leaks).new_page()
+        page.set_default_timeout(120_000)
+        expect.set_options(timeout=120_000)
+        page.goto(app_url)
+        expect(page.get_by_text("Images per class")).to_be_visible()
+        page.get_by_text("Server folder").click()
+        for name in NAMES:
+            expect(page.get_by_text(f"{name} (3 images)", exact=True)).to_be_visible()  # image captions, literal
+        warning = page.locator("[data-testid=stAlertContentWarning]").filter(has_text="few images")
+        expect(warning).to_be_visible()
+        shown = warning.inner_text().replace("\u2060", "")
+        assert IMAGE_NAME in shown and LINK_NAME in shown
+        page.goto(f"{app_url}/evaluate?run={job_id}")
+        expect(page.get_by_text("Confusion matrix")).to_be_visible()
+        caption = page.locator("[data-testid=stCaptionContainer]").filter(has_text="predicted")
+        assert IMAGE_NAME in caption.inner_text().replace("\u2060", "")
+        expect(page.get_by_text(f"{IMAGE_NAME}.png", exact=True)).to_be_visible()
+        page.wait_for_timeout(1500)  # let late images and fonts ask for what they would
+        for where in ("Data", "Evaluate"):
+            assert page.locator("a[href*='evil'], img[src*='evil']").count() == 0, where
+        browser.close()
+    assert not leaks, leaks
+
+
+def _launch_sample_run(page, app_url: str) -> str:  # noqa: F811
+    from playwright.sync_api import expect
+
+    page.goto(f"{app_url}/train")
+    epochs = page.get_by_role("spinbutton", name="Epochs", exact=True)
+    epochs.fill("2")
+    epochs.press("Enter")
+    page.wait_for_timeout(800)
+    page.get_by_role("button", name="Launch training").click()
+    expect(page.get_by_text("Share this run")).to_be_visible()
+    return re.search(r"run=([0-9a-f]{32})", page.url).group(1)
