@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -57,7 +58,12 @@ def _run(args, on_step) -> tuple[int, str | None]:
     """The export or verification; returns (exit code, one-line reason when it is not 0)."""
     from export import bundle, verify
     from export.tflite import ConversionError
-    from pipeline.evaluate import RunNotReadyError, load_model, load_run
+    from export.web import WebDemoError
+    from pipeline.runfolder import RunNotReadyError, load_model, load_run
+
+    def say(msg: str) -> None:
+        on_step(msg)
+        print(f"{msg} ...", file=sys.stderr, flush=True)
 
     try:
         if args.verify:
@@ -67,18 +73,18 @@ def _run(args, on_step) -> tuple[int, str | None]:
             if not manifest.exists():
                 raise bundle.ExportError(f"{dest} holds no complete bundle; run `python -m export {args.run_dir}` first.")
             formats = list(json.loads(manifest.read_text())["formats"])
-            images, labels, _ = bundle.held_out(run.root, args.verify_images)
-            result = verify.verify(dest, formats, load_model(run), images, labels)
+            with bundle.export_lock(run.root, dest, say), tempfile.TemporaryDirectory(prefix="verify-cache-") as scratch, \
+                    bundle.held_out(run.root, args.verify_images, scratch=Path(scratch)) as (images, labels, _):
+                result = verify.verify(dest, formats, load_model(run), images, labels, progress=say)
             from pipeline.runfolder import atomic_write_json
 
             atomic_write_json(dest / "verify.json", result)
         else:
             formats = bundle.parse_formats(args.formats)
             dest, result = bundle.export_run(args.run_dir, formats, args.out, run_verify=not args.no_verify,
-                                             verify_limit=args.verify_images,
-                                             progress=lambda msg: (on_step(msg), print(f"{msg} ...", file=sys.stderr, flush=True)))
+                                             verify_limit=args.verify_images, progress=say)
             print(f"bundle: {dest}")
-    except (RunNotReadyError, bundle.ExportError, ConversionError) as exc:
+    except (RunNotReadyError, bundle.ExportError, ConversionError, WebDemoError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR, str(exc).splitlines()[0]
     if result is not None:

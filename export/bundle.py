@@ -7,31 +7,36 @@ bundle that looks complete.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
+import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from export import savedmodel, tfjs, tflite, verify
+from export import mediapipe_tasks, savedmodel, tfjs, tflite, verify, web
 from export.tflite import ConversionError
 from pipeline import data as data_mod
-from pipeline.evaluate import load_model, load_run
-from pipeline.runfolder import atomic_write_json
+from pipeline.runfolder import atomic_write_json, load_model, load_run
 
 FORMATS = ("savedmodel", "tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8", "tfjs", "tfjs-float16")
 # tfjs-uint8 (affine uint8 weights) is on request only: on MobileNetV2 with real weights it agreed with
 # Keras on 57% of top-1 labels (depthwise kernels do not survive 8-bit affine weights), far below the gate.
 OPTIONAL_FORMATS = ("tfjs-uint8",)
 ZIP_NAME = "model_bundle.zip"
+LOG_NAME = "export.log"  # seconds per step of the export that wrote the bundle (not in the manifest or the zip)
 ProgressFn = Callable[[str], None]
+README_TEMPLATE = Path(__file__).with_name("templates") / "bundle_readme.md"
 
 
 class ExportError(ValueError):
@@ -62,21 +67,31 @@ def _balanced_sample(splits: data_mod.Splits, split: str, count: int, seed: int)
     return out
 
 
-def held_out(run_dir: Path, limit: int = 200) -> tuple[np.ndarray, np.ndarray, str]:
-    """The verification images: the test split (val when there is none), all of it up to ``limit``."""
+@contextlib.contextmanager
+def held_out(run_dir: Path, limit: int = 200, *, scratch: Path | None = None) -> Iterator[tuple[Any, np.ndarray, str]]:
+    """The verification images: the test split (val when there is none), class-balanced up to ``limit``.
+
+    Yields (uint8 images [N, S, S, 3], labels, split name). The images are the run's uint8 cache (in memory,
+    or a disk memmap in ``scratch`` past ``data.cache_memory_mb``); verification reads them a batch at a
+    time, never the whole split as float32. The cache is removed on exit.
+    """
     run, cfg, splits = load_run(run_dir)
     split = splits.eval_split
     idx = list(range(len(getattr(splits, split))))
     if len(idx) > limit:
         idx = sorted(_balanced_sample(splits, split, limit, cfg.train.seed))
     files = splits.paths(split)
-    images = np.stack([data_mod.load_image(files[i], cfg.model.image_size) for i in idx]).astype(np.float32)
-    return images, splits.labels(split)[idx], split
+    cache = data_mod.ImageCache([files[i] for i in idx], cfg.model.image_size, memory_budget_mb=cfg.data.cache_memory_mb,
+                                disk_dir=scratch, max_pixels=cfg.data.max_image_pixels)
+    try:
+        yield cache.array, splits.labels(split)[idx], split
+    finally:
+        cache.close()
 
 
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for pkg in ("transfer-studio", "tensorflow", "keras", "tensorflowjs", "ai-edge-litert", "numpy"):
+    for pkg in ("transfer-studio", "tensorflow", "keras", "tensorflowjs", "ai-edge-litert", "mediapipe", "numpy"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -99,7 +114,8 @@ def export_run(
     Args:
         run_dir: The run folder (needs model.keras, config.json, dataset.json).
         formats: Formats to write (default: all of FORMATS).
-        out: Destination folder (default ``RUN_DIR/exports``); replaced atomically.
+        out: Destination folder (default ``RUN_DIR/exports``): absent, empty, or a bundle an earlier export
+            wrote (it is replaced atomically); never the run folder or a folder that contains it.
         run_verify: Verify every artifact in its runtime and write verify.json.
         verify_limit: At most this many held-out images for verification.
         calibration_images: Class-balanced training images used to calibrate the int8 model.
@@ -115,18 +131,70 @@ def export_run(
     run, cfg, splits = load_run(run_dir)
     formats = list(formats or FORMATS)
     dest = Path(out).expanduser().resolve() if out else run.exports
+    check_destination(dest, run.root)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
-    try:
-        say("loading the trained model")
+    with export_lock(run.root, dest, say):
+        check_destination(dest, run.root)  # again: another export may have finished meanwhile
+        clean_stale(dest)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+        timer = _Timer(tmp / LOG_NAME)
+        try:
+            result = _build(run, cfg, splits, formats, tmp, timer, say, run_verify=run_verify,
+                            verify_limit=verify_limit, calibration_images=calibration_images)
+            _replace_dir(tmp, dest)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return dest, result
+
+
+class _Timer:
+    """Seconds per step, appended to the bundle's export.log and echoed on stderr."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.steps: dict[str, float] = {}
+        self.t0 = time.perf_counter()
+
+    @contextlib.contextmanager
+    def step(self, name: str):
+        t0 = time.perf_counter()
+        yield
+        self.record(name, time.perf_counter() - t0)
+
+    def record(self, name: str, seconds: float) -> None:
+        self.steps[name] = round(self.steps.get(name, 0.0) + seconds, 2)
+        line = f"{name}: {seconds:.2f} s"
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+        print(line, file=sys.stderr, flush=True)
+
+    def total(self) -> None:
+        self.record("total", time.perf_counter() - self.t0)
+
+
+def _build(run, cfg, splits, formats, tmp: Path, timer: _Timer, say: ProgressFn, *, run_verify: bool,
+           verify_limit: int, calibration_images: int) -> dict[str, Any] | None:
+    """Writes every file of the bundle into ``tmp``; returns the verification result."""
+    say("loading the trained model")
+    with timer.step("load model"):
         model = load_model(run)
-        size = cfg.model.image_size
-        say("writing SavedModel")
+    size = cfg.model.image_size
+    say("writing SavedModel")
+    with timer.step("convert savedmodel"):
         savedmodel.export_savedmodel(model, tmp / "savedmodel", size)
-        int8_params = None
-        for fmt in formats:
+    (tmp / "labels.txt").write_text("\n".join(splits.classes) + "\n", encoding="utf-8")
+    int8_params, written_metadata = None, {}
+    info = mediapipe_tasks.ModelInfo(
+        name=f"Transfer Studio image classifier ({cfg.model.backbone})",
+        version=f"{run.root.name} exported {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}",
+        description=(f"Classifies a photo into {len(splits.classes)} classes ({', '.join(splits.classes)}). "
+                     f"{cfg.model.backbone} at {size}x{size} px, fine-tuned with Transfer Studio."),
+        image_size=size, labels=tuple(splits.classes))
+    for fmt in formats:
+        say(f"converting {fmt}")
+        with timer.step(f"convert {fmt}"):
             if fmt.startswith("tflite"):
-                say(f"converting {fmt}")
                 q = tflite.PRESETS[fmt]
                 rep = _representative(splits, cfg, calibration_images) if q.full_integer else None
                 path = verify.artifact_path(tmp, fmt)
@@ -134,28 +202,30 @@ def export_run(
                 flex = sorted(op for op in tflite.op_names(path) if op.startswith("Flex"))
                 if flex:
                     raise ConversionError(f"{fmt} needs TensorFlow Select ops ({', '.join(flex)}), which mobile apps cannot load.")
-                if q.full_integer:
-                    int8_params = tflite.io_details(path)
+                params = tflite.io_details(path) if q.full_integer else None
+                int8_params = params or int8_params
+                with_meta, written_metadata[fmt] = mediapipe_tasks.write_metadata(path.read_bytes(), info, params)
+                path.write_bytes(with_meta)
             elif fmt.startswith("tfjs"):
-                say(f"converting {fmt}")
                 tfjs.convert(tmp / "savedmodel", verify.artifact_path(tmp, fmt), fmt)
-        (tmp / "labels.txt").write_text("\n".join(splits.classes) + "\n", encoding="utf-8")
-        (tmp / "README.md").write_text(bundle_readme(cfg, splits, formats, int8_params), encoding="utf-8")
-        result = None
-        if run_verify:
-            say("verifying every format in its own runtime")
-            images, labels, _split = held_out(run.root, verify_limit)
-            result = verify.verify(tmp, formats, model, images, labels)
-            atomic_write_json(tmp / "verify.json", result)
-        manifest = build_manifest(run, cfg, splits, formats, int8_params, tmp)
-        atomic_write_json(tmp / "manifest.json", manifest)
-        say("zipping the bundle")
+    if any(f.startswith("tfjs") for f in formats):
+        web.write_demo(tmp, "tfjs" if "tfjs" in formats else next(f for f in formats if f.startswith("tfjs")))
+    (tmp / "README.md").write_text(bundle_readme(cfg, splits, formats, int8_params), encoding="utf-8")
+    result = None
+    if run_verify:
+        with held_out(run.root, verify_limit, scratch=tmp / ".verify-cache") as (images, labels, _split):
+            result = verify.verify(tmp, formats, model, images, labels, classes=list(splits.classes), progress=say)
+        shutil.rmtree(tmp / ".verify-cache", ignore_errors=True)
+        for fmt, row in result["formats"].items():
+            timer.record(f"verify {fmt} ({result['images']} images)", row.get("seconds", 0.0))
+        atomic_write_json(tmp / "verify.json", result)
+    manifest = build_manifest(run, cfg, splits, formats, int8_params, tmp, written_metadata)
+    atomic_write_json(tmp / "manifest.json", manifest)
+    say("zipping the bundle")
+    with timer.step("zip"):
         _zip_bundle(tmp)
-        _replace_dir(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest, result
+    timer.total()
+    return result
 
 
 def _representative(splits: data_mod.Splits, cfg, count: int):
@@ -170,7 +240,8 @@ def _representative(splits: data_mod.Splits, cfg, count: int):
     return gen
 
 
-def build_manifest(run, cfg, splits, formats, int8_params, bundle: Path) -> dict[str, Any]:
+def build_manifest(run, cfg, splits, formats, int8_params, bundle: Path,
+                   tflite_metadata: dict[str, dict] | None = None) -> dict[str, Any]:
     from pipeline import backbones
 
     spec = backbones.get(cfg.model.backbone)
@@ -178,7 +249,7 @@ def build_manifest(run, cfg, splits, formats, int8_params, bundle: Path) -> dict
     files = {}
     for path in sorted(p for p in bundle.rglob("*") if p.is_file() and p.name != "manifest.json"):
         rel = path.relative_to(bundle).as_posix()
-        if rel != ZIP_NAME:
+        if rel not in (ZIP_NAME, LOG_NAME):
             files[rel] = {"sha256": data_mod.file_sha256(path), "bytes": path.stat().st_size}
     size = cfg.model.image_size
     return {
@@ -193,6 +264,8 @@ def build_manifest(run, cfg, splits, formats, int8_params, bundle: Path) -> dict
         "output": {"name": savedmodel.OUTPUT_NAME, "shape": [1, len(splits.classes)], "dtype": "float32",
                    "meaning": "softmax probabilities in label order"},
         "tflite_int8": int8_params,
+        "tflite_metadata": tflite_metadata or {},
+        "web_demo": "web/index.html" if (bundle / "web" / "index.html").exists() else None,
         "backbone": {"name": cfg.model.backbone, "alpha": cfg.model.alpha if spec.alphas else None,
                      "weights": cfg.model.weights, "strategy": cfg.train.strategy},
         "formats": {f: verify.artifact_path(bundle, f).relative_to(bundle).as_posix() for f in formats},
@@ -208,12 +281,76 @@ def build_manifest(run, cfg, splits, formats, int8_params, bundle: Path) -> dict
 def _zip_bundle(bundle: Path) -> None:
     target = bundle / ZIP_NAME
     with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(p for p in bundle.rglob("*") if p.is_file() and p != target):
+        for path in sorted(p for p in bundle.rglob("*") if p.is_file() and p != target and p.name != LOG_NAME):
             zf.write(path, path.relative_to(bundle).as_posix())
 
 
+def is_bundle(folder: Path) -> bool:
+    """Whether ``folder`` holds a bundle an export wrote: a manifest listing every file in it."""
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+        listed = set(manifest["files"])
+        manifest["format_version"], manifest["formats"]  # noqa: B018 (keys every manifest has)
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    own = {"manifest.json", ZIP_NAME, LOG_NAME}
+    return all(p.relative_to(folder).as_posix() in listed | own for p in folder.rglob("*") if not p.is_dir())
+
+
+def check_destination(dest: Path, run_root: Path) -> None:
+    """Refuses a destination whose replacement would delete something an export did not write.
+
+    Raises:
+        ExportError: ``dest`` is the run folder, contains it, is a file, or is a non-empty folder that is
+            not a bundle (or holds files its manifest does not list).
+    """
+    run_root = run_root.resolve()
+    if dest == run_root or dest in run_root.parents:
+        raise ExportError(f"--out {dest} is the run folder or contains it: choose a new or empty folder "
+                          f"(default: {run_root / 'exports'}).")
+    if dest.exists() and not dest.is_dir():
+        raise ExportError(f"--out {dest} is a file: choose a new or empty folder.")
+    if dest.is_dir() and any(dest.iterdir()) and not is_bundle(dest):
+        raise ExportError(f"--out {dest} is not empty and is not a bundle written by `python -m export` (or holds "
+                          "files its manifest does not list): nothing was changed; choose a new or empty folder.")
+
+
+@contextlib.contextmanager
+def export_lock(run_root: Path, dest: Path, say: ProgressFn):
+    """Serialises exports: one at a time per run folder and per destination (the CLI and the app alike).
+
+    Waits for a running export to finish (saying so); the locks are released when the process ends,
+    however it ends.
+    """
+    with contextlib.ExitStack() as stack:
+        # The run's lock file, then the destination's parent folder itself (flock on a directory: nothing is
+        # left behind in the user's folder). Always in this order, so two exports cannot wait on each other.
+        for path in (run_root / ".export-run.lock", dest.parent):
+            fd = os.open(path, os.O_RDONLY) if path.is_dir() else os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            stack.callback(os.close, fd)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                say("waiting for another export of this run (or into the same folder) to finish")
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+
+
+def clean_stale(dest: Path) -> None:
+    """Clears what a killed export left beside ``dest`` (call with the export lock held).
+
+    A half-built ``.NAME.tmp-*`` folder is deleted. A kill between the two renames of :func:`_replace_dir`
+    leaves the previous bundle as ``.NAME.old-*`` and no ``dest``: it is put back first.
+    """
+    olds = sorted(dest.parent.glob(f".{dest.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if not dest.exists() and olds and is_bundle(olds[-1]):
+        os.replace(olds.pop(), dest)
+    for stale in [*olds, *dest.parent.glob(f".{dest.name}.tmp-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def _replace_dir(src: Path, dest: Path) -> None:
-    """Moves the finished bundle into place; an older bundle is moved aside first and then deleted."""
+    """Moves the finished bundle into place (with the export lock held); an older bundle is moved aside, then deleted."""
     old = None
     if dest.exists():
         old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
@@ -224,58 +361,15 @@ def _replace_dir(src: Path, dest: Path) -> None:
 
 
 def bundle_readme(cfg, splits, formats, int8_params) -> str:
-    size = cfg.model.image_size
-    labels = ", ".join(splits.classes)
+    """The bundle's README.md from ``export/templates/bundle_readme.md`` (``@NAME@`` placeholders)."""
     int8 = ""
     if int8_params:
         q = int8_params["input"]["quantization"]
         o = int8_params["output"]["quantization"]
         int8 = (f"\n`model-int8.tflite` takes **uint8** pixels (scale {q['scale']:g}, zero point {q['zero_point']}) "
                 f"and returns uint8 scores: probability = (value - {o['zero_point']}) * {o['scale']:g}.\n")
-    return f"""# Exported classifier
-
-Labels (output order): {labels}. Input: raw RGB pixels, values 0..255, shape [1, {size}, {size}, 3],
-resized bilinearly to {size}x{size} without cropping (apply EXIF orientation first). Preprocessing is inside
-the model: do not normalise. Output: softmax probabilities in the order of `labels.txt`.
-
-Formats: {", ".join(formats)}. `manifest.json` has the input contract, sha256 of every file and the tool
-versions; `verify.json` shows how each file agreed with the trained Keras model in its own runtime.
-{int8}
-## Python (TFLite, LiteRT interpreter)
-
-```python
-import numpy as np
-from PIL import Image, ImageOps
-from ai_edge_litert.interpreter import Interpreter
-
-labels = open("labels.txt").read().split("\\n")[:-1]
-img = ImageOps.exif_transpose(Image.open("photo.jpg")).convert("RGB").resize(({size}, {size}), Image.BILINEAR)
-x = np.asarray(img, dtype=np.float32)[None]          # 0..255, no normalisation
-interp = Interpreter(model_path="model-float32.tflite")
-interp.allocate_tensors()
-interp.set_tensor(interp.get_input_details()[0]["index"], x)
-interp.invoke()
-probs = interp.get_tensor(interp.get_output_details()[0]["index"])[0]
-print(labels[int(probs.argmax())], float(probs.max()))
-```
-
-## JavaScript (TF.js in a web page)
-
-```html
-<script src="tf.min.js"></script>  <!-- @tensorflow/tfjs, served by your app -->
-<script>
-  const model = await tf.loadGraphModel("tfjs/model.json");
-  const labels = (await (await fetch("labels.txt")).text()).trim().split("\\n");
-  const x = tf.tidy(() => tf.image.resizeBilinear(tf.browser.fromPixels(imgElement), [{size}, {size}])
-                         .toFloat().expandDims(0));   // 0..255, no normalisation
-  const probs = await model.predict(x).data();
-</script>
-```
-
-## Android / iOS (TFLite)
-
-Feed a `{size}x{size}` RGB bitmap as a float32 buffer of raw 0..255 values (`model-float32.tflite`,
-`-float16`, `-dynamic`) or as uint8 bytes (`model-int8.tflite`), NHWC, no mean/std normalisation: with the
-TFLite Support library, use no `NormalizeOp` (or `NormalizeOp(0, 1)`). Read one output of
-{len(splits.classes)} scores in the order of `labels.txt`.
-"""
+    text = README_TEMPLATE.read_text(encoding="utf-8")
+    for key, value in {"LABELS": ", ".join(splits.classes), "SIZE": str(cfg.model.image_size),
+                       "FORMATS": ", ".join(formats), "INT8": int8, "CLASSES": str(len(splits.classes))}.items():
+        text = text.replace(f"@{key}@", value)
+    return text

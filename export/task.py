@@ -35,9 +35,14 @@ def status_path(run_dir: str | Path) -> Path:
 
 
 def steps_total(formats: list[str], verify: bool = True) -> int:
-    """How many progress messages ``bundle.export_run`` says for these formats (see its ``say`` calls)."""
+    """How many progress messages ``bundle.export_run`` says for these formats (see its ``say`` calls).
+
+    Loading, SavedModel, one per converted format, zipping; with verification, the Keras reference, one per
+    format and one per TFLite file in MediaPipe.
+    """
     converted = sum(1 for f in formats if f.startswith(("tflite", "tfjs")))
-    return 2 + converted + (1 if verify else 0) + 1
+    checks = 1 + len(formats) + sum(1 for f in formats if f.startswith("tflite")) if verify else 0
+    return 2 + converted + checks + 1
 
 
 def _alive(pid: int) -> bool:

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -37,31 +38,62 @@ def convert(saved_model_dir: Path, out_dir: Path, fmt: str) -> Path:
     return out_dir
 
 
-def node_available() -> str | None:
+def node_available(backend: str = "wasm") -> str | None:
     """Why the Node runtime cannot run, or None when it can."""
     if shutil.which("node") is None:
         return "Node.js is not installed (apt-get install nodejs)"
-    if not (ROOT / "node_modules" / "@tensorflow" / "tfjs").is_dir():
-        return f"@tensorflow/tfjs is not installed; run `npm ci` in {ROOT}"
+    for pkg in ("tfjs",) + (("tfjs-backend-wasm",) if backend == "wasm" else ()):
+        if not (ROOT / "node_modules" / "@tensorflow" / pkg).is_dir():
+            return f"@tensorflow/{pkg} is not installed; run `npm ci` in {ROOT}"
     return None
 
 
-def predict(model_dir: Path, images: np.ndarray, *, timeout: float = 1800) -> tuple[np.ndarray, list[float]]:
+@dataclass(frozen=True)
+class TfjsResult:
+    """One TF.js run in Node.
+
+    Attributes:
+        probs: Probabilities, one row per image.
+        latency_ms: Per-image forward-pass time in milliseconds (batch 1).
+        backend: The TF.js backend that ran ("wasm" or "cpu").
+        note: Why the CPU backend ran instead of wasm ("" when wasm ran as asked).
+    """
+
+    probs: np.ndarray
+    latency_ms: list[float]
+    backend: str
+    note: str
+
+
+def predict(model_dir: Path, images, *, backend: str = "wasm", timeout: float = 1800, batch: int = 64) -> TfjsResult:
     """Runs the graph model in Node with @tensorflow/tfjs, one image at a time.
 
-    Returns:
-        (probabilities, per-image latency in milliseconds).
+    Args:
+        model_dir: The graph-model folder (model.json and shards).
+        images: Raw RGB pixels, [N, S, S, 3], 0..255 (uint8 or float; a memmap is read ``batch`` images at a time).
+        backend: "wasm" (falls back to "cpu" with a note when wasm cannot start) or "cpu".
+
+    Raises:
+        TfjsRuntimeMissing: Node or the npm packages are absent.
+        RuntimeError: the runner failed.
     """
-    problem = node_available()
+    problem = node_available("cpu")
     if problem:
         raise TfjsRuntimeMissing(problem)
+    note = ""
+    if backend == "wasm" and (wasm_problem := node_available("wasm")):
+        backend, note = "cpu", f"CPU backend: {wasm_problem}"
     n, size = len(images), images.shape[1]
     with tempfile.TemporaryDirectory(prefix="tfjs-verify-") as tmp:
-        inp, out = Path(tmp) / "input.f32", Path(tmp) / "out.json"
-        np.ascontiguousarray(images, dtype="<f4").tofile(inp)
-        proc = subprocess.run(["node", str(RUNNER), str(model_dir), str(inp), str(n), str(size), str(out)],
+        inp, out = Path(tmp) / "input.u8", Path(tmp) / "out.json"
+        with open(inp, "wb") as f:
+            for i in range(0, n, batch):
+                f.write(np.ascontiguousarray(np.clip(np.round(images[i : i + batch]), 0, 255), dtype=np.uint8).tobytes())
+        proc = subprocess.run(["node", str(RUNNER), str(model_dir), str(inp), str(n), str(size), str(out), backend],
                               cwd=ROOT, capture_output=True, text=True, timeout=timeout)
         if proc.returncode != 0:
             raise RuntimeError(f"TF.js runtime failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr else proc.returncode}")
         result = json.loads(out.read_text())
-    return np.array(result["probs"], dtype=np.float32), result["latency_ms"]
+    if result.get("fallback"):
+        note = f"CPU backend: {result['fallback']}"
+    return TfjsResult(np.array(result["probs"], dtype=np.float32), result["latency_ms"], result["backend"], note)

@@ -1,7 +1,10 @@
 // Runs a TF.js graph model from disk in Node with @tensorflow/tfjs (the same library a web page uses).
-// Usage: node export/tfjs_runner.mjs MODEL_DIR INPUT.f32 N SIZE OUT.json
-// INPUT.f32 holds N raw RGB images (float32 little-endian, 0..255, NHWC); OUT.json gets
-// {"probs": [[...], ...], "latency_ms": [...]} with one forward pass per image (batch 1).
+// Usage: node export/tfjs_runner.mjs MODEL_DIR INPUT.u8 N SIZE OUT.json [BACKEND]
+// INPUT.u8 holds N raw RGB images (uint8, NHWC, SIZE x SIZE); each is read from the file on its own and fed
+// as float32 0..255 (memory stays at one image). OUT.json gets {"backend", "fallback", "probs", "latency_ms"}
+// with one forward pass per image (batch 1).
+// BACKEND is "wasm" (default: @tensorflow/tfjs-backend-wasm, its .wasm files ship in the npm package) or
+// "cpu" (pure JS, ~15x slower). When wasm cannot start, the CPU backend runs and "fallback" says why.
 import * as tf from '@tensorflow/tfjs';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -32,20 +35,37 @@ function fileHandler(dir) {
   };
 }
 
-const [dir, inputPath, nText, sizeText, outPath] = process.argv.slice(2);
+async function chooseBackend(wanted) {
+  if (wanted === 'wasm') {
+    try {
+      await import('@tensorflow/tfjs-backend-wasm');
+      if (await tf.setBackend('wasm')) return null;
+      return 'the wasm backend did not initialise';
+    } catch (e) {
+      return `the wasm backend could not load (${e.message})`;
+    }
+  }
+  return null;
+}
+
+const [dir, inputPath, nText, sizeText, outPath, wanted = 'wasm'] = process.argv.slice(2);
 const n = Number(nText);
 const size = Number(sizeText);
-const raw = fs.readFileSync(inputPath);
-const pixels = new Float32Array(raw.buffer, raw.byteOffset, raw.byteLength / 4);
+const fallback = await chooseBackend(wanted);
+if (fallback || wanted === 'cpu') await tf.setBackend('cpu');
+await tf.ready();
 const per = size * size * 3;
 const model = await tf.loadGraphModel(fileHandler(dir));
 const warm = model.predict(tf.zeros([1, size, size, 3]));
 await warm.data();
 warm.dispose();
+const fd = fs.openSync(inputPath, 'r');
+const bytes = new Uint8Array(per);
 const probs = [];
 const latency = [];
 for (let i = 0; i < n; i++) {
-  const x = tf.tensor4d(pixels.subarray(i * per, (i + 1) * per), [1, size, size, 3], 'float32');
+  fs.readSync(fd, bytes, 0, per, i * per);
+  const x = tf.tensor4d(Float32Array.from(bytes), [1, size, size, 3], 'float32');
   const t0 = performance.now();
   const y = model.predict(x);
   const data = await y.data();
@@ -54,4 +74,5 @@ for (let i = 0; i < n; i++) {
   x.dispose();
   y.dispose();
 }
-fs.writeFileSync(outPath, JSON.stringify({ backend: tf.getBackend(), probs, latency_ms: latency }));
+fs.closeSync(fd);
+fs.writeFileSync(outPath, JSON.stringify({ backend: tf.getBackend(), fallback, probs, latency_ms: latency }));

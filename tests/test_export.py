@@ -11,8 +11,7 @@ import pytest
 
 from export import bundle, task, tfjs, tflite, verify
 from pipeline import train as train_mod
-from pipeline.evaluate import RunNotReadyError, load_model
-from pipeline.runfolder import RunFolder
+from pipeline.runfolder import RunFolder, RunNotReadyError, load_model
 from tests.conftest import ROOT, tiny_config, write_shapes_dataset
 
 
@@ -43,7 +42,8 @@ def test_every_format_is_exported_and_verified_in_its_runtime(exported, trained_
     assert tfjs.node_available() is None, "Node and @tensorflow/tfjs are part of the test set-up (make test)"
     assert result["passed"], verify.table(result)
     rows = result["formats"]
-    assert set(rows) == {"keras", *bundle.FORMATS}
+    mediapipe_rows = {f"mediapipe-{f.removeprefix('tflite-')}" for f in bundle.FORMATS if f.startswith("tflite")}
+    assert set(rows) == {"keras", *bundle.FORMATS, *mediapipe_rows}
     for fmt in ("savedmodel", "tflite-float32", "tfjs"):
         assert rows[fmt]["agreement"] == 1.0 and rows[fmt]["max_abs_diff"] <= 1e-4, fmt
     for fmt in ("tflite-float16", "tflite-dynamic", "tfjs-float16"):
@@ -101,7 +101,7 @@ def test_a_raw_image_gives_the_keras_top1_in_every_runtime(exported, trained_run
     assert raw.max() > 1.0
     expected = int(model.predict(raw, verbose=0).argmax())
     for fmt in ("savedmodel", "tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8", "tfjs"):
-        probs, _ = verify.run_format(dest, fmt, raw)
+        probs, _, _ = verify.run_format(dest, fmt, raw)
         assert int(probs.argmax()) == expected, fmt
 
 

@@ -1,0 +1,117 @@
+// Transfer Studio web demo: loads the bundle's TF.js graph model (../tfjs/ by default) and labels.txt, and
+// classifies a picked photo or a webcam frame, showing the top classes as bars.
+// The model takes raw RGB pixels 0..255 resized to its input size (bilinear, no crop): no normalisation.
+// URL options: ?model=../tfjs-float16/ (another graph-model folder of the bundle), ?labels=../labels.txt,
+// ?embedded=1 (only the result; used by the Transfer Studio app), #image=<data: URL> (classify that image).
+(function () {
+  'use strict';
+  const params = new URLSearchParams(location.search);
+  const modelUrl = params.get('model') || '../tfjs/';
+  const labelsUrl = params.get('labels') || '../labels.txt';
+  const $ = id => document.getElementById(id);
+  let model = null;
+  let labels = [];
+  let size = 224;
+  let stream = null;
+
+  if (params.get('embedded')) document.body.classList.add('embedded');
+
+  function show(text) { $('status').textContent = text; }
+
+  function bar(name, p) {
+    // Class names are folder names: set as text, never as markup.
+    const row = document.createElement('div');
+    row.className = 'bar';
+    const label = document.createElement('span');
+    label.className = 'name';
+    label.textContent = name;
+    const track = document.createElement('span');
+    track.className = 'track';
+    const fill = document.createElement('span');
+    fill.className = 'fill';
+    fill.style.width = (p * 100).toFixed(1) + '%';
+    track.appendChild(fill);
+    const pct = document.createElement('span');
+    pct.className = 'pct';
+    pct.textContent = (p * 100).toFixed(1) + '%';
+    row.append(label, track, pct);
+    return row;
+  }
+
+  // Classifies an <img>, <video> or <canvas>: resized to the model's size, raw 0..255 pixels.
+  async function classify(source) {
+    const x = tf.tidy(() => {
+      let pixels = tf.browser.fromPixels(source);
+      if (pixels.shape[0] !== size || pixels.shape[1] !== size) {
+        pixels = tf.image.resizeBilinear(pixels, [size, size]);
+      }
+      return pixels.toFloat().expandDims(0);
+    });
+    const y = model.predict(x);
+    const probs = Array.from(await y.data());
+    x.dispose();
+    y.dispose();
+    const order = probs.map((p, i) => i).sort((a, b) => probs[b] - probs[a]);
+    $('top').textContent = labels[order[0]] + ' (' + (probs[order[0]] * 100).toFixed(1) + '%)';
+    $('bars').replaceChildren(...order.slice(0, 5).map(i => bar(labels[i], probs[i])));
+    $('out').dataset.probs = JSON.stringify(probs);
+    $('out').dataset.top1 = labels[order[0]];
+    show('TF.js ' + tf.getBackend() + ' backend, in this browser.');
+    return probs;
+  }
+
+  async function showImage(url) {
+    const img = $('photo');
+    img.src = url;
+    img.hidden = false;
+    await img.decode();
+    return classify(img);
+  }
+
+  async function start() {
+    await tf.ready();
+    model = await tf.loadGraphModel(modelUrl + 'model.json');
+    labels = (await (await fetch(labelsUrl)).text()).split('\n').filter(line => line.length > 0);
+    const shape = model.inputs[0].shape;  // [-1, size, size, 3]
+    if (shape && shape[1] > 0) size = shape[1];
+    show('Model loaded (' + labels.length + ' classes, ' + size + 'x' + size + ' input). Choose a photo or use the webcam.');
+    const hash = new URLSearchParams(location.hash.slice(1));
+    if (hash.get('image')) await showImage(hash.get('image'));
+  }
+
+  $('file').addEventListener('change', async event => {
+    const file = event.target.files[0];
+    if (!file || !model) return;
+    const url = URL.createObjectURL(file);
+    try {
+      await showImage(url);
+    } catch (e) {
+      show('Could not read ' + file.name + ' as an image: ' + e.message);
+    } finally {
+      URL.revokeObjectURL(url);
+    }
+  });
+
+  $('camera').addEventListener('click', async () => {
+    if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+      show('This browser gives no camera access here (it needs https or localhost).');
+      return;
+    }
+    try {
+      stream = stream || await navigator.mediaDevices.getUserMedia({ video: true });
+      const video = $('video');
+      video.srcObject = stream;
+      video.hidden = false;
+      $('photo').hidden = true;
+      $('snap').hidden = false;
+      await video.play();
+      await classify(video);
+    } catch (e) {
+      show('The webcam could not start: ' + e.message);
+    }
+  });
+
+  $('snap').addEventListener('click', () => classify($('video')).catch(e => show('Classification failed: ' + e.message)));
+
+  window.transferStudioDemo = { classify, ready: start().catch(e => show('The model could not load: ' + e.message)) };
+})();
