@@ -123,6 +123,14 @@ def cmd_correct(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from pipeline import compare
+
+    result = compare.compare(args.run_dirs)
+    print(json.dumps(result, indent=2) if args.json else compare.table(result))
+    return 0
+
+
 def cmd_submit(args) -> int:
     from pipeline.jobs.backends import get_backend
 
@@ -251,6 +259,11 @@ def parser() -> argparse.ArgumentParser:
     for corr in (rl, ex, ad, un, rv):
         corr.set_defaults(func=cmd_correct)
 
+    cp = sub.add_parser("compare", help="2 to 4 runs side by side: settings that differ, accuracy, F1, sizes")
+    cp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    cp.add_argument("--json", action="store_true")
+    cp.set_defaults(func=cmd_compare)
+
     j = sub.add_parser("submit", help="queue a training job (starts a background worker if none runs)")
     j.add_argument("data", help="folder, .zip, or sample:digits")
     j.add_argument("--config", help="TOML or JSON config file")
@@ -288,6 +301,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from pipeline.backbones import WeightsUnavailableError
+    from pipeline.compare import CompareError
     from pipeline.config import ConfigError
     from pipeline.data import DataError
     from pipeline.evaluate import RunNotReadyError
@@ -301,7 +315,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ncancelled: the last finished epoch is kept; run the same command to resume ({args.run_dir}).",
               file=sys.stderr)
         return EXIT_CANCELLED
-    except (ConfigError, DataError, WeightsUnavailableError, RunNotReadyError, RunFolderError, JobError) as exc:
+    except (ConfigError, DataError, WeightsUnavailableError, RunNotReadyError, RunFolderError, JobError,
+            CompareError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

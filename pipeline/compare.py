@@ -1,0 +1,110 @@
+"""Side by side: 2 to 4 runs' curves, the settings they differ in, test results and export sizes.
+
+Reads only the run folders (``config.json``, ``metrics.jsonl``, ``eval.json``, ``exports/verify.json``,
+``state.json`` for a parent run), so it works on runs from any backend and never loads a model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pipeline import config as config_mod
+from pipeline.runfolder import RunFolder, read_jsonl
+
+MIN_RUNS, MAX_RUNS = 2, 4
+
+
+class CompareError(ValueError):
+    """The runs cannot be compared (too few, too many, or not run folders)."""
+
+
+def _flat(cfg: config_mod.RunConfig) -> dict[str, Any]:
+    return {f"{section}.{key}": value for section, fields in cfg.to_dict().items() for key, value in fields.items()}
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _parent(run: RunFolder) -> str | None:
+    """The run this one was started from (``train --from``), as recorded in its state or config folder."""
+    for path in (run.state, run.root / "parent.json"):
+        data = _read_json(path) or {}
+        if data.get("parent"):
+            return str(data["parent"])
+    return None
+
+
+def compare(run_dirs: list[str | Path]) -> dict[str, Any]:
+    """What a comparison view shows, for 2-4 run folders (in the order given).
+
+    Returns:
+        ``runs``: per run, its name, folder, parent and final figures; ``differences``: setting -> values, only
+        the settings that differ; ``curves``: per run the epoch records; ``per_class_f1``: class -> values;
+        ``export_sizes``: format -> bytes per run.
+
+    Raises:
+        CompareError: fewer than 2 or more than 4 runs, or a folder without config.json.
+    """
+    if not MIN_RUNS <= len(run_dirs) <= MAX_RUNS:
+        raise CompareError(f"pick {MIN_RUNS} to {MAX_RUNS} runs to compare (got {len(run_dirs)}).")
+    runs = [RunFolder(Path(d).expanduser().resolve()) for d in run_dirs]
+    configs = []
+    for run in runs:
+        if not run.config.exists():
+            raise CompareError(f"{run.root} is not a run folder (no config.json).")
+        configs.append(_flat(config_mod.load(run.config)))
+    keys = sorted(set().union(*configs))
+    differences = {k: [c.get(k) for c in configs] for k in keys if len({json.dumps(c.get(k)) for c in configs}) > 1}
+    evals = [_read_json(run.eval) for run in runs]
+    verifies = [_read_json(run.root / "exports" / "verify.json") for run in runs]
+    classes = sorted({c for e in evals if e for c in e.get("per_class", {})})
+    formats = sorted({f for v in verifies if v for f, row in v.get("formats", {}).items() if row.get("size_bytes")})
+    names = {str(run.root): run.root.name for run in runs}
+    summary = []
+    for run, ev in zip(runs, evals, strict=True):
+        epochs = [r for r in read_jsonl(run.metrics) if r.get("event") == "epoch"]
+        parent = _parent(run)
+        summary.append({
+            "name": run.root.name, "folder": str(run.root), "parent": parent,
+            "parent_in_view": parent in names if parent else False,
+            "epochs": len(epochs), "best_val_accuracy": max((e["val_accuracy"] for e in epochs), default=None),
+            "eval_split": ev.get("split") if ev else None, "accuracy": ev.get("accuracy") if ev else None,
+        })
+    return {
+        "runs": summary,
+        "differences": differences,
+        "curves": [[r for r in read_jsonl(run.metrics) if r.get("event") == "epoch"] for run in runs],
+        "per_class_f1": {c: [(e or {}).get("per_class", {}).get(c, {}).get("f1") for e in evals] for c in classes},
+        "export_sizes": {f: [((v or {}).get("formats", {}).get(f) or {}).get("size_bytes") for v in verifies]
+                         for f in formats},
+    }
+
+
+def table(result: dict[str, Any]) -> str:
+    """The comparison as plain text."""
+    names = [r["name"][:14] for r in result["runs"]]
+
+    def row(label: str, values: list[Any], fmt=lambda v: f"{v}") -> str:
+        return f"{label:<28}" + "".join(f" {('-' if v is None else fmt(v)):>14}" for v in values)
+
+    lines = [row("run", names)]
+    lines.append(row("parent", [(r["parent"] and Path(r["parent"]).name[:14]) for r in result["runs"]]))
+    lines.append(row("epochs", [r["epochs"] for r in result["runs"]]))
+    lines.append(row("best val accuracy", [r["best_val_accuracy"] for r in result["runs"]], lambda v: f"{v:.4f}"))
+    lines.append(row("accuracy (eval split)", [r["accuracy"] for r in result["runs"]], lambda v: f"{v:.4f}"))
+    if result["differences"]:
+        lines.append("settings that differ:")
+        lines += [row(f"  {k}", v) for k, v in result["differences"].items()]
+    if result["per_class_f1"]:
+        lines.append("per-class F1:")
+        lines += [row(f"  {c}", v, lambda x: f"{x:.3f}") for c, v in result["per_class_f1"].items()]
+    if result["export_sizes"]:
+        lines.append("export size (bytes):")
+        lines += [row(f"  {f}", v, lambda x: f"{x:,}") for f, v in result["export_sizes"].items()]
+    return "\n".join(lines)
