@@ -12,6 +12,7 @@ from app_pages import shared
 from pipeline import config
 from pipeline.jobs.store import JobStore
 from tests.test_app import ENTRY, _no_exception
+from tests.test_app import shown as unescape
 
 IMAGE_NAME = "![t](https:evil.example.t.png)"  # the folder name from the issue: a Markdown image
 LINK_NAME = "[click](https:evil.example)"
@@ -26,11 +27,6 @@ def write_markdown_named_dataset(root: Path, per_class: int = 3) -> Path:
         for i in range(per_class):
             Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(root / name / f"{name}{i}.png")
     return root
-
-
-def unescape(markdown: str) -> str:
-    """What the browser shows for shared.plain() text: the escapes and the invisible word joiners removed."""
-    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown).replace(shared.WORD_JOINER, "")
 
 
 def test_plain_escapes_every_markdown_construct_and_round_trips():
