@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import backbones
+from pipeline.atomic import atomic_write_text
 
 
 class ConfigError(ValueError):
@@ -37,6 +39,8 @@ def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
 def _check_range(key: str, value: Any, lo: float, hi: float, *, lo_open=False, hi_open=False) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         _fail(key, value, "must be a number")
+    if not math.isfinite(value):
+        _fail(key, value, "must be a finite number (not nan or infinity)")
     too_low = value <= lo if lo_open else value < lo
     too_high = value >= hi if hi_open else value > hi
     if too_low or too_high:
@@ -190,6 +194,7 @@ class TrainConfig:
         early_stopping_patience: Stop a phase after this many epochs without val_loss improving (0 = off).
         seed: Seed for the split, shuffling, augmentation and initialisation.
         progress_every: Write a progress line to metrics.jsonl every this many batches.
+        deterministic: Bit-for-bit repeatable training (TensorFlow op determinism; somewhat slower).
         gpus: GPUs a job asks for on a cluster backend (Ray); the local worker runs one job per GPU.
     """
 
@@ -208,6 +213,7 @@ class TrainConfig:
     early_stopping_patience: int = 3
     seed: int = 42
     progress_every: int = 5
+    deterministic: bool = False
     gpus: int = 0
 
     def __post_init__(self) -> None:
@@ -226,6 +232,8 @@ class TrainConfig:
         _check_int("train.early_stopping_patience", self.early_stopping_patience, 0)
         _check_int("train.seed", self.seed, 0, 2**31 - 1)
         _check_int("train.progress_every", self.progress_every, 1)
+        if not isinstance(self.deterministic, bool):
+            _fail("train.deterministic", self.deterministic, "must be true or false")
         _check_int("train.gpus", self.gpus, 0, 64)
 
     @property
@@ -403,6 +411,9 @@ def load(path: str | Path, base: RunConfig | None = None) -> RunConfig:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}.") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at position "
+                          f"{exc.start}); save it as UTF-8.") from exc
     try:
         data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
@@ -412,6 +423,4 @@ def load(path: str | Path, base: RunConfig | None = None) -> RunConfig:
 
 def save(config: RunConfig, path: str | Path) -> None:
     """Writes config.json atomically."""
-    from pipeline.runfolder import atomic_write_text
-
     atomic_write_text(Path(path), config.to_json())

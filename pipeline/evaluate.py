@@ -1,49 +1,41 @@
-"""Evaluation of a finished run: accuracy, per-class metrics, confusion matrix, confident mistakes."""
+"""Evaluation of a finished run: accuracy, per-class metrics, confusion matrix, confident mistakes.
+
+The held-out split is decoded once into the uint8 cache and streamed through the model a batch at a
+time: memory holds the uint8 images (or a disk memmap past ``data.cache_memory_mb``) plus one float32
+batch, never the whole split as float32.
+"""
 
 from __future__ import annotations
 
-import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipeline import config as config_mod
 from pipeline import data as data_mod
-from pipeline.runfolder import RunFolder, atomic_write_json
+from pipeline.atomic import atomic_write_json, fault_point
+from pipeline.runfolder import (  # noqa: F401 - load_model and RunNotReadyError were imported from here
+    RunFolder,
+    RunNotReadyError,
+    load_model,
+    load_run,
+)
+
+EventFn = Callable[[dict[str, Any]], None]
 
 
-class RunNotReadyError(ValueError):
-    """The run folder lacks what the step needs (no trained model yet, missing files)."""
+def predict_split(run_dir: str | Path, split: str | None = None, *, limit: int | None = None,
+                  on_event: EventFn | None = None) -> dict[str, Any]:
+    """Runs the inference model over a split in batches: returns paths, labels and probabilities.
 
-
-def load_run(run_dir: str | Path) -> tuple[RunFolder, config_mod.RunConfig, data_mod.Splits]:
-    """Opens a run folder that holds a trained model.
-
-    Raises:
-        RunNotReadyError: in one sentence, what is missing.
+    Args:
+        run_dir: A run folder holding model.keras.
+        split: train, val or test (default: the evaluation split, test or val when there is none).
+        limit: Only the first ``limit`` images.
+        on_event: Called with ``{"event": "evaluate", "done": n, "total": N}`` after each batch.
     """
-    run = RunFolder(Path(run_dir).expanduser().resolve())
-    if not run.root.is_dir():
-        raise RunNotReadyError(f"{run.root} is not a run folder (it does not exist).")
-    for path, what in ((run.config, "config.json"), (run.dataset, "dataset.json"), (run.model, "model.keras")):
-        if not path.exists():
-            hint = "training has not finished" if what == "model.keras" else "it was not written by `pipeline train`"
-            raise RunNotReadyError(f"{run.root} has no {what}: {hint}.")
-    cfg = config_mod.load(run.config)
-    dataset = json.loads(run.dataset.read_text(encoding="utf-8"))
-    return run, cfg, data_mod.Splits.from_dict(dataset["splits"])
-
-
-def load_model(run: RunFolder):
-    import keras
-
-    return keras.saving.load_model(run.model, compile=False)
-
-
-def predict_split(run_dir: str | Path, split: str | None = None, *, limit: int | None = None) -> dict[str, Any]:
-    """Runs the inference model over a split: returns paths, labels, probabilities and the raw images."""
     run, cfg, splits = load_run(run_dir)
     split = split or splits.eval_split
     files = splits.paths(split)[:limit]
@@ -53,20 +45,26 @@ def predict_split(run_dir: str | Path, split: str | None = None, *, limit: int |
                                 disk_dir=run.root / "cache-eval", max_pixels=cfg.data.max_image_pixels)
     try:
         model = load_model(run)
-        images = np.asarray(cache.array, dtype=np.float32)
-        probs = model.predict(images, batch_size=cfg.train.batch_size, verbose=0)
+        probs = np.zeros((len(files), len(splits.classes)), dtype=np.float32)
+        bs = cfg.train.batch_size
+        for start in range(0, len(files), bs):
+            batch = np.asarray(cache.array[start:start + bs], dtype=np.float32)  # one batch as float32
+            probs[start:start + bs] = np.asarray(model.predict_on_batch(batch))
+            fault_point("evaluate")
+            if on_event:
+                on_event({"event": "evaluate", "done": min(start + bs, len(files)), "total": len(files)})
     finally:
         cache.close()
-    return {"split": split, "files": files, "relpaths": relpaths, "labels": labels, "probs": probs, "images": images,
-            "classes": list(splits.classes), "model": model}
+    return {"split": split, "files": files, "relpaths": relpaths, "labels": labels, "probs": probs,
+            "classes": list(splits.classes)}
 
 
-def evaluate(run_dir: str | Path, *, mistakes: int = 24) -> dict[str, Any]:
+def evaluate(run_dir: str | Path, *, mistakes: int = 24, on_event: EventFn | None = None) -> dict[str, Any]:
     """Evaluates the trained model on the test split (val when there is none) and writes eval.json."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     t0 = time.perf_counter()
-    out = predict_split(run_dir)
+    out = predict_split(run_dir, on_event=on_event)
     run = RunFolder(Path(run_dir).expanduser().resolve())
     classes, labels, probs = out["classes"], out["labels"], out["probs"]
     pred = probs.argmax(axis=1)
@@ -99,7 +97,7 @@ def evaluate(run_dir: str | Path, *, mistakes: int = 24) -> dict[str, Any]:
         ],
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    atomic_write_json(run.eval, result)
+    atomic_write_json(run.eval, result, fault="eval-write")
     return result
 
 

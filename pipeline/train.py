@@ -10,13 +10,18 @@ Phases by strategy:
 
 When the base is frozen and augmentation is off, the head phase runs on pooled features computed
 once (the cached-feature path of the Keras guide) instead of running the base every epoch.
+
+Where training continues is read from ``state.json`` (epochs and optimizer steps done per phase; see
+:mod:`pipeline.runfolder`) and given to ``fit`` as ``initial_epoch``; each epoch is committed there by
+:class:`pipeline.callbacks.EpochCommit`. Shuffling is a pure function of (seed, epoch), so a resumed phase
+sees the batches an uninterrupted one would.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import os
+import shutil
 import signal
 import threading
 import time
@@ -25,7 +30,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -33,26 +37,22 @@ import numpy as np
 from pipeline import config as config_mod
 from pipeline import data as data_mod
 from pipeline import model as model_mod
+from pipeline.atomic import fault_point, remove_stale_temporaries
 from pipeline.config import RunConfig
-from pipeline.runfolder import (
-    CheckpointMismatchError,
+from pipeline.runfolder import (  # noqa: F401 - RunFolderError and TrainingCancelled are part of this API
+    DamagedFileError,
     MetricsWriter,
     RunFolder,
+    RunFolderError,
+    TrainingCancelled,
     atomic_write_json,
     load_variables,
+    read_variables,
     save_variables,
 )
 
 EventFn = Callable[[dict[str, Any]], None]
-
-
-class TrainingCancelled(Exception):
-    """A cancel was requested (CANCEL file or SIGTERM); the last finished epoch's checkpoint is kept."""
-
-
-class RunFolderError(ValueError):
-    """The run folder cannot be used for this request; the message says why and what to do."""
-
+MODEL_TMP = ".model.tmp.keras"
 
 @dataclass(frozen=True)
 class Phase:
@@ -96,10 +96,17 @@ def prepare_run(source: str, run_dir: str | Path, cfg: RunConfig, on_event: Even
                 f"{run.root} already holds a run with a different configuration; "
                 "use a new --run-dir, or resume it without changing its settings."
             )
-        if run.read_state().get("status") == "done":
+        try:
+            status = run.read_state().get("status")
+        except DamagedFileError:
+            status = None  # train() falls back to state.prev.json
+        if status == "done":
             raise RunFolderError(f"{run.root} holds a finished run; use a new --run-dir to train again.")
-        dataset = json.loads(run.dataset.read_text(encoding="utf-8"))
-        return run, saved, data_mod.Splits.from_dict(dataset["splits"])
+        try:
+            splits = data_mod.Splits.from_dict(json.loads(run.dataset.read_text(encoding="utf-8"))["splits"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DamagedFileError(f"{run.dataset} is damaged or missing ({exc}); train into a new run folder.") from exc
+        return run, saved, splits
 
     def scan_progress(done: int, total: int) -> None:
         if on_event:
@@ -112,139 +119,6 @@ def prepare_run(source: str, run_dir: str | Path, cfg: RunConfig, on_event: Even
     atomic_write_json(run.dataset, {"source": str(source), "scan": report.to_dict(), "splits": splits.to_dict()})
     config_mod.save(cfg, run.config)  # written last: its presence means the folder is a prepared run
     return run, cfg, splits
-
-
-# === Callbacks ===
-
-
-def _callbacks_module():
-    import keras
-
-    class EpochLogger(keras.callbacks.Callback):
-        """Writes epoch and progress lines to metrics.jsonl and raises TrainingCancelled on request."""
-
-        def __init__(self, run: RunFolder, writer: MetricsWriter, phase: str, epochs: int, n_images: int,
-                     steps: int, every: int, epoch_offset: int, cancel: threading.Event, on_event: EventFn | None):
-            super().__init__()
-            self.run, self.writer, self.phase, self.epochs = run, writer, phase, epochs
-            self.n_images, self.steps, self.every, self.epoch_offset = n_images, steps, every, epoch_offset
-            self.cancel, self.on_event = cancel, on_event
-
-        def _emit(self, record: dict[str, Any]) -> None:
-            record = {"time": round(time.time(), 3), **record}
-            self.writer.write(record)
-            if self.on_event:
-                self.on_event(record)
-
-        def _lr(self) -> float:
-            return float(np.asarray(self.model.optimizer.learning_rate))
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self._epoch = epoch
-            self.t0 = time.perf_counter()
-            self.t_train_end = self.t0
-
-        def on_train_batch_end(self, batch, logs=None):
-            self.t_train_end = time.perf_counter()
-            if self.cancel.is_set() or self.run.cancel_file.exists():
-                raise TrainingCancelled()
-            if (batch + 1) % self.every == 0 and batch + 1 < self.steps:
-                self._emit({
-                    "event": "progress", "phase": self.phase, "epoch": self._epoch + 1,
-                    "batch": batch + 1, "steps": self.steps,
-                    "loss": float(logs.get("loss", float("nan"))), "accuracy": float(logs.get("accuracy", float("nan"))),
-                })
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs or {}
-            train_seconds = max(self.t_train_end - self.t0, 1e-9)
-            self._emit({
-                "event": "epoch", "phase": self.phase, "epoch": epoch + 1, "epochs": self.epochs,
-                "global_epoch": self.epoch_offset + epoch + 1,
-                "loss": float(logs["loss"]), "accuracy": float(logs["accuracy"]),
-                "val_loss": float(logs["val_loss"]), "val_accuracy": float(logs["val_accuracy"]),
-                "lr": self._lr(), "seconds": round(time.perf_counter() - self.t0, 3),
-                "images_per_second": round(self.n_images / train_seconds, 2),
-            })
-
-    class Backup(keras.callbacks.Callback):
-        """Resumes a phase at its last finished epoch: Keras's BackupAndRestore, made atomic and cheap.
-
-        At each epoch end the model's and the optimizer's variables (step counter and Adam moments
-        included) are written with :func:`save_variables` (one .npz, renamed into place) where Keras's
-        own callback rewrites an HDF5 file in place, slower and not safe against a kill mid-write.
-        """
-
-        def __init__(self, backup_dir: Path):
-            super().__init__()
-            self.path = backup_dir / "latest.npz"
-
-        def _variables(self) -> list:
-            return list(self.model.variables) + list(self.model.optimizer.variables)
-
-        def on_train_begin(self, logs=None):
-            # Built here, eagerly: built inside the first traced step, Adam's variables cost ~2.5 s.
-            if not self.model.optimizer.built:
-                self.model.optimizer.build(self.model.trainable_variables)
-            if not self.path.exists():
-                return
-            self.model._initial_epoch = _load_checkpoint(self.path, self._variables())["epoch"]
-
-        def on_epoch_end(self, epoch, logs=None):
-            save_variables(self.path, self._variables(), epoch=epoch + 1)
-
-    class BestCheckpoint(keras.callbacks.Callback):
-        """Tracks the inference weights with the best val_accuracy (then val_loss) in memory.
-
-        Writing them takes a moment, so the best weights are written by
-        :meth:`flush` when the phase ends or is cancelled, not at every improving epoch; a crash
-        loses only the in-memory copy (the Backup callback still resumes the run).
-        """
-
-        def __init__(self, run: RunFolder, inference, state: dict[str, Any]):
-            super().__init__()
-            self.run, self.inference, self.state = run, inference, state
-            self.pending = None
-
-        def on_epoch_end(self, epoch, logs=None):
-            key = (float(logs["val_accuracy"]), -float(logs["val_loss"]))
-            best = self.pending[0] if self.pending else self.state.get("best")
-            if best is None or key > (best["val_accuracy"], -best["val_loss"]):
-                snapshot = [np.array(w) for w in self.inference.get_weights()]
-                self.pending = ({"val_accuracy": key[0], "val_loss": -key[1]}, snapshot)
-
-        def flush(self) -> None:
-            if self.pending is None:
-                return
-            best, snapshot = self.pending
-            current = self.inference.get_weights()
-            self.inference.set_weights(snapshot)
-            save_variables(self.run.best_weights, self.inference.weights)
-            self.inference.set_weights(current)
-            self.state["best"] = best
-            self.run.write_state(self.state)
-            self.pending = None
-
-    class FeatureValidation(keras.callbacks.Callback):
-        """``val_loss`` and ``val_accuracy`` from validation features computed once (head phase).
-
-        Equal to ``validation_data`` through the whole model (augmentation and dropout are the identity
-        at inference, the frozen base gives the same features every epoch) without running the base on
-        the validation images every epoch or tracing a test function.
-        """
-
-        def __init__(self, head, features: np.ndarray, onehot: np.ndarray, label_smoothing: float):
-            super().__init__()
-            self.head, self.features, self.onehot = head, features, onehot
-            self.loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
-
-        def on_epoch_end(self, epoch, logs=None):
-            probs = self.head(self.features, training=False)
-            logs["val_loss"] = float(self.loss(self.onehot, probs))
-            logs["val_accuracy"] = float(np.mean(np.argmax(probs, axis=1) == np.argmax(self.onehot, axis=1)))
-
-    return SimpleNamespace(EpochLogger=EpochLogger, Backup=Backup, BestCheckpoint=BestCheckpoint,
-                           FeatureValidation=FeatureValidation)
 
 
 @functools.cache
@@ -307,6 +181,8 @@ def _compile(model, phase: Phase, cfg: RunConfig, steps_per_epoch: int, jit: boo
     )
 
 
+
+
 # === Training ===
 
 
@@ -318,14 +194,14 @@ def train(
     on_event: EventFn | None = None,
     evaluate_after: bool = True,
 ) -> RunFolder:
-    """Trains ``source`` into ``run_dir`` (resuming a run folder that was interrupted).
+    """Trains ``source`` into ``run_dir``, resuming a run folder that was interrupted at any point.
 
     Args:
         source: Folder, zip or ``sample:digits``.
         run_dir: The run folder; created if missing.
         cfg: The configuration (defaults if None).
         on_event: Called with every record written to metrics.jsonl (for terminal or UI progress).
-        evaluate_after: Write eval.json when training finishes.
+        evaluate_after: Write eval.json when training finishes (the run is "done" only after it).
 
     Raises:
         TrainingCancelled: a cancel was requested; re-running the same call resumes.
@@ -333,23 +209,41 @@ def train(
     """
     cfg = cfg or RunConfig()
     run, cfg, splits = prepare_run(source, run_dir, cfg, on_event)
+    for folder in (run.root, run.checkpoints, *run.checkpoints.glob("backup_*")):
+        remove_stale_temporaries(folder)  # what a kill during an atomic write left behind
+    (run.root / MODEL_TMP).unlink(missing_ok=True)
+    state, note = run.recover_state()
+    if "phases" not in state:
+        raise RunFolderError(f"{run.state} was written by an older version of Transfer Studio and cannot be resumed; "
+                             "train into a new run folder.")
+    writer = MetricsWriter(run.metrics)
+    emit = functools.partial(_record, writer, on_event)
+    if note:
+        emit({"event": "warning", "message": note})
     cancel = threading.Event()
     restore = _install_sigterm(cancel)
-    writer = MetricsWriter(run.metrics)
     try:
-        _train_phases(run, cfg, splits, writer, cancel, on_event)
+        if state.get("status") == "evaluating" and not evaluate_after:
+            return run
+        if state.get("status") != "evaluating":
+            _train_phases(run, cfg, splits, state, emit, cancel)
+            state["status"] = "evaluating" if evaluate_after else "done"
+            run.write_state(state)
+        if evaluate_after:
+            from pipeline.evaluate import evaluate
+
+            emit({"event": "evaluate"})
+            evaluate(run.root)
+            state["status"] = "done"
+            run.write_state(state)
+        emit({"event": "done", "best": state.get("best")})
     except TrainingCancelled:
-        _record(writer, on_event, {"event": "cancelled"})
-        state = run.read_state()
+        emit({"event": "cancelled"})
         run.write_state({**state, "status": "cancelled"})
         raise
     finally:
         writer.close()
         restore()
-    if evaluate_after:
-        from pipeline.evaluate import evaluate
-
-        evaluate(run.root)
     return run
 
 
@@ -368,23 +262,51 @@ def _install_sigterm(cancel: threading.Event) -> Callable[[], None]:
     return lambda: signal.signal(signal.SIGTERM, previous)
 
 
-def _train_phases(run: RunFolder, cfg: RunConfig, splits: data_mod.Splits, writer: MetricsWriter,
-                  cancel: threading.Event, on_event: EventFn | None) -> None:
+def _new_phase_state() -> dict[str, Any]:
+    return {"epochs_done": 0, "steps_done": 0, "done": False}
+
+
+def _reconcile_metrics(run: RunFolder, state: dict[str, Any], emit: EventFn) -> None:
+    """Makes metrics.jsonl agree with state.json (the source of truth) before training goes on.
+
+    A committed epoch whose line a kill cut off gets its line (kept in state.json); epoch lines past what
+    state.json records (their checkpoint was lost) are voided by a ``rollback`` line and trained again.
+    """
+    lines = run.epochs()
+    for name in sorted({e.get("phase") for e in lines} | set(state["phases"])):
+        ph = state["phases"].get(name, {"epochs_done": 0})
+        done = ph["epochs_done"]
+        seen = [e["epoch"] for e in lines if e.get("phase") == name]
+        if any(epoch > done for epoch in seen):
+            emit({"event": "rollback", "phase": name, "epoch": done,
+                  "reason": "state.json records fewer finished epochs than metrics.jsonl; they are trained again"})
+        if done and done not in seen and ph.get("last_epoch"):
+            emit(ph["last_epoch"])
+
+
+def _train_phases(run: RunFolder, cfg: RunConfig, splits: data_mod.Splits, state: dict[str, Any], emit: EventFn,
+                  cancel: threading.Event) -> None:
+    """Trains every phase not yet done (resuming a started one) and writes model.keras from the best weights."""
     import keras
 
-    state = run.read_state()
-    resumed = bool(state.get("phases_done")) or any(run.backup_dir(p.name).exists() for p in phases_for(cfg))
-    state = {**state, "status": "running", "phases_done": state.get("phases_done", [])}
+    _reconcile_metrics(run, state, emit)
+    resumed = any(p["epochs_done"] or p["done"] for p in state["phases"].values())
+    state["status"] = "running"
     run.write_state(state)
-    _record(writer, on_event, {"event": "resumed" if resumed else "start", "phases": [p.name for p in phases_for(cfg)]})
+    emit({"event": "resumed" if resumed else "start", "phases": [p.name for p in phases_for(cfg)]})
 
     gpus = gpu_count()
     if gpus:
         keras.mixed_precision.set_global_policy("mixed_float16")
+    if cfg.train.deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(cfg.train.seed)
     num_classes = len(splits.classes)
+
     def cache_progress(split):
-        return lambda done, total: _record(writer, on_event, {"event": "cache", "split": split, "done": done, "total": total})
+        return lambda done, total: emit({"event": "cache", "split": split, "done": done, "total": total})
 
     def build_caches() -> dict[str, data_mod.ImageCache]:
         return {
@@ -407,59 +329,83 @@ def _train_phases(run: RunFolder, cfg: RunConfig, splits: data_mod.Splits, write
         caches = pending.result()
     try:
         labels = {s: splits.labels(s) for s in ("train", "val")}
-        weights = data_mod.class_weights(labels["train"], num_classes, cfg.train.class_weight)
+        shared = PhaseShared(run=run, cfg=cfg, models=models, caches=caches, labels=labels, num_classes=num_classes,
+                             class_weight=data_mod.class_weights(labels["train"], num_classes, cfg.train.class_weight),
+                             state=state, emit=emit, cancel=cancel, jit=gpus > 0)
         for phase in phases_for(cfg):
-            if phase.name in state["phases_done"]:
-                done = run.phase_done_weights(phase.name)
-                if not done.exists():
-                    raise RunFolderError(f"{run.root} records the {phase.name} phase as finished but {done.name} is "
-                                         "missing (written by an older version?); train into a new run folder")
-                _load_checkpoint(done, models.inference.weights)
+            ph = state["phases"].setdefault(phase.name, _new_phase_state())
+            if ph["done"]:
+                _load_finished_phase(shared, phase.name)
                 continue
-            earlier = {(e["phase"], e["epoch"]) for e in run.epochs() if e.get("phase") != phase.name}
-            _run_phase(run, cfg, phase, models, caches, labels, weights, num_classes, state,
-                       writer, cancel, on_event, len(earlier), jit=gpus > 0)
-            save_variables(run.phase_done_weights(phase.name), models.inference.weights)
-            state["phases_done"].append(phase.name)
-            run.write_state(state)
-            _remove_tree(run.backup_dir(phase.name))
+            run_phase(shared, _phase_options(shared, phase, first_epoch=ph["epochs_done"]))
     finally:
         for c in caches.values():
             c.close()
-        _remove_tree(run.root / "cache")
+        shutil.rmtree(run.root / "cache", ignore_errors=True)
 
-    _load_checkpoint(run.best_weights, models.inference.weights)
-    tmp = run.root / ".model.tmp.keras"
+    best = run.best_weights
+    if best is None:
+        raise RunFolderError(f"{run.state} names no best weights although every phase finished; "
+                             "train into a new run folder.")
+    load_variables(best, _variables(models.inference))
+    tmp = run.root / MODEL_TMP  # Keras insists on the .keras suffix
     models.inference.save(tmp)
-    os.replace(tmp, run.model)
-    state["status"] = "done"
-    run.write_state(state)
-    _record(writer, on_event, {"event": "done", "best": state.get("best")})
+    fault_point("model-write")
+    tmp.replace(run.model)
+    for phase in phases_for(cfg):
+        shutil.rmtree(run.backup_dir(phase.name), ignore_errors=True)
 
 
-def _load_checkpoint(path: Path, variables: list) -> dict[str, int]:
-    """Loads a checkpoint this run wrote; one that no longer fits the model is a RunFolderError."""
-    try:
-        return load_variables(path, variables)
-    except CheckpointMismatchError as exc:
-        raise RunFolderError(
-            f"the checkpoint {path} does not match this model (the code or config changed since it was written); "
-            "start a new run folder, or delete the checkpoints folder to retrain this one"
-        ) from exc
+# === One phase ===
 
 
-def _remove_tree(path: Path) -> None:
-    import shutil
+@dataclass(frozen=True)
+class PhaseShared:
+    """What every phase of one run shares."""
 
-    shutil.rmtree(path, ignore_errors=True)
+    run: RunFolder
+    cfg: RunConfig
+    models: model_mod.Models
+    caches: dict[str, data_mod.ImageCache]
+    labels: dict[str, np.ndarray]
+    num_classes: int
+    class_weight: dict[int, float] | None
+    state: dict[str, Any]
+    emit: EventFn
+    cancel: threading.Event
+    jit: bool
 
 
-def _run_phase(run, cfg, phase, models, caches, labels, weights, num_classes, state, writer, cancel, on_event,
-               epoch_offset, *, jit) -> None:
-    """Runs one phase's ``fit`` (resuming from its Backup checkpoint when there is one)."""
-    import keras
+@dataclass(frozen=True)
+class PhaseOptions:
+    """How one phase trains: what ``fit`` trains on what, and where it starts.
 
-    cb = _callbacks_module()
+    Attributes:
+        phase: The phase (name, planned epochs, learning rate).
+        model: The model ``fit`` trains (the whole training model, or the head on cached features).
+        train_data: Batches of (inputs, one-hot labels) for epochs ``first_epoch`` .. ``phase.epochs`` - 1.
+        val_data: Validation batches, or None when ``callbacks`` computes validation itself.
+        steps_per_epoch: Batches per epoch.
+        first_epoch: Epochs of this phase already done (from state.json): ``fit``'s ``initial_epoch``.
+        callbacks: Callbacks that run before the epoch commit (cached-feature validation).
+        cached_features: True when the head trains on features computed once.
+    """
+
+    phase: Phase
+    model: Any
+    train_data: Any
+    val_data: Any
+    steps_per_epoch: int
+    first_epoch: int
+    callbacks: tuple = ()
+    cached_features: bool = False
+
+
+def _phase_options(shared: PhaseShared, phase: Phase, first_epoch: int) -> PhaseOptions:
+    """Freezes or unfreezes the base for ``phase`` and builds its inputs."""
+    from pipeline.callbacks import FeatureValidation
+
+    cfg, models, labels = shared.cfg, shared.models, shared.labels
     bs, seed = cfg.train.batch_size, cfg.train.seed
     if phase.name == "head":
         model_mod.freeze_base(models)
@@ -468,57 +414,183 @@ def _run_phase(run, cfg, phase, models, caches, labels, weights, num_classes, st
     else:
         model_mod.unfreeze_all(models)
 
+    n = len(labels["train"])
+    steps = -(-n // bs)
+    onehot = {split: np.eye(shared.num_classes, dtype=np.float32)[labels[split]] for split in ("train", "val")}
+    batches = _epoch_batches(n, bs, seed, first_epoch, phase.epochs)
+    if phase.name != "head":
+        val_ds = data_mod.make_dataset(shared.caches["val"], labels["val"], shared.num_classes, bs, shuffle=False,
+                                       seed=seed)
+        return PhaseOptions(phase, models.train, _image_feed(batches, shared.caches["train"], onehot["train"]), val_ds,
+                            steps, first_epoch)
+
     # The base is frozen in the head phase and validation images are never augmented, so validation
     # features are fixed for the whole phase: computed once, like the training features when
     # augmentation is off (the cached-feature path of the Keras guide).
-    head = phase.name == "head"
-    cached = head and not cfg.augment.active
+    cached = not cfg.augment.active
+    t0 = time.perf_counter()
     feats = {}
-    if head:
-        t0 = time.perf_counter()
-        for split in ("train", "val") if cached else ("val",):
-            ds = data_mod.make_dataset(caches[split], labels[split], num_classes, bs, shuffle=False, seed=seed)
-            feats[split] = models.features.predict(ds.map(lambda x, y: x), verbose=0)
-        seconds = time.perf_counter() - t0
-        n = sum(len(f) for f in feats.values())
-        _record(writer, on_event, {"event": "features", "images": n, "splits": sorted(feats), "seconds": round(seconds, 3),
-                                   "images_per_second": round(n / max(seconds, 1e-9), 2)})
-    onehot = {split: np.eye(num_classes, dtype=np.float32)[labels[split]] for split in ("train", "val")}
-    val_ds, extra = None, []
+    for split in ("train", "val") if cached else ("val",):
+        ds = data_mod.make_dataset(shared.caches[split], labels[split], shared.num_classes, bs, shuffle=False, seed=seed)
+        feats[split] = models.features.predict(ds.map(lambda x, y: x), verbose=0)
+    seconds = time.perf_counter() - t0
+    images = sum(len(f) for f in feats.values())
+    shared.emit({"event": "features", "images": images, "splits": sorted(feats), "seconds": round(seconds, 3),
+                 "images_per_second": round(images / max(seconds, 1e-9), 2)})
+    validation = FeatureValidation(models.head, feats["val"], onehot["val"], cfg.train.label_smoothing)
     if cached:
-        import tensorflow as tf
+        return PhaseOptions(phase, models.head, _feature_feed(batches, feats["train"], onehot["train"]), None, steps,
+                            first_epoch, (validation,), cached_features=True)
+    return PhaseOptions(phase, models.train, _image_feed(batches, shared.caches["train"], onehot["train"]), None, steps,
+                        first_epoch, (validation,))
 
-        shuffled = tf.data.Dataset.from_tensor_slices((feats["train"], onehot["train"])).shuffle(
-            len(onehot["train"]), seed=seed, reshuffle_each_iteration=True)
-        model, train_ds = models.head, shuffled.batch(bs).prefetch(tf.data.AUTOTUNE)
-    else:
-        model = models.train
-        train_ds = data_mod.make_dataset(caches["train"], labels["train"], num_classes, bs, shuffle=True, seed=seed)
-        if not head:
-            val_ds = data_mod.make_dataset(caches["val"], labels["val"], num_classes, bs, shuffle=False, seed=seed)
-    if head:
-        extra.append(cb.FeatureValidation(models.head, feats["val"], onehot["val"], cfg.train.label_smoothing))
 
-    steps = -(-len(labels["train"]) // bs)
-    _compile(model, phase, cfg, steps, jit)
-    best = cb.BestCheckpoint(run, models.inference, state)
-    callbacks = [
-        *extra,  # first: it fills in val_loss and val_accuracy for the callbacks after it
-        cb.Backup(run.backup_dir(phase.name)),
-        cb.EpochLogger(run, writer, phase.name, phase.epochs, len(labels["train"]), steps, cfg.train.progress_every,
-                    epoch_offset, cancel, on_event),
-        best,
-    ]
-    if cfg.train.early_stopping_patience:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=cfg.train.early_stopping_patience))
-    _record(writer, on_event, {
+def run_phase(shared: PhaseShared, options: PhaseOptions) -> None:
+    """Runs one phase's ``fit`` from ``options.first_epoch`` (restoring that epoch's checkpoint), then marks it done.
+
+    Raises:
+        TrainingCancelled: a cancel was requested (the last committed epoch is kept).
+        RunFolderError: the checkpoint does not fit the model, or disagrees with state.json.
+    """
+    from pipeline.callbacks import EpochCommit, Progress
+
+    run, cfg, phase, model = shared.run, shared.cfg, options.phase, options.model
+    ph = shared.state["phases"][phase.name]
+    _compile(model, phase, cfg, options.steps_per_epoch, shared.jit)
+    # Built eagerly: built inside the first traced step, Adam's variables cost ~2.5 s.
+    model.optimizer.build(model.trainable_variables)
+    first = _restore_epoch(shared, phase, model) if ph["epochs_done"] else 0
+    if first != options.first_epoch:  # a damaged checkpoint moved the start back: rebuild the inputs
+        options = _phase_options(shared, phase, first_epoch=first)
+    epoch_offset = sum(p["epochs_done"] for name, p in shared.state["phases"].items() if name != phase.name)
+    shared.emit({
         "event": "phase", "phase": phase.name, "epochs": phase.epochs, "learning_rate": phase.learning_rate,
-        "cached_features": cached, "trainable_params": model_mod.trainable_count(model),
+        "cached_features": options.cached_features, "trainable_params": model_mod.trainable_count(model),
+        "first_epoch": first + 1,
     })
-    try:
+    if first < phase.epochs and not ph.get("stopped_early"):
+        callbacks = [
+            *options.callbacks,  # first: they fill in val_loss and val_accuracy for the commit
+            Progress(shared.emit, phase.name, options.steps_per_epoch, cfg.train.progress_every,
+                     lambda: shared.cancel.is_set() or run.cancel_file.exists()),
+            EpochCommit(run, shared.state, phase.name, phase.epochs, inference=shared.models.inference,
+                        n_images=len(shared.labels["train"]), epoch_offset=epoch_offset,
+                        patience=cfg.train.early_stopping_patience, emit=shared.emit),
+        ]
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*shuffle=True.*")
-            model.fit(train_ds, validation_data=val_ds, epochs=phase.epochs, class_weight=weights,
-                      callbacks=callbacks, verbose=0)
-    finally:
-        best.flush()
+            options.model.fit(options.train_data, validation_data=options.val_data, epochs=phase.epochs,
+                              initial_epoch=first, steps_per_epoch=options.steps_per_epoch,
+                              class_weight=shared.class_weight, callbacks=callbacks, verbose=0)
+    save_variables(run.phase_done_weights(phase.name), _variables(shared.models.train), fault="phase-done-write")
+    ph["done"] = True
+    run.write_state(shared.state)
+
+
+def _restore_epoch(shared: PhaseShared, phase: Phase, model) -> int:
+    """Loads the checkpoint of the last committed epoch of ``phase``; returns the epoch training continues from.
+
+    A damaged or missing checkpoint falls back to the one before it (the last two are kept), or to the
+    phase's start; the damaged file is kept as ``*.damaged`` and a ``rollback`` line voids the lost epochs.
+    """
+    run, state = shared.run, shared.state
+    ph = state["phases"][phase.name]
+    variables = _variables(model, model.optimizer)
+    epoch = ph["epochs_done"]
+    while epoch > 0:
+        path = run.epoch_checkpoint(phase.name, epoch)
+        try:
+            meta = load_variables(path, variables)
+        except (DamagedFileError, FileNotFoundError) as exc:
+            why = str(exc) if isinstance(exc, DamagedFileError) else f"the checkpoint {path} is missing"
+            if path.exists():
+                path.replace(path.with_suffix(".npz.damaged"))
+            epoch -= 1
+            shared.emit({"event": "warning", "message": f"{why}; going on from "
+                         + (f"epoch {epoch} of the {phase.name} phase" if epoch else f"the start of the {phase.name} phase")})
+            continue
+        if meta.get("steps") != ph["steps_done"] and epoch == ph["epochs_done"]:
+            raise RunFolderError(f"{path} holds {meta.get('steps')} optimizer steps but {run.state} records "
+                                 f"{ph['steps_done']}; the run folder was changed by hand: train into a new one.")
+        break
+    if epoch != ph["epochs_done"]:  # nothing was assigned from a file that failed: epoch 0 is the phase's start
+        ph.update(epochs_done=epoch, steps_done=int(model.optimizer.iterations), last_epoch=None, wait=0)
+        ph.pop("best_val_loss", None)
+        run.write_state(state)
+        shared.emit({"event": "rollback", "phase": phase.name, "epoch": epoch,
+                     "reason": "a damaged or missing checkpoint; these epochs are trained again"})
+    return epoch
+
+
+def _load_finished_phase(shared: PhaseShared, name: str) -> None:
+    """Loads a finished phase's weights: its .done.npz, or its last epoch checkpoint if that file is damaged."""
+    run = shared.run
+    done = run.phase_done_weights(name)
+    variables = _variables(shared.models.train)
+    try:
+        load_variables(done, variables)
+        return
+    except (DamagedFileError, FileNotFoundError) as exc:
+        last = run.epoch_checkpoint(name, shared.state["phases"][name]["epochs_done"])
+        try:
+            saved, _ = read_variables(last)
+        except (DamagedFileError, FileNotFoundError):
+            raise RunFolderError(f"{run.root} records the {name} phase as finished but {done.name} is missing or "
+                                 "damaged and so is its last epoch checkpoint; train into a new run folder") from exc
+    # The epoch checkpoint holds the model that phase fitted (the head alone on cached features): the rest
+    # of the model did not change in that phase.
+    for key, value in saved.items():
+        if key in variables:
+            variables[key].assign(value)
+    shared.emit({"event": "warning", "message": f"{done} is missing or damaged; the {name} phase's weights come "
+                 f"from its last epoch checkpoint {last.name}"})
+
+
+def _variables(model, optimizer=None) -> dict[str, Any]:
+    from pipeline.callbacks import checkpoint_variables
+
+    return checkpoint_variables(model, optimizer)
+
+
+# === Input pipelines: shuffled as a pure function of (seed, epoch) ===
+
+
+def _epoch_batches(n: int, batch_size: int, seed: int, first_epoch: int, epochs: int):
+    """Index batches for epochs ``first_epoch`` .. ``epochs`` - 1; epoch e's order depends only on (seed, e).
+
+    ``Dataset.shuffle(reshuffle_each_iteration=True)`` draws each epoch's order from a sequence that
+    restarts with every new ``fit``, so a resumed phase would replay epoch 1's order; a stateless shuffle
+    keyed by the epoch gives a resumed phase exactly the batches an uninterrupted one sees.
+    """
+    import tensorflow as tf
+
+    def one_epoch(epoch):
+        order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64),
+                                                         seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+        return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
+
+    return tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch)
+
+
+def _image_feed(batches, cache: data_mod.ImageCache, onehot: np.ndarray):
+    """(uint8 images, one-hot) batches gathered from the cache for the given index batches."""
+    import tensorflow as tf
+
+    array, size = cache.array, cache.size
+    onehot = tf.constant(onehot)
+
+    def gather(idx: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(array[idx])
+
+    def load(idx):
+        images = tf.numpy_function(gather, [idx], tf.uint8, stateful=False)
+        return tf.ensure_shape(images, [None, size, size, 3]), tf.gather(onehot, idx)
+
+    return batches.map(load).prefetch(2)
+
+
+def _feature_feed(batches, features: np.ndarray, onehot: np.ndarray):
+    import tensorflow as tf
+
+    features, onehot = tf.constant(features), tf.constant(onehot)
+    return batches.map(lambda idx: (tf.gather(features, idx), tf.gather(onehot, idx))).prefetch(2)

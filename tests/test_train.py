@@ -14,8 +14,9 @@ from pipeline import config as config_mod
 from pipeline import data as data_mod
 from pipeline import model as model_mod
 from pipeline import train as train_mod
-from pipeline.evaluate import RunNotReadyError, evaluate
-from pipeline.runfolder import RunFolder, load_variables
+from pipeline.callbacks import EpochCommit, FeatureValidation, checkpoint_variables
+from pipeline.evaluate import evaluate
+from pipeline.runfolder import CheckpointMismatchError, RunFolder, RunNotReadyError, load_variables, read_variables
 from tests.conftest import ROOT, tiny_config, write_shapes_dataset
 
 
@@ -29,6 +30,13 @@ def _initial_models(cfg, num_classes=3):
 
 def _base_weights(models):
     return {w.path: np.array(w) for w in models.base.weights}
+
+
+def _load_inference(path, models):
+    """A finished phase's file holds the whole training model; the inference model's variables are among them."""
+    values, _ = read_variables(path)
+    for key, variable in checkpoint_variables(models.inference).items():
+        variable.assign(values[key])
 
 
 def test_feature_extraction_uses_cached_features_and_leaves_the_base_untouched(shapes_dir, tmp_path):
@@ -46,7 +54,7 @@ def test_feature_extraction_uses_cached_features_and_leaves_the_base_untouched(s
 
     before = _initial_models(cfg)
     after = _initial_models(cfg)
-    load_variables(run.phase_done_weights("head"), after.inference.weights)
+    _load_inference(run.phase_done_weights("head"), after)
     for path, value in _base_weights(before).items():
         np.testing.assert_allclose(_base_weights(after)[path], value, err_msg=path)
     dense_before = before.inference.get_layer("predictions").get_weights()[0]
@@ -67,12 +75,12 @@ def test_fine_tune_freezes_base_then_unfreezes_with_batchnorm_in_inference_mode(
 
     initial = _base_weights(_initial_models(cfg))
     after_head = _initial_models(cfg)
-    load_variables(run.phase_done_weights("head"), after_head.inference.weights)
+    _load_inference(run.phase_done_weights("head"), after_head)
     for path, value in _base_weights(after_head).items():
         np.testing.assert_allclose(value, initial[path], err_msg=f"{path} changed while the base was frozen")
 
     after_ft = _initial_models(cfg)
-    load_variables(run.phase_done_weights("fine_tune"), after_ft.inference.weights)
+    _load_inference(run.phase_done_weights("fine_tune"), after_ft)
     tuned = _base_weights(after_ft)
     moving = [p for p in tuned if "moving_mean" in p or "moving_variance" in p]
     kernels = [p for p in tuned if p.endswith("kernel")]
@@ -248,7 +256,7 @@ def test_hymenoptera_fine_tune_reaches_088(shared_dir, keras_home_with_weights, 
     # with real ImageNet weights: fine-tuning moved the kernels but none of the BatchNorm statistics
     pristine = _base_weights(_initial_models(cfg, 2))
     tuned = _initial_models(cfg, 2)
-    load_variables(run.phase_done_weights("fine_tune"), tuned.inference.weights)
+    _load_inference(run.phase_done_weights("fine_tune"), tuned)
     tuned = _base_weights(tuned)
     for path in (p for p in tuned if "moving_" in p):
         np.testing.assert_array_equal(tuned[path], pristine[path], err_msg=path)
@@ -277,49 +285,96 @@ def test_flowers_scan_reports_the_cross_class_duplicates(shared_dir):
     assert report.total() == sum(len(g) for g in by_digest.values()) - len(cross) - len(within)
 
 
-def _tiny_fit_model():
+def _tiny_fit_model(names=("hidden", "out"), width=8):
     import keras
 
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(8, activation="relu"), keras.layers.Dense(2)])
-    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse")
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(width, activation="relu", name=names[0]),
+                              keras.layers.Dense(2, name=names[1])], name="tiny")
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse", metrics=["accuracy"])
     return model
 
 
-def test_backup_restores_weights_optimizer_state_and_epoch(tmp_path):
+def _commit(run, model, phase="scratch", epochs=3):
+    state = {"phases": {phase: {"epochs_done": 0, "steps_done": 0, "done": False}}}
+    return state, EpochCommit(run, state, phase, epochs, inference=model, n_images=64, epoch_offset=0, patience=0,
+                              emit=lambda record: None)
+
+
+def test_epoch_commit_then_resume_restores_weights_optimizer_state_and_steps(tmp_path):
+    """The commit writes the checkpoint and state.json; a new model restored from them continues where it was,
+    the epoch given to fit explicitly (no private Keras attribute)."""
     import keras
 
-    Backup = train_mod._callbacks_module().Backup
-    x, y = np.random.default_rng(0).normal(size=(64, 4)), np.random.default_rng(1).normal(size=(64, 2))
+    run = RunFolder(tmp_path / "run")
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 4)), rng.normal(size=(64, 2))
     keras.utils.set_random_seed(0)
     first = _tiny_fit_model()
-    first.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[Backup(tmp_path / "b")])
-    assert (tmp_path / "b" / "latest.npz").exists() and not list((tmp_path / "b").glob(".*tmp*"))
+    state, commit = _commit(run, first)
+    first.fit(x, y, batch_size=16, epochs=2, verbose=0, validation_data=(x, y), callbacks=[commit])
+    saved = json.loads(run.state.read_text())
+    assert saved["phases"]["scratch"]["epochs_done"] == 2 and saved["phases"]["scratch"]["steps_done"] == 2 * 4
+    assert sorted(p.name for p in run.backup_dir("scratch").iterdir()) == ["epoch-0001.npz", "epoch-0002.npz"]
 
     keras.utils.set_random_seed(1)  # different initial weights: all state must come from the file
     second = _tiny_fit_model()
-    seen = []
-    history = second.fit(x, y, batch_size=16, epochs=3, verbose=0, callbacks=[
-        Backup(tmp_path / "b"),
-        keras.callbacks.LambdaCallback(on_train_begin=lambda logs: seen.append(
-            ([np.array(w) for w in second.weights], int(second.optimizer.iterations)))),
-    ])
-    restored, iterations = seen[0]
-    for a, b in zip(restored, first.weights, strict=True):
-        np.testing.assert_array_equal(a, np.array(b))
-    assert iterations == 2 * 4  # two epochs of four batches, so the learning-rate schedule continues
+    second.optimizer.build(second.trainable_variables)
+    meta = load_variables(run.epoch_checkpoint("scratch", 2), checkpoint_variables(second, second.optimizer))
+    assert meta == {"epoch": 2, "steps": 8} and int(second.optimizer.iterations) == 8
+    for a, b in zip(second.weights, first.weights, strict=True):
+        np.testing.assert_array_equal(np.array(a), np.array(b))
+    _, commit = _commit(run, second)
+    commit.state.update(saved)
+    history = second.fit(x, y, batch_size=16, epochs=3, initial_epoch=2, verbose=0, validation_data=(x, y),
+                         callbacks=[commit])
     assert history.epoch == [2]  # only the third epoch ran
+    assert int(second.optimizer.iterations) == 12
+    assert sorted(p.name for p in run.backup_dir("scratch").iterdir()) == ["epoch-0002.npz", "epoch-0003.npz"]
 
 
-def test_backup_from_another_model_is_refused_with_a_message(tmp_path):
+def test_a_checkpoint_of_another_model_is_refused_with_a_message(tmp_path):
+    path = tmp_path / "c.npz"
+    model = _tiny_fit_model()
+    from pipeline.runfolder import save_variables
+
+    save_variables(path, checkpoint_variables(model))
+    with pytest.raises(CheckpointMismatchError, match="does not match this model.*hidden/kernel"):
+        load_variables(path, checkpoint_variables(_tiny_fit_model(width=5)))  # a changed layer
+    assert issubclass(CheckpointMismatchError, train_mod.RunFolderError)
+
+
+def test_checkpoints_are_keyed_by_variable_path_not_position(tmp_path):
+    """Renamed layers of the same shapes would load silently wrong by position; by path they are refused.
+    Layers listed in another order load by name into the right variables."""
     import keras
 
-    Backup = train_mod._callbacks_module().Backup
-    x, y = np.zeros((16, 4)), np.zeros((16, 2))
-    _tiny_fit_model().fit(x, y, epochs=1, verbose=0, callbacks=[Backup(tmp_path / "b")])
-    other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
-    other.compile(optimizer="adam", loss="mse")
-    with pytest.raises(train_mod.RunFolderError, match="does not match this model"):
-        other.fit(x, y, epochs=2, verbose=0, callbacks=[Backup(tmp_path / "b")])
+    from pipeline.runfolder import save_variables
+
+    def square(names):
+        return keras.Sequential([keras.Input((4,)), *(keras.layers.Dense(4, name=n) for n in names)], name="sq")
+
+    source = square(["first", "second"])
+    path = tmp_path / "c.npz"
+    save_variables(path, checkpoint_variables(source))
+    with pytest.raises(CheckpointMismatchError, match="missing from the file.*third"):
+        load_variables(path, checkpoint_variables(square(["second", "third"])))
+
+    reordered = square(["second", "first"])
+    load_variables(path, dict(reversed(checkpoint_variables(reordered).items())))
+    for name in ("first", "second"):
+        np.testing.assert_array_equal(reordered.get_layer(name).kernel, source.get_layer(name).kernel)
+    assert not np.array_equal(reordered.layers[0].kernel, source.layers[0].kernel)  # positions differ
+
+
+def test_a_damaged_checkpoint_is_named(tmp_path):
+    from pipeline.runfolder import DamagedFileError, save_variables
+
+    model = _tiny_fit_model()
+    path = tmp_path / "c.npz"
+    save_variables(path, checkpoint_variables(model))
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(DamagedFileError, match=r"c.npz is damaged"):
+        load_variables(path, checkpoint_variables(model))
 
 
 def test_head_phase_validation_from_cached_features_equals_keras_evaluate(shapes_dir, tmp_path):
@@ -336,7 +391,6 @@ def test_head_phase_validation_from_cached_features_equals_keras_evaluate(shapes
     val_ds = data_mod.make_dataset(cache, labels, 3, 8, shuffle=False, seed=0)
     expected = models.train.evaluate(val_ds, verbose=0, return_dict=True)
 
-    FeatureValidation = train_mod._callbacks_module().FeatureValidation
     features = models.features.predict(val_ds.map(lambda x, y: x), verbose=0)
     callback = FeatureValidation(models.head, features, np.eye(3, dtype=np.float32)[labels], 0.1)
     logs = {}
@@ -350,8 +404,8 @@ def test_resuming_without_a_finished_phase_checkpoint_is_one_clear_error(shapes_
     cfg = tiny_config(train={"strategy": "fine_tune", "head_epochs": 1, "fine_tune_epochs": 1})
     run = train_mod.train(str(shapes_dir), tmp_path / "run", cfg, evaluate_after=False)
     state = json.loads(run.state.read_text())
-    run.state.write_text(json.dumps({**state, "status": "cancelled", "phases_done": ["head"]}))
-    run.phase_done_weights("head").unlink()
+    run.state.write_text(json.dumps({**state, "status": "cancelled"}))
+    run.phase_done_weights("head").unlink()  # and a finished run keeps no epoch checkpoints
     with pytest.raises(train_mod.RunFolderError, match="head phase as finished but head.done.npz is missing"):
         train_mod.train(str(shapes_dir), run.root, cfg, evaluate_after=False)
 

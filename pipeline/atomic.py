@@ -1,0 +1,72 @@
+"""Atomic file writes: readers see the old file or the new one, never half of one; plus the fault hook.
+
+Every file a run folder holds is written here: into a hidden temporary file in the same folder, flushed,
+fsynced, then renamed over the target. A kill at any moment leaves the previous version whole and, at
+worst, a hidden ``.NAME.*`` temporary file that :func:`remove_stale_temporaries` clears on the next run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+FAULT_ENV = "TRANSFER_STUDIO_FAULT"
+
+
+def fault_point(name: str) -> None:
+    """Test hook: SIGKILLs this process when ``TRANSFER_STUDIO_FAULT`` names this point.
+
+    The fault-injection suite (tests/test_faults.py) sets it to kill a training child at a moment it cannot
+    hit from outside reliably (between writing a temporary file and renaming it into place). The kill is a
+    real SIGKILL: nothing runs after it, exactly as when the kernel's OOM killer strikes. Unset, it costs one
+    dictionary lookup.
+    """
+    if os.environ.get(FAULT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None], *, fault: str | None = None) -> None:
+    """Writes ``path`` through ``write(binary file)`` into a temporary file renamed into place.
+
+    Args:
+        path: The target file.
+        write: Writes the whole content to the open file.
+        fault: The name of the :func:`fault_point` between the complete temporary file and the rename.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; run folders are shared with the app and workers
+        if fault:
+            fault_point(fault)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str, *, fault: str | None = None) -> None:
+    """Writes ``text`` (UTF-8) to ``path`` so that readers see the old or the new file, never half of one."""
+    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")), fault=fault)
+
+
+def atomic_write_json(path: Path, data: Any, *, fault: str | None = None) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n", fault=fault)
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Removes the hidden temporary files a killed :func:`atomic_write` left in ``folder``; returns them."""
+    stale = [p for p in Path(folder).glob(".*.tmp") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
