@@ -119,7 +119,7 @@ def find_for_run(run_dir: str | Path, *, progress: Callable[[str], None] | None 
     """
     import json
 
-    from pipeline.evaluate import load_model, load_run
+    from pipeline.runfolder import load_model, load_run
 
     run, cfg, splits = load_run(run_dir)
     if pretrained_base_usable(cfg):
