@@ -16,7 +16,7 @@ pages = [
     st.Page("app_pages/train.py", title="Train", icon=":material/play_circle:"),
     st.Page("app_pages/runs.py", title="Runs", icon=":material/monitoring:"),
     st.Page("app_pages/evaluate.py", title="Evaluate", icon=":material/fact_check:"),
-    st.Page("app_pages/export.py", title="Export", icon=":material/download:"),
+    st.Page("app_pages/export_page.py", title="Export", icon=":material/download:"),
     st.Page("app_pages/try_model.py", title="Try", icon=":material/photo_camera:"),
 ]
 st.navigation(pages).run()

@@ -182,7 +182,7 @@ def test_train_runs_evaluate_export_try_on_a_real_job(finished_job):
     _no_exception(at)
     assert any("Accuracy on the test split" in m.label for m in at.metric)
 
-    at = _page("export.py", run=finished_job)
+    at = _page("export_page.py", run=finished_job)
     _no_exception(at)
     at.multiselect[0].set_value(["savedmodel", "tflite-float32", "tfjs"])
     at.button[0].click().run()  # starts the export in its own process and returns at once
@@ -194,7 +194,7 @@ def test_train_runs_evaluate_export_try_on_a_real_job(finished_job):
     while task.read_status(run_dir)["state"] == "running":
         assert time.monotonic() - t0 < 600
         time.sleep(1)
-    at = _page("export.py", run=finished_job)  # a fresh session (refresh, second tab) sees the result
+    at = _page("export_page.py", run=finished_job)  # a fresh session (refresh, second tab) sees the result
     _no_exception(at)
     assert not at.error, [e.value for e in at.error]
     assert any("Verification on" in s.value for s in at.subheader)
