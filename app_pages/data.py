@@ -23,7 +23,7 @@ try:
     if choice.startswith("Sample"):
         shared.set_source("sample:digits")
     elif choice == "Upload a zip":
-        upload = st.file_uploader("Zip of class folders", type=["zip"])
+        upload = st.file_uploader("Zip of class folders", type=["zip"], max_upload_size=shared.max_upload_mb())
         if upload is not None:
             shared.set_source(shared.saved_upload(upload, "uploads"))
         elif kind == 1:

@@ -144,8 +144,20 @@ def saved_upload(upload, kind: str) -> str | None:
         return None
     saved = st.session_state.setdefault("uploads", {})  # file_id -> kept path
     if upload.file_id not in saved:
-        saved[upload.file_id] = str(paths.store_upload(upload.getvalue(), upload.name, kind))
+        from pipeline import quota
+
+        # The UploadedFile itself, copied 1 MB at a time (getvalue() would copy the whole upload once more)
+        kept = paths.store_upload(upload, upload.name, kind)
+        quota.enforce(keep=(kept,))  # least recently used uploads and datasets no run refers to make room
+        saved[upload.file_id] = str(kept)
     return saved[upload.file_id]
+
+
+def max_upload_mb() -> int:
+    """The upload limit: TRANSFER_STUDIO_MAX_UPLOAD_MB, never above the server's ``server.maxUploadSize``."""
+    from pipeline.limits import Limits
+
+    return min(Limits.from_env().max_upload_mb, int(st.get_option("server.maxUploadSize")))
 
 
 def backend():

@@ -48,7 +48,7 @@ with c1:
                            help=helps["model.weights"])
     if weights == UPLOAD_WEIGHTS:  # the way forward on a server that cannot download ImageNet weights
         weights = shared.saved_upload(
-            st.file_uploader("Weights file (.h5)", type=["h5"], help="The notop .h5 file Keras names when its "
+            st.file_uploader("Weights file (.h5)", type=["h5"], max_upload_size=shared.max_upload_mb(), help="The notop .h5 file Keras names when its "
                              "download fails, or weights saved from the same backbone, size and width"), "weights")
         if weights is None:
             st.info(f"Upload the weights file for {spec.title}, or choose imagenet or none.")

@@ -11,14 +11,17 @@ TensorFlow is imported only by :func:`make_dataset`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import shutil
 import stat
 import tempfile
+import threading
 import warnings
 import zipfile
+import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +34,7 @@ from PIL import Image, ImageFile, ImageOps
 
 from pipeline import paths
 from pipeline.config import DataConfig
+from pipeline.limits import MB, Limits
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must fail, not decode half-grey
 
@@ -70,9 +74,16 @@ def resolve_source(source: str | os.PathLike, data_cfg: DataConfig | None = None
         if not zipfile.is_zipfile(path):
             raise DataError(f"{path} is a file but not a zip archive; give a folder or a .zip of class folders.")
         dest = paths.datasets_dir() / f"zip-{_zip_digest(path)[:16]}"
-        if not dest.exists():
+        if dest.exists():
+            os.utime(dest)  # used now: the disk quota removes the least recently used first
+        else:
+            limits = Limits.from_env()
             safe_extract_zip(path, dest, max_bytes=data_cfg.max_zip_bytes, max_files=data_cfg.max_zip_files,
+                             max_ratio=limits.zip_max_ratio, max_total_ratio=limits.zip_max_total_ratio,
                              progress=progress)
+            from pipeline import quota
+
+            quota.enforce(keep=(dest, path))
         return unwrap_single_folder(dest)
     return unwrap_single_folder(path.resolve())
 
@@ -113,13 +124,21 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def safe_extract_zip(zip_path: Path, dest: Path, *, max_bytes: int, max_files: int,
-                     progress: ProgressFn | None = None) -> None:
+SUPPORTED_COMPRESSION = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate",
+                         zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "lzma"}
+RATIO_FLOOR = 1 << 20  # entries (and archives) expanding to less than this are never ratio bombs
+
+
+def safe_extract_zip(zip_path: Path, dest: Path, *, max_bytes: int, max_files: int, max_ratio: int = 200,
+                     max_total_ratio: int = 100, progress: ProgressFn | None = None) -> None:
     """Extracts ``zip_path`` into ``dest`` (which must not exist), refusing anything unsafe.
 
-    Refused: entries with absolute paths or ``..`` (they would escape ``dest``), symbolic links,
-    more than ``max_files`` entries, and more than ``max_bytes`` declared or actually written bytes
-    (a zip bomb can lie about its sizes, so the written bytes are counted too). Nothing is left
+    Refused, naming the entry: absolute paths or ``..`` (they would escape ``dest``), symbolic links,
+    encrypted entries, compression methods Python cannot read (Deflate64, ...), a file and a folder (or two
+    files) of the same name, and an entry expanding more than ``max_ratio`` times its compressed size.
+    Refused for the archive: more than ``max_files`` entries, more than ``max_bytes`` declared or written
+    bytes, and more than ``max_total_ratio`` times the archive's size. A zip bomb can lie about its sizes, so
+    the written bytes are counted against every limit as they are copied (1 MB at a time). Nothing is left
     behind when extraction fails: it happens in a temporary folder renamed into place at the end.
     ``progress(bytes written, bytes declared)`` is called after each entry.
 
@@ -127,9 +146,10 @@ def safe_extract_zip(zip_path: Path, dest: Path, *, max_bytes: int, max_files: i
         DataError: naming the offending entry or limit.
     """
     name = Path(zip_path).name
+    archive_size = Path(zip_path).stat().st_size
     try:
         archive = zipfile.ZipFile(zip_path)
-    except (zipfile.BadZipFile, OSError) as exc:
+    except (zipfile.BadZipFile, OSError, NotImplementedError, ValueError) as exc:
         raise DataError(f"{name} is not a readable zip archive ({exc}); re-create it and upload again.") from exc
     with archive:
         infos = archive.infolist()
@@ -145,37 +165,61 @@ def safe_extract_zip(zip_path: Path, dest: Path, *, max_bytes: int, max_files: i
                 "(data.max_zip_bytes); this looks like a zip bomb, or raise the limit for a genuinely large set."
             )
         for info in infos:
-            _check_zip_entry(name, info)
+            _check_zip_entry(name, info, max_ratio)
+        total_budget = max(archive_size * max_total_ratio, RATIO_FLOOR)
+        if declared > total_budget:
+            raise DataError(
+                f"{name} would expand {declared / max(archive_size, 1):,.0f} times its size, more than the limit of "
+                f"{max_total_ratio} (TRANSFER_STUDIO_ZIP_MAX_RATIO): a zip bomb. It was not extracted."
+            )
+        _check_zip_names(name, infos)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+        tmp = paths.make_temp_dir(dest.parent, f".{dest.name}.")
+        entry = None
         try:
             written = 0
-            for info in infos:
-                target = tmp.joinpath(*PurePosixPath(info.filename).parts)
-                if info.is_dir():
+            for entry in infos:
+                target = tmp.joinpath(*PurePosixPath(entry.filename).parts)
+                if entry.is_dir():
                     target.mkdir(parents=True, exist_ok=True)
                     continue
                 target.parent.mkdir(parents=True, exist_ok=True)
-                with archive.open(info) as src, open(target, "wb") as out:
+                entry_budget = max(entry.compress_size * max_ratio, RATIO_FLOOR)
+                entry_written = 0
+                with archive.open(entry) as src, open(target, "wb") as out:
                     while chunk := src.read(1 << 20):
                         written += len(chunk)
-                        if written > max_bytes:
+                        entry_written += len(chunk)
+                        if entry_written > entry_budget:
                             raise DataError(
-                                f"{name} expands past {max_bytes:,} bytes (data.max_zip_bytes) although it "
-                                "declares less: a zip bomb. It was not extracted."
+                                f"{name}: the entry {entry.filename!r} expands more than {max_ratio} times its "
+                                "compressed size although it declares less: a zip bomb. It was not extracted."
+                            )
+                        if written > min(max_bytes, total_budget):
+                            raise DataError(
+                                f"{name} expands past {min(max_bytes, total_budget):,} bytes (data.max_zip_bytes, "
+                                "TRANSFER_STUDIO_ZIP_MAX_RATIO) although it declares less: a zip bomb. "
+                                "It was not extracted."
                             )
                         out.write(chunk)
                 if progress:
                     progress(min(written, declared), declared)
             os.replace(tmp, dest)
-        except zipfile.BadZipFile as exc:
-            raise DataError(f"{name} is damaged ({exc}); re-create it and upload again.") from exc
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
+            where = f" at the entry {entry.filename!r}" if entry is not None else ""
+            raise DataError(f"{name} is damaged or unreadable{where} ({exc}); re-create it and upload again.") from exc
+        except OSError as exc:
+            where = f"the entry {entry.filename!r}" if entry is not None else "an entry"
+            raise DataError(
+                f"{name}: {where} could not be written ({exc.strerror or exc}); re-create the zip from the "
+                "dataset folder itself."
+            ) from exc
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _check_zip_entry(zip_name: str, info: zipfile.ZipInfo) -> None:
+def _check_zip_entry(zip_name: str, info: zipfile.ZipInfo, max_ratio: int) -> None:
     raw = info.filename
     pure = PurePosixPath(raw.replace("\\", "/"))
     if raw.startswith(("/", "\\")) or (len(raw) > 1 and raw[1] == ":") or ".." in pure.parts:
@@ -188,6 +232,46 @@ def _check_zip_entry(zip_name: str, info: zipfile.ZipInfo) -> None:
         raise DataError(
             f"{zip_name} contains a symbolic link {raw!r}; links are refused. Zip the real files instead."
         )
+    if info.compress_type not in SUPPORTED_COMPRESSION:
+        method = {9: "Deflate64", 6: "Implode", 98: "PPMd", 93: "Zstandard", 99: "AES"}.get(
+            info.compress_type, f"method {info.compress_type}")
+        raise DataError(
+            f"{zip_name}: the entry {raw!r} uses {method} compression, which cannot be read here; re-create "
+            "the zip with ordinary (deflate) compression, e.g. `zip -r data.zip data/` or your system's "
+            "Compress/Send to zip."
+        )
+    if info.flag_bits & 0x1:
+        raise DataError(f"{zip_name}: the entry {raw!r} is encrypted; zip the dataset without a password.")
+    if info.file_size > max(info.compress_size * max_ratio, RATIO_FLOOR):
+        raise DataError(
+            f"{zip_name}: the entry {raw!r} would expand {info.file_size / max(info.compress_size, 1):,.0f} times "
+            f"its compressed size, more than the limit of {max_ratio} (TRANSFER_STUDIO_ZIP_MAX_RATIO): "
+            "a zip bomb. It was not extracted."
+        )
+
+
+def _check_zip_names(zip_name: str, infos: list[zipfile.ZipInfo]) -> None:
+    """Refuses a file and a folder of the same name, and two files of the same name (naming the entry)."""
+    files: dict[tuple[str, ...], str] = {}
+    folders: dict[tuple[str, ...], str] = {}
+    for info in infos:
+        parts = tuple(p for p in PurePosixPath(info.filename).parts if p not in ("", "."))
+        for i in range(1, len(parts)):
+            folders.setdefault(parts[:i], info.filename)
+        if info.is_dir():
+            folders.setdefault(parts, info.filename)
+        elif parts in files:
+            raise DataError(
+                f"{zip_name} holds two entries named {info.filename!r}; keep one and re-create the zip."
+            )
+        else:
+            files[parts] = info.filename
+    for parts, raw in files.items():
+        if parts in folders:
+            raise DataError(
+                f"{zip_name}: the entry {raw!r} is a file, and {folders[parts]!r} needs a folder of the same "
+                "name; rename one of them and re-create the zip."
+            )
 
 
 def materialize_sample(name: str) -> Path:
@@ -202,7 +286,7 @@ def materialize_sample(name: str) -> Path:
     if dest.exists():
         return dest
     images, targets = _load_digits()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    tmp = paths.make_temp_dir(dest.parent, f".{dest.name}.")
     try:
         pixels = np.clip(np.rint(images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
         for i, (img, target) in enumerate(zip(pixels, targets, strict=True)):
@@ -275,36 +359,105 @@ def load_image(path: str | Path, size: int | None = None, *, max_pixels: int = 8
     """Decodes one image to an RGB uint8 array, optionally resized to ``size`` x ``size``.
 
     Grayscale, palette, RGBA, 16-bit and CMYK images become RGB; EXIF orientation is applied.
-    Only the resized copy is kept, so memory does not grow with the original photo size.
+    Decoded from the file (never read whole into memory first), JPEGs at a reduced size when ``size`` allows
+    (Pillow's ``draft``), within the process's decode budget (:func:`decode_budget`); only the resized copy is
+    kept, so memory does not grow with the original photo size.
 
     Raises:
-        DataError: the file is not an image, is truncated or unreadable, or is a decompression bomb.
+        DataError: the file is not an image, is truncated or unreadable, is a decompression bomb, or needs
+            more memory to decode than the decode budget.
     """
     path = Path(path)
     try:
-        data = path.read_bytes()
+        fh = open(path, "rb")  # noqa: SIM115 - closed below, after decoding
     except OSError as exc:
         raise DataError(f"{path}: unreadable ({exc.strerror or exc})") from exc
-    return decode_image_bytes(data, size, max_pixels=max_pixels, name=str(path))
+    with fh:
+        return _decode(fh, size, max_pixels, str(path))
 
 
 def decode_image_bytes(data: bytes, size: int | None = None, *, max_pixels: int = 89_478_485, name: str = "image") -> np.ndarray:
     """Like :func:`load_image`, from bytes already in memory (uploads in the app)."""
-    img = _open_checked(data, max_pixels, name, draft_to=size)
-    try:
-        img = _to_rgb(ImageOps.exif_transpose(img))
-        if size is not None and img.size != (size, size):
-            img = img.resize((size, size), Image.Resampling.BILINEAR)
-        return np.asarray(img, dtype=np.uint8)
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise DataError(f"{name}: {_describe_decode_error(exc)}") from exc
+    return _decode(io.BytesIO(data), size, max_pixels, name)
 
 
-def _open_checked(data: bytes, max_pixels: int, name: str, draft_to: int | None = None) -> Image.Image:
+def _decode(fh, size: int | None, max_pixels: int, name: str) -> np.ndarray:
+    img, _ = _open_checked(fh, max_pixels, name, draft_to=size)
+    with decode_budget().reserve(_decode_cost(img, name)):
+        _load(img, name)
+        try:
+            img = _to_rgb(ImageOps.exif_transpose(img))
+            if size is not None and img.size != (size, size):
+                img = img.resize((size, size), Image.Resampling.BILINEAR)
+            return np.asarray(img, dtype=np.uint8)
+        except (OSError, ValueError, SyntaxError) as exc:
+            raise DataError(f"{name}: {_describe_decode_error(exc)}") from exc
+
+
+class DecodeBudget:
+    """Bytes of images being decoded at once in this process, shared by every decoding thread.
+
+    A thread reserves an image's decode cost before decoding it and waits while others hold the budget, so
+    eight threads decoding large photos use the budget, not eight times a photo. One image costing more than
+    the whole budget is refused (:func:`_decode_cost`).
+    """
+
+    def __init__(self, limit_bytes: int):
+        self.limit = limit_bytes
+        self.used = 0
+        self._cond = threading.Condition()
+
+    @contextlib.contextmanager
+    def reserve(self, nbytes: int):
+        with self._cond:
+            while self.used and self.used + nbytes > self.limit:
+                self._cond.wait()
+            self.used += nbytes
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= nbytes
+                self._cond.notify_all()
+
+
+_BUDGETS: dict[int, DecodeBudget] = {}
+_BUDGETS_LOCK = threading.Lock()
+
+
+def decode_budget() -> DecodeBudget:
+    """The process's decode budget: ``TRANSFER_STUDIO_DECODE_MEMORY_MB``, by default derived from the memory
+    available (an eighth, 128 to 512 MB; see pipeline.limits) rather than Pillow's global pixel limit."""
+    limit = Limits.from_env().decode_memory_mb * MB
+    with _BUDGETS_LOCK:
+        return _BUDGETS.setdefault(limit, DecodeBudget(limit))
+
+
+def _decode_cost(img: Image.Image, name: str) -> int:
+    """Bytes to decode ``img`` at its (drafted) size and convert it once; refuses what exceeds the budget."""
+    width, height = img.size
+    per_pixel = 1 if img.mode in ("1", "L", "P") else 2 if img.mode.startswith("I;16") else 4
+    cost = width * height * (per_pixel + 4)  # Pillow's own buffer, plus one RGB(X) copy when converting
+    limit = decode_budget().limit
+    if cost > limit:
+        raise DataError(
+            f"{name}: {width}x{height} pixels need about {cost / MB:,.0f} MB to decode, more than this server's "
+            f"decode budget of {limit / MB:,.0f} MB (TRANSFER_STUDIO_DECODE_MEMORY_MB); it was skipped. "
+            "Shrink the image (a few megapixels is plenty for training)"
+        )
+    return cost
+
+
+def _open_checked(fh, max_pixels: int, name: str, draft_to: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """Opens an image from a file object (reading its header only) and checks its size.
+
+    Returns:
+        (the image, not yet decoded, drafted to about ``2 * draft_to`` for JPEGs; its size in the file).
+    """
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(fh)
             width, height = img.size
             if width * height > max_pixels:
                 raise DataError(
@@ -313,12 +466,21 @@ def _open_checked(data: bytes, max_pixels: int, name: str, draft_to: int | None 
                 )
             if draft_to is not None and img.format == "JPEG":
                 img.draft("RGB", (draft_to * 2, draft_to * 2))  # DCT-domain downscale: fast and still full quality
-            img.load()  # decodes everything: a truncated file fails here
-        return img
+        return img, (width, height)
     except Image.DecompressionBombError as exc:
         raise DataError(f"{name}: a decompression bomb ({exc}); it was skipped") from exc
     except Image.UnidentifiedImageError as exc:
         raise DataError(f"{name}: not an image (Pillow cannot identify it)") from exc
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise DataError(f"{name}: {_describe_decode_error(exc)}") from exc
+
+
+def _load(img: Image.Image, name: str) -> None:
+    """Decodes every pixel (a truncated file fails here), mapping Pillow's errors to a DataError."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img.load()
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise DataError(f"{name}: {_describe_decode_error(exc)}") from exc
 
@@ -481,18 +643,23 @@ def _collect_classes(root: Path, folder: Path, split: str, probes: list[_Probe],
 
 
 def _probe_all(root: Path, probes: list[_Probe], max_pixels: int, progress: ProgressFn | None) -> None:
+    """Hashes and decodes every file from its path: 1 MB reads for the hash, JPEGs drafted to 128 px, every
+    decode inside the decode budget; no file is read whole into memory."""
+
     def probe(p: _Probe) -> None:
+        path = root / p.rel
         try:
-            data = (root / p.rel).read_bytes()
+            p.digest = file_sha256(path)
+            fh = open(path, "rb")  # noqa: SIM115 - closed below
         except OSError as exc:
             p.error = f"unreadable ({exc.strerror or exc})"
             return
-        p.digest = hashlib.sha256(data).hexdigest()
         try:
-            img = _open_checked(data, max_pixels, p.rel, draft_to=64)
-            p.size = tuple(ImageOps.exif_transpose(img).size) if _has_rotation(img) else img.size
-            if img.format == "JPEG":  # draft() shrank it; the header size is the real one
-                p.size = _header_size(data)
+            with fh:
+                img, (width, height) = _open_checked(fh, max_pixels, p.rel, draft_to=64)
+                with decode_budget().reserve(_decode_cost(img, p.rel)):
+                    _load(img, p.rel)
+                p.size = (height, width) if _has_rotation(img) else (width, height)  # as displayed
         except DataError as exc:
             p.error = str(exc).split(": ", 1)[-1]
 
@@ -509,13 +676,6 @@ def _has_rotation(img: Image.Image) -> bool:
         return img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
     except Exception:
         return False
-
-
-def _header_size(data: bytes) -> tuple[int, int]:
-    with Image.open(io.BytesIO(data)) as img:
-        size = img.size
-        rotated = _has_rotation(img)
-    return (size[1], size[0]) if rotated else size
 
 
 def _drop_bad_and_duplicates(probes: list[_Probe], skipped: list[dict[str, str]]) -> list[_Probe]:

@@ -21,22 +21,77 @@ def datasets_dir() -> Path:
     return path
 
 
-def store_upload(payload: bytes, name: str, kind: str) -> Path:
+def umask() -> int:
+    """The process's umask, read without changing it (``/proc/self/status``; else set and restored at once)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def make_temp_dir(parent: Path, prefix: str) -> Path:
+    """A new, uniquely named folder in ``parent`` with the permissions ``mkdir`` gives (0777 minus the umask).
+
+    ``tempfile.mkdtemp`` makes 0700 folders, which another account serving the files (a web server, a
+    worker running as another user) cannot read; datasets and bundles are renamed into place from these.
+    """
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    path.chmod(0o777 & ~umask())
+    return path
+
+
+CHUNK = 1 << 20
+
+
+def store_upload(payload, name: str, kind: str) -> Path:
     """Keeps an uploaded file as ``<home>/<kind>/<content hash>/<its name, made safe>``; returns that path.
 
-    One copy per content, under the name the user gave it (runs list it), written to a temporary name and
-    renamed, so a crash never leaves a half-written file under the final name.
+    Args:
+        payload: The bytes, or a binary file object (Streamlit's UploadedFile), copied 1 MB at a time while it is
+            hashed, so a large upload is never copied whole in memory.
+        name: The name the user gave it (runs list it).
+        kind: The folder under home (``uploads``, ``weights``).
+
+    One copy per content, written to a temporary name and renamed, so a crash never leaves a half-written file
+    under the final name. Keeping an existing copy marks it used (its folder's mtime: the disk quota removes
+    the least recently used first).
     """
     import hashlib
     import re
+    import tempfile
 
     original = Path(name)
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", original.stem).strip("._")[:60] or "upload"
     suffix = re.sub(r"[^A-Za-z0-9.]+", "", original.suffix.lower())[:10]
-    target = home() / kind / hashlib.sha256(payload).hexdigest()[:16] / f"{stem}{suffix}"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        part = target.with_name(f"{target.name}.{os.getpid()}.part")
-        part.write_bytes(payload)
-        part.replace(target)
+    parent = home() / kind
+    parent.mkdir(parents=True, exist_ok=True)
+    fd, part_name = tempfile.mkstemp(prefix=".upload-", suffix=".part", dir=parent)
+    part = Path(part_name)
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as out:
+            if isinstance(payload, bytes | bytearray | memoryview):
+                digest.update(payload)
+                out.write(payload)
+            else:
+                payload.seek(0)
+                while chunk := payload.read(CHUNK):
+                    digest.update(chunk)
+                    out.write(chunk)
+        part.chmod(0o666 & ~umask())  # mkstemp makes 0600
+        target = parent / digest.hexdigest()[:16] / f"{stem}{suffix}"
+        if target.exists():
+            os.utime(target.parent)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            part.replace(target)
+    finally:
+        part.unlink(missing_ok=True)
     return target

@@ -21,7 +21,7 @@ from typing import Any
 from pipeline import paths
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
-JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+JOB_ID = re.compile(r"[0-9a-f]{32}")  # used with fullmatch: "$" would let a trailing newline through
 HEARTBEAT_SECONDS = 2.0
 STALE_AFTER = 10.0
 
@@ -62,7 +62,7 @@ def validate_job_id(job_id: str) -> str:
 
     Ids arrive from URLs and the CLI and become folder names, so nothing else may pass.
     """
-    if not isinstance(job_id, str) or not JOB_ID.match(job_id):
+    if not isinstance(job_id, str) or not JOB_ID.fullmatch(job_id):
         raise JobError(f"{job_id!r} is not a job id (32 hexadecimal characters).")
     return job_id
 
