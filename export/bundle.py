@@ -14,7 +14,6 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ import numpy as np
 from export import mediapipe_tasks, savedmodel, tfjs, tflite, verify, web
 from export.tflite import ConversionError
 from pipeline import data as data_mod
+from pipeline import paths
 from pipeline.runfolder import atomic_write_json, load_model, load_run
 
 FORMATS = ("savedmodel", "tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8", "tfjs", "tfjs-float16")
@@ -136,7 +136,7 @@ def export_run(
     with export_lock(run.root, dest, say):
         check_destination(dest, run.root)  # again: another export may have finished meanwhile
         clean_stale(dest)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+        tmp = paths.make_temp_dir(dest.parent, f".{dest.name}.tmp-")  # not mkdtemp's 0700: the umask's mode
         timer = _Timer(tmp / LOG_NAME)
         try:
             result = _build(run, cfg, splits, formats, tmp, timer, say, run_verify=run_verify,
