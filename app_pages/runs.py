@@ -56,7 +56,7 @@ def live(job_id: str) -> None:
     current = shared.backend().status(job_id)
     run = RunFolder(Path(current.run_dir))
     lines = run.metrics_lines()
-    epochs = [m for m in lines if m.get("event") == "epoch"]
+    epochs = run.epochs()  # trained epochs (a rollback line voids the ones trained again)
     c1, c2, c3 = st.columns([1, 1, 2])
     c1.metric("State", current.state)
     c2.metric("Epochs", len(epochs))
@@ -66,6 +66,15 @@ def live(job_id: str) -> None:
             st.info("This server cannot download pretrained weights. On the Train page, set Weights to "
                     "**upload a weights file** and give it the file named above, or ask whoever runs the server "
                     "to copy it into the Keras cache.")
+    resume = current.state in ("failed", "cancelled") and st.button(
+        "Resume", icon=":material/play_circle:", key=f"resume-{job_id}",
+        help="Queue the job again: training continues from its last finished epoch.")
+    if resume:
+        try:
+            shared.backend().resume(job_id)
+            st.toast("Queued again: training continues from its last finished epoch.")
+        except ValueError as exc:  # JobError: the job changed state meanwhile
+            shared.error(str(exc))
     if current.state in ("queued", "running"):
         progress = next((m for m in reversed(lines) if m.get("event") in ("progress", "cache", "scan")), None)
         if progress and progress["event"] == "progress":

@@ -1,6 +1,7 @@
-"""Command line: ``python -m pipeline scan|train|evaluate|backbones|config``.
+"""Command line: ``python -m pipeline scan|train|evaluate|submit|status|cancel|resume|jobs|worker|backbones|config``.
 
-Failures print one line starting with ``error:`` and exit non-zero; no tracebacks for user errors.
+Failures print one line starting with ``error:`` and exit non-zero (the codes: pipeline.exitcodes); no
+tracebacks for user errors.
 """
 
 from __future__ import annotations
@@ -11,10 +12,9 @@ import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from pipeline.exitcodes import EXIT_CANCELLED, EXIT_INTERRUPTED, EXIT_USER_ERROR
 
-EXIT_USER_ERROR = 2
-EXIT_CANCELLED = 3
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def build_config(source: str, config_file: str | None, overrides: list[str]):
@@ -53,6 +53,10 @@ def _progress_printer():
                   file=sys.stderr, flush=True)
         elif ev in ("start", "resumed"):
             print(f"{'resuming' if ev == 'resumed' else 'training'}: phases {', '.join(rec['phases'])}", file=sys.stderr)
+        elif ev in ("warning", "rollback"):
+            print(f"warning: {rec.get('message') or rec.get('reason')}", file=sys.stderr)
+        elif ev == "evaluate" and "done" not in rec:
+            print("evaluating", file=sys.stderr)
     return show
 
 
@@ -175,6 +179,14 @@ def cmd_cancel(args) -> int:
     return 0
 
 
+def cmd_resume(args) -> int:
+    from pipeline.jobs.backends import get_backend
+
+    job = get_backend().resume(args.job)
+    print(f"{job.id} {job.state}: it continues from its last finished epoch")
+    return 0
+
+
 def cmd_jobs(args) -> int:
     from pipeline.jobs.backends import get_backend
 
@@ -279,6 +291,10 @@ def parser() -> argparse.ArgumentParser:
     cn.add_argument("job")
     cn.set_defaults(func=cmd_cancel)
 
+    rs = sub.add_parser("resume", help="queue a failed or cancelled job again; it continues from its last finished epoch")
+    rs.add_argument("job")
+    rs.set_defaults(func=cmd_resume)
+
     js = sub.add_parser("jobs", help="list jobs, newest first")
     js.set_defaults(func=cmd_jobs)
 
@@ -304,9 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.compare import CompareError
     from pipeline.config import ConfigError
     from pipeline.data import DataError
-    from pipeline.evaluate import RunNotReadyError
     from pipeline.jobs.store import JobError
-    from pipeline.train import RunFolderError, TrainingCancelled
+    from pipeline.runfolder import RunFolderError, TrainingCancelled
 
     args = parser().parse_args(argv)
     try:
@@ -315,16 +330,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ncancelled: the last finished epoch is kept; run the same command to resume ({args.run_dir}).",
               file=sys.stderr)
         return EXIT_CANCELLED
-    except (ConfigError, DataError, WeightsUnavailableError, RunNotReadyError, RunFolderError, JobError,
+    except (ConfigError, DataError, WeightsUnavailableError, RunFolderError, JobError,
             CompareError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":
+    from pipeline.quiet import filter_stderr
+
+    filter_stderr()  # TensorFlow's start-up noise is not the user's business
     sys.exit(main())
 
 

@@ -83,6 +83,12 @@ def test_required_backbones_exist(backbone):
         ("model.colour=red", ["model.colour", "unknown config key"]),
         ("optimizer.lr=1", ["optimizer", "unknown config section"]),
         ("seed=1", ["section.key=value"]),
+        ("train.learning_rate=nan", ["train.learning_rate", "nan", "finite"]),
+        ("train.fine_tune_learning_rate=inf", ["train.fine_tune_learning_rate", "inf", "finite"]),
+        ("augment.rotation=-inf", ["augment.rotation", "finite"]),
+        ("train.label_smoothing=NaN", ["train.label_smoothing", "finite"]),
+        ("train.head_epochs=inf", ["train.head_epochs", "whole number"]),
+        ("train.deterministic=sometimes", ["train.deterministic", "true or false"]),
     ],
 )
 def test_invalid_values_name_the_field_and_what_is_allowed(override, words):
@@ -123,6 +129,20 @@ def test_broken_config_file_is_reported(tmp_path):
         config.load(bad)
     with pytest.raises(ConfigError, match="cannot read config file"):
         config.load(tmp_path / "missing.json")
+
+
+def test_non_finite_numbers_are_refused_from_json_too(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text('{"train": {"learning_rate": NaN}}')  # Python's json reads NaN
+    with pytest.raises(ConfigError, match=r"train.learning_rate=nan is not allowed: must be a finite number"):
+        config.load(path)
+
+
+def test_a_config_file_that_is_not_utf8_is_reported(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('[train]\n# r\u00e9glages\nseed = 1\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin1.toml is not UTF-8 text \(byte 0xe9 at position 11\); save it as UTF-8"):
+        config.load(path)
 
 
 def test_warnings_for_legal_but_odd_choices():

@@ -1,5 +1,6 @@
 """The local job backend with real worker and training processes."""
 
+import json
 import os
 import signal
 import subprocess
@@ -7,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from pipeline.jobs.backends import LocalBackend
@@ -99,14 +101,12 @@ def test_killed_worker_and_child_resume_without_repeating_epochs(backend, tmp_pa
     worker = _cli("worker")
     run = RunFolder(backend.store.run_dir(job_id))
     _wait(lambda: len(run.epochs()) >= 4, what="four epochs")
-    child_pids = [int(p) for p in subprocess.run(["pgrep", "-f", f"pipeline.jobs.child {job_id}"],
-                                                 capture_output=True, text=True).stdout.split()]
-    assert child_pids
+    children = psutil.Process(worker.pid).children()
+    assert [c.cmdline()[-1] for c in children] == [job_id]
     worker.send_signal(signal.SIGKILL)
     worker.communicate()
-    for pid in child_pids:  # the child dies with its worker (PR_SET_PDEATHSIG)
-        _wait(lambda pid=pid: not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2],
-              timeout=30, what="the child to die")
+    _, alive = psutil.wait_procs(children, timeout=30)  # the child dies with its worker (PR_SET_PDEATHSIG)
+    assert not alive
     before = [(e["phase"], e["epoch"]) for e in run.epochs()]
     assert backend.status(job_id).state == "running"  # the dead worker left it so
 
@@ -173,3 +173,51 @@ def test_cli_submit_starts_a_worker_and_the_job_finishes(shapes):
             if w.stopped is None:
                 os.kill(w.pid, signal.SIGTERM)
         _wait(lambda: all(w.stopped for w in store.workers()), timeout=60, what="the worker to stop")
+
+
+def _steps_per_phase(run):
+    state = json.loads(run.state.read_text())
+    return {name: p["steps_done"] for name, p in state["phases"].items()}
+
+
+def test_a_child_killed_alone_fails_with_a_way_forward_and_resumes(backend, tmp_path):
+    """The kernel's OOM killer takes the training process only: the job fails naming `resume`; resumed, every
+    planned epoch is trained exactly once and the optimizer made exactly epochs x steps steps per phase."""
+    data_dir = write_shapes_dataset(tmp_path / "big", per_class=20, size=64)
+    job_id = backend.submit(str(data_dir), tiny_config(**LONG))
+    worker = _cli("worker")
+    try:
+        run = RunFolder(backend.store.run_dir(job_id))
+        _wait(lambda: len(run.epochs()) >= 2, what="two epochs")
+        (child,) = psutil.Process(worker.pid).children()
+        child.send_signal(signal.SIGKILL)
+        _wait(lambda: backend.status(job_id).state == "failed", what="the job to fail")
+        error = backend.status(job_id).error
+        assert "killed by signal 9" in error and f"python -m pipeline resume {job_id}" in error
+
+        proc = _cli("resume", job_id)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and "queued" in out, err
+        _wait(lambda: backend.status(job_id).state in ("done", "failed"), what="the resumed job")
+        job = backend.status(job_id)
+        assert job.state == "done", job.error
+        assert job.attempts == 2 and job.error is None
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.communicate(timeout=120)
+    trained = [(e["phase"], e["epoch"]) for e in run.epochs()]
+    assert trained == [("head", 1), ("head", 2), ("head", 3), *(("fine_tune", i) for i in range(1, 5))]
+    per_epoch = -(-len(json.loads(run.dataset.read_text())["splits"]["train"]) // 8)
+    assert _steps_per_phase(run) == {"head": 3 * per_epoch, "fine_tune": 4 * per_epoch}
+    assert run.eval.exists()
+
+    with pytest.raises(JobError, match="is done; only a failed or cancelled job can be resumed"):
+        backend.resume(job_id)
+
+
+def test_a_damaged_job_database_is_a_message_not_a_traceback(ts_home):
+    (ts_home / "jobs.sqlite3").write_bytes(b"this is not a database" * 100)
+    proc = _cli("jobs")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in err
+    assert "jobs.sqlite3 is damaged" in err and "jobs.sqlite3.damaged" in err and "run folder" in err

@@ -40,6 +40,18 @@ class LocalBackend:
     def cancel(self, job_id: str) -> Job:
         return self.store.cancel(job_id)
 
+    def resume(self, job_id: str) -> Job:
+        """Queues a failed or cancelled job again (it continues from its last finished epoch); a job left
+        running by a dead worker is put back in the queue by the worker this starts."""
+        job = self.store.get(job_id)
+        if job.state == "running" and not self.worker_alive():
+            self.ensure_worker()
+            return self.store.get(job_id)
+        job = self.store.resume(job_id)
+        if self.autostart:
+            self.ensure_worker()
+        return job
+
     def list(self) -> list[Job]:
         return self.store.list()
 

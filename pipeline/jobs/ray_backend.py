@@ -97,6 +97,10 @@ class RayBackend:
         self.client.stop_job(PREFIX + job_id)  # and Ray's SIGTERM does the same
         return self.status(job_id)
 
+    def resume(self, job_id: str) -> Job:
+        raise JobError(f"the Ray backend cannot resume job {job_id} yet; resume its run folder with "
+                       f"`python -m pipeline train SOURCE --run-dir {self.run_dir(job_id)}`.")
+
     def list(self) -> list[Job]:
         jobs = []
         for info in self.client.list_jobs():

@@ -118,13 +118,29 @@ class JobStore:
 
     @contextmanager
     def _connect(self):
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA busy_timeout=30000")
         try:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise self._unusable(exc) from exc
+        try:
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA busy_timeout=30000")
             yield db
+        except sqlite3.DatabaseError as exc:
+            raise self._unusable(exc) from exc
         finally:
             db.close()
+
+    def _unusable(self, exc: sqlite3.Error) -> JobError:
+        """A JobError saying what is wrong with jobs.sqlite3 and how to go on (nothing in runs/ is lost)."""
+        if "locked" in str(exc) or "busy" in str(exc):
+            return JobError(f"the job database {self.path} stayed locked for 30 s ({exc}); another process holds it: "
+                            "try again in a moment.")
+        return JobError(
+            f"the job database {self.path} is damaged ({exc}). Move it aside (mv {self.path} {self.path}.damaged) "
+            f"and run the command again: a new, empty job list is created, and every run folder under {self.runs} "
+            "stays where it is (train one on with `python -m pipeline train SOURCE --run-dir RUN_FOLDER`)."
+        )
 
     @contextmanager
     def _transaction(self):
@@ -201,6 +217,21 @@ class JobStore:
                 db.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
         else:
             raise JobError(f"job {job_id} is already {job.state}; nothing to cancel.")
+        return self.get(job_id)
+
+    def resume(self, job_id: str) -> Job:
+        """Queues a failed or cancelled job again; its training continues from its last finished epoch.
+
+        Raises:
+            JobError: the job is queued, running or done.
+        """
+        job = self.get(job_id)
+        if job.state not in ("failed", "cancelled"):
+            raise JobError(f"job {job_id} is {job.state}; only a failed or cancelled job can be resumed.")
+        (Path(job.run_dir) / "CANCEL").unlink(missing_ok=True)
+        with self._transaction() as db:
+            db.execute("UPDATE jobs SET state = 'queued', worker = NULL, finished = NULL, error = NULL, "
+                       "cancel_requested = 0 WHERE id = ? AND state IN ('failed', 'cancelled')", (job_id,))
         return self.get(job_id)
 
     def requeue(self, job_id: str) -> None:

@@ -3,12 +3,13 @@
 One worker per TRANSFER_STUDIO_HOME (an exclusive lock on ``worker.lock``), so two jobs never fight over
 one device: concurrency defaults to the number of visible GPUs, 1 without a GPU. On start it puts every
 job left ``running`` by a dead worker back in the queue; the child then resumes it from its last
-finished epoch (the pipeline's BackupAndRestore). Children die with the worker (PR_SET_PDEATHSIG).
+finished epoch (state.json in its run folder). Children die with the worker (PR_SET_PDEATHSIG, set by
+the child itself: pipeline.jobs.child.die_with_parent). A child that dies alone (the OOM killer) leaves
+its job failed with a message naming ``python -m pipeline resume JOB``.
 """
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import os
 import signal
@@ -17,9 +18,10 @@ import sys
 import threading
 from pathlib import Path
 
+from pipeline.exitcodes import EXIT_CANCELLED
+from pipeline.jobs.child import PARENT_ENV
 from pipeline.jobs.store import HEARTBEAT_SECONDS, JobStore
 
-EXIT_CANCELLED = 3
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -63,16 +65,6 @@ class WorkerLock:
                 return True
             fcntl.flock(fh, fcntl.LOCK_UN)
             return False
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: receive SIGKILL when the worker dies, so no training outlives it."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-    os.setsid()
 
 
 class Worker:
@@ -128,10 +120,10 @@ class Worker:
         run_dir.mkdir(parents=True, exist_ok=True)
         log = open(run_dir / "train.log", "a")  # noqa: SIM115 - handed to the child
         env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2",
-               "TRANSFER_STUDIO_HOME": str(self.store.home)}
+               "TRANSFER_STUDIO_HOME": str(self.store.home), PARENT_ENV: str(os.getpid())}
         self.children[job.id] = subprocess.Popen(
             [sys.executable, "-m", "pipeline.jobs.child", job.id], cwd=ROOT, env=env,
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )
         log.close()
         print(f"job {job.id} started (attempt {job.attempts})", file=sys.stderr, flush=True)
@@ -152,10 +144,11 @@ class Worker:
                 self.store.finish(job_id, "failed", error_file.read_text(encoding="utf-8").strip())
             elif rc < 0:
                 self.store.finish(job_id, "failed", f"the training process was killed by signal {-rc} "
-                                  "(out of memory?); see train.log in the run folder")
+                                  f"(out of memory?); resume it from its last finished epoch with "
+                                  f"`python -m pipeline resume {job_id}` or the Resume button on the Runs page")
             else:
-                self.store.finish(job_id, "failed", f"the training process exited with code {rc}; "
-                                  "see train.log in the run folder")
+                self.store.finish(job_id, "failed", f"the training process exited with code {rc} (see train.log "
+                                  f"in the run folder); resume it with `python -m pipeline resume {job_id}`")
             print(f"job {job_id} {self.store.get(job_id).state}", file=sys.stderr, flush=True)
 
     def _shutdown(self) -> None:
