@@ -1,6 +1,9 @@
-"""Export: choose formats, export in the background with progress, see the verification table, download."""
+"""Export: choose formats, export in the background with progress, see the format table, download each format."""
 
+import io
+import json
 import time
+import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -17,12 +20,16 @@ if job is None:
 run = RunFolder(Path(job.run_dir))
 formats = st.multiselect("Formats", bundle.FORMATS + bundle.OPTIONAL_FORMATS, default=list(bundle.FORMATS),
                          key="export_formats")
+st.number_input("Verification images", min_value=10, max_value=5000, value=200, step=50, key="export_verify_images",
+                help="At most this many held-out images go through every format in its own runtime (more: a "
+                     "sharper agreement figure, a longer export).")
 
 
 def start_export(run_dir: Path) -> None:
     """Runs before the rerun draws the page, so the button is already disabled and progress shows."""
     try:
-        task.start(run_dir, bundle.parse_formats(",".join(st.session_state["export_formats"])))
+        task.start(run_dir, bundle.parse_formats(",".join(st.session_state["export_formats"])),
+                   verify_images=int(st.session_state["export_verify_images"]))
     except OSError as exc:  # e.g. a run folder this server cannot write to
         st.session_state["export_start_error"] = f"Could not start the export in {run_dir}: {exc.strerror or exc}."
 
@@ -62,35 +69,68 @@ if not manifest.exists():
     st.stop()
 verify_file = run.exports / "verify.json"
 if verify_file.exists():
-    import json
-
     result = json.loads(verify_file.read_text())
     formats = dict(result["formats"])
     reference = formats.pop("keras", None)  # the model every format is compared with: a caption, not a row
-    rows = [{"format": f, "agreement": 100 * r["agreement"] if r.get("agreement") is not None else None,
-             "accuracy": r.get("accuracy"),
-             "max |dp|": r.get("max_abs_diff"), "ms / image": r.get("latency_ms"),
+    rows = [{"format": f, "runtime": r.get("runtime", ""),
              "size (KB)": r["size_bytes"] / 1024 if r.get("size_bytes") else None,
-             "result": "ok" if r["passed"] else "FAIL", "note": r.get("note", "")}
+             "ms / image": r.get("latency_ms"),
+             "agreement": 100 * r["agreement"] if r.get("agreement") is not None else None,
+             "accuracy change": r.get("accuracy_change"), "near-ties": r.get("near_tie_flips"),
+             "max |dp|": r.get("max_abs_diff"), "result": "ok" if r["passed"] else "FAIL", "note": r.get("note", "")}
             for f, r in formats.items()]
-    st.subheader(f"Verification on {result['images']} held-out images")
+    st.subheader(f"Verification on {result['images']} held-out images: the formats to choose from")
     if reference:
         st.caption(f"Each file run in its own runtime and compared with the trained Keras model "
-                   f"(accuracy {reference['accuracy']:.4f}, {reference['latency_ms']:.2f} ms per image at batch 1).")
+                   f"(accuracy {reference['accuracy']:.4f}, {reference['latency_ms']:.2f} ms per image at batch 1); "
+                   "MediaPipe rows compare MediaPipe's ImageClassifier with LiteRT on the same TFLite file. "
+                   "A near-tie is a changed top class where Keras's top two were closer than the format's "
+                   "numeric error: reported, not counted.")
     if not result["passed"] and not (status and status["state"] == "gate_failed"):
         st.error("A verification gate failed: do not ship the failing format (see the result column).")
     number = st.column_config.NumberColumn
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
+        "size (KB)": number(format="%.0f"), "ms / image": number(format="%.2f", help="Batch 1, in its own runtime"),
         "agreement": number("top-1 agreement", format="%.2f%%", help="Same top class as the Keras model"),
-        "accuracy": number(format="%.4f"), "max |dp|": number(format="%.1e", help="Largest probability difference"),
-        "ms / image": number(format="%.2f"), "size (KB)": number(format="%.0f"),
+        "accuracy change": number(format="%+.2f", help="Accuracy points against the Keras model"),
+        "near-ties": number(format="%d"), "max |dp|": number(format="%.1e", help="Largest probability difference"),
         "note": st.column_config.TextColumn(width="large")})
+
+
+def _file_bytes(path: Path):
+    """Read when the button is clicked (a deferred download), not on every rerun."""
+    return lambda: path.read_bytes()
+
+
+def _folder_zip(path: Path):
+    """A folder zipped on its own, when its button is clicked."""
+    def build() -> bytes:
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for f in sorted(p for p in path.rglob("*") if p.is_file()):
+                zf.write(f, f.relative_to(path.parent).as_posix())
+        return buf.getvalue()
+    return build
+
 
 st.subheader("Download")
 zip_path = run.exports / bundle.ZIP_NAME
-st.download_button("Whole bundle (.zip)", zip_path.read_bytes(), file_name=f"transfer-studio-{job.id[:8]}.zip",
-                   mime="application/zip", type="primary")
-singles = [p for p in sorted(run.exports.iterdir()) if p.is_file() and p.name != bundle.ZIP_NAME]
+st.download_button("Whole bundle (.zip)", _file_bytes(zip_path), file_name=f"transfer-studio-{job.id[:8]}.zip",
+                   mime="application/zip", type="primary", on_click="ignore")
+manifest_formats = json.loads(manifest.read_text()).get("formats", {})
+items = [(fmt, run.exports / rel) for fmt, rel in manifest_formats.items()]
+listed = {path for _, path in items}
+items += [(p.name, p) for p in sorted(run.exports.iterdir())
+          if p.is_file() and p not in listed and p.name not in (bundle.ZIP_NAME, bundle.LOG_NAME)]
+if (run.exports / "web").is_dir():
+    items.append(("web demo", run.exports / "web"))
 cols = st.columns(4)
-for i, path in enumerate(singles):
-    cols[i % 4].download_button(path.name, path.read_bytes(), file_name=path.name, key=f"dl-{path.name}")
+for i, (name, path) in enumerate(items):
+    if not path.exists():
+        continue
+    is_dir = path.is_dir()
+    cols[i % 4].download_button(f"{name} (.zip)" if is_dir else path.name,
+                                _folder_zip(path) if is_dir else _file_bytes(path),
+                                file_name=f"{path.name}.zip" if is_dir else path.name,
+                                mime="application/zip" if is_dir else "application/octet-stream", key=f"dl-{name}",
+                                on_click="ignore")

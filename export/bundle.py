@@ -191,7 +191,7 @@ def _build(run, cfg, splits, formats, tmp: Path, timer: _Timer, say: ProgressFn,
         description=(f"Classifies a photo into {len(splits.classes)} classes ({', '.join(splits.classes)}). "
                      f"{cfg.model.backbone} at {size}x{size} px, fine-tuned with Transfer Studio."),
         image_size=size, labels=tuple(splits.classes))
-    for fmt in formats:
+    for fmt in (f for f in formats if f != "savedmodel"):
         say(f"converting {fmt}")
         with timer.step(f"convert {fmt}"):
             if fmt.startswith("tflite"):

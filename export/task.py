@@ -78,8 +78,10 @@ def write_status(path: str | Path, **fields: Any) -> None:
     atomic_write_json(Path(path), {"pid": os.getpid(), "updated": round(time.time(), 3), **fields})
 
 
-def start(run_dir: str | Path, formats: list[str]) -> dict[str, Any]:
+def start(run_dir: str | Path, formats: list[str], verify_images: int = 200) -> dict[str, Any]:
     """Starts exporting ``run_dir`` to ``formats`` unless an export of it is already running.
+
+    ``verify_images``: at most this many held-out images are verified in every runtime (``--verify-images``).
 
     Returns:
         The status as written (or the running export's status).
@@ -95,7 +97,7 @@ def start(run_dir: str | Path, formats: list[str]) -> dict[str, Any]:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
         proc = subprocess.Popen(
             [sys.executable, "-m", "export", str(run_dir), "--formats", ",".join(formats),
-             "--status-file", str(status_path(run_dir))],
+             "--verify-images", str(int(verify_images)), "--status-file", str(status_path(run_dir))],
             cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
         )
         log.close()

@@ -52,7 +52,8 @@
     x.dispose();
     y.dispose();
     const order = probs.map((p, i) => i).sort((a, b) => probs[b] - probs[a]);
-    $('top').textContent = labels[order[0]] + ' (' + (probs[order[0]] * 100).toFixed(1) + '%)';
+    const prefix = params.get('embedded') ? 'Browser (TF.js, ' + tf.getBackend() + '): ' : '';
+    $('top').textContent = prefix + labels[order[0]] + ' (' + (probs[order[0]] * 100).toFixed(1) + '%)';
     $('bars').replaceChildren(...order.slice(0, 5).map(i => bar(labels[i], probs[i])));
     $('out').dataset.probs = JSON.stringify(probs);
     $('out').dataset.top1 = labels[order[0]];
