@@ -4,6 +4,8 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
+from app_pages import shared
+
 # The tab icon is drawn here: a ":material/..." page icon makes every visitor's browser fetch it from Google's
 # font server, and a shared demo contacts no other host.
 _icon = np.full((32, 32, 3), (37, 99, 235), np.uint8)
@@ -19,4 +21,5 @@ pages = [
     st.Page("app_pages/export_page.py", title="Export", icon=":material/download:"),
     st.Page("app_pages/try_model.py", title="Try", icon=":material/photo_camera:"),
 ]
+shared.remember_visitor()  # the owner key in a cookie: a refresh or a new tab is the same owner
 st.navigation(pages).run()

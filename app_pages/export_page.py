@@ -27,6 +27,8 @@ st.number_input("Verification images", min_value=10, max_value=5000, value=200, 
 
 def start_export(run_dir: Path) -> None:
     """Runs before the rerun draws the page, so the button is already disabled and progress shows."""
+    if not shared.can_control(job):  # a share link is read-only: the button is disabled, and refused here too
+        return
     try:
         task.start(run_dir, bundle.parse_formats(",".join(st.session_state["export_formats"])),
                    verify_images=int(st.session_state["export_verify_images"]))
@@ -36,9 +38,11 @@ def start_export(run_dir: Path) -> None:
 
 status = task.read_status(run.root)
 running = bool(status and status["state"] == "running")
-st.button("Export and verify", type="primary", icon=":material/package_2:", disabled=running or not formats,
+st.button("Export and verify", type="primary", icon=":material/package_2:", disabled=running or not formats or not shared.can_control(job),
           on_click=start_export, args=(run.root,),
           help="Runs in the background: you can leave this page, refresh, or share the link meanwhile.")
+if not shared.can_control(job):
+    st.caption("Only this run's owner can export it; its finished exports can be downloaded below.")
 
 
 @st.fragment(run_every=1.0)

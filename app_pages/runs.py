@@ -15,7 +15,7 @@ st.title("Runs")
 
 @st.fragment(run_every=2.0)
 def all_jobs() -> None:
-    jobs = shared.backend().list()
+    jobs = shared.my_jobs(shared.backend().list())  # your runs (every run with the host's admin key)
     if jobs:
         st.dataframe(pd.DataFrame([{"id": j.id[:8], "state": j.state, "source": Path(j.source).name,
                                     "created": pd.Timestamp(j.created, unit="s"), "error": j.error or ""}
@@ -26,7 +26,10 @@ all_jobs()
 job = shared.pick_run()
 if job is None:
     st.stop()
-st.caption(f"Share this run: add `?run={job.id}` to the app's address.")
+st.caption(f"Share this run: add `?run={job.id}` to the app's address. Whoever opens that link sees its curves, "
+           "evaluation and finished exports; only you can cancel, resume, export or delete it.")
+if not shared.can_control(job):
+    st.info("A shared run: you can follow it, but not change it.")
 
 
 def curves(epochs: list[dict]) -> go.Figure:
@@ -51,9 +54,30 @@ def curves(epochs: list[dict]) -> go.Figure:
     return fig
 
 
+def delete_button(current) -> None:
+    """Delete, confirmed by a second click: the run folder, its exports and the model files it served go."""
+    if not st.toggle("Delete this run...", key=f"delete-ask-{current.id}"):
+        return
+    if st.button("Delete the run and its files", type="primary", icon=":material/delete:", key=f"delete-{current.id}"):
+        if not shared.can_control(shared.backend().status(current.id)):
+            return
+        try:
+            shared.backend().delete(current.id)
+        except ValueError as exc:  # JobError: it was resumed meanwhile
+            shared.error(exc)
+            return
+        st.session_state.pop("run", None)
+        st.query_params.pop("run", None)
+        st.rerun(scope="app")
+
+
 @st.fragment(run_every=1.0)
 def live(job_id: str) -> None:
-    current = shared.backend().status(job_id)
+    try:
+        current = shared.backend().status(job_id)
+    except ValueError:  # JobError: deleted meanwhile (here or in another tab)
+        st.info("This run was deleted.")
+        return
     run = RunFolder(Path(current.run_dir))
     lines = run.metrics_lines()
     epochs = run.epochs()  # trained epochs (a rollback line voids the ones trained again)
@@ -66,7 +90,8 @@ def live(job_id: str) -> None:
             st.info("This server cannot download pretrained weights. On the Train page, set Weights to "
                     "**upload a weights file** and give it the file named above, or ask whoever runs the server "
                     "to copy it into the Keras cache.")
-    resume = current.state in ("failed", "cancelled") and st.button(
+    mine = shared.can_control(current)  # cancel, resume and delete: the owner (or the admin) only
+    resume = mine and current.state in ("failed", "cancelled") and st.button(
         "Resume", icon=":material/play_circle:", key=f"resume-{job_id}",
         help="Queue the job again: training continues from its last finished epoch.")
     if resume:
@@ -82,7 +107,7 @@ def live(job_id: str) -> None:
                         text=f"{progress['phase']} epoch {progress['epoch']}: batch {progress['batch']}/{progress['steps']}")
         elif progress:
             c3.progress(progress["done"] / max(1, progress["total"]), text=f"{progress['event']} {progress['done']}/{progress['total']}")
-        if st.button("Cancel", icon=":material/stop_circle:", key=f"cancel-{job_id}"):
+        if mine and st.button("Cancel", icon=":material/stop_circle:", key=f"cancel-{job_id}"):
             shared.backend().cancel(job_id)
             st.toast("Stopping at the next batch; the last finished epoch is kept.")
     if epochs:
@@ -92,6 +117,8 @@ def live(job_id: str) -> None:
         st.dataframe(table, hide_index=True, width="stretch")
     elif current.state in ("queued", "running"):
         st.info("Waiting for the first epoch...")
+    if mine and current.state in ("done", "failed", "cancelled"):
+        delete_button(current)
     if current.state in ("done", "failed", "cancelled"):
         log = run.root / "train.log"
         if log.exists():

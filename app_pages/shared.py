@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import time
@@ -172,6 +173,87 @@ def _backend(home: str):  # home: only the cache key (get_backend reads it from 
     return get_backend()
 
 
+# === Ownership ===
+# A run belongs to whoever launched it. A visitor is known by a random owner key kept in a cookie of their
+# browser (a refresh or a new tab of the same browser is the same visitor), or, when the host configures
+# Streamlit's sign-in (st.login), by the signed-in account. Only a hash of the key is stored with a job.
+# A run's share link (?run=ID) carries no key: whoever opens it sees the run read-only.
+
+OWNER_COOKIE = "ts_owner"
+_KEY = re.compile(r"[0-9a-f]{32}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Visitor:
+    owner: str  # stored with the jobs this visitor launches
+    admin: bool  # the host's admin key was given: sees and controls every run
+    signed_in: bool
+
+
+def visitor() -> Visitor:
+    """Who is looking: the signed-in user, else the owner key of this browser (made on the first visit)."""
+    import hashlib
+    import hmac
+    import secrets
+
+    from pipeline.limits import Limits
+
+    admin_key = Limits.from_env().admin_key
+    given = st.query_params.get("admin")
+    if admin_key and given and hmac.compare_digest(given, admin_key):
+        st.session_state["admin"] = True
+    admin = bool(admin_key) and st.session_state.get("admin", False)
+    user = st.user.to_dict()
+    if user.get("is_logged_in") and (user.get("email") or user.get("sub")):
+        return Visitor(f"user:{user.get('email') or user.get('sub')}", admin, True)
+    key = st.session_state.get("owner_key")
+    if key is None:
+        cookie = st.context.cookies.get(OWNER_COOKIE, "")
+        key = cookie if isinstance(cookie, str) and _KEY.fullmatch(cookie) else secrets.token_hex(16)
+        st.session_state["owner_key"] = key
+    return Visitor(f"key:{hashlib.sha256(key.encode()).hexdigest()[:32]}", admin, False)
+
+
+def remember_visitor() -> None:
+    """Keeps this browser's owner key in a cookie (a year, this site only), so a refresh or a new tab of the same
+    browser is the same owner. Streamlit reads cookies (st.context.cookies) but cannot set one, so a line of
+    JavaScript does, once per session while the browser does not have it yet."""
+    me = visitor()
+    key = st.session_state.get("owner_key")
+    if me.signed_in or key is None or st.context.cookies.get(OWNER_COOKIE) == key:
+        return
+    with st.sidebar:
+        st.html(f"<script>document.cookie = '{OWNER_COOKIE}={key}; path=/; max-age=31536000; SameSite=Strict';"
+                "</script>", unsafe_allow_javascript=True)  # key: 32 hex digits made here, nothing from outside
+
+
+def can_control(job) -> bool:
+    """Whether this visitor may cancel, resume, export, delete or retrain ``job`` (its owner, or the admin)."""
+    me = visitor()
+    return me.admin or (job.owner is not None and job.owner == me.owner)
+
+
+def my_jobs(jobs: list) -> list:
+    """The jobs this visitor's Runs list shows: their own (every job for the admin)."""
+    me = visitor()
+    return jobs if me.admin else [j for j in jobs if j.owner is not None and j.owner == me.owner]
+
+
+def launch(src: str, cfg) -> str | None:
+    """Submits a job owned by this visitor, unless they already have the most queued or running jobs allowed
+    (TRANSFER_STUDIO_MAX_ACTIVE_JOBS), which is said as an error; returns the job id or None."""
+    from pipeline.limits import Limits
+
+    me = visitor()
+    limit = Limits.from_env().max_active_jobs
+    active = [j for j in backend().list() if j.owner == me.owner and j.state in ("queued", "running")]
+    if len(active) >= limit and not me.admin:
+        st.error(f"You already have {len(active)} run(s) queued or running, the most this server allows per "
+                 f"visitor ({limit}). Wait for one to finish, or cancel one on the Runs page.")
+        return None
+    return backend().submit(src, cfg, owner=me.owner)
+
+
 def selected_job_id() -> str | None:
     """The run named by ``?run=<id>`` (validated), else the last one this session launched."""
     from pipeline.jobs.store import JobError, validate_job_id
@@ -189,7 +271,9 @@ def selected_job_id() -> str | None:
 def pick_run(label: str = "Run", finished_only: bool = False):
     """A select box of jobs (newest first), preselecting ``?run=``; returns the Job or None."""
     wanted = selected_job_id()  # validated first: a crafted link gets a message, never a path
-    jobs = backend().list()
+    everyone = backend().list()
+    jobs = my_jobs(everyone)  # your runs, plus the one a share link names (read-only unless yours)
+    jobs += [j for j in everyone if j.id == wanted and j not in jobs]
     if finished_only:
         jobs = [j for j in jobs if j.state == "done"]
     if not jobs:

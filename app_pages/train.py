@@ -99,7 +99,9 @@ est = advisor.epoch_seconds(backbone, float(alpha), int(image_size), train_n, n 
 st.metric("Estimated time per epoch on 2 CPU cores", f"{est:.0f} s" if est >= 1 else "under 1 s")
 
 if st.button("Launch training", type="primary", icon=":material/rocket_launch:"):
-    job_id = shared.backend().submit(src, cfg)
+    job_id = shared.launch(src, cfg)  # owned by this visitor; refused past the per-visitor job limit
+    if job_id is None:
+        st.stop()
     st.session_state["run"] = job_id
     st.query_params["run"] = job_id
     st.switch_page("app_pages/runs.py")

@@ -179,6 +179,31 @@ def cmd_cancel(args) -> int:
     return 0
 
 
+def cmd_delete(args) -> int:
+    """Deletes a job (by id, or by its run folder) with its run folder; or a run folder `train` made."""
+    import re
+    import shutil
+
+    from pipeline.jobs.backends import get_backend
+    from pipeline.jobs.store import JobError
+
+    target = args.target
+    backend = get_backend()
+    if not re.fullmatch(r"[0-9a-f]{32}", target):
+        folder = Path(target).expanduser().resolve()
+        job = next((j for j in backend.list() if Path(j.run_dir).resolve() == folder), None)
+        if job is None:
+            if not folder.is_dir() or not any((folder / f).exists() for f in ("config.json", "state.json")):
+                raise JobError(f"{target} is neither a job id nor a run folder (no config.json or state.json).")
+            shutil.rmtree(folder)
+            print(f"deleted run folder {folder}")
+            return 0
+        target = job.id
+    job = backend.delete(target)
+    print(f"deleted job {job.id} and its run folder {job.run_dir}")
+    return 0
+
+
 def cmd_resume(args) -> int:
     from pipeline.jobs.backends import get_backend
 
@@ -290,6 +315,10 @@ def parser() -> argparse.ArgumentParser:
     cn = sub.add_parser("cancel", help="cancel a queued job, or stop a running one at its next batch")
     cn.add_argument("job")
     cn.set_defaults(func=cmd_cancel)
+
+    dl = sub.add_parser("delete", help="delete a stopped job (id or run folder) with its run folder and served model")
+    dl.add_argument("target", metavar="RUN_OR_JOB", help="a job id, or a run folder")
+    dl.set_defaults(func=cmd_delete)
 
     rs = sub.add_parser("resume", help="queue a failed or cancelled job again; it continues from its last finished epoch")
     rs.add_argument("job")

@@ -104,3 +104,123 @@ def test_a_crafted_run_link_is_quoted_as_text():
     _no_exception(at)
     message = next(e.value for e in at.error if "is not a job id" in e.value)
     assert "![x](" not in message and "![x](https://evil.example/x.png)" in unescape(message)
+
+
+# === Ownership ===
+
+KEY_A, KEY_B = "a" * 32, "b" * 32
+
+
+def owner_of(key: str) -> str:
+    import hashlib
+
+    return f"key:{hashlib.sha256(key.encode()).hexdigest()[:32]}"
+
+
+def _visitor(key: str, page: str, **query) -> AppTest:
+    """One visitor (their browser's owner key) on one page."""
+    at = AppTest.from_file(ENTRY, default_timeout=120)
+    at.session_state["owner_key"] = key
+    for k, v in query.items():
+        at.query_params[k] = v
+    at.run()
+    at.switch_page(f"app_pages/{page}")
+    return at.run()
+
+
+def _labels(at: AppTest) -> set[str]:
+    return {b.label for b in at.button} | {t.label for t in at.toggle}
+
+
+def test_a_share_link_is_read_only_and_runs_lists_show_your_runs(monkeypatch):
+    store = JobStore()
+    queued = store.add("sample:digits", config.RunConfig().to_dict(), owner=owner_of(KEY_A))  # no worker: stays queued
+
+    a = _visitor(KEY_A, "runs.py")
+    _no_exception(a)
+    assert queued[:8] in a.dataframe[0].value["id"].tolist()  # A's list shows A's run
+    assert "Cancel" in _labels(a)
+
+    b = _visitor(KEY_B, "runs.py")
+    _no_exception(b)
+    assert not b.dataframe and any("No runs yet" in i.value for i in b.info)  # B's list does not show it
+    b = _visitor(KEY_B, "runs.py", run=queued)  # A's share link
+    _no_exception(b)
+    assert any(m.label == "State" and m.value == "queued" for m in b.metric)
+    assert not {"Cancel", "Resume", "Delete this run..."} & _labels(b)
+    assert any("A shared run" in i.value for i in b.info)
+    assert store.get(queued).state == "queued"
+
+    monkeypatch.setenv("TRANSFER_STUDIO_ADMIN_KEY", "the-host-key")
+    admin = _visitor("c" * 32, "runs.py", admin="the-host-key")
+    _no_exception(admin)
+    assert queued[:8] in admin.dataframe[0].value["id"].tolist() and "Cancel" in _labels(admin)
+    wrong = _visitor("c" * 32, "runs.py", admin="a-guess")
+    assert not wrong.dataframe
+
+
+def test_export_needs_the_owner_and_delete_removes_the_run():
+    store = JobStore()
+    job_id = finished_job_with_eval(store, ["cat", "dog"], owner=owner_of(KEY_A))
+    b = _visitor(KEY_B, "export_page.py", run=job_id)
+    _no_exception(b)
+    assert next(x for x in b.button if x.label == "Export and verify").disabled
+    assert any("Only this run's owner can export" in c.value for c in b.caption)
+    a = _visitor(KEY_A, "export_page.py", run=job_id)
+    assert not next(x for x in a.button if x.label == "Export and verify").disabled
+
+    a = _visitor(KEY_A, "runs.py", run=job_id)
+    a.toggle[0].set_value(True).run()
+    next(x for x in a.button if x.label == "Delete the run and its files").click().run()
+    _no_exception(a)
+    assert job_id not in [j.id for j in store.list()]
+    assert not Path(store.runs / job_id).exists()
+
+
+def test_a_visitor_can_have_at_most_the_job_limit_queued_or_running(monkeypatch):
+    store = JobStore()
+    for _ in range(2):
+        store.add("sample:digits", config.RunConfig().to_dict(), owner=owner_of(KEY_A))
+    a = _visitor(KEY_A, "train.py")
+    next(x for x in a.button if x.label == "Launch training").click().run()
+    _no_exception(a)
+    assert any("the most this server allows per visitor (2)" in e.value for e in a.error)
+    assert len(store.list()) == 2  # nothing queued
+    monkeypatch.setenv("TRANSFER_STUDIO_MAX_ACTIVE_JOBS", "1")
+    store.finish(store.list()[0].id, "cancelled")
+    a = _visitor(KEY_A, "train.py")
+    next(x for x in a.button if x.label == "Launch training").click().run()
+    assert any("the most this server allows per visitor (1)" in e.value for e in a.error)
+
+
+def test_owner_column_is_added_to_an_existing_job_store(ts_home):
+    import sqlite3
+
+    db = sqlite3.connect(ts_home / "jobs.sqlite3")
+    db.executescript("""CREATE TABLE jobs (id TEXT PRIMARY KEY, state TEXT NOT NULL, source TEXT NOT NULL,
+        config TEXT NOT NULL, run_dir TEXT NOT NULL, created REAL NOT NULL, started REAL, finished REAL, error TEXT,
+        worker TEXT, attempts INTEGER NOT NULL DEFAULT 0, cancel_requested INTEGER NOT NULL DEFAULT 0);""")
+    db.execute("INSERT INTO jobs (id, state, source, config, run_dir, created) VALUES (?, 'done', 's', '{}', ?, 1)",
+               ("f" * 32, str(ts_home / "runs" / ("f" * 32))))
+    db.commit()
+    db.close()
+    store = JobStore(ts_home)
+    assert store.get("f" * 32).owner is None  # from before owners: the host's
+    new = store.add("sample:digits", {}, owner="key:x")
+    assert store.get(new).owner == "key:x"
+
+
+def test_cli_deletes_a_job_or_a_run_folder(ts_home, capsys):
+    from pipeline.__main__ import main
+
+    store = JobStore()
+    done = finished_job_with_eval(store, ["cat", "dog"])
+    queued = store.add("sample:digits", config.RunConfig().to_dict())
+    assert main(["delete", queued]) == 2 and "cancel it first" in capsys.readouterr().err
+    assert main(["delete", str(store.runs / done)]) == 0  # by its run folder
+    assert done not in [j.id for j in store.list()] and not (store.runs / done).exists()
+    loose = ts_home / "my-run"
+    loose.mkdir()
+    (loose / "config.json").write_text("{}")
+    assert main(["delete", str(loose)]) == 0 and not loose.exists()
+    assert main(["delete", str(ts_home)]) == 2 and "neither a job id nor a run folder" in capsys.readouterr().err

@@ -27,9 +27,9 @@ class LocalBackend:
         self.store = store or JobStore()
         self.autostart = autostart
 
-    def submit(self, source: str, config: RunConfig) -> str:
-        """Queues a training job (the config is validated already: it is a RunConfig)."""
-        job_id = self.store.add(absolute_source(source), config.to_dict())
+    def submit(self, source: str, config: RunConfig, owner: str | None = None) -> str:
+        """Queues a training job for ``owner`` (the config is validated already: it is a RunConfig)."""
+        job_id = self.store.add(absolute_source(source), config.to_dict(), owner=owner)
         if self.autostart:
             self.ensure_worker()
         return job_id
@@ -54,6 +54,17 @@ class LocalBackend:
 
     def list(self) -> list[Job]:
         return self.store.list()
+
+    def delete(self, job_id: str) -> Job:
+        """Removes a finished, failed or cancelled job: its row, its run folder (model, exports: every file the
+        Try page serves from it) and a copy an older version served from the repository's static/ folder."""
+        import shutil
+
+        from pipeline.jobs.worker import ROOT
+
+        job = self.store.delete(job_id)
+        shutil.rmtree(ROOT / "static" / "models" / job.id, ignore_errors=True)
+        return job
 
     def worker_alive(self) -> bool:
         return WorkerLock(self.store.home).held_elsewhere()

@@ -14,8 +14,9 @@ from pipeline.jobs.store import Job
 
 
 class Backend(Protocol):
-    def submit(self, source: str, config: RunConfig) -> str:
-        """Queues a training job on ``source`` (a folder, a .zip or ``sample:NAME``); returns its id."""
+    def submit(self, source: str, config: RunConfig, owner: str | None = None) -> str:
+        """Queues a training job on ``source`` (a folder, a .zip or ``sample:NAME``) for ``owner`` (None: the
+        host); returns its id."""
         ...
 
     def status(self, job_id: str) -> Job: ...
@@ -23,3 +24,7 @@ class Backend(Protocol):
     def cancel(self, job_id: str) -> Job: ...
 
     def list(self) -> list[Job]: ...
+
+    def delete(self, job_id: str) -> Job:
+        """Removes a job that is not queued or running, with its run folder and the model files it served."""
+        ...

@@ -49,11 +49,12 @@ class RayBackend:
     def run_dir(self, job_id: str) -> Path:
         return self.runs / validate_job_id(job_id)
 
-    def submit(self, source: str, config: RunConfig) -> str:
+    def submit(self, source: str, config: RunConfig, owner: str | None = None) -> str:
         job_id = secrets.token_hex(16)
         run_dir = self.run_dir(job_id)
         run_dir.mkdir(parents=True)
-        atomic_write_json(run_dir / "job.json", {"source": absolute_source(source), "config": config.to_dict()})
+        atomic_write_json(run_dir / "job.json", {"source": absolute_source(source), "config": config.to_dict(),
+                                                   "owner": owner})
         gpus = config.train.gpus
         self.client.submit_job(
             entrypoint=f"{sys.executable} -m pipeline.jobs.child --run-dir {run_dir}",
@@ -86,7 +87,7 @@ class RayBackend:
             run_dir=str(run_dir), created=(info.start_time or 0) / 1000,
             started=(info.start_time or 0) / 1000 if state != "queued" else None,
             finished=(info.end_time / 1000) if info.end_time else None, error=error,
-            worker=f"ray:{self.address}", attempts=1, cancel_requested=cancel,
+            worker=f"ray:{self.address}", attempts=1, cancel_requested=cancel, owner=spec.get("owner"),
         )
 
     def cancel(self, job_id: str) -> Job:
@@ -100,6 +101,17 @@ class RayBackend:
     def resume(self, job_id: str) -> Job:
         raise JobError(f"the Ray backend cannot resume job {job_id} yet; resume its run folder with "
                        f"`python -m pipeline train SOURCE --run-dir {self.run_dir(job_id)}`.")
+
+    def delete(self, job_id: str) -> Job:
+        """Removes a stopped job from the cluster's job list, and its run folder."""
+        import shutil
+
+        job = self.status(job_id)
+        if job.state in ("queued", "running"):
+            raise JobError(f"job {job_id} is {job.state}; cancel it first, then delete it once it has stopped.")
+        self.client.delete_job(PREFIX + job_id)
+        shutil.rmtree(job.run_dir, ignore_errors=True)
+        return job
 
     def list(self) -> list[Job]:
         jobs = []

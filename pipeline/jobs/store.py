@@ -83,6 +83,7 @@ class Job:
     worker: str | None
     attempts: int
     cancel_requested: bool
+    owner: str | None = None  # who launched it (None: the host, e.g. the CLI)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -115,6 +116,7 @@ class JobStore:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+            _migrate_owner(db)
 
     @contextmanager
     def _connect(self):
@@ -158,15 +160,40 @@ class JobStore:
     def run_dir(self, job_id: str) -> Path:
         return self.runs / validate_job_id(job_id)
 
-    def add(self, source: str, config: dict[str, Any]) -> str:
-        """Queues a job; returns its id (128 random bits)."""
+    def add(self, source: str, config: dict[str, Any], owner: str | None = None) -> str:
+        """Queues a job; returns its id (128 random bits).
+
+        Args:
+            owner: Who launched it (the app's visitor or signed-in user); None for the host (CLI).
+        """
         job_id = secrets.token_hex(16)
         with self._transaction() as db:
             db.execute(
-                "INSERT INTO jobs (id, state, source, config, run_dir, created) VALUES (?, 'queued', ?, ?, ?, ?)",
-                (job_id, str(source), json.dumps(config), str(self.runs / job_id), time.time()),
+                "INSERT INTO jobs (id, state, source, config, run_dir, created, owner) "
+                "VALUES (?, 'queued', ?, ?, ?, ?, ?)",
+                (job_id, str(source), json.dumps(config), str(self.runs / job_id), time.time(), owner),
             )
         return job_id
+
+    def delete(self, job_id: str) -> Job:
+        """Removes a finished, failed or cancelled job: its row and its run folder (model, exports, logs).
+
+        Raises:
+            JobError: the job is queued or running (cancel it first), or unknown.
+        """
+        job = self.get(job_id)
+        if job.state in ("queued", "running"):
+            raise JobError(f"job {job_id} is {job.state}; cancel it first, then delete it once it has stopped.")
+        import shutil
+
+        run_dir = Path(job.run_dir)
+        if run_dir.exists():  # renamed first, so a half-deleted folder never looks like a run
+            trash = run_dir.with_name(f".deleting-{job_id}")
+            run_dir.replace(trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        with self._transaction() as db:
+            db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+        return job
 
     def get(self, job_id: str) -> Job:
         validate_job_id(job_id)
@@ -283,6 +310,17 @@ class JobStore:
         with self._connect() as db:
             rows = db.execute("SELECT * FROM workers ORDER BY started DESC LIMIT 50").fetchall()
         return [WorkerInfo(**dict(r)) for r in rows]
+
+
+def _migrate_owner(db: sqlite3.Connection) -> None:
+    """Adds the ``owner`` column to a job store made before runs had owners (those jobs belong to the host)."""
+    columns = {r[1] for r in db.execute("PRAGMA table_info(jobs)").fetchall()}
+    if "owner" not in columns:
+        try:
+            db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")
+        except sqlite3.OperationalError as exc:  # another process added it first
+            if "duplicate column" not in str(exc):
+                raise
 
 
 def _job(row: sqlite3.Row) -> Job:
