@@ -115,6 +115,15 @@ def test_evaluation_writes_a_complete_eval_json(shapes_dir, tmp_path):
     for m in result["mistakes"]:
         assert os.path.exists(m["file"]) and m["true"] != m["predicted"]
 
+    # streamed in batches of 8 (the last one holds 1 image): the same probabilities as one predict over the split
+    from pipeline.evaluate import predict_split
+    from pipeline.runfolder import load_model
+
+    out = predict_split(run.root)
+    images = np.stack([data_mod.load_image(f, cfg.model.image_size) for f in out["files"]]).astype(np.float32)
+    np.testing.assert_allclose(out["probs"], load_model(run).predict(images, verbose=0), rtol=1e-5, atol=1e-6)
+    assert json.loads(run.state.read_text())["status"] == "done"
+
 
 def test_evaluate_needs_a_finished_run(tmp_path):
     with pytest.raises(RunNotReadyError, match="does not exist"):
