@@ -149,12 +149,12 @@ def _trained(run: RunFolder) -> list[tuple[str, int]]:
 
 
 def test_kills_during_training_resume_every_epoch_exactly_once(setup, tmp_path):
-    """Killed during head epoch 2, right after the last head epoch (the reported bug: fine-tune epochs 1..N
+    """Killed during the last head epoch, then right after it (the two reported bugs: fine-tune epochs 1..N
     must all be trained), right after the first fine-tune epoch (plus a torn metrics line), between the
     state.json commit and the epoch's line, and while a checkpoint is written; each time resumed."""
     run = RunFolder(tmp_path / "run")
-    _kill(setup, run, _progress_line("head", 2))
-    assert _trained(run) == [("head", 1)]
+    _kill(setup, run, _progress_line("head", HEAD))
+    assert _trained(run) == PLANNED[: HEAD - 1]
 
     _kill(setup, run, _epoch_line("head", HEAD))
     assert _trained(run) == PLANNED[:HEAD]  # no fine-tune epoch yet (its first step traces for seconds)
