@@ -242,3 +242,98 @@ def test_a_killed_export_leaves_no_half_bundle_and_the_next_one_cleans_up(traine
     proc = _run_cli(run_dir, "--formats", "tflite-float32", "--no-verify")
     assert proc.returncode == 0, proc.stderr
     assert not list(run_dir.glob(".exports.*"))
+
+
+@pytest.fixture
+def served_bundle(exported, tmp_path):
+    """A copy of the bundle served by ``python -m http.server`` (as the bundle README says), and a browser page."""
+    from tests.test_e2e_browser import CHROMIUM, _free_port
+
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian's chromium is not installed (make test installs it)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    dest, _ = exported
+    root = tmp_path / "exports"
+    shutil.copytree(dest, root)
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"], cwd=root,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import socket
+
+    t0 = time.monotonic()
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert time.monotonic() - t0 < 30
+            time.sleep(0.1)
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                                           "--disable-component-update", "--disable-sync", "--no-first-run"])
+        page = browser.new_page()
+        page.set_default_timeout(120_000)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        yield root, f"http://127.0.0.1:{port}", page, errors
+        browser.close()
+    server.terminate()
+    server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_web_demo_in_the_bundle_classifies_a_picked_photo_like_the_savedmodel(served_bundle, trained_run, tmp_path):
+    from PIL import Image
+
+    from export import savedmodel
+
+    root, url, page, errors = served_bundle
+    images, _ = _test_images(trained_run, limit=1)
+    photo = tmp_path / "photo.png"
+    Image.fromarray(images[0]).save(photo)  # at the model's input size: the page and TensorFlow see the same pixels
+    page.goto(f"{url}/web/")
+    page.wait_for_selector("#status:has-text('Model loaded')")
+    assert not any("googleapis" in s or "jsdelivr" in s or "unpkg" in s for s in page.content().split('"'))  # no CDN
+    page.set_input_files("#file", str(photo))
+    out = page.wait_for_selector("#out[data-top1]:not([data-top1=''])")
+    probs = np.array(json.loads(out.get_attribute("data-probs")), dtype=np.float32)
+    _, fn = savedmodel.load_signature(root / "savedmodel")
+    expected = fn(images[:1].astype(np.float32))[0]
+    assert np.abs(probs - expected).max() <= 1e-4, (probs, expected)
+    labels = (root / "labels.txt").read_text().splitlines()
+    assert out.get_attribute("data-top1") == labels[int(expected.argmax())]
+    assert page.locator("#bars .bar").count() == len(labels)
+    assert not errors, errors
+
+
+@pytest.mark.slow
+def test_every_javascript_snippet_in_the_bundle_readme_runs_in_chromium(served_bundle, trained_run):
+    import re
+
+    from PIL import Image
+
+    root, url, page, errors = served_bundle
+    images, _ = _test_images(trained_run, limit=1)
+    Image.fromarray(images[0]).save(root / "photo.jpg", quality=95)
+    (root / "tasks-vision").symlink_to(ROOT / "node_modules" / "@mediapipe" / "tasks-vision")
+    readme = (root / "README.md").read_text()
+    snippets = re.findall(r"```(?:html|js|javascript)\n(.*?)```", readme, flags=re.S)
+    assert len(snippets) >= 2 and any("tasks-vision" in s for s in snippets)
+    labels = (root / "labels.txt").read_text().splitlines()
+    logs: list[str] = []
+    page.on("console", lambda msg: logs.append(msg.text))
+    results = []
+    for i, code in enumerate(snippets):
+        (root / f"snippet-{i}.html").write_text(code)
+        logs.clear()
+        page.goto(f"{url}/snippet-{i}.html")
+        t0 = time.monotonic()
+        while not (found := [line for line in logs if line.split(" ")[0] in labels]):
+            assert not errors and time.monotonic() - t0 < 120, (i, errors, logs)
+            page.wait_for_timeout(200)
+        results.append(found[0])
+    assert not errors, errors
+    expected = labels[int(tflite.predict(tflite.interpreter(verify.artifact_path(root, "tflite-float32")),
+                                         images.astype(np.float32)).argmax())]
+    assert all(line.split(" ")[0] == expected for line in results), (results, expected)  # JPEG: confident shapes
