@@ -87,3 +87,46 @@ def _launch_sample_run(page, app_url: str) -> str:  # noqa: F811
     page.get_by_role("button", name="Launch training").click()
     expect(page.get_by_text("Share this run")).to_be_visible()
     return re.search(r"run=([0-9a-f]{32})", page.url).group(1)
+
+
+def test_two_visitors_a_share_link_is_read_only(app_url):  # noqa: F811
+    from playwright.sync_api import expect, sync_playwright
+
+    from pipeline.jobs.store import JobStore
+
+    leaks: list[str] = []
+    with sync_playwright() as pw:
+        browser = _browser(pw)
+        context_a, context_b = _offline_context(browser, leaks), _offline_context(browser, leaks)
+        a, b = context_a.new_page(), context_b.new_page()
+        for page in (a, b):
+            page.set_default_timeout(120_000)
+        expect.set_options(timeout=120_000)
+
+        job_id = _launch_sample_run(a, app_url)  # A launches a run on the sample set
+        expect(a.get_by_role("button", name="Cancel")).to_be_visible()  # A owns it: Cancel while it runs
+
+        b.goto(f"{app_url}/runs?run={job_id}")  # B opens A's share link
+        expect(b.get_by_text("A shared run: you can follow it, but not change it.")).to_be_visible()
+        expect(b.locator(".js-plotly-plot").first).to_be_visible(timeout=240_000)  # B sees the curves
+        for _ in range(3):  # while it runs, B has no widget that changes it
+            assert b.get_by_role("button", name=re.compile("Cancel|Resume|Delete")).count() == 0
+            assert b.get_by_text("Delete this run...").count() == 0
+            b.wait_for_timeout(500)
+
+        state = a.get_by_test_id("stMetricValue").filter(has_text=re.compile(r"^done$"))
+        expect(state).to_be_visible(timeout=240_000)
+        b.goto(f"{app_url}/runs")  # B's own Runs list: A's run is not in it
+        expect(b.get_by_text("No runs yet")).to_be_visible()
+        b.goto(f"{app_url}/export_page?run={job_id}")
+        expect(b.get_by_role("button", name="Export and verify")).to_be_disabled()
+        expect(b.get_by_text("Only this run's owner can export it")).to_be_visible()
+
+        a2 = context_a.new_page()  # a new tab of A's browser: still the owner (the cookie)
+        a2.goto(f"{app_url}/runs")
+        expect(a2.get_by_text("Delete this run...")).to_be_visible()
+        a2.goto(f"{app_url}/export_page?run={job_id}")
+        expect(a2.get_by_role("button", name="Export and verify")).to_be_enabled()
+        browser.close()
+    assert JobStore().get(job_id).state == "done" and JobStore().get(job_id).owner
+    assert not leaks, leaks
