@@ -14,6 +14,12 @@ that peak memory (ru_maxrss) is its own. Variants:
   one pass; ``pipeline.data.ImageCache``): peak RSS above the process's RSS once TensorFlow's runtime
   and tf.data are started.
 
+Whole-run memory (``--memory``): peak RSS of a whole run (training, then evaluation of the test split) for
+1,000 train / 200 val images of ../shared/data/flowers5 and test splits of 200, 1,000 and 2,000 images,
+against the recipe on the 1,000-image test split (the Keras guide's pipeline: float32 ``.cache()`` of
+train, val and test, then ``model.evaluate(test_ds)``). One head and one fine-tune epoch each (the peak
+does not grow with epochs). ``python bench/bench_train.py --memory --out bench/results_memory.json``.
+
 Usage: ``python bench/bench_train.py [--out bench/results_train.json]``: prints a Markdown table.
 ``python bench/bench_train.py --pairs N --out FILE``: N back-to-back recipe/studio pairs (alternating
 which goes first) and the median speed-up, since the machine's speed drifts between minutes.
@@ -36,6 +42,8 @@ from pathlib import Path
 from _common import ROOT, SHARED, seeded_keras_home
 
 DATA = SHARED / "data" / "hymenoptera"
+FLOWERS = SHARED / "data" / "flowers5"
+MEMORY_TRAIN, MEMORY_VAL, MEMORY_TESTS = 1000, 200, (200, 1000, 2000)
 HEAD_EPOCHS, FT_EPOCHS, BATCH, SIZE, ALPHA = 3, 2, 32, 224, 0.35
 
 
@@ -190,8 +198,107 @@ def _result(name: str, t0: float, head: list, ft: list, n_train: int) -> dict:
     }
 
 
+def memory_dataset(root: Path, n_test: int) -> Path:
+    """train/val/test folders of symlinks into flowers5: the same train and val images for every test size."""
+    classes = sorted(p.name for p in FLOWERS.iterdir() if p.is_dir())
+    out = root / f"flowers_test{n_test}"
+    for i, cls in enumerate(classes):
+        files = sorted((FLOWERS / cls).iterdir())
+        n_tr, n_va = MEMORY_TRAIN // len(classes), MEMORY_VAL // len(classes)
+        n_te = n_test // len(classes) + (1 if i < n_test % len(classes) else 0)
+        chosen = {"train": files[:n_tr], "val": files[n_tr:n_tr + n_va], "test": files[n_tr + n_va:n_tr + n_va + n_te]}
+        for split, group in chosen.items():
+            (out / split / cls).mkdir(parents=True, exist_ok=True)
+            for f in group:
+                (out / split / cls / f.name).symlink_to(f)
+    return out
+
+
+def run_memory_recipe(data: Path) -> dict:
+    import keras
+    from keras import layers
+
+    t0 = time.perf_counter()
+    keras.utils.set_random_seed(42)
+
+    def split(name, shuffle):
+        ds = keras.utils.image_dataset_from_directory(data / name, image_size=(SIZE, SIZE), batch_size=BATCH,
+                                                      label_mode="categorical", shuffle=shuffle, seed=42)
+        return ds.prefetch(10).cache()  # the guide's pipeline: float32 images cached in memory
+
+    train_ds, val_ds, test_ds = split("train", True), split("val", False), split("test", False)
+    classes = len([p for p in (data / "train").iterdir() if p.is_dir()])
+    augmentation = keras.Sequential([layers.RandomFlip("horizontal"), layers.RandomRotation(0.1)])
+    base = keras.applications.MobileNetV2(weights="imagenet", input_shape=(SIZE, SIZE, 3), include_top=False,
+                                          alpha=ALPHA)
+    base.trainable = False
+    inputs = keras.Input(shape=(SIZE, SIZE, 3))
+    x = base(layers.Rescaling(1 / 127.5, offset=-1)(augmentation(inputs)), training=False)
+    outputs = layers.Dense(classes, activation="softmax")(layers.Dropout(0.2)(layers.GlobalAveragePooling2D()(x)))
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer=keras.optimizers.Adam(), loss="categorical_crossentropy", metrics=["accuracy"])
+    model.fit(train_ds, epochs=1, validation_data=val_ds, verbose=0)
+    base.trainable = True
+    model.compile(optimizer=keras.optimizers.Adam(1e-5), loss="categorical_crossentropy", metrics=["accuracy"])
+    model.fit(train_ds, epochs=1, validation_data=val_ds, verbose=0)
+    accuracy = model.evaluate(test_ds, verbose=0, return_dict=True)["accuracy"]
+    return {"variant": "recipe", "test_images": sum(1 for p in (data / "test").rglob("*") if p.is_file()),
+            "wall_seconds": round(time.perf_counter() - t0, 1), "test_accuracy": round(accuracy, 4),
+            "peak_rss_mb": round(peak_rss_mb())}
+
+
+def run_memory_studio(data: Path) -> dict:
+    from pipeline import config as config_mod
+    from pipeline import train as train_mod
+
+    t0 = time.perf_counter()
+    cfg = config_mod.apply_overrides(config_mod.RunConfig(), [
+        "train.head_epochs=1", "train.fine_tune_epochs=1", f"train.batch_size={BATCH}",
+        "train.early_stopping_patience=0",
+    ])
+    run_dir = Path(tempfile.mkdtemp(prefix="bench-run-"))
+    try:
+        run = train_mod.train(str(data), run_dir / "run", cfg, evaluate_after=True)
+        result = json.loads(run.eval.read_text())
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return {"variant": "studio", "test_images": result["images"], "wall_seconds": round(time.perf_counter() - t0, 1),
+            "test_accuracy": round(result["accuracy"], 4), "peak_rss_mb": round(peak_rss_mb())}
+
+
+def memory_main(out: Path, run_child) -> int:
+    if not FLOWERS.is_dir():
+        print(f"skipped: {FLOWERS} is absent", file=sys.stderr)
+        return 0
+    root = Path(tempfile.mkdtemp(prefix="bench-memory-"))
+    try:
+        sets = {n: memory_dataset(root, n) for n in MEMORY_TESTS}
+        recipe = run_child(f"memory_recipe:{sets[1000]}")
+        studio = [run_child(f"memory_studio:{sets[n]}") for n in MEMORY_TESTS]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    if recipe is None or None in studio:
+        return 1
+    out.write_text(json.dumps({"machine": f"{os.cpu_count()} cores", "recipe": recipe, "studio": studio}, indent=2)
+                   + "\n")
+    print("| run | test images | peak RSS MB | ratio to the recipe | wall s | test accuracy |")
+    print("|---|---|---|---|---|---|")
+    print(f"| recipe | {recipe['test_images']} | {recipe['peak_rss_mb']} | 1.00 | {recipe['wall_seconds']} | "
+          f"{recipe['test_accuracy']} |")
+    for r in studio:
+        print(f"| studio | {r['test_images']} | {r['peak_rss_mb']} | {r['peak_rss_mb'] / recipe['peak_rss_mb']:.2f} | "
+              f"{r['wall_seconds']} | {r['test_accuracy']} |")
+    peaks = [r["peak_rss_mb"] for r in studio]
+    print(f"\nstudio peak from 200 to 2,000 test images: {min(peaks)}-{max(peaks)} MB "
+          f"(spread {(max(peaks) - min(peaks)) / min(peaks):.1%})")
+    return 0
+
+
 def child(variant: str) -> None:
-    if variant == "recipe":
+    if variant.startswith("memory_"):
+        kind, _, data = variant.partition(":")
+        result = run_memory_recipe(Path(data)) if kind == "memory_recipe" else run_memory_studio(Path(data))
+    elif variant == "recipe":
         result = run_recipe()
     elif variant == "floor":
         result = run_floor()
@@ -208,6 +315,8 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=str(ROOT / "bench" / "results_train.json"))
     parser.add_argument("--child")
+    parser.add_argument("--memory", action="store_true",
+                        help="instead: whole-run peak RSS for 200/1,000/2,000 test images against the recipe")
     parser.add_argument("--pairs", type=int, default=0,
                         help="instead: N interleaved recipe/studio pairs, printing each pair's and the median speed-up")
     args = parser.parse_args()
@@ -229,6 +338,10 @@ def main() -> int:
             return None
         print(line[7:], file=sys.stderr)
         return json.loads(line[7:])
+
+    if args.memory:
+        out = Path(args.out) if args.out != parser.get_default("out") else ROOT / "bench" / "results_memory.json"
+        return memory_main(out, run_child)
 
     if args.pairs:
         # The machine's speed drifts between minutes; back-to-back pairs share the drift.
