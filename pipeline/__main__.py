@@ -1,4 +1,4 @@
-"""Command line: ``python -m pipeline scan|train|evaluate|submit|status|cancel|resume|jobs|worker|backbones|config``.
+"""Command line: ``python -m pipeline scan|train|evaluate|submit|status|cancel|resume|jobs|worker|doctor|backbones|config``.
 
 Failures print one line starting with ``error:`` and exit non-zero (the codes: pipeline.exitcodes); no
 tracebacks for user errors.
@@ -15,19 +15,6 @@ from pathlib import Path
 from pipeline.exitcodes import EXIT_CANCELLED, EXIT_INTERRUPTED, EXIT_USER_ERROR
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-
-def build_config(source: str, config_file: str | None, overrides: list[str]):
-    """The run config: the sample's preset for ``sample:*`` sources, then the file, then ``--set``."""
-    from pipeline import config as config_mod
-    from pipeline import data as data_mod
-
-    cfg = config_mod.RunConfig()
-    if data_mod.is_sample(source):
-        cfg = config_mod.from_dict(data_mod.sample_preset())
-    if config_file:
-        cfg = config_mod.load(config_file, base=cfg)
-    return config_mod.apply_overrides(cfg, overrides)
 
 
 def _progress_printer():
@@ -76,9 +63,11 @@ def cmd_scan(args) -> int:
 
 def cmd_train(args) -> int:
     from pipeline import evaluate as eval_mod
+    from pipeline import presets
     from pipeline import train as train_mod
 
-    cfg = build_config(args.data, args.config, args.set or [])
+    cfg = presets.config_for(args.data, config_file=args.config, overrides=args.set or [],
+                             parent=getattr(args, "from_run", None), head_only=getattr(args, "head_only", False))
     for w in cfg.warnings():
         print(f"warning: {w}", file=sys.stderr)
     run = train_mod.train(args.data, args.run_dir, cfg, on_event=_progress_printer(), evaluate_after=True)
@@ -136,9 +125,11 @@ def cmd_compare(args) -> int:
 
 
 def cmd_submit(args) -> int:
+    from pipeline import presets
     from pipeline.jobs.backends import get_backend
 
-    cfg = build_config(args.data, args.config, args.set or [])
+    cfg = presets.config_for(args.data, config_file=args.config, overrides=args.set or [],
+                             parent=getattr(args, "from_run", None), head_only=getattr(args, "head_only", False))
     for w in cfg.warnings():
         print(f"warning: {w}", file=sys.stderr)
     job_id = get_backend().submit(args.data, cfg)
@@ -227,6 +218,14 @@ def cmd_worker(args) -> int:
     return Worker(JobStore(), args.concurrency, once=args.once).run()
 
 
+def cmd_doctor(args) -> int:
+    from pipeline import doctor
+
+    facts = doctor.report()
+    print(json.dumps(facts, indent=2) if args.json else doctor.format_report(facts))
+    return 0
+
+
 def cmd_backbones(args) -> int:
     from pipeline import backbones
 
@@ -239,8 +238,9 @@ def cmd_backbones(args) -> int:
 
 def cmd_config(args) -> int:
     from pipeline import config as config_mod
+    from pipeline import presets
 
-    cfg = build_config(args.data or "", args.config, args.set or [])
+    cfg = presets.config_for(args.data or "", config_file=args.config, overrides=args.set or [])
     if args.help_fields:
         for key, text in config_mod.field_help().items():
             section, name = key.split(".")
@@ -264,6 +264,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--run-dir", required=True, help="run folder to create or resume")
     t.add_argument("--config", help="TOML or JSON config file")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one setting, e.g. train.seed=1")
+    _from_arguments(t)
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="evaluate a trained run and write eval.json")
@@ -305,6 +306,7 @@ def parser() -> argparse.ArgumentParser:
     j.add_argument("data", help="folder, .zip, or sample:digits")
     j.add_argument("--config", help="TOML or JSON config file")
     j.add_argument("--set", action="append", metavar="KEY=VALUE")
+    _from_arguments(j)
     j.set_defaults(func=cmd_submit)
 
     st = sub.add_parser("status", help="show one job")
@@ -332,6 +334,10 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--concurrency", type=int, help="jobs at once (default: visible GPUs, 1 without)")
     w.set_defaults(func=cmd_worker)
 
+    dr = sub.add_parser("doctor", help="what training runs on here: devices, TensorFlow build, CUDA, threads")
+    dr.add_argument("--json", action="store_true")
+    dr.set_defaults(func=cmd_doctor)
+
     b = sub.add_parser("backbones", help="list the supported backbones")
     b.set_defaults(func=cmd_backbones)
 
@@ -342,6 +348,13 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--fields", dest="help_fields", action="store_true", help="list every field with its meaning")
     c.set_defaults(func=cmd_config)
     return p
+
+
+def _from_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--from", dest="from_run", metavar="RUN_DIR",
+                   help="retrain: start from this finished run's best weights and settings (on the data's current "
+                        "corrections), fine-tune phase only")
+    p.add_argument("--head-only", action="store_true", help="with --from: train only the head (base frozen)")
 
 
 def main(argv: list[str] | None = None) -> int:
