@@ -17,6 +17,7 @@ import numpy as np
 from pipeline import data as data_mod
 from pipeline.atomic import atomic_write_json, fault_point
 from pipeline.runfolder import (  # noqa: F401 - load_model and RunNotReadyError were imported from here
+    DamagedFileError,
     RunFolder,
     RunNotReadyError,
     load_model,
@@ -98,6 +99,12 @@ def evaluate(run_dir: str | Path, *, mistakes: int = 24, on_event: EventFn | Non
         "seconds": round(time.perf_counter() - t0, 3),
     }
     atomic_write_json(run.eval, result, fault="eval-write")
+    try:
+        state = run.read_state()
+    except DamagedFileError:
+        return result  # training's resume repairs it
+    if state.get("status") == "evaluating":  # training finished and its evaluation was interrupted: now complete
+        run.write_state({**state, "status": "done"})
     return result
 
 

@@ -124,6 +124,11 @@ def test_evaluation_writes_a_complete_eval_json(shapes_dir, tmp_path):
     np.testing.assert_allclose(out["probs"], load_model(run).predict(images, verbose=0), rtol=1e-5, atol=1e-6)
     assert json.loads(run.state.read_text())["status"] == "done"
 
+    # `pipeline evaluate` completes a run whose evaluation was interrupted
+    run.write_state({**json.loads(run.state.read_text()), "status": "evaluating"})
+    evaluate(run.root)
+    assert json.loads(run.state.read_text())["status"] == "done"
+
 
 def test_evaluate_needs_a_finished_run(tmp_path):
     with pytest.raises(RunNotReadyError, match="does not exist"):
@@ -145,9 +150,9 @@ def test_a_run_folder_refuses_a_different_config(shapes_dir, tmp_path):
 
 def test_sample_set_trains_to_95_percent_with_its_defaults(tmp_path):
     """The embedded sample with its preset (small CNN, from scratch): a learnable task, measured on test."""
-    from pipeline.__main__ import build_config
+    from pipeline.presets import config_for
 
-    cfg = build_config("sample:digits", None, [])
+    cfg = config_for("sample:digits")
     run = train_mod.train("sample:digits", tmp_path / "run", cfg)
     result = json.loads(run.eval.read_text())
     assert result["split"] == "test"
@@ -451,3 +456,46 @@ def test_fused_adam_follows_keras_adam_and_runs_one_kernel_per_variable():
     step = tf.function(lambda: opt.apply_gradients(zip([tf.ones((2, 2)), tf.ones(3)], variables, strict=True)))
     ops = [op.type for op in step.get_concrete_function().graph.get_operations()]
     assert ops.count("ResourceApplyAdam") == 2
+
+
+# === The run folder's files: damaged, torn, rolled back ===
+
+
+def test_metrics_writer_starts_on_a_new_line_after_a_torn_one_and_readers_skip_it(tmp_path):
+    from pipeline.runfolder import MetricsWriter
+
+    run = RunFolder(tmp_path)
+    run.metrics.write_text('{"event": "epoch", "phase": "head", "epoch": 1}\n{"event": "epo')
+    writer = MetricsWriter(run.metrics)
+    writer.write({"event": "epoch", "phase": "head", "epoch": 2})
+    writer.close()
+    assert run.metrics.read_text().endswith('{"event": "epo\n{"event": "epoch", "phase": "head", "epoch": 2}\n')
+    assert [e["epoch"] for e in run.epochs()] == [1, 2]
+
+
+def test_a_rollback_line_voids_the_later_epochs_of_its_phase(tmp_path):
+    run = RunFolder(tmp_path)
+    lines = [{"event": "epoch", "phase": "head", "epoch": e} for e in (1, 2, 3)]
+    lines += [{"event": "rollback", "phase": "head", "epoch": 1}, {"event": "epoch", "phase": "head", "epoch": 2}]
+    run.metrics.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert [e["epoch"] for e in run.epochs()] == [1, 2]
+
+
+def test_a_damaged_state_file_is_named_with_the_way_forward(tmp_path):
+    from pipeline.runfolder import DamagedFileError
+
+    run = RunFolder(tmp_path)
+    run.write_state({"status": "running", "phases": {}})
+    run.write_state({"status": "running", "phases": {"head": {"epochs_done": 1}}})
+    assert json.loads(run.previous_state.read_text())["phases"] == {}
+    run.state.write_text("{")
+    with pytest.raises(DamagedFileError, match="state.json is damaged .*it goes on from state.prev.json"):
+        run.read_state()
+    state, note = run.recover_state()
+    assert state["phases"] == {} and "resumed from state.prev.json" in note
+    assert (tmp_path / "state.json.damaged").read_text() == "{"
+
+    run.state.write_text("[]")
+    run.previous_state.write_text("")
+    with pytest.raises(DamagedFileError, match="so is .*its previous copy.*train into a new run folder"):
+        run.recover_state()
