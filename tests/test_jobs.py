@@ -221,3 +221,29 @@ def test_a_damaged_job_database_is_a_message_not_a_traceback(ts_home):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "Traceback" not in err
     assert "jobs.sqlite3 is damaged" in err and "jobs.sqlite3.damaged" in err and "run folder" in err
+
+
+def test_the_runs_page_resume_button_queues_a_failed_job_again(tmp_path):
+    from pipeline import config
+    from tests.test_sharing import _visitor, owner_of
+
+    key = "a" * 32
+    store = JobStore()
+    job_id = store.add(str(tmp_path / "gone"), config.RunConfig().to_dict(), owner=owner_of(key))
+    store.claim(store.register_worker(1))
+    store.finish(job_id, "failed", f"the training process was killed by signal 9 (out of memory?); resume it with "
+                                   f"`python -m pipeline resume {job_id}`")
+    at = _visitor(key, "runs.py", run=job_id)
+    assert not at.exception, [e.value for e in at.exception]
+    try:
+        next(b for b in at.button if b.label == "Resume").click().run()
+        assert not at.exception, [e.value for e in at.exception]
+        job = store.get(job_id)
+        assert job.state in ("queued", "running", "failed") and job.attempts in (1, 2)
+        assert job.state != "failed" or job.attempts == 2  # queued again (a worker may have tried it already)
+    finally:
+        for w in store.workers():
+            if w.stopped is None and w.pid != os.getpid():
+                os.kill(w.pid, signal.SIGTERM)
+        _wait(lambda: all(w.stopped or w.pid == os.getpid() for w in store.workers()), timeout=120,
+              what="the worker to stop")
