@@ -23,13 +23,14 @@ from typing import Any
 
 import numpy as np
 
-from export import mediapipe_tasks, savedmodel, tfjs, tflite, verify, web
+from export import mediapipe_tasks, onnx_export, savedmodel, tfjs, tflite, verify, web
 from export.tflite import ConversionError
 from pipeline import data as data_mod
 from pipeline import paths
 from pipeline.runfolder import atomic_write_json, load_model, load_run
 
-FORMATS = ("savedmodel", "tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8", "tfjs", "tfjs-float16")
+FORMATS = ("savedmodel", "tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8", "tfjs", "tfjs-float16",
+           "onnx")
 # tfjs-uint8 (affine uint8 weights) is on request only: on MobileNetV2 with real weights it agreed with
 # Keras on 57% of top-1 labels (depthwise kernels do not survive 8-bit affine weights), far below the gate.
 OPTIONAL_FORMATS = ("tfjs-uint8",)
@@ -91,7 +92,8 @@ def held_out(run_dir: Path, limit: int = 200, *, scratch: Path | None = None) ->
 
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for pkg in ("transfer-studio", "tensorflow", "keras", "tensorflowjs", "ai-edge-litert", "mediapipe", "numpy"):
+    for pkg in ("transfer-studio", "tensorflow", "keras", "tensorflowjs", "ai-edge-litert", "mediapipe", "tf2onnx",
+                "onnx", "onnxruntime", "numpy"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -208,6 +210,11 @@ def _build(run, cfg, splits, formats, tmp: Path, timer: _Timer, say: ProgressFn,
                 path.write_bytes(with_meta)
             elif fmt.startswith("tfjs"):
                 tfjs.convert(tmp / "savedmodel", verify.artifact_path(tmp, fmt), fmt)
+            elif fmt == "onnx":
+                try:
+                    onnx_export.convert(tmp / "savedmodel", verify.artifact_path(tmp, fmt), size)
+                except RuntimeError as exc:
+                    raise ConversionError(str(exc)) from exc
     if any(f.startswith("tfjs") for f in formats):
         web.write_demo(tmp, "tfjs" if "tfjs" in formats else next(f for f in formats if f.startswith("tfjs")))
     (tmp / "README.md").write_text(bundle_readme(cfg, splits, formats, int8_params), encoding="utf-8")

@@ -40,7 +40,7 @@ def steps_total(formats: list[str], verify: bool = True) -> int:
     Loading, SavedModel, one per converted format, zipping; with verification, the Keras reference, one per
     format and one per TFLite file in MediaPipe.
     """
-    converted = sum(1 for f in formats if f.startswith(("tflite", "tfjs")))
+    converted = sum(1 for f in formats if f != "savedmodel")
     checks = 1 + len(formats) + sum(1 for f in formats if f.startswith("tflite")) if verify else 0
     return 2 + converted + checks + 1
 

@@ -1,11 +1,11 @@
 """Parity: the same held-out images through the trained Keras model and through every artifact in its own runtime.
 
-Runtimes: TensorFlow (SavedModel), LiteRT (TFLite), MediaPipe Tasks' ImageClassifier (every TFLite
+Runtimes: TensorFlow (SavedModel), onnxruntime (ONNX), LiteRT (TFLite), MediaPipe Tasks' ImageClassifier (every TFLite
 file, with its metadata), and TF.js in Node (wasm backend; the pure-JS CPU backend as fallback).
 Images come from the run's uint8 cache, a batch at a time: never the whole split as float32.
 
 Gates (``GATES``):
-- float32 formats (SavedModel, TFLite float32, TF.js): 100% top-1 agreement with Keras and max |dp| <= 1e-4.
+- float32 formats (SavedModel, TFLite float32, TF.js, ONNX): 100% top-1 agreement with Keras and max |dp| <= 1e-4.
 - Reduced formats: a top-1 disagreement counts only on an image whose Keras top-1 margin (top-1 minus
   top-2 probability) is larger than ``2 * tolerance``, the most the format's numeric error
   (``tolerance`` on each probability, fixed per format, not measured) can move it; disagreements on
@@ -30,8 +30,8 @@ import numpy as np
 
 from export import savedmodel, tfjs, tflite
 
-FLOAT32_FORMATS = ("savedmodel", "tflite-float32", "tfjs")
-LEVEL = {"savedmodel": 0, "tflite-float32": 0, "tfjs": 0, "tflite-float16": 1, "tfjs-float16": 1,
+FLOAT32_FORMATS = ("savedmodel", "tflite-float32", "tfjs", "onnx")
+LEVEL = {"savedmodel": 0, "tflite-float32": 0, "tfjs": 0, "onnx": 0, "tflite-float16": 1, "tfjs-float16": 1,
          "tflite-dynamic": 2, "tflite-int8": 3, "tfjs-uint8": 3}
 BATCH = 32
 LATENCY_IMAGES = 20  # Keras reference latency: batch-1 calls on this many images
@@ -70,6 +70,8 @@ def artifact_path(bundle: Path, fmt: str) -> Path:
         return bundle / "savedmodel"
     if fmt.startswith("tflite"):
         return bundle / f"model-{fmt.removeprefix('tflite-')}.tflite"
+    if fmt == "onnx":
+        return bundle / "model.onnx"
     return bundle / fmt  # tfjs, tfjs-uint8, tfjs-float16: graph-model folders
 
 
@@ -107,6 +109,18 @@ def run_format(bundle: Path, fmt: str, images) -> tuple[np.ndarray, float, str]:
             out.append(tflite.predict(interp, x))
             elapsed += time.perf_counter() - t0
         return np.concatenate(out), elapsed * 1000 / len(images), "LiteRT interpreter"
+    if fmt == "onnx":
+        from export import onnx_export
+
+        sess = onnx_export.session(path)
+        onnx_export.predict(sess, np.zeros((1, *images.shape[1:]), np.float32))
+        out, elapsed = [], 0.0
+        for x in _batches(images):
+            for i in range(len(x)):
+                t0 = time.perf_counter()
+                out.append(onnx_export.predict(sess, x[i : i + 1]))
+                elapsed += time.perf_counter() - t0
+        return np.concatenate(out), elapsed * 1000 / len(images), "onnxruntime (CPU)"
     result = tfjs.predict(path, images)
     note = f"TF.js {result.backend} backend in Node" + (f" ({result.note})" if result.note else "")
     return result.probs, float(np.mean(result.latency_ms)), note

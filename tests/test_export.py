@@ -148,9 +148,9 @@ def test_cli_exports_chosen_formats_and_reverifies(trained_run, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "export", str(trained_run.root), "--out", str(out), "--verify"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    bad = subprocess.run([sys.executable, "-m", "export", str(trained_run.root), "--formats", "onnx"], cwd=ROOT,
+    bad = subprocess.run([sys.executable, "-m", "export", str(trained_run.root), "--formats", "coreml"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "unknown format(s) onnx" in bad.stderr
+    assert bad.returncode == 2 and "unknown format(s) coreml" in bad.stderr
 
 
 def _wait_for_export(run_dir, timeout=600):

@@ -317,9 +317,10 @@ def test_every_javascript_snippet_in_the_bundle_readme_runs_in_chromium(served_b
     images, _ = _test_images(trained_run, limit=1)
     Image.fromarray(images[0]).save(root / "photo.jpg", quality=95)
     (root / "tasks-vision").symlink_to(ROOT / "node_modules" / "@mediapipe" / "tasks-vision")
+    (root / "ort").symlink_to(ROOT / "node_modules" / "onnxruntime-web" / "dist")
     readme = (root / "README.md").read_text()
     snippets = re.findall(r"```(?:html|js|javascript)\n(.*?)```", readme, flags=re.S)
-    assert len(snippets) >= 2 and any("tasks-vision" in s for s in snippets)
+    assert len(snippets) >= 3 and any("tasks-vision" in s for s in snippets) and any("ort/" in s for s in snippets)
     labels = (root / "labels.txt").read_text().splitlines()
     logs: list[str] = []
     page.on("console", lambda msg: logs.append(msg.text))
