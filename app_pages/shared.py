@@ -200,8 +200,10 @@ def visitor() -> Visitor:
 
     admin_key = Limits.from_env().admin_key
     given = st.query_params.get("admin")
-    if admin_key and given and hmac.compare_digest(given, admin_key):
-        st.session_state["admin"] = True
+    if given is not None:
+        del st.query_params["admin"]  # out of the address bar at once: a copied link never carries it
+        if admin_key and hmac.compare_digest(given, admin_key):
+            st.session_state["admin"] = True  # for this session (tab); a refresh asks for ?admin= again
     admin = bool(admin_key) and st.session_state.get("admin", False)
     user = st.user.to_dict()
     if user.get("is_logged_in") and (user.get("email") or user.get("sub")):
@@ -218,7 +220,11 @@ def remember_visitor() -> None:
     """Keeps this browser's owner key in a cookie (a year, this site only), so a refresh or a new tab of the same
     browser is the same owner. Streamlit reads cookies (st.context.cookies) but cannot set one, so a line of
     JavaScript does, once per session while the browser does not have it yet."""
-    me = visitor()
+    try:
+        me = visitor()
+    except ValueError as exc:  # a malformed TRANSFER_STUDIO_* setting: the host's message, not a traceback
+        error(exc)
+        st.stop()
     key = st.session_state.get("owner_key")
     if me.signed_in or key is None or st.context.cookies.get(OWNER_COOKIE) == key:
         return
@@ -287,4 +293,6 @@ def pick_run(label: str = "Run", finished_only: bool = False):
         f"{j.id[:8]}  {Path(j.source).name}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(j.created))}"))
     if job is not None and st.query_params.get("run") != job.id:
         st.query_params["run"] = job.id
+    if job is not None:
+        st.session_state["run"] = job.id  # the other pages open on it too (a page switch drops ?run=)
     return job

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -31,8 +32,10 @@ def _int_env(name: str, default: int, minimum: int = 1) -> int:
     return value
 
 
+@functools.cache
 def default_decode_memory_mb() -> int:
-    """An eighth of the memory available now, kept between 128 and 512 MB."""
+    """An eighth of the memory available when first asked, kept between 128 and 512 MB (fixed for the process,
+    so every decoding thread shares one budget)."""
     import psutil
 
     return int(min(512, max(128, psutil.virtual_memory().available / MB / 8)))
