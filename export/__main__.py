@@ -13,8 +13,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-EXIT_USER_ERROR = 2
-EXIT_GATE_FAILED = 4
+from pipeline.exitcodes import EXIT_FAILED, EXIT_GATE_FAILED, EXIT_OK, EXIT_USER_ERROR  # noqa: E402 (one table)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,11 +43,11 @@ def main(argv: list[str] | None = None) -> int:
         state["done"] += 1
 
     task.write_status(args.status_file, state="running", step="starting", done=0, total=state["total"], **common)
-    code, error = 1, "the export stopped unexpectedly (see export.log in the run folder)"
+    code, error = EXIT_FAILED, "the export stopped unexpectedly (see export.log in the run folder)"
     try:
         code, error = _run(args, report)
     finally:
-        outcome = {0: "done", EXIT_GATE_FAILED: "gate_failed"}.get(code, "failed")
+        outcome = {EXIT_OK: "done", EXIT_GATE_FAILED: "gate_failed"}.get(code, "failed")
         task.write_status(args.status_file, state=outcome, step=outcome, done=state["total"], total=state["total"],
                           error=error, finished=round(time.time(), 3), **common)
     return code
@@ -92,7 +91,7 @@ def _run(args, on_step) -> tuple[int, str | None]:
         if not result["passed"]:
             print("error: a verification gate failed (see the table above and verify.json)", file=sys.stderr)
             return EXIT_GATE_FAILED, "a verification gate failed: do not ship the failing format (see the table)"
-    return 0, None
+    return EXIT_OK, None
 
 
 if __name__ == "__main__":
