@@ -40,7 +40,8 @@ def checkpoint_variables(model, optimizer=None) -> dict[str, Any]:
     Weights are keyed by their ``path`` (``Conv1/kernel``); a layer's random-seed state by its layer's
     name (``head_dropout/seed_generator_state``: the seed generator's own path changes with every model built in
     one process); the optimizer's by their path below the optimizer (``optimizer/iteration``,
-    ``optimizer/predictions_kernel_momentum``), since each phase compiles a new optimizer.
+    ``optimizer/predictions_kernel_momentum``), since each phase compiles a new optimizer (a mixed-precision
+    LossScaleOptimizer's own variables under ``optimizer/loss_scale/``).
 
     Raises:
         ValueError: two variables would share a name (the model names two layers alike).
@@ -61,8 +62,12 @@ def checkpoint_variables(model, optimizer=None) -> dict[str, Any]:
     for v in model.variables:
         add(owned.get(id(v), v.path), v)
     if optimizer is not None:
+        # A LossScaleOptimizer (mixed precision on a GPU) wraps the real one: its own counters go apart.
+        inner = getattr(optimizer, "inner_optimizer", None)
+        inner_ids = {id(v) for v in inner.variables} if inner is not None else set()
         for v in optimizer.variables:
-            add("optimizer/" + v.path.split("/", 1)[-1], v)
+            scope = "optimizer/" if inner is None or id(v) in inner_ids else "optimizer/loss_scale/"
+            add(scope + v.path.split("/", 1)[-1], v)
     return out
 
 

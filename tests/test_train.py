@@ -380,6 +380,26 @@ def test_checkpoints_are_keyed_by_variable_path_not_position(tmp_path):
     assert not np.array_equal(reordered.layers[0].kernel, source.layers[0].kernel)  # positions differ
 
 
+def test_checkpoint_names_are_unique_with_a_loss_scale_optimizer_and_a_second_optimizer(tmp_path):
+    """Mixed precision (GPU) wraps Adam in a LossScaleOptimizer with its own `iteration`; each phase compiles a
+    new optimizer whose name Keras numbers (adam_1): neither may change or collide the checkpoint's names."""
+    import keras
+
+    from pipeline.runfolder import save_variables
+
+    model = _tiny_fit_model()
+    first, second = (keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam()) for _ in range(2))
+    for opt in (first, second):
+        opt.build(model.trainable_variables)
+    names = checkpoint_variables(model, first)
+    assert {"optimizer/iteration", "optimizer/loss_scale/iteration", "optimizer/loss_scale/dynamic_scale"} <= set(names)
+    assert len(names) == len(model.variables) + len(first.variables)
+    first.inner_optimizer.iterations.assign(7)
+    save_variables(tmp_path / "c.npz", names)
+    load_variables(tmp_path / "c.npz", checkpoint_variables(model, second))
+    assert int(second.inner_optimizer.iterations) == 7
+
+
 def test_a_damaged_checkpoint_is_named(tmp_path):
     from pipeline.runfolder import DamagedFileError, save_variables
 
