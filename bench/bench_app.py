@@ -30,9 +30,9 @@ def main() -> int:
     home = Path(tempfile.mkdtemp(prefix="bench-app-"))
     os.environ["TRANSFER_STUDIO_HOME"] = str(home)
     sys.path.insert(0, str(ROOT))
-    from pipeline.__main__ import build_config
     from pipeline.data import materialize_sample
     from pipeline.jobs.backends import LocalBackend
+    from pipeline.presets import config_for
     from pipeline.runfolder import RunFolder
 
     materialize_sample("digits")
@@ -63,7 +63,7 @@ def main() -> int:
             examples = time.monotonic() - t0
 
             backend = LocalBackend()
-            job_id = backend.submit("sample:digits", build_config("sample:digits", None, ["train.head_epochs=6"]))
+            job_id = backend.submit("sample:digits", config_for("sample:digits", overrides=["train.head_epochs=6"]))
             page.goto(f"http://127.0.0.1:{port}/runs?run={job_id}")
             run = RunFolder(backend.store.run_dir(job_id))
             seen: dict[int, float] = {}

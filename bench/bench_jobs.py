@@ -53,13 +53,13 @@ def time_job(backend, cfg) -> dict:
 def main() -> int:
     os.environ["TRANSFER_STUDIO_HOME"] = tempfile.mkdtemp(prefix="bench-jobs-")
     sys.path.insert(0, str(ROOT))
-    from pipeline.__main__ import build_config
     from pipeline.data import materialize_sample
     from pipeline.jobs.backends import LocalBackend
     from pipeline.jobs.store import JobStore
+    from pipeline.presets import config_for
 
     materialize_sample("digits")  # written once per home; not part of the latency
-    cfg = build_config("sample:digits", None, ["train.head_epochs=3"])
+    cfg = config_for("sample:digits", overrides=["train.head_epochs=3"])
     results = {}
     local = LocalBackend(JobStore(), autostart=False)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -1,7 +1,7 @@
 """Side by side: 2 to 4 runs' curves, the settings they differ in, test results and export sizes.
 
 Reads only the run folders (``config.json``, ``metrics.jsonl``, ``eval.json``, ``exports/verify.json``,
-``state.json`` for a parent run), so it works on runs from any backend and never loads a model.
+``train.init_from`` in the config for a parent run), so it works on runs from any backend and never loads a model.
 """
 
 from __future__ import annotations
@@ -31,13 +31,9 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _parent(run: RunFolder) -> str | None:
-    """The run this one was started from (``train --from``), as recorded in its state or config folder."""
-    for path in (run.state, run.root / "parent.json"):
-        data = _read_json(path) or {}
-        if data.get("parent"):
-            return str(data["parent"])
-    return None
+def _parent(cfg: config_mod.RunConfig) -> str | None:
+    """The run this one was retrained from (``train --from``: ``train.init_from`` in its config.json)."""
+    return cfg.train.init_from or None
 
 
 def compare(run_dirs: list[str | Path]) -> dict[str, Any]:
@@ -54,11 +50,12 @@ def compare(run_dirs: list[str | Path]) -> dict[str, Any]:
     if not MIN_RUNS <= len(run_dirs) <= MAX_RUNS:
         raise CompareError(f"pick {MIN_RUNS} to {MAX_RUNS} runs to compare (got {len(run_dirs)}).")
     runs = [RunFolder(Path(d).expanduser().resolve()) for d in run_dirs]
-    configs = []
+    loaded = []
     for run in runs:
         if not run.config.exists():
             raise CompareError(f"{run.root} is not a run folder (no config.json).")
-        configs.append(_flat(config_mod.load(run.config)))
+        loaded.append(config_mod.load(run.config))
+    configs = [_flat(cfg) for cfg in loaded]
     keys = sorted(set().union(*configs))
     differences = {k: [c.get(k) for c in configs] for k in keys if len({json.dumps(c.get(k)) for c in configs}) > 1}
     evals = [_read_json(run.eval) for run in runs]
@@ -67,9 +64,9 @@ def compare(run_dirs: list[str | Path]) -> dict[str, Any]:
     formats = sorted({f for v in verifies if v for f, row in v.get("formats", {}).items() if row.get("size_bytes")})
     names = {str(run.root): run.root.name for run in runs}
     summary = []
-    for run, ev in zip(runs, evals, strict=True):
+    for run, ev, cfg in zip(runs, evals, loaded, strict=True):
         epochs = [r for r in read_jsonl(run.metrics) if r.get("event") == "epoch"]
-        parent = _parent(run)
+        parent = _parent(cfg)
         summary.append({
             "name": run.root.name, "folder": str(run.root), "parent": parent,
             "parent_in_view": parent in names if parent else False,

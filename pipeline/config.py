@@ -196,6 +196,10 @@ class TrainConfig:
         progress_every: Write a progress line to metrics.jsonl every this many batches.
         deterministic: Bit-for-bit repeatable training (TensorFlow op determinism; somewhat slower).
         gpus: GPUs a job asks for on a cluster backend (Ray); the local worker runs one job per GPU.
+        init_from: A finished run folder whose best weights this run starts from (``train --from``), so a
+            retrain on corrected data continues from it; empty: the backbone's own weights.
+        from_phase: With ``init_from``: fine_tune (default: the parent trained the head; fine-tune again) or
+            head (only the head trains, the base stays frozen). A from_scratch run repeats its one phase.
     """
 
     strategy: str = "fine_tune"
@@ -215,6 +219,8 @@ class TrainConfig:
     progress_every: int = 5
     deterministic: bool = False
     gpus: int = 0
+    init_from: str = ""
+    from_phase: str = "fine_tune"
 
     def __post_init__(self) -> None:
         _check_choice("train.strategy", self.strategy, STRATEGIES)
@@ -235,6 +241,9 @@ class TrainConfig:
         if not isinstance(self.deterministic, bool):
             _fail("train.deterministic", self.deterministic, "must be true or false")
         _check_int("train.gpus", self.gpus, 0, 64)
+        if not isinstance(self.init_from, str):
+            _fail("train.init_from", self.init_from, "must be a run folder path or empty")
+        _check_choice("train.from_phase", self.from_phase, ("fine_tune", "head"))
 
     @property
     def two_phase(self) -> bool:

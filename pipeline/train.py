@@ -66,7 +66,11 @@ def phases_for(cfg: RunConfig) -> list[Phase]:
     t = cfg.train
     if t.strategy == "from_scratch":
         return [Phase("scratch", t.head_epochs, t.learning_rate)]
+    if t.init_from and t.two_phase and t.from_phase == "fine_tune":
+        return [Phase("fine_tune", t.fine_tune_epochs, t.fine_tune_learning_rate)]  # the parent trained the head
     out = [Phase("head", t.head_epochs, t.learning_rate)]
+    if t.init_from:
+        return out
     if t.two_phase:
         out.append(Phase("fine_tune", t.fine_tune_epochs, t.fine_tune_learning_rate))
     return out
@@ -112,13 +116,50 @@ def prepare_run(source: str, run_dir: str | Path, cfg: RunConfig, on_event: Even
         if on_event:
             on_event({"event": "scan", "done": done, "total": total})
 
+    from pipeline import revision
+
     folder = data_mod.resolve_source(source, cfg.data)
-    report = data_mod.scan(folder, cfg.data, progress=scan_progress)
+    report, rev = revision.scan(folder, cfg.data, progress=scan_progress)
     splits = data_mod.make_splits(report, cfg.data, cfg.train.seed)
+    parent = _parent_run(cfg, splits) if cfg.train.init_from else None
     run.root.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run.dataset, {"source": str(source), "scan": report.to_dict(), "splits": splits.to_dict()})
+    atomic_write_json(run.dataset, {"source": str(source), "revision": {"number": rev.number, "file": str(rev.file)},
+                                    "scan": report.to_dict(), "splits": splits.to_dict(),
+                                    **({"parent": str(parent.root)} if parent else {})})
     config_mod.save(cfg, run.config)  # written last: its presence means the folder is a prepared run
     return run, cfg, splits
+
+
+def _parent_run(cfg: RunConfig, splits: data_mod.Splits) -> RunFolder:
+    """The finished run ``train.init_from`` names, checked to fit this run (same model shape and classes).
+
+    Raises:
+        RunFolderError: it is not a finished run, or its model or classes differ (naming what differs).
+    """
+    parent = RunFolder(Path(cfg.train.init_from).expanduser().resolve())
+    if not parent.config.exists() or not parent.dataset.exists():
+        raise RunFolderError(f"--from {parent.root}: not a run folder (no config.json or dataset.json).")
+    best = parent.best_weights if parent.state.exists() else None
+    if best is None or not best.exists():
+        raise RunFolderError(f"--from {parent.root}: the run has no best weights yet; let it finish (or resume it) first.")
+    theirs = config_mod.load(parent.config).model
+    for key in ("backbone", "alpha", "image_size"):
+        if getattr(theirs, key) != getattr(cfg.model, key):
+            raise RunFolderError(f"--from {parent.root}: its model.{key} is {getattr(theirs, key)!r}, this run's is "
+                                 f"{getattr(cfg.model, key)!r}; a retrain keeps the parent's model settings.")
+    classes = json.loads(parent.dataset.read_text(encoding="utf-8"))["splits"]["classes"]
+    if list(classes) != list(splits.classes):
+        raise RunFolderError(f"--from {parent.root}: its classes ({', '.join(classes)}) differ from this data's "
+                             f"({', '.join(splits.classes)}); a retrain needs the same classes.")
+    return parent
+
+
+def _start_from_parent(cfg: RunConfig, models: model_mod.Models, emit: EventFn) -> None:
+    """A fresh ``--from`` run: the parent's best inference weights (base and head), matched by variable path."""
+    parent = RunFolder(Path(cfg.train.init_from).expanduser().resolve())
+    best = parent.best_weights
+    load_variables(best, _variables(models.inference))
+    emit({"event": "parent", "run": str(parent.root), "weights": best.name})
 
 
 @functools.cache
@@ -328,6 +369,8 @@ def _train_phases(run: RunFolder, cfg: RunConfig, splits: data_mod.Splits, state
             raise
         caches = pending.result()
     try:
+        if cfg.train.init_from and not resumed:
+            _start_from_parent(cfg, models, emit)
         labels = {s: splits.labels(s) for s in ("train", "val")}
         shared = PhaseShared(run=run, cfg=cfg, models=models, caches=caches, labels=labels, num_classes=num_classes,
                              class_weight=data_mod.class_weights(labels["train"], num_classes, cfg.train.class_weight),

@@ -12,8 +12,7 @@ from pipeline import config as config_mod
 from pipeline.__main__ import main as cli
 
 
-def _run(root: Path, name: str, overrides: list[str], accs: list[float], f1: dict[str, float],
-         parent: str | None = None) -> Path:
+def _run(root: Path, name: str, overrides: list[str], accs: list[float], f1: dict[str, float]) -> Path:
     run = root / name
     run.mkdir(parents=True)
     config_mod.save(config_mod.apply_overrides(config_mod.RunConfig(), overrides), run / "config.json")
@@ -21,16 +20,16 @@ def _run(root: Path, name: str, overrides: list[str], accs: list[float], f1: dic
     (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"event": "epo')  # torn last line
     (run / "eval.json").write_text(json.dumps({"split": "test", "accuracy": max(accs), "per_class": {
         c: {"f1": v} for c, v in f1.items()}}))
-    (run / "state.json").write_text(json.dumps({"status": "done", **({"parent": parent} if parent else {})}))
     return run
 
 
 def test_compare_shows_only_differences_and_the_parent_link(tmp_path, capsys):
     a = _run(tmp_path, "a", ["train.head_epochs=2"], [0.5, 0.7], {"ants": 0.6, "bees": 0.8})
-    b = _run(tmp_path, "b", ["train.head_epochs=3", "train.learning_rate=0.01"], [0.6, 0.8, 0.9],
-             {"ants": 0.9, "bees": 0.85}, parent=str(a))
+    b = _run(tmp_path, "b", ["train.head_epochs=3", "train.learning_rate=0.01", f"train.init_from={a}"],
+             [0.6, 0.8, 0.9], {"ants": 0.9, "bees": 0.85})
     result = compare.compare([a, b])
-    assert result["differences"] == {"train.head_epochs": [2, 3], "train.learning_rate": [0.001, 0.01]}
+    assert result["differences"] == {"train.head_epochs": [2, 3], "train.init_from": ["", str(a)],
+                                     "train.learning_rate": [0.001, 0.01]}
     assert [r["epochs"] for r in result["runs"]] == [2, 3]
     assert [r["best_val_accuracy"] for r in result["runs"]] == [0.7, 0.9]
     assert result["per_class_f1"] == {"ants": [0.6, 0.9], "bees": [0.8, 0.85]}
