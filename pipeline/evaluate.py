@@ -75,6 +75,13 @@ def evaluate(run_dir: str | Path, *, mistakes: int = 24, on_event: EventFn | Non
     )
     wrong = np.flatnonzero(pred != labels)
     order = wrong[np.argsort(-probs[wrong, pred[wrong]])][:mistakes]
+    matrix = confusion_matrix(labels, pred, labels=list(range(k)))
+
+    def row(i: int) -> dict[str, Any]:
+        return {"path": out["relpaths"][i], "file": out["files"][i], "true": classes[labels[i]],
+                "predicted": classes[pred[i]], "probability": float(probs[i, pred[i]]),
+                "true_probability": float(probs[i, labels[i]])}
+
     result = {
         "split": out["split"],
         "images": int(len(labels)),
@@ -84,18 +91,14 @@ def evaluate(run_dir: str | Path, *, mistakes: int = 24, on_event: EventFn | Non
             c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
             for i, c in enumerate(classes)
         },
-        "confusion_matrix": confusion_matrix(labels, pred, labels=list(range(k))).tolist(),
-        "mistakes": [
-            {
-                "path": out["relpaths"][i],
-                "file": out["files"][i],
-                "true": classes[labels[i]],
-                "predicted": classes[pred[i]],
-                "probability": float(probs[i, pred[i]]),
-                "true_probability": float(probs[i, labels[i]]),
-            }
-            for i in order
-        ],
+        # the validation split also chose the best checkpoint: its accuracy is optimistic
+        "split_chose_checkpoint": out["split"] == "val",
+        "confusion_matrix": matrix.tolist(),
+        "confused_pairs": sorted(({"true": classes[t], "predicted": classes[p], "images": int(matrix[t, p])}
+                                  for t in range(k) for p in range(k) if t != p and matrix[t, p]),
+                                 key=lambda x: -x["images"]),
+        "mistakes": [row(i) for i in order],
+        "predictions": [row(i) for i in range(len(labels))],
         "seconds": round(time.perf_counter() - t0, 3),
     }
     atomic_write_json(run.eval, result, fault="eval-write")
@@ -108,12 +111,23 @@ def evaluate(run_dir: str | Path, *, mistakes: int = 24, on_event: EventFn | Non
     return result
 
 
+def cell(result: dict[str, Any], true: str, predicted: str) -> list[dict[str, Any]]:
+    """The images of one confusion-matrix cell (true class, predicted class), most confident first."""
+    rows = [p for p in result.get("predictions", []) if p["true"] == true and p["predicted"] == predicted]
+    return sorted(rows, key=lambda p: -p["probability"])
+
+
 def summary(result: dict[str, Any]) -> str:
     """Plain-text table of an eval.json."""
     lines = [f"accuracy on {result['split']} ({result['images']} images): {result['accuracy']:.4f}",
              f"{'class':<20} {'precision':>9} {'recall':>7} {'f1':>6} {'n':>5}"]
     for c, m in result["per_class"].items():
         lines.append(f"{c:<20} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['f1']:>6.3f} {m['support']:>5}")
+    if result.get("split_chose_checkpoint"):
+        lines.append("note: there is no test split; the validation split also chose the best checkpoint, so this "
+                     "accuracy is optimistic (set data.test_fraction or add a test/ folder)")
+    for pair in result.get("confused_pairs", [])[:3]:
+        lines.append(f"most confused: {pair['true']} taken for {pair['predicted']} ({pair['images']} images)")
     if result["mistakes"]:
         lines.append("most confident mistakes:")
         for m in result["mistakes"][:5]:

@@ -114,6 +114,18 @@ def test_evaluation_writes_a_complete_eval_json(shapes_dir, tmp_path):
     assert probs == sorted(probs, reverse=True) and len(probs) == 9 - correct
     for m in result["mistakes"]:
         assert os.path.exists(m["file"]) and m["true"] != m["predicted"]
+    # every image's prediction, each confusion cell's images most confident first, the confused pairs
+    from pipeline.evaluate import cell
+
+    assert len(result["predictions"]) == 9 and not result["split_chose_checkpoint"]
+    matrix = np.array(result["confusion_matrix"])
+    for t, true in enumerate(result["labels"]):
+        for p, predicted in enumerate(result["labels"]):
+            rows = cell(result, true, predicted)
+            assert len(rows) == matrix[t, p]
+            assert [r["probability"] for r in rows] == sorted((r["probability"] for r in rows), reverse=True)
+    pairs = [(x["true"], x["predicted"], x["images"]) for x in result["confused_pairs"]]
+    assert sum(n for *_, n in pairs) == 9 - correct and [n for *_, n in pairs] == sorted((n for *_, n in pairs), reverse=True)
 
     # streamed in batches of 8 (the last one holds 1 image): the same probabilities as one predict over the split
     from pipeline.evaluate import predict_split
