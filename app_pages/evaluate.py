@@ -1,14 +1,14 @@
-"""Evaluate: accuracy, confusion matrix, per-class metrics, the most confident mistakes."""
+"""Evaluate: accuracy, the confusion matrix (click a cell for its images), per-class metrics, suspected label
+errors, corrections, and a retrain with them."""
 
 import json
 from pathlib import Path
 
 import pandas as pd
-import plotly.express as px
 import streamlit as st
 
-from app_pages import shared
-from pipeline import data
+from app_pages import loop, shared
+from pipeline.evaluate import cell
 from pipeline.runfolder import RunFolder
 
 st.title("Evaluate")
@@ -20,33 +20,49 @@ if not run.eval.exists():
     st.info("This run has no evaluation yet.")
     st.stop()
 result = json.loads(run.eval.read_text())
+dataset = json.loads(run.dataset.read_text())
+folder = dataset["scan"]["root"]
+editable = shared.can_control(job)
+
 st.metric(f"Accuracy on the {result['split']} split ({result['images']} images)", f"{result['accuracy']:.2%}")
+if result.get("split_chose_checkpoint", result["split"] == "val"):
+    st.warning("This run has no test split, so it is measured on the validation split, which also chose the best "
+               "checkpoint: the figure is optimistic. Set a test fraction on the Train page for an unbiased one.")
 
 labels = result["labels"]
 left, right = st.columns(2)
 with left:
-    names = [shared.chart_label(c) for c in labels]  # class names are folder names: Plotly text, not its HTML
-    fig = px.imshow(result["confusion_matrix"], x=names, y=names, text_auto=True, color_continuous_scale="Blues",
-                    labels={"x": "predicted", "y": "true", "color": "images"}, title="Confusion matrix")
-    fig.update_xaxes(type="category", tickangle=-45 if sum(map(len, labels)) > 40 else 0)  # every class named, even "0".."9"
-    fig.update_yaxes(type="category")
-    st.plotly_chart(fig, width="stretch")
+    clicked = loop.confusion_matrix(result, key=f"cm-{job.id}")
 with right:
     per_class = pd.DataFrame(result["per_class"]).T.rename_axis("class")
     per_class["support"] = per_class["support"].astype(int)
     st.dataframe(per_class.style.format({"precision": "{:.3f}", "recall": "{:.3f}", "f1": "{:.3f}"}),
                  width="stretch")
+    picked = loop.confused_pairs(result, key=f"pairs-{job.id}")
 
-st.subheader("Most confident mistakes")
-if not result["mistakes"]:
-    st.success("No mistakes on this split.")
-cols = st.columns(4)
-for i, m in enumerate(result["mistakes"][:24]):
-    with cols[i % 4]:
-        try:
-            st.image(data.load_image(m["file"], 192), width="stretch")
-        except data.DataError:
-            st.caption("(image no longer available)")
-        st.caption(f"true **{shared.plain(m['true'])}**, predicted **{shared.plain(m['predicted'])}** "
-                   f"({m['probability']:.0%})")
-        shared.text(Path(m["file"]).name)
+selected = clicked or picked
+if selected and "predictions" in result:
+    true, predicted = selected
+    rows = cell(result, true, predicted)
+    what = "correct" if true == predicted else "mistakes"
+    st.subheader(f"True {shared.plain(true)}, predicted {shared.plain(predicted)}: {len(rows)} image(s), {what}")
+    if rows:
+        loop.image_grid(rows[:48], folder=folder, classes=labels, editable=editable, key=f"cell-{job.id}")
+else:
+    st.subheader("Most confident mistakes")
+    if not result["mistakes"]:
+        st.success("No mistakes on this split.")
+    loop.image_grid(result["mistakes"][:24], folder=folder, classes=labels, editable=editable, key=f"mistakes-{job.id}")
+
+loop.label_issues_panel(job.run_dir, folder, labels, editable, key=f"issues-{job.id}")
+
+st.subheader("Corrections and retraining")
+used = dataset.get("revision", {}).get("number")
+loop.revision_summary(folder, used)
+if editable:
+    loop.undo_button(folder, key=f"undo-{job.id}")
+    loop.retrain_button(job, key=f"retrain-{job.id}")
+    st.caption("A retrain starts from this run's best weights, fine-tunes on the data with every correction "
+               "applied, and links back to this run; compare them on the Runs page.")
+else:
+    st.caption("A shared run: only its owner can correct the data or retrain it.")

@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from app_pages import shared
+from app_pages import loop, shared
 from pipeline.runfolder import RunFolder
 
 st.title("Runs")
@@ -127,3 +127,8 @@ def live(job_id: str) -> None:
 
 
 live(job.id)
+
+finished = [j for j in shared.my_jobs(shared.backend().list()) if j.state == "done"]
+if len(finished) >= 2:
+    with st.expander("Compare runs", expanded=bool(st.session_state.get("compare-runs"))):
+        loop.compare_view(finished, key="compare-runs")

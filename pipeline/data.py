@@ -12,6 +12,7 @@ TensorFlow is imported only by :func:`make_dataset`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import io
 import os
@@ -555,6 +556,11 @@ class ScanReport:
         out = asdict(self)
         out["counts"] = self.counts()
         return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ScanReport:
+        """The report :meth:`to_dict` wrote (the app's scan cache and dataset.json keep it as a dict)."""
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls) if f.name in data})
 
     def summary(self) -> str:
         """Plain-text report for the terminal."""

@@ -26,6 +26,8 @@ from pipeline.config import RunConfig
 from pipeline.runfolder import atomic_write_json
 
 RESULT_NAME = "label_issues.json"
+STATUS_NAME = "label_issues.status.json"
+LOG_NAME = "label_issues.log"
 MAX_FOLDS = 5
 HEAD_C = 1e-3
 
@@ -153,3 +155,47 @@ def table(result: dict[str, Any], limit: int = 30) -> str:
     for c in result.get("in_two_classes", []):
         lines.append(f"in two classes: {c['path']} ({c['class']}): {c['reason']}")
     return "\n".join(lines)
+
+
+# === In the background (the app) ===
+
+
+def start_background(run_dir: str | Path) -> None:
+    """Starts ``python -m pipeline label-issues RUN_DIR`` as its own process (the app never runs TensorFlow)."""
+    from pipeline.launch import start_python
+
+    run = Path(run_dir)
+    (run / LOG_NAME).unlink(missing_ok=True)
+    proc = start_python("pipeline", "label-issues", str(run), log=run / LOG_NAME)
+    atomic_write_json(run / STATUS_NAME, {"pid": proc.pid, "started": round(time.time(), 3)})
+
+
+def background_status(run_dir: str | Path) -> dict[str, Any]:
+    """``state``: none (never started), running, done (``result`` holds it) or failed (``error`` says why)."""
+    import json
+
+    import psutil
+
+    run = Path(run_dir)
+    try:
+        status = json.loads((run / STATUS_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        status = None
+    result_file = run / RESULT_NAME
+    fresh = result_file.exists() and (status is None or result_file.stat().st_mtime >= status["started"])
+    if fresh:
+        try:
+            return {"state": "done", "result": json.loads(result_file.read_text(encoding="utf-8"))}
+        except ValueError:
+            pass  # being replaced right now
+    if status is None:
+        return {"state": "none"}
+    try:
+        alive = psutil.Process(status["pid"]).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        alive = False
+    if alive:
+        return {"state": "running", "seconds": time.time() - status["started"]}
+    log = (run / LOG_NAME).read_text(encoding="utf-8", errors="replace") if (run / LOG_NAME).exists() else ""
+    errors = [line.removeprefix("error: ") for line in log.splitlines() if line.startswith("error: ")]
+    return {"state": "failed", "error": errors[-1] if errors else f"the search stopped unexpectedly (see {run / LOG_NAME})"}

@@ -1,0 +1,267 @@
+"""The improvement loop's widgets, shared by the Data, Evaluate and Runs pages (not a page itself).
+
+Find what is wrong (a confusion cell's images, suspected label errors), record corrections as the dataset's
+revision (relabel, exclude, add; the original files are never touched), retrain from a run, compare runs.
+The work itself is in pipeline.evaluate, pipeline.label_issues, pipeline.revision and pipeline.compare;
+label-error search and training run as their own processes, never in the app's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from app_pages import shared
+from pipeline import data, revision
+
+GRID_COLUMNS = 4
+
+
+# === Finding what is wrong ===
+
+
+def confusion_matrix(result: dict, key: str) -> tuple[str, str] | None:
+    """The confusion matrix; a click on a cell selects it. Returns the selected (true, predicted) or None.
+
+    Drawn as one square marker per cell: Streamlit's selection events do not fire on Plotly heatmaps
+    (streamlit/streamlit#8760), and do on scatter points.
+    """
+    labels, matrix = result["labels"], result["confusion_matrix"]
+    names = [shared.chart_label(c) for c in labels]  # Plotly reads a few HTML tags: entities keep names literal
+    cells = [(t, p) for t in range(len(labels)) for p in range(len(labels))]
+    counts = [matrix[t][p] for t, p in cells]
+    top = max(max(counts), 1)
+    size = max(14, min(60, 420 // max(len(labels), 1)))
+    fig = go.Figure(go.Scatter(
+        x=[names[p] for _, p in cells], y=[names[t] for t, _ in cells], mode="markers+text",
+        text=[str(c) for c in counts], textfont=dict(color=["white" if c > top / 2 else "black" for c in counts]),
+        marker=dict(symbol="square", size=size, color=counts, colorscale="Blues", cmin=0, cmax=top,
+                    line=dict(width=1, color="#ccc")),
+        customdata=[[labels[t], labels[p], c] for (t, p), c in zip(cells, counts, strict=True)],
+        hovertemplate="true %{y}<br>predicted %{x}<br>%{customdata[2]} image(s)<extra></extra>",
+    ))
+    fig.update_xaxes(type="category", categoryorder="array", categoryarray=names, title="predicted", side="bottom",
+                     tickangle=-45 if sum(map(len, labels)) > 40 else 0)
+    fig.update_yaxes(type="category", categoryorder="array", categoryarray=names[::-1], title="true")
+    fig.update_layout(title="Confusion matrix (click a cell to see its images)", height=140 + size * len(labels),
+                      margin=dict(t=50, b=40), clickmode="event+select", dragmode=False)
+    event = st.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode="points", key=key)
+    points = (event or {}).get("selection", {}).get("points", []) if event else []
+    if points:
+        true, predicted, _ = points[0]["customdata"]
+        return true, predicted
+    return None
+
+
+def confused_pairs(result: dict, key: str) -> tuple[str, str] | None:
+    """The most confused class pairs; selecting a row selects that cell."""
+    pairs = result.get("confused_pairs", [])
+    if not pairs:
+        return None
+    st.markdown("**Most confused pairs** (select a row to see its images)")
+    table = pd.DataFrame(pairs).rename(columns={"true": "true class", "predicted": "taken for"})
+    event = st.dataframe(table, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
+                         key=key)
+    rows = event.selection.rows if event else []
+    return (pairs[rows[0]]["true"], pairs[rows[0]]["predicted"]) if rows else None
+
+
+# === Corrections ===
+
+
+@st.cache_data(max_entries=512, show_spinner=False)
+def _thumb(path: str, size: int = 160):
+    return data.load_image(path, size)
+
+
+def _report(folder: str) -> data.ScanReport:
+    """The dataset as scanned (before corrections): what a correction is checked against."""
+    _, report = shared.resolve_and_scan(folder)
+    return data.ScanReport.from_dict(report)
+
+
+def _correct(folder: str, action: str, path: str, cls: str | None = None) -> None:
+    rev = revision.Revision(folder)
+    try:
+        if action == "relabel":
+            rev.relabel(_report(folder), path, cls)
+            st.toast(f"Recorded: {path} is {cls}. Retrain to use it.")
+        else:
+            rev.exclude(_report(folder), path)
+            st.toast(f"Recorded: {path} is left out. Retrain to use it.")
+    except data.DataError as exc:
+        shared.error(exc)
+
+
+def image_grid(rows: list[dict], *, folder: str, classes: list[str], editable: bool, key: str,
+               suggested_key: str | None = None) -> None:
+    """Images with their label and prediction; owners get Relabel / Exclude under each.
+
+    Args:
+        rows: Dicts with ``file``, ``path`` (relative to ``folder``), a label under ``true`` or ``label``,
+            and a prediction under ``predicted``/``probability`` or ``suggested``/``suggested_probability``.
+        suggested_key: The key of the class a relabel defaults to (the prediction or the suggestion).
+    """
+    cols = st.columns(GRID_COLUMNS)
+    for i, r in enumerate(rows):
+        label = r.get("true", r.get("label"))
+        guess = r.get("predicted", r.get("suggested"))
+        prob = r.get("probability", r.get("suggested_probability", 0.0))
+        with cols[i % GRID_COLUMNS]:
+            try:
+                st.image(_thumb(r["file"]), width="stretch")
+            except data.DataError:
+                st.caption("(image no longer available)")
+            st.caption(f"labelled **{shared.plain(label)}**, looks like **{shared.plain(guess)}** ({prob:.0%})"
+                       + (f", score {r['score']:.2f}" if "score" in r else ""))
+            shared.text(Path(r["path"]).name)
+            if not editable or Path(r["path"]).is_absolute():
+                continue
+            default = r.get(suggested_key or "predicted", guess)
+            with st.popover("Fix this label", width="stretch"):
+                choice = st.selectbox("Class", classes, index=classes.index(default) if default in classes else 0,
+                                      key=f"{key}-cls-{i}")
+                if st.button("Relabel", key=f"{key}-relabel-{i}", disabled=choice == label):
+                    _correct(folder, "relabel", r["path"], choice)
+                if st.button("Exclude from the data", key=f"{key}-exclude-{i}"):
+                    _correct(folder, "exclude", r["path"])
+
+
+def revision_summary(folder: str, used: int | None = None) -> int:
+    """A line on the dataset's corrections (and undo for the owner's last one); returns the revision number."""
+    rev = revision.Revision(folder)
+    number = rev.number
+    if not number:
+        return 0
+    active = rev.active()
+    text = f"The dataset has {len(active)} correction(s) in effect (revision {number})"
+    if used is not None and used != number:
+        text += f"; this run was trained on revision {used}: retrain to use the newer one"
+    st.caption(text + ". The original files are unchanged.")
+    return number
+
+
+def undo_button(folder: str, key: str) -> None:
+    rev = revision.Revision(folder)
+    if rev.active() and st.button("Undo the last correction", key=key, icon=":material/undo:"):
+        rev.undo()
+        st.rerun()
+
+
+# === Label errors ===
+
+
+@st.fragment(run_every=2.0)
+def label_issue_search(run_dir: str) -> None:
+    """Progress of a running label-error search; reruns the page once it finishes."""
+    from pipeline import label_issues
+
+    status = label_issues.background_status(run_dir)
+    if status["state"] == "running":
+        st.progress(min(status["seconds"] / 60, 0.95), text=f"Looking for suspected label errors... "
+                    f"({status['seconds']:.0f} s; features of every train/val image, then 5 fold heads)")
+    elif st.session_state.get(f"searching-{run_dir}"):
+        del st.session_state[f"searching-{run_dir}"]
+        st.rerun(scope="app")
+
+
+def label_issues_panel(run_dir: str, folder: str, classes: list[str], editable: bool, key: str) -> None:
+    """Suspected label errors of a run's train/val images, with a button to look for them (owners)."""
+    from pipeline import label_issues
+
+    st.subheader("Suspected label errors")
+    status = label_issues.background_status(run_dir)
+    if status["state"] == "running" or st.session_state.get(f"searching-{run_dir}"):
+        label_issue_search(run_dir)
+        return
+    if status["state"] == "failed":
+        shared.error(f"The label-error search failed: {status['error']}")
+    if editable and st.button("Find suspected label errors" if status["state"] != "done" else "Search again",
+                              key=f"{key}-start", icon=":material/search:"):
+        label_issues.start_background(run_dir)
+        st.session_state[f"searching-{run_dir}"] = True
+        st.rerun()
+    if status["state"] != "done":
+        st.caption("Every train/val image is scored by heads that never saw its label (5-fold, on the frozen "
+                   "pretrained features), and cleanlab ranks the labels those heads contradict.")
+        return
+    result = status["result"]
+    issues = result["issues"]
+    st.caption(f"{len(issues)} suspected among {result['images']} images ({result['features']}; "
+               f"{result['seconds']:.0f} s). Lowest score first: the likeliest wrong labels.")
+    image_grid(issues[:24], folder=folder, classes=classes, editable=editable, key=f"{key}-issues",
+               suggested_key="suggested")
+    for c in result.get("in_two_classes", []):
+        shared.warning(f"In two classes: {c['path']} ({c['class']}); exclude the copy in the wrong class to use it.")
+
+
+# === Retrain and compare ===
+
+
+def retrain_button(job, key: str) -> None:
+    """Submits a retrain from this run on the dataset's current revision (fine-tune phase) and opens it."""
+    from pipeline import presets
+    from pipeline.config import ConfigError
+    from pipeline.runfolder import RunFolderError
+
+    if not st.button("Retrain with these fixes", key=key, type="primary", icon=":material/replay:"):
+        return
+    try:
+        cfg = presets.config_for(job.source, parent=job.run_dir)
+    except (ConfigError, RunFolderError) as exc:
+        shared.error(exc)
+        return
+    new_id = shared.launch(job.source, cfg)
+    if new_id:
+        st.session_state["run"] = new_id
+        st.switch_page("app_pages/runs.py", query_params={"run": new_id})
+
+
+def compare_view(jobs: list, key: str) -> None:
+    """Pick 2-4 runs: validation curves overlaid, the settings they differ in, results and export sizes."""
+    from pipeline import compare
+
+    if len(jobs) < 2:
+        return
+    labels = {j.id: f"{j.id[:8]}  {Path(j.source).name}" for j in jobs}
+    chosen = st.multiselect("Compare runs (2 to 4)", [j.id for j in jobs], format_func=labels.get,
+                            max_selections=compare.MAX_RUNS, key=key)
+    if len(chosen) < 2:
+        return
+    by_id = {j.id: j for j in jobs}
+    result = compare.compare([by_id[i].run_dir for i in chosen])
+    names = [labels[i] for i in chosen]
+    fig = go.Figure()
+    for name, curve in zip(names, result["curves"], strict=True):
+        if curve:
+            df = pd.DataFrame(curve)
+            fig.add_trace(go.Scatter(x=df["global_epoch"] if "global_epoch" in df else df.index + 1,
+                                     y=df["val_accuracy"], name=shared.chart_label(name), mode="lines+markers"))
+    fig.update_layout(title="Validation accuracy", height=320, margin=dict(t=40, b=20), xaxis_title="epoch",
+                      xaxis=dict(tickformat="d"))
+    st.plotly_chart(fig, width="stretch", key=f"{key}-curves")
+    for run, name in zip(result["runs"], names, strict=True):
+        if run["parent"]:
+            parent = next((labels[j.id] for j in jobs if str(Path(j.run_dir).resolve()) == run["parent"]),
+                          Path(run["parent"]).name)
+            st.caption(f"{shared.plain(name)} was retrained from {shared.plain(parent)}")
+    summary = pd.DataFrame({"run": names, "epochs": [r["epochs"] for r in result["runs"]],
+                            "best val accuracy": [r["best_val_accuracy"] for r in result["runs"]],
+                            "accuracy": [r["accuracy"] for r in result["runs"]],
+                            "measured on": [r["eval_split"] for r in result["runs"]]})
+    st.dataframe(summary, hide_index=True, width="stretch")
+    if result["differences"]:
+        st.markdown("**Settings that differ**")
+        st.dataframe(pd.DataFrame(result["differences"], index=names).T.astype(str), width="stretch")
+    else:
+        st.caption("Same settings.")
+    if result["per_class_f1"]:
+        st.markdown("**F1 per class**")
+        st.dataframe(pd.DataFrame(result["per_class_f1"], index=names).T, width="stretch")
+    if result["export_sizes"]:
+        st.markdown("**Export sizes (KB)**")
+        sizes = {f: [v / 1024 if v else None for v in values] for f, values in result["export_sizes"].items()}
+        st.dataframe(pd.DataFrame(sizes, index=names).T.round(1), width="stretch")

@@ -1,0 +1,67 @@
+"""The improvement loop in the app (AppTest, a real tiny job): a confusion cell's images, a correction
+recorded as the dataset's revision, a retrain from the run, and the two runs compared."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from pipeline import revision
+from pipeline.jobs.store import JobStore
+from tests.test_app import _no_exception, _page, finished_job  # noqa: F401 - finished_job is a fixture
+
+
+def _wait(job_id: str) -> None:
+    store = JobStore()
+    t0 = time.monotonic()
+    while store.get(job_id).state in ("queued", "running"):
+        assert time.monotonic() - t0 < 300
+        time.sleep(0.5)
+    assert store.get(job_id).state == "done", store.get(job_id).error
+
+
+def test_cell_selection_correction_retrain_and_compare(finished_job):  # noqa: F811
+    run_dir = Path(JobStore().get(finished_job).run_dir)
+    result = json.loads((run_dir / "eval.json").read_text())
+    true, predicted = result["confused_pairs"][0]["true"], result["confused_pairs"][0]["predicted"]
+    n = result["confused_pairs"][0]["images"]
+
+    at = _page("evaluate.py", run=finished_job)
+    _no_exception(at)
+    assert any(s.value.startswith("Most confident mistakes") for s in at.subheader)
+    # a click on the cell (true, predicted) of the confusion matrix, as the browser reports it
+    at.session_state[f"cm-{finished_job}"] = {"selection": {"points": [{"customdata": [true, predicted, n]}],
+                                                             "point_indices": [0], "box": [], "lasso": []}}
+    at.run()
+    _no_exception(at)
+    heading = next(s.value for s in at.subheader if s.value.startswith("True "))
+    assert f"{n} image(s), mistakes" in heading
+    assert at.get("imgs") or at.get("image")
+
+    # relabel the first image of that cell to its predicted class: recorded as a revision, files untouched
+    folder = json.loads((run_dir / "dataset.json").read_text())["scan"]["root"]
+    first = next(b for b in at.button if b.label == "Relabel")
+    first.click().run()
+    _no_exception(at)
+    rev = revision.Revision(folder)
+    assert [e["op"] for e in rev.active()] == ["relabel"] and rev.active()[0]["class"] == predicted
+
+    # retrain from the run: a new job whose config links back, trained on revision 1
+    at = _page("evaluate.py", run=finished_job)
+    next(b for b in at.button if b.label == "Retrain with these fixes").click().run()
+    _no_exception(at)
+    jobs = JobStore().list()
+    child = next(j for j in jobs if j.id != finished_job)
+    assert child.config["train"]["init_from"] == str(run_dir)
+    _wait(child.id)
+    child_dataset = json.loads((Path(child.run_dir) / "dataset.json").read_text())
+    assert child_dataset["revision"]["number"] == 1
+
+    # compare the two on the Runs page
+    at = _page("runs.py", run=child.id)
+    compare = next(m for m in at.multiselect if m.label.startswith("Compare runs"))
+    compare.set_value([finished_job, child.id]).run()
+    _no_exception(at)
+    assert any("was retrained from" in c.value for c in at.caption)
+    assert any("train.init_from" in str(df.value) for df in at.dataframe)
