@@ -236,13 +236,14 @@ def _build(run, cfg, splits, formats, tmp: Path, timer: _Timer, say: ProgressFn,
 
 
 def _representative(splits: data_mod.Splits, cfg, count: int):
+    """Calibration images for the int8 model: class-balanced training images, kept as uint8, fed one at a time."""
     idx = _balanced_sample(splits, "train", count, cfg.train.seed)
     files = splits.paths("train")
-    images = [data_mod.load_image(files[i], cfg.model.image_size).astype(np.float32) for i in idx]
+    images = [data_mod.load_image(files[i], cfg.model.image_size) for i in idx]
 
     def gen():
         for img in images:
-            yield [img[None]]
+            yield [img[None].astype(np.float32)]
 
     return gen
 

@@ -196,17 +196,24 @@ def test_an_export_whose_process_died_reads_as_interrupted(tmp_path):
 
 @pytest.mark.slow
 def test_real_mobilenet_v2_export_passes_every_gate(shared_dir, keras_home_with_weights, tmp_path):
-    """MobileNetV2 alpha 0.35 at 224 with ImageNet weights, fine-tuned on hymenoptera, every format verified."""
+    """MobileNetV2 alpha 0.35 at 224 with ImageNet weights, fine-tuned on hymenoptera: `python -m export` exits 0,
+    every format (MediaPipe rows included) passes, and the manifest lists the TFLite metadata written."""
     from pipeline import config as config_mod
 
     cfg = config_mod.apply_overrides(config_mod.RunConfig(), ["train.head_epochs=2", "train.fine_tune_epochs=1"])
     run = train_mod.train(str(shared_dir / "data" / "hymenoptera"), tmp_path / "run", cfg)
-    dest, result = bundle.export_run(run.root, list(bundle.FORMATS), verify_limit=120)
-    assert result["passed"], verify.table(result)
-    assert result["images"] == 120
+    proc = subprocess.run([sys.executable, "-m", "export", str(run.root), "--verify-images", "120"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=1800)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    dest = run.exports
+    result = json.loads((dest / "verify.json").read_text())
+    assert result["passed"] and result["images"] == 120, verify.table(result)
+    rows = result["formats"]
+    manifest = json.loads((dest / "manifest.json").read_text())
     for fmt in ("tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8"):
         ops = tflite.op_names(verify.artifact_path(dest, fmt))
         assert not any(op.startswith("Flex") for op in ops)
-    rows = result["formats"]
+        assert rows[f"mediapipe-{fmt.removeprefix('tflite-')}"]["passed"], fmt
+        assert manifest["tflite_metadata"][fmt]["output"]["labels"] == ["ants", "bees"], fmt
     assert rows["tflite-int8"]["size_bytes"] < 0.5 * rows["tflite-float32"]["size_bytes"]
     assert rows["tflite-int8"]["accuracy"] >= rows["keras"]["accuracy"] - 0.05

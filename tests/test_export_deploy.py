@@ -304,6 +304,15 @@ def test_web_demo_in_the_bundle_classifies_a_picked_photo_like_the_savedmodel(se
     labels = (root / "labels.txt").read_text().splitlines()
     assert out.get_attribute("data-top1") == labels[int(expected.argmax())]
     assert page.locator("#bars .bar").count() == len(labels)
+    # The app's Try page: the same page embedded, the photo in the URL fragment (base64 has '+' and '/').
+    import base64
+
+    data = base64.b64encode(photo.read_bytes()).decode()
+    page.goto(f"{url}/web/index.html?embedded=1#image=data:image/png;base64,{data}")
+    out = page.wait_for_selector("#out[data-top1]:not([data-top1=''])")
+    embedded = np.array(json.loads(out.get_attribute("data-probs")), dtype=np.float32)
+    assert np.abs(embedded - expected).max() <= 1e-4
+    assert page.locator("#top").inner_text().startswith("Browser (TF.js, ")
     assert not errors, errors
 
 

@@ -76,8 +76,9 @@
     const shape = model.inputs[0].shape;  // [-1, size, size, 3]
     if (shape && shape[1] > 0) size = shape[1];
     show('Model loaded (' + labels.length + ' classes, ' + size + 'x' + size + ' input). Choose a photo or use the webcam.');
-    const hash = new URLSearchParams(location.hash.slice(1));
-    if (hash.get('image')) await showImage(hash.get('image'));
+    // Not URLSearchParams: it would turn the '+' of base64 into spaces.
+    const image = location.hash.match(/^#image=(.+)$/);
+    if (image) await showImage(decodeURIComponent(image[1]));
   }
 
   $('file').addEventListener('change', async event => {
