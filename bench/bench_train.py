@@ -52,8 +52,9 @@ def peak_rss_mb() -> float:
 
 
 def current_rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+    import psutil
+
+    return psutil.Process().memory_info().rss / 1024 / 1024
 
 
 def recipe_datasets():
@@ -199,7 +200,7 @@ def _result(name: str, t0: float, head: list, ft: list, n_train: int) -> dict:
 
 
 def memory_dataset(root: Path, n_test: int) -> Path:
-    """train/val/test folders of symlinks into flowers5: the same train and val images for every test size."""
+    """train/val/test folders of flowers5 images: the same train and val images for every test size."""
     classes = sorted(p.name for p in FLOWERS.iterdir() if p.is_dir())
     out = root / f"flowers_test{n_test}"
     for i, cls in enumerate(classes):
@@ -209,8 +210,11 @@ def memory_dataset(root: Path, n_test: int) -> Path:
         chosen = {"train": files[:n_tr], "val": files[n_tr:n_tr + n_va], "test": files[n_tr + n_va:n_tr + n_va + n_te]}
         for split, group in chosen.items():
             (out / split / cls).mkdir(parents=True, exist_ok=True)
-            for f in group:
-                (out / split / cls / f.name).symlink_to(f)
+            for f in group:  # hard links (or copies): the scan does not follow symlinked files
+                try:
+                    os.link(f, out / split / cls / f.name)
+                except OSError:
+                    shutil.copy(f, out / split / cls / f.name)
     return out
 
 

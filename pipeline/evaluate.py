@@ -1,14 +1,17 @@
 """Evaluation of a finished run: accuracy, per-class metrics, confusion matrix, confident mistakes.
 
-The held-out split is decoded once into the uint8 cache and streamed through the model a batch at a
-time: memory holds the uint8 images (or a disk memmap past ``data.cache_memory_mb``) plus one float32
-batch, never the whole split as float32.
+The held-out split is read once, so it is not cached: it is decoded a batch ahead on a thread pool
+(uint8, the same decoder as training's cache) and streamed through the model a batch at a time. Memory
+holds two uint8 batches and one float32 batch, whatever the split's size (whole-run peak RSS for 200 and
+2,000 test images: BENCHMARKS.md).
 """
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -42,22 +45,34 @@ def predict_split(run_dir: str | Path, split: str | None = None, *, limit: int |
     files = splits.paths(split)[:limit]
     relpaths = [rel for rel, _ in getattr(splits, split)][:limit]
     labels = splits.labels(split)[:limit]
-    cache = data_mod.ImageCache(files, cfg.model.image_size, memory_budget_mb=cfg.data.cache_memory_mb,
-                                disk_dir=run.root / "cache-eval", max_pixels=cfg.data.max_image_pixels)
-    try:
-        model = load_model(run)
-        probs = np.zeros((len(files), len(splits.classes)), dtype=np.float32)
-        bs = cfg.train.batch_size
-        for start in range(0, len(files), bs):
-            batch = np.asarray(cache.array[start:start + bs], dtype=np.float32)  # one batch as float32
-            probs[start:start + bs] = np.asarray(model.predict_on_batch(batch))
-            fault_point("evaluate")
-            if on_event:
-                on_event({"event": "evaluate", "done": min(start + bs, len(files)), "total": len(files)})
-    finally:
-        cache.close()
+    model = load_model(run)
+    probs = np.zeros((len(files), len(splits.classes)), dtype=np.float32)
+    done = 0
+    for batch in decoded_batches(files, cfg.model.image_size, cfg.train.batch_size, cfg.data.max_image_pixels):
+        probs[done:done + len(batch)] = np.asarray(model.predict_on_batch(batch.astype(np.float32)))
+        done += len(batch)
+        fault_point("evaluate")
+        if on_event:
+            on_event({"event": "evaluate", "done": done, "total": len(files)})
     return {"split": split, "files": files, "relpaths": relpaths, "labels": labels, "probs": probs,
             "classes": list(splits.classes)}
+
+
+def decoded_batches(files: Sequence[str], size: int, batch_size: int, max_pixels: int) -> Iterator[np.ndarray]:
+    """uint8 batches of ``files`` resized to ``size``, the next batch decoding while the caller uses this one.
+
+    Raises:
+        data_mod.DataError: a file can no longer be decoded (changed since the scan).
+    """
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+        def submit(start: int) -> list:
+            return [pool.submit(data_mod.load_image, f, size, max_pixels=max_pixels)
+                    for f in files[start:start + batch_size]]
+
+        pending = submit(0)
+        for start in range(0, len(files), batch_size):
+            current, pending = pending, submit(start + batch_size)
+            yield np.stack([f.result() for f in current])
 
 
 def evaluate(run_dir: str | Path, *, mistakes: int = 24, on_event: EventFn | None = None) -> dict[str, Any]:

@@ -20,6 +20,7 @@ sees the batches an uninterrupted one would.
 from __future__ import annotations
 
 import functools
+import gc
 import json
 import shutil
 import signal
@@ -273,6 +274,7 @@ def train(
         if evaluate_after:
             from pipeline.evaluate import evaluate
 
+            gc.collect()  # the training models and their traced steps are garbage now: free them before evaluating
             emit({"event": "evaluate"})
             evaluate(run.root)
             state["status"] = "done"
@@ -380,6 +382,7 @@ def _train_phases(run: RunFolder, cfg: RunConfig, splits: data_mod.Splits, state
             if ph["done"]:
                 _load_finished_phase(shared, phase.name)
                 continue
+            gc.collect()  # the previous phase's traced step is garbage once the model is recompiled
             run_phase(shared, _phase_options(shared, phase, first_epoch=ph["epochs_done"]))
     finally:
         for c in caches.values():
