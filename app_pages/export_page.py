@@ -93,7 +93,9 @@ if verify_file.exists():
     if not result["passed"] and not (status and status["state"] == "gate_failed"):
         st.error("A verification gate failed: do not ship the failing format (see the result column).")
     number = st.column_config.NumberColumn
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", column_config={
+    table = pd.DataFrame(rows)
+    table["near-ties"] = pd.to_numeric(table["near-ties"])  # blank (not "None") for the float32 rows
+    st.dataframe(table, hide_index=True, width="stretch", column_config={
         "size (KB)": number(format="%.0f"), "ms / image": number(format="%.2f", help="Batch 1, in its own runtime"),
         "agreement": number("top-1 agreement", format="%.2f%%", help="Same top class as the Keras model"),
         "accuracy change": number(format="%+.2f", help="Accuracy points against the Keras model"),

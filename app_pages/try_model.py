@@ -2,7 +2,7 @@
 
 The browser column is the bundle's own web demo (``exports/web/index.html``, written by export.web):
 one implementation for the app and the bundle. The run's bundle folder is served read-only by
-Streamlit's component file server (``components.declare_component(path=run.exports)``), so nothing is
+Streamlit's component file server (app_pages.bundle_web), so nothing is
 copied into the repository; the page gets the photo, already at the model's input size, in its URL
 fragment (``#image=data:...``), so the browser sees the same pixels as the server model.
 """
@@ -17,7 +17,7 @@ import streamlit as st
 import streamlit.components.v1 as components
 from PIL import Image
 
-from app_pages import shared
+from app_pages import bundle_web, shared
 from pipeline import data
 from pipeline.runfolder import RunFolder
 
@@ -64,11 +64,8 @@ with right:
     if not (run.exports / "tfjs" / "model.json").exists() or not page.exists():
         st.info("Export the model with the tfjs format (Export page) to test it in the browser.")
         st.stop()
-    # Registering the run's bundle as a component makes Streamlit serve its files at component/<name>/...
-    bundle_files = components.declare_component(f"bundle_{job.id}", path=str(run.exports))
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG")
     png = base64.b64encode(buf.getvalue()).decode()
-    # Relative to the app's base URL, as every page URL is one level deep.
-    components.iframe(f"component/{bundle_files.name}/web/index.html?embedded=1#image=data:image/png;base64,{png}",
-                      height=260)
+    # Relative to the app's base URL (every page URL is one level deep); the run's bundle, served as it is.
+    components.iframe(bundle_web.demo_url(job.id, run.exports, f"image=data:image/png;base64,{png}"), height=260)
