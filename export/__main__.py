@@ -1,5 +1,6 @@
 """Command line: ``python -m export RUN_DIR [--formats LIST|all] [--out DIR] [--verify] [--no-verify]
-[--status-file FILE]`` (the status file is how the app follows an export it started: export.task)."""
+[--verify-images N] [--status-file FILE]`` (the status file is how the app follows an export it started:
+export.task). Exit codes: pipeline.exitcodes (0 done, 2 bad input, 4 a verification gate failed)."""
 
 from __future__ import annotations
 
@@ -83,7 +84,7 @@ def _run(args, on_step) -> tuple[int, str | None]:
             dest, result = bundle.export_run(args.run_dir, formats, args.out, run_verify=not args.no_verify,
                                              verify_limit=args.verify_images, progress=say)
             print(f"bundle: {dest}")
-    except (RunNotReadyError, bundle.ExportError, ConversionError, WebDemoError) as exc:
+    except (RunNotReadyError, bundle.ExportError, ConversionError, WebDemoError, PermissionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR, str(exc).splitlines()[0]
     if result is not None:

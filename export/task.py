@@ -46,16 +46,14 @@ def steps_total(formats: list[str], verify: bool = True) -> int:
 
 
 def _alive(pid: int) -> bool:
+    """Whether the process runs (a zombie, finished but not yet reaped by the app that started it, does not)."""
+    import psutil
+
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:
-        return True
-    # A zombie (finished, not yet reaped by the app that started it) is not running.
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
+    except psutil.AccessDenied:
         return True
 
 
