@@ -271,7 +271,8 @@ def served_bundle(exported, tmp_path):
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
                                      args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                                           "--disable-component-update", "--disable-sync", "--no-first-run"])
+                                           "--disable-component-update", "--disable-sync", "--no-first-run",
+                                           "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"])
         page = browser.new_page()
         page.set_default_timeout(120_000)
         errors: list[str] = []
@@ -313,6 +314,14 @@ def test_web_demo_in_the_bundle_classifies_a_picked_photo_like_the_savedmodel(se
     embedded = np.array(json.loads(out.get_attribute("data-probs")), dtype=np.float32)
     assert np.abs(embedded - expected).max() <= 1e-4
     assert page.locator("#top").inner_text().startswith("Browser (TF.js, ")
+    # The webcam: Chromium's fake camera (a test pattern) through getUserMedia, classified frame by frame.
+    page.goto(f"{url}/web/")
+    page.wait_for_selector("#status:has-text('Model loaded')")
+    page.click("#camera")
+    out = page.wait_for_selector("#out[data-top1]:not([data-top1=''])")
+    assert out.get_attribute("data-top1") in labels
+    assert page.locator("#video").is_visible() and page.locator("#snap").is_visible()
+    page.click("#snap")
     assert not errors, errors
 
 
