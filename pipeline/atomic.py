@@ -24,7 +24,9 @@ def fault_point(name: str) -> None:
     The fault-injection suite (tests/test_faults.py) sets it to kill a training child at a moment it cannot
     hit from outside reliably (between writing a temporary file and renaming it into place). The kill is a
     real SIGKILL: nothing runs after it, exactly as when the kernel's OOM killer strikes. Unset, it costs one
-    dictionary lookup.
+    dictionary lookup. The points: ``checkpoint-write``, ``state-write``, ``phase-done-write``, ``model-write``
+    and ``eval-write`` (a complete temporary file, not yet renamed), ``epoch-committed`` (state.json has the
+    epoch, metrics.jsonl not yet), ``evaluate`` (after the first evaluated batch).
     """
     if os.environ.get(FAULT_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)
