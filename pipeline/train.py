@@ -389,17 +389,33 @@ def _train_phases(run: RunFolder, cfg: RunConfig, splits: data_mod.Splits, state
             c.close()
         shutil.rmtree(run.root / "cache", ignore_errors=True)
 
-    best = run.best_weights
-    if best is None:
-        raise RunFolderError(f"{run.state} names no best weights although every phase finished; "
-                             "train into a new run folder.")
-    load_variables(best, _variables(models.inference))
+    _load_best(run, state, models, emit)
     tmp = run.root / MODEL_TMP  # Keras insists on the .keras suffix
     models.inference.save(tmp)
     fault_point("model-write")
     tmp.replace(run.model)
     for phase in phases_for(cfg):
         shutil.rmtree(run.backup_dir(phase.name), ignore_errors=True)
+
+
+def _load_best(run: RunFolder, state: dict[str, Any], models: model_mod.Models, emit: EventFn) -> None:
+    """Loads the best epoch's weights into the inference model; if that file is missing or damaged, keeps the
+    last epoch's weights (the models hold them now) and says so."""
+    best = run.best_weights
+    try:
+        if best is None:
+            raise FileNotFoundError("state.json names no best weights")
+        load_variables(best, _variables(models.inference))
+        return
+    except (DamagedFileError, FileNotFoundError) as exc:
+        reason = str(exc)
+    name, last = next(((n, p) for n, p in reversed(list(state["phases"].items())) if p.get("last_epoch")),
+                      (None, None))
+    state["best"] = None if last is None else {
+        "phase": name, "epoch": last["epochs_done"], "val_accuracy": last["last_epoch"]["val_accuracy"],
+        "val_loss": last["last_epoch"]["val_loss"], "file": None}
+    emit({"event": "warning", "message": f"the best weights cannot be read ({reason}); model.keras holds the last "
+          "epoch's weights instead"})
 
 
 # === One phase ===

@@ -456,6 +456,22 @@ def test_resuming_without_a_finished_phase_checkpoint_is_one_clear_error(shapes_
         train_mod.train(str(shapes_dir), run.root, cfg, evaluate_after=False)
 
 
+def test_damaged_best_weights_fall_back_to_the_last_epoch_with_a_warning(shapes_dir, tmp_path):
+    cfg = tiny_config(train={"strategy": "feature_extraction", "head_epochs": 2})
+    run = train_mod.train(str(shapes_dir), tmp_path / "run", cfg, evaluate_after=False)
+    state = json.loads(run.state.read_text())
+    best = run.best_weights
+    best.write_bytes(b"PK\x03\x04 cut short")
+    run.state.write_text(json.dumps({**state, "status": "cancelled"}))  # as if killed while writing model.keras
+    run.model.unlink()
+    events = []
+    train_mod.train(str(shapes_dir), run.root, cfg, evaluate_after=False, on_event=events.append)
+    warning = next(e["message"] for e in events if e["event"] == "warning")
+    assert f"{best} is damaged" in warning and "model.keras holds the last epoch's weights" in warning
+    assert run.model.exists() and json.loads(run.state.read_text())["best"]["epoch"] == 2
+    assert best.exists()  # not deleted
+
+
 def test_fused_adam_follows_keras_adam_and_runs_one_kernel_per_variable():
     import keras
     import tensorflow as tf
