@@ -1,0 +1,99 @@
+"""The improvement loop in a real browser (Playwright + Debian's chromium) on the sample set: train, click
+a confusion-matrix cell, relabel one of its images, retrain from the run, and see both runs compared.
+Screenshots go to test-output/screens/loop-*.png. Marked slow."""
+
+import json
+import re
+
+import pytest
+
+from pipeline import revision
+from pipeline.jobs.store import JobStore
+from tests.test_e2e_browser import CHROMIUM, SCREENS, app_url  # noqa: F401 - app_url is a fixture
+
+pytestmark = pytest.mark.slow
+
+
+def _train(page, expect) -> None:
+    page.get_by_role("link", name="Train").first.click()
+    epochs = page.get_by_role("spinbutton", name="Epochs", exact=True)
+    epochs.fill("3")
+    epochs.press("Enter")
+    page.wait_for_timeout(800)
+    page.get_by_role("button", name="Launch training").click()
+    _wait_done(page, expect)
+
+
+def _wait_done(page, expect) -> None:
+    expect(page.get_by_text("Share this run")).to_be_visible()
+    state = page.get_by_test_id("stMetricValue").filter(has_text=re.compile(r"^done$"))
+    expect(state).to_be_visible(timeout=300_000)
+
+
+def test_train_click_a_cell_relabel_retrain_compare(app_url, ts_home):  # noqa: F811
+    from playwright.sync_api import expect, sync_playwright
+
+    SCREENS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM, headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--no-first-run", "--disable-quic"],
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 1100})
+        page.set_default_timeout(120_000)
+        expect.set_options(timeout=120_000)
+        page.goto(app_url)
+        expect(page.get_by_text("Images per class")).to_be_visible()
+        _train(page, expect)
+        parent = JobStore(ts_home).list()[0]
+        result = json.loads((JobStore(ts_home).runs / parent.id / "eval.json").read_text())
+        pair = result["confused_pairs"][0]
+        k = len(result["labels"])
+        index = result["labels"].index(pair["true"]) * k + result["labels"].index(pair["predicted"])
+
+        # Evaluate: click the most confused cell of the confusion matrix
+        page.get_by_role("link", name="Evaluate").first.click()
+        expect(page.get_by_text("Confusion matrix (click a cell")).to_be_visible()
+        point = page.locator(".js-plotly-plot .scatterlayer .point").nth(index)
+        expect(point).to_be_attached()
+        box = point.bounding_box()
+        page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        heading = page.get_by_role("heading", name=re.compile(
+            rf"True {re.escape(pair['true'])}, predicted {re.escape(pair['predicted'])}: {pair['images']} image"))
+        expect(heading).to_be_visible()
+        page.screenshot(path=SCREENS / "loop-1-cell.png", full_page=True)
+
+        # relabel its first image to the predicted class
+        page.get_by_role("button", name="Fix this label").first.click()
+        page.get_by_role("button", name="Relabel", exact=True).first.click()
+        expect(page.get_by_text(re.compile(r"^Recorded: "))).to_be_visible()
+        folder = json.loads((JobStore(ts_home).runs / parent.id / "dataset.json").read_text())["scan"]["root"]
+        active = revision.Revision(folder).active()
+        assert [(e["op"], e["class"]) for e in active] == [("relabel", pair["predicted"])]
+
+        # retrain from the run: the new run opens on the Runs page and finishes
+        page.keyboard.press("Escape")
+        page.get_by_role("button", name="Retrain with these fixes").click()
+        _wait_done(page, expect)
+        jobs = JobStore(ts_home).list()
+        child = next(j for j in jobs if j.id != parent.id)
+        assert child.config["train"]["init_from"] == str(JobStore(ts_home).runs / parent.id)
+
+        # compare the two runs (a reload: the page lists finished runs when it is drawn)
+        page.reload()
+        page.get_by_text("Compare runs", exact=True).click()
+        picker = page.get_by_test_id("stMultiSelect").locator("input")
+        expect(picker).to_be_visible()
+        page.wait_for_timeout(700)  # the expander's opening animation: a click during it opens no list
+        for job in (parent, child):
+            picker.click()
+            option = page.get_by_role("option").filter(has_text=job.id[:8])
+            expect(option).to_be_visible()
+            option.click()
+            page.wait_for_timeout(700)
+        expect(page.get_by_text(re.compile("was retrained from"))).to_be_visible()
+        expect(page.get_by_text("Settings that differ")).to_be_visible()
+        page.wait_for_timeout(1000)
+        page.screenshot(path=SCREENS / "loop-2-compare.png", full_page=True)
+        browser.close()
