@@ -576,6 +576,8 @@ def _restore_epoch(shared: PhaseShared, phase: Phase, model) -> int:
                                  f"{ph['steps_done']}; the run folder was changed by hand: train into a new one.")
         break
     if epoch != ph["epochs_done"]:  # nothing was assigned from a file that failed: epoch 0 is the phase's start
+        if epoch == 0 and shared.cfg.train.init_from and phase.name == phases_for(shared.cfg)[0].name:
+            _start_from_parent(shared.cfg, shared.models, shared.emit)  # a retrain's first phase starts there
         ph.update(epochs_done=epoch, steps_done=int(model.optimizer.iterations), last_epoch=None, wait=0)
         ph.pop("best_val_loss", None)
         run.write_state(state)
