@@ -84,6 +84,8 @@ def live(job_id: str) -> None:
     c1, c2, c3 = st.columns([1, 1, 2])
     c1.metric("State", current.state)
     c2.metric("Epochs", len(epochs))
+    for note in [m for m in lines if m.get("event") == "warning"][-3:]:  # a damaged file fallen back from, etc.
+        shared.warning(note.get("message", ""))
     if current.state == "failed":
         shared.error(f"Training failed: {current.error}")
         if "could not be downloaded" in (current.error or ""):

@@ -223,7 +223,7 @@ def test_a_damaged_job_database_is_a_message_not_a_traceback(ts_home):
     assert "jobs.sqlite3 is damaged" in err and "jobs.sqlite3.damaged" in err and "run folder" in err
 
 
-def test_the_runs_page_resume_button_queues_a_failed_job_again(tmp_path):
+def test_the_runs_page_resume_button_queues_a_failed_job_again_and_shows_warnings(tmp_path):
     from pipeline import config
     from tests.test_sharing import _visitor, owner_of
 
@@ -233,8 +233,13 @@ def test_the_runs_page_resume_button_queues_a_failed_job_again(tmp_path):
     store.claim(store.register_worker(1))
     store.finish(job_id, "failed", f"the training process was killed by signal 9 (out of memory?); resume it with "
                                    f"`python -m pipeline resume {job_id}`")
+    run = RunFolder(store.run_dir(job_id))
+    run.root.mkdir(parents=True)
+    run.metrics.write_text(json.dumps({"event": "warning", "message": "state.json is damaged; resumed from "
+                                       "state.prev.json."}) + "\n")
     at = _visitor(key, "runs.py", run=job_id)
     assert not at.exception, [e.value for e in at.exception]
+    assert any("resumed from state.prev.json" in w.value.replace("\\", "") for w in at.warning)
     try:
         next(b for b in at.button if b.label == "Resume").click().run()
         assert not at.exception, [e.value for e in at.exception]
