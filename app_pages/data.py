@@ -17,7 +17,8 @@ choice = st.radio("Source", SOURCES, index=kind, horizontal=True)
 # Imported after the first widgets are drawn: on a cold start the page is usable while these load.
 import pandas as pd  # noqa: E402
 
-from pipeline import data  # noqa: E402
+from app_pages import loop  # noqa: E402
+from pipeline import data, revision  # noqa: E402
 
 try:
     if choice.startswith("Sample"):
@@ -45,8 +46,9 @@ try:
             shared.set_source(str((root / picked).resolve()))
 
     src = shared.source()
-    folder, report = shared.resolve_and_scan(src)  # progress bars: unpacking, then decoding every image
-    st.session_state["source_folder"] = folder
+    folder, scanned = shared.resolve_and_scan(src)  # progress bars: unpacking, then decoding every image
+    rev = revision.Revision(folder)
+    report = revision.apply(data.ScanReport.from_dict(scanned), rev.active()).to_dict()  # as training sees it
 except data.DataError as exc:
     shared.error(exc)
     st.stop()
@@ -83,5 +85,27 @@ st.dataframe(pd.DataFrame({c: {"min": f"{s['min'][0]}x{s['min'][1]}", "median": 
 
 if report["skipped"]:
     st.subheader("Skipped files")
-    st.dataframe(pd.DataFrame(report["skipped"]), hide_index=True, width="stretch")
+    st.dataframe(pd.DataFrame(report["skipped"])[["path", "reason"]], hide_index=True, width="stretch")
+
+st.subheader("Corrections")
+loop.revision_summary(folder)
+st.caption("Relabel or exclude images on the Evaluate page; add more examples here. Corrections are kept beside "
+           "the dataset (its files are never changed) and every training run after them uses them.")
+add_left, add_right = st.columns(2)
+with add_left:
+    target = st.selectbox("Add images to class", report["classes"], key="add-class") if report["classes"] else None
+    new_files = st.file_uploader("Image files", type=["jpg", "jpeg", "png", "bmp", "gif", "webp"],
+                                 accept_multiple_files=True, key=f"add-files-{st.session_state.get('added', 0)}")
+    if target and new_files and st.button(f"Add {len(new_files)} image(s) to {target}", key="add-go"):
+        loop.add_images(folder, scanned, target, new_files)
+with add_right:
+    shot = st.camera_input("Or take a photo", key=f"camera-{st.session_state.get('added', 0)}")
+    if target and shot is not None and st.button(f"Add the photo to {target}", key="add-shot"):
+        loop.add_images(folder, scanned, target, [shot])
+loop.undo_button(folder, key="undo-data")
+
+run_job = loop.latest_finished_run(src)
+if run_job is not None:
+    loop.label_issues_panel(run_job.run_dir, folder, report["classes"], shared.can_control(run_job),
+                            key=f"data-issues-{run_job.id}")
 st.page_link("app_pages/augment.py", label="Next: preview augmentation", icon=":material/arrow_forward:")

@@ -144,6 +144,33 @@ def revision_summary(folder: str, used: int | None = None) -> int:
     return number
 
 
+def add_images(folder: str, scanned: dict, cls: str, files: list) -> None:
+    """Adds uploaded or camera images to class ``cls`` of the dataset's revision (copied beside the dataset)."""
+    report = data.ScanReport.from_dict(scanned)
+    rev = revision.Revision(folder)
+    added = 0
+    for upload in files:
+        saved = shared.saved_upload(upload, "uploads")
+        try:
+            rev.add(report, cls, saved, name=getattr(upload, "name", None) or "photo.jpg")
+            added += 1
+        except data.DataError as exc:
+            shared.error(exc)
+    if added:
+        st.session_state["added"] = st.session_state.get("added", 0) + 1  # new keys: the pickers start empty
+        st.toast(f"Added {added} image(s) to {cls}.")
+        st.rerun()
+
+
+def latest_finished_run(source: str):
+    """This visitor's newest finished run on ``source`` (None without one)."""
+    from pipeline.data import absolute_source
+
+    wanted = absolute_source(source)
+    runs = [j for j in shared.my_jobs(shared.backend().list()) if j.state == "done" and j.source == wanted]
+    return max(runs, key=lambda j: j.created, default=None)
+
+
 def undo_button(folder: str, key: str) -> None:
     rev = revision.Revision(folder)
     if rev.active() and st.button("Undo the last correction", key=key, icon=":material/undo:"):

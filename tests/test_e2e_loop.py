@@ -4,6 +4,8 @@ Screenshots go to test-output/screens/loop-*.png. Marked slow."""
 
 import json
 import re
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -30,7 +32,7 @@ def _wait_done(page, expect) -> None:
     expect(state).to_be_visible(timeout=300_000)
 
 
-def test_train_click_a_cell_relabel_retrain_compare(app_url, ts_home):  # noqa: F811
+def test_train_click_a_cell_relabel_retrain_compare(app_url, ts_home, tmp_path):  # noqa: F811
     from playwright.sync_api import expect, sync_playwright
 
     SCREENS.mkdir(parents=True, exist_ok=True)
@@ -72,8 +74,20 @@ def test_train_click_a_cell_relabel_retrain_compare(app_url, ts_home):  # noqa: 
         active = revision.Revision(folder).active()
         assert [(e["op"], e["class"]) for e in active] == [("relabel", pair["predicted"])]
 
-        # retrain from the run: the new run opens on the Runs page and finishes
+        # add an example to a class on the Data page (kept in the revision, not in the dataset's folder)
         page.keyboard.press("Escape")
+        page.get_by_role("link", name="Data").first.click()
+        expect(page.get_by_role("heading", name="Corrections")).to_be_visible()
+        extra = tmp_path / "another-three.png"
+        shutil.copy(sorted((Path(folder) / "3").iterdir())[0], extra)
+        page.locator("[data-testid=stFileUploader] input[type=file]").last.set_input_files(str(extra))
+        page.get_by_role("button", name=re.compile(r"^Add 1 image\(s\) to ")).click()
+        expect(page.get_by_text(re.compile(r"^Added 1 image"))).to_be_visible()
+        assert [e["op"] for e in revision.Revision(folder).active()] == ["relabel", "add"]
+        assert not (Path(folder) / result["labels"][0] / "another-three.png").exists()
+
+        # retrain from the run (Evaluate): the new run opens on the Runs page and finishes
+        page.get_by_role("link", name="Evaluate").first.click()
         page.get_by_role("button", name="Retrain with these fixes").click()
         _wait_done(page, expect)
         jobs = JobStore(ts_home).list()
@@ -88,10 +102,16 @@ def test_train_click_a_cell_relabel_retrain_compare(app_url, ts_home):  # noqa: 
         page.wait_for_timeout(700)  # the expander's opening animation: a click during it opens no list
         for job in (parent, child):
             picker.click()
+            picker.press_sequentially(job.id[:8], delay=50)  # typing opens the list, filtered to this run
             option = page.get_by_role("option").filter(has_text=job.id[:8])
-            expect(option).to_be_visible()
+            try:
+                expect(option).to_be_visible(timeout=20_000)
+            except AssertionError:
+                page.screenshot(path=SCREENS / "loop-debug.png", full_page=True)
+                raise
             option.click()
-            page.wait_for_timeout(700)
+            page.keyboard.press("Escape")
+            page.wait_for_timeout(1000)
         expect(page.get_by_text(re.compile("was retrained from"))).to_be_visible()
         expect(page.get_by_text("Settings that differ")).to_be_visible()
         page.wait_for_timeout(1000)
