@@ -30,7 +30,7 @@ import pytest
 from pipeline.runfolder import RunFolder, read_variables
 from tests.conftest import ROOT, write_shapes_dataset
 
-pytestmark = pytest.mark.slow  # about 3 minutes on 2 cores
+pytestmark = pytest.mark.slow  # about 2-3 minutes on 2 cores (14 training processes)
 
 HEAD, FINE = 3, 3
 CONFIG = {
@@ -201,3 +201,24 @@ def test_kills_while_finishing_and_damaged_files_resume_to_the_same_result(setup
 
     err = _resume_and_check(setup, run)
     assert "holds a finished run" not in err
+
+
+def test_a_head_phase_on_cached_features_resumes_to_the_same_weights(setup, tmp_path):
+    """Augmentation off: the head trains on features computed once (its own input pipeline); killed right after
+    head epoch 1 and resumed, it ends where an uninterrupted run does."""
+    data, _, _ = setup
+    config = tmp_path / "cached.json"
+    config.write_text(json.dumps({**CONFIG, "augment": {"enabled": False}}))
+    runs = {name: RunFolder(tmp_path / name) for name in ("reference", "killed")}
+    proc = _start(data, config, runs["reference"])
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert next(m for m in runs["reference"].metrics_lines() if m.get("event") == "phase")["cached_features"]
+
+    _kill((data, config, None), runs["killed"], _epoch_line("head", 1))
+    proc = _start(data, config, runs["killed"])
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert [(e["phase"], e["epoch"]) for e in runs["killed"].epochs()] == PLANNED
+    ours, theirs = (_final_variables(r) for r in (runs["killed"], runs["reference"]))
+    assert all(np.array_equal(ours[k], theirs[k]) for k in theirs)
