@@ -26,8 +26,9 @@ def _progress_printer():
             print(f"{what}: {rec['done']}/{rec['total']}", end=end, file=sys.stderr, flush=True)
         elif ev == "phase":
             mode = ", cached features" if rec["cached_features"] else ""
+            start = f", going on from epoch {rec['first_epoch']}" if rec.get("first_epoch", 1) > 1 else ""
             print(f"phase {rec['phase']}: {rec['epochs']} epochs at lr {rec['learning_rate']:g}, "
-                  f"{rec['trainable_params']:,} trainable parameters{mode}", file=sys.stderr)
+                  f"{rec['trainable_params']:,} trainable parameters{mode}{start}", file=sys.stderr)
         elif ev == "features":
             print(f"features computed once: {rec['images']} images in {rec['seconds']:.1f}s", file=sys.stderr)
         elif ev == "progress" and sys.stderr.isatty():

@@ -156,7 +156,8 @@ def test_kills_during_training_resume_every_epoch_exactly_once(setup, tmp_path):
     _kill(setup, run, _progress_line("head", HEAD))
     assert _trained(run) == PLANNED[: HEAD - 1]
 
-    _kill(setup, run, _epoch_line("head", HEAD))
+    err = _kill(setup, run, _epoch_line("head", HEAD))
+    assert f"phase head: {HEAD} epochs" in err and f"going on from epoch {HEAD}" in err  # resumed inside the phase
     assert _trained(run) == PLANNED[:HEAD]  # no fine-tune epoch yet (its first step traces for seconds)
 
     _kill(setup, run, _epoch_line("fine_tune", 1))
