@@ -11,13 +11,14 @@ from tests.test_sharing import IMAGE_NAME, LINK_NAME, NAMES, finished_job_with_e
 
 pytestmark = pytest.mark.slow
 LOCAL = {"127.0.0.1", "localhost"}
+DATASET_NAME = "![d](https:evil.example.d.png)"  # the dataset folder too: Train's caption and Runs quote its path
 
 
 @pytest.fixture
 def tricky_root(tmp_path, monkeypatch):
     """A server data root holding a dataset whose class folders are named with Markdown (set before app_url)."""
     root = tmp_path / "root"
-    write_markdown_named_dataset(root / "tricky")
+    write_markdown_named_dataset(root / DATASET_NAME)
     monkeypatch.setenv("TRANSFER_STUDIO_DATA_ROOT", str(root))
     return root
 
@@ -46,9 +47,17 @@ def _offline_context(browser, leaks: list[str]):
 def test_markdown_class_names_render_as_text_and_contact_no_other_host(tricky_root, app_url):  # noqa: F811
     from playwright.sync_api import expect, sync_playwright
 
+    from pipeline import config
     from pipeline.jobs.store import JobStore
+    from tests.test_sharing import KEY_A, owner_of
 
-    job_id = finished_job_with_eval(JobStore(), list(NAMES))
+    store = JobStore()
+    job_id = finished_job_with_eval(store, list(NAMES))
+    failed = store.add(str(tricky_root / DATASET_NAME), config.RunConfig().to_dict(), owner=owner_of(KEY_A))
+    worker = store.register_worker(1)
+    store.claim(worker)
+    store.finish(failed, "failed", f"class {IMAGE_NAME!r} has 1 usable image(s); add images to {IMAGE_NAME!r}")
+    store.stop_worker(worker)
     leaks: list[str] = []
     with sync_playwright() as pw:
         browser = _browser(pw)
@@ -64,14 +73,20 @@ def test_markdown_class_names_render_as_text_and_contact_no_other_host(tricky_ro
         expect(warning).to_be_visible()
         shown = warning.inner_text().replace("\u2060", "")
         assert IMAGE_NAME in shown and LINK_NAME in shown
+        page.get_by_role("link", name="Train").first.click()
+        expect(page.get_by_text(re.compile(r"^Data: .*" + re.escape(DATASET_NAME) + r" \(2 classes"))).to_be_visible()
+        page.goto(f"{app_url}/runs?run={failed}")
+        failure = page.locator("[data-testid=stAlertContentError]").filter(has_text="Training failed")
+        expect(failure).to_be_visible()
+        assert f"add images to '{IMAGE_NAME}'" in failure.inner_text().replace("\u2060", "")
+        assert f"{failed[:8]} {DATASET_NAME} " in page.get_by_role("combobox", name="Run").aria_snapshot()  # picker
         page.goto(f"{app_url}/evaluate?run={job_id}")
         expect(page.get_by_text("Confusion matrix")).to_be_visible()
-        caption = page.locator("[data-testid=stCaptionContainer]").filter(has_text="predicted")
+        caption = page.locator("[data-testid=stCaptionContainer]").filter(has_text="looks like")
         assert IMAGE_NAME in caption.inner_text().replace("\u2060", "")
         expect(page.get_by_text(f"{IMAGE_NAME}.png", exact=True)).to_be_visible()
         page.wait_for_timeout(1500)  # let late images and fonts ask for what they would
-        for where in ("Data", "Evaluate"):
-            assert page.locator("a[href*='evil'], img[src*='evil']").count() == 0, where
+        assert page.locator("a[href*='evil'], img[src*='evil']").count() == 0
         browser.close()
     assert not leaks, leaks
 
