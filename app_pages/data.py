@@ -96,11 +96,11 @@ with add_left:
     target = st.selectbox("Add images to class", report["classes"], key="add-class") if report["classes"] else None
     new_files = st.file_uploader("Image files", type=["jpg", "jpeg", "png", "bmp", "gif", "webp"],
                                  accept_multiple_files=True, key=f"add-files-{st.session_state.get('added', 0)}")
-    if target and new_files and st.button(f"Add {len(new_files)} image(s) to {target}", key="add-go"):
+    if target and new_files and st.button(f"Add {len(new_files)} image(s) to {shared.plain(target)}", key="add-go"):
         loop.add_images(folder, scanned, target, new_files)
 with add_right:
     shot = st.camera_input("Or take a photo", key=f"camera-{st.session_state.get('added', 0)}")
-    if target and shot is not None and st.button(f"Add the photo to {target}", key="add-shot"):
+    if target and shot is not None and st.button(f"Add the photo to {shared.plain(target)}", key="add-shot"):
         loop.add_images(folder, scanned, target, [shot])
 loop.undo_button(folder, key="undo-data")
 
