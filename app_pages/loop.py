@@ -88,10 +88,10 @@ def _correct(folder: str, action: str, path: str, cls: str | None = None) -> Non
     try:
         if action == "relabel":
             rev.relabel(_report(folder), path, cls)
-            st.toast(f"Recorded: {path} is {cls}. Retrain to use it.")
+            st.toast(shared.plain(f"Recorded: {path} is {cls}. Retrain to use it."))
         else:
             rev.exclude(_report(folder), path)
-            st.toast(f"Recorded: {path} is left out. Retrain to use it.")
+            st.toast(shared.plain(f"Recorded: {path} is left out. Retrain to use it."))
     except data.DataError as exc:
         shared.error(exc)
 
@@ -158,7 +158,7 @@ def add_images(folder: str, scanned: dict, cls: str, files: list) -> None:
             shared.error(exc)
     if added:
         st.session_state["added"] = st.session_state.get("added", 0) + 1  # new keys: the pickers start empty
-        st.toast(f"Added {added} image(s) to {cls}.")
+        st.toast(shared.plain(f"Added {added} image(s) to {cls}."))
         st.rerun()
 
 
