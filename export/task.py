@@ -17,17 +17,15 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from pipeline.launch import start_python
 from pipeline.runfolder import atomic_write_json
 
 STATUS_NAME = "export_status.json"
 LOG_NAME = "export.log"
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def status_path(run_dir: str | Path) -> Path:
@@ -91,14 +89,10 @@ def start(run_dir: str | Path, formats: list[str], verify_images: int = 200) -> 
         current = read_status(run_dir)
         if current and current.get("state") == "running":
             return current
-        log = open(run_dir / LOG_NAME, "w")  # noqa: SIM115 (handed to the child)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "export", str(run_dir), "--formats", ",".join(formats),
-             "--verify-images", str(int(verify_images)), "--status-file", str(status_path(run_dir))],
-            cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-        )
-        log.close()
+        (run_dir / LOG_NAME).unlink(missing_ok=True)  # one export's log
+        proc = start_python("export", str(run_dir), "--formats", ",".join(formats),
+                            "--verify-images", str(int(verify_images)), "--status-file", str(status_path(run_dir)),
+                            log=run_dir / LOG_NAME)
         status = {"state": "running", "step": "starting", "done": 0, "total": steps_total(formats),
                   "formats": formats, "started": round(time.time(), 3), "pid": proc.pid}
         write_status(status_path(run_dir), **status)

@@ -60,7 +60,7 @@ class LocalBackend:
         Try page serves from it) and a copy an older version served from the repository's static/ folder."""
         import shutil
 
-        from pipeline.jobs.worker import ROOT
+        from pipeline.launch import ROOT
 
         job = self.store.delete(job_id)
         shutil.rmtree(ROOT / "static" / "models" / job.id, ignore_errors=True)

@@ -6,16 +6,14 @@ Exit codes (pipeline.exitcodes): 0 done, 3 cancelled (the checkpoint is kept), 2
 traceback of an unexpected error goes to ``train.log`` beside it.
 
 Started by the local worker in a session of its own (``start_new_session``), the child asks the kernel
-to SIGKILL it when the worker dies (``PR_SET_PDEATHSIG``, set here rather than in a ``preexec_fn``,
-which is unsafe in a threaded parent) and exits at once if the worker is already gone.
+to SIGKILL it when the worker dies (``pipeline.launch.die_with_parent``: ``PR_SET_PDEATHSIG``, set here
+rather than in a ``preexec_fn``, which is unsafe in a threaded parent) and dies at once if the worker is
+already gone.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
-import os
-import signal
 import sys
 import time
 import traceback
@@ -23,20 +21,30 @@ from pathlib import Path
 
 from pipeline.exitcodes import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_USER_ERROR
 
-PARENT_ENV = "TRANSFER_STUDIO_WORKER_PID"
 
-
-def die_with_parent() -> None:
-    """SIGKILL this process when the worker that started it dies (Linux), so no training outlives it."""
-    parent = os.environ.get(PARENT_ENV)
-    if not parent:
-        return
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        return
-    if os.getppid() != int(parent):  # the worker died before the line above: nothing to train for
-        os._exit(EXIT_FAILED)
+def sentence(rec: dict) -> str | None:
+    """A metrics record as the line train.log shows (the app's log panel): a sentence, not a dict."""
+    ev = rec.get("event")
+    if ev in ("start", "resumed"):
+        return f"{'Resuming' if ev == 'resumed' else 'Training'}: phases {', '.join(rec.get('phases', []))}."
+    if ev == "phase":
+        start = f", going on from epoch {rec['first_epoch']}" if rec.get("first_epoch", 1) > 1 else ""
+        cached = ", on cached features" if rec.get("cached_features") else ""
+        return (f"Phase {rec['phase']}: {rec['epochs']} epoch(s) at learning rate {rec['learning_rate']:g}, "
+                f"{rec.get('trainable_params', 0):,} trainable parameters{cached}{start}.")
+    if ev == "epoch":
+        return (f"{rec['phase']} epoch {rec['epoch']}/{rec.get('epochs', '?')}: loss {rec['loss']:.4f}, accuracy "
+                f"{rec['accuracy']:.4f}, validation loss {rec['val_loss']:.4f}, validation accuracy "
+                f"{rec['val_accuracy']:.4f}, {rec.get('seconds', 0):.1f} s.")
+    if ev in ("warning", "rollback"):
+        return f"Warning: {rec.get('message') or rec.get('reason')}."
+    if ev == "done":
+        best = rec.get("best") or {}
+        return "Done." + (f" Best weights: {best['phase']} epoch {best['epoch']}, validation accuracy "
+                          f"{best['val_accuracy']:.4f}." if {"phase", "epoch", "val_accuracy"} <= best.keys() else "")
+    if ev == "cancelled":
+        return "Cancelled; the last finished epoch is kept."
+    return None
 
 
 def main(argv: list[str]) -> int:
@@ -59,8 +67,9 @@ def main(argv: list[str]) -> int:
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} job {label}: {source}", flush=True)
 
     def show(rec: dict) -> None:
-        if rec.get("event") in ("epoch", "phase", "start", "resumed", "done", "cancelled"):
-            print({k: v for k, v in rec.items() if k != "time"}, flush=True)
+        line = sentence(rec)
+        if line:
+            print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
 
     try:
         cfg = config_mod.from_dict(raw_config)
@@ -81,6 +90,8 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    from pipeline.launch import die_with_parent
+
     die_with_parent()
     from pipeline.quiet import filter_stderr
 

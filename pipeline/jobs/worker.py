@@ -4,7 +4,7 @@ One worker per TRANSFER_STUDIO_HOME (an exclusive lock on ``worker.lock``), so t
 one device: concurrency defaults to the number of visible GPUs, 1 without a GPU. On start it puts every
 job left ``running`` by a dead worker back in the queue; the child then resumes it from its last
 finished epoch (state.json in its run folder). Children die with the worker (PR_SET_PDEATHSIG, set by
-the child itself: pipeline.jobs.child.die_with_parent). A child that dies alone (the OOM killer) leaves
+the child itself: pipeline.launch.die_with_parent). A child that dies alone (the OOM killer) leaves
 its job failed with a message naming ``python -m pipeline resume JOB``.
 """
 
@@ -19,10 +19,8 @@ import threading
 from pathlib import Path
 
 from pipeline.exitcodes import EXIT_CANCELLED
-from pipeline.jobs.child import PARENT_ENV
 from pipeline.jobs.store import HEARTBEAT_SECONDS, JobStore
-
-ROOT = Path(__file__).resolve().parents[2]
+from pipeline.launch import start_python
 
 
 def visible_gpus() -> int:
@@ -118,14 +116,9 @@ class Worker:
     def _spawn(self, job) -> None:
         run_dir = Path(job.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        log = open(run_dir / "train.log", "a")  # noqa: SIM115 - handed to the child
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2",
-               "TRANSFER_STUDIO_HOME": str(self.store.home), PARENT_ENV: str(os.getpid())}
-        self.children[job.id] = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.jobs.child", job.id], cwd=ROOT, env=env,
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-        )
-        log.close()
+        self.children[job.id] = start_python("pipeline.jobs.child", job.id, log=run_dir / "train.log",
+                                             env={"TRANSFER_STUDIO_HOME": str(self.store.home)},
+                                             die_with_parent=True)
         print(f"job {job.id} started (attempt {job.attempts})", file=sys.stderr, flush=True)
 
     def _reap(self) -> None:
