@@ -22,4 +22,6 @@ pages = [
     st.Page("app_pages/try_model.py", title="Try", icon=":material/photo_camera:"),
 ]
 shared.remember_visitor()  # the owner key in a cookie: a refresh or a new tab is the same owner
+shared.source()  # this visitor's data source: the link's, this session's, or the one kept from their last visit
+shared.keep_in_address()  # ?source= on every page, so a reload or a copied address keeps it
 st.navigation(pages).run()

@@ -5,16 +5,24 @@ from pathlib import Path
 
 import streamlit as st
 
-from app_pages import shared
+from app_pages import shared, state
 from pipeline import data
 from pipeline.config import FLIPS, AugmentConfig, ConfigError
+from pipeline.config import from_dict as config_from_dict
 
 st.title("Augment")
 st.caption("Random transforms applied to training images only; exports never contain them.")
 
+shared.source_note()
 src = shared.source()
-saved = st.session_state.setdefault("augment_config", {})
-d = saved.get(src, shared.base_config(src).augment)  # per dataset: digits must not be flipped by default
+base = shared.base_config(src)
+kept = (state.get("augment") or {}).get(src)  # per dataset (digits must not be flipped by default), per visitor
+d = base.augment
+if kept:
+    try:
+        d = config_from_dict({"augment": kept}, base=base).augment
+    except ConfigError:
+        pass  # kept by an older version: the defaults
 left, right = st.columns([1, 2])
 with left:
     enabled = st.toggle("Augment while training", value=d.enabled, key=f"aug_enabled:{src}")
@@ -30,7 +38,7 @@ try:
 except ConfigError as exc:
     shared.error(exc)
     st.stop()
-saved[src] = cfg
+state.put("augment", {**(state.get("augment") or {}), src: dataclasses.asdict(cfg)})
 
 with right:
     try:

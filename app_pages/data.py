@@ -10,7 +10,33 @@ st.title("Data")
 st.caption("Labelled images: one sub-folder per class (or train/ val/ test/ folders of class sub-folders).")
 
 SOURCES = ["Sample set (handwritten digits)", "Upload a zip", "Server folder"]
-current = shared.source()  # what this session already chose: coming back to this page must not reset it
+
+
+def welcome() -> None:
+    """What the app does and its flow, once per visitor, with a one-click start on the sample set."""
+    from app_pages import state
+
+    if state.get("welcomed"):
+        return
+    with st.container(border=True):
+        st.markdown("**Welcome to Transfer Studio.** Bring labelled images (one folder per class), and it fine-tunes "
+                    "a pretrained image model on them in the background, shows how well it does, helps you fix "
+                    "mislabelled images, and exports the model for servers, phones and browsers.\n\n"
+                    "The flow: **Data** -> **Augment** -> **Train** -> **Runs** -> **Evaluate** -> **Export** -> "
+                    "**Try**. Everything you choose is kept: switching pages or reloading loses nothing.")
+        go, hide = st.columns([1, 4])
+        if go.button("Start with the sample digits", type="primary", icon=":material/rocket_launch:"):
+            state.put("welcomed", True)
+            shared.set_source("sample:digits")
+            st.switch_page("app_pages/train.py")
+        if hide.button("Hide this", key="welcome-hide"):
+            state.put("welcomed", True)
+            st.rerun()
+
+
+welcome()
+shared.source_note()
+current = shared.source()  # what this visitor already chose: coming back to this page must not reset it
 kind = 0 if current.startswith("sample:") else 1 if current.endswith(".zip") else 2
 choice = st.radio("Source", SOURCES, index=kind, horizontal=True)
 
@@ -26,7 +52,14 @@ try:
     elif choice == "Upload a zip":
         upload = st.file_uploader("Zip of class folders", type=["zip"], max_upload_size=shared.max_upload_mb())
         if upload is not None:
-            shared.set_source(shared.saved_upload(upload, "uploads"))
+            import zipfile
+
+            kept = shared.saved_upload(upload, "uploads")
+            if not zipfile.is_zipfile(kept):  # a .zip name on something else: say so in the user's own terms
+                shared.error(f"{upload.name} is not a zip archive (its contents are not a zip, whatever the name "
+                             "says). Zip the folder of class folders and upload that .zip.")
+                st.stop()
+            shared.set_source(kept)
         elif kind == 1:
             st.caption(f"Using {shared.plain(Path(current).name)}, uploaded before. Upload another zip to replace it.")
         else:
@@ -50,11 +83,19 @@ try:
     rev = revision.Revision(folder)
     report = revision.apply(data.ScanReport.from_dict(scanned), rev.active()).to_dict()  # as training sees it
 except data.DataError as exc:
-    shared.error(exc)
+    shared.error(shared.user_words(exc, shared.source()))
     st.stop()
 
 counts = {c: sum(v.values()) for c, v in report["counts"].items()}
 total = sum(counts.values())
+if total == 0:
+    name = Path(src).name if not data.is_sample(src) else src
+    shared.error(f"{name} holds no images Transfer Studio can read"
+                 + (f" ({len(report['skipped'])} file(s) skipped, listed below)" if report["skipped"] else "")
+                 + ". Put each class's images (JPEG, PNG, BMP, GIF or WebP) in its own folder and try again.")
+    if report["skipped"]:
+        st.dataframe(pd.DataFrame(report["skipped"])[["path", "reason"]], hide_index=True, width="stretch")
+    st.stop()
 cols = st.columns(4)
 cols[0].metric("Classes", len(report["classes"]))
 cols[1].metric("Images", total)

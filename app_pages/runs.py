@@ -1,5 +1,6 @@
 """Runs: every job with its status; for one run, live curves, an epoch table and cancel."""
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -8,6 +9,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from app_pages import loop, shared
+from pipeline import estimate, quiet
 from pipeline.runfolder import RunFolder
 
 st.title("Runs")
@@ -26,8 +28,9 @@ all_jobs()
 job = shared.pick_run()
 if job is None:
     st.stop()
-st.caption(f"Share this run: add `?run={job.id}` to the app's address. Whoever opens that link sees its curves, "
-           "evaluation and finished exports; only you can cancel, resume, export or delete it.")
+st.caption("Share this run: whoever opens this link sees its curves, evaluation and finished exports; only you "
+           "can cancel, resume, export or delete it. Copy it with the button at the right of the box.")
+st.code(shared.share_url(job.id), language=None, wrap_lines=True)  # st.code draws a copy button
 if not shared.can_control(job):
     st.info("A shared run: you can follow it, but not change it.")
 
@@ -66,9 +69,90 @@ def delete_button(current) -> None:
         except ValueError as exc:  # JobError: it was resumed meanwhile
             shared.error(exc)
             return
-        st.session_state.pop("run", None)
-        st.query_params.pop("run", None)
+        shared.select_run(None)
         st.rerun(scope="app")
+
+
+def _config(raw: dict):
+    from pipeline import config as config_mod
+
+    try:
+        return config_mod.from_dict(raw)
+    except (config_mod.ConfigError, TypeError):
+        return None
+
+
+def _time_left(current, run: RunFolder, cfg, done: dict) -> str:
+    if current.state not in ("queued", "running"):
+        return "-"
+    if done["seconds_left"] is not None:
+        return estimate.describe(done["seconds_left"])
+    try:
+        splits = json.loads(run.dataset.read_text(encoding="utf-8"))["splits"]
+    except (OSError, ValueError, KeyError):
+        return "after the first epoch"
+    est = estimate.estimate(cfg, len(splits["train"]), len(splits["val"]), shared.runs_dir())
+    return estimate.describe(est.seconds) + ("" if est.measured else " (first guess)")
+
+
+_PHASES = {"head": "head", "fine_tune": "fine-tune", "scratch": "training"}
+
+
+def stage(state: str, lines: list[dict], cfg) -> tuple[str, float | None]:
+    """What the run is doing now, from its last records: the text and a fraction done (None: no count to show).
+
+    Stages: waiting for a worker, loading TensorFlow, scanning, decoding each split, building the model (and the
+    base's features once), compiling the first step of a phase, epoch k of n with batch i of m, validating,
+    evaluating. A finished count is never shown as a full bar: the stage after it is named instead.
+    """
+    if state == "queued":
+        return "Queued: waiting for the worker to start it.", None
+    stages = ("scan", "start", "resumed", "cache", "features", "phase", "progress", "epoch", "evaluate")
+    last = next((m for m in reversed(lines) if m.get("event") in stages), None)
+    if last is None:
+        return "Starting: loading TensorFlow.", None
+    ev = last["event"]
+    planned = {}
+    if cfg is not None:
+        from pipeline.train import phases_for
+
+        planned = {p.name: p.epochs for p in phases_for(cfg)}
+    if ev == "scan" and last["done"] < last["total"]:
+        return f"Scanning the dataset: {last['done']}/{last['total']} images", last["done"] / max(1, last["total"])
+    if ev in ("scan", "start", "resumed"):
+        return "Loading the images.", None
+    if ev == "cache" and last["done"] < last["total"]:
+        return (f"Decoding and resizing the {last['split']} images: {last['done']}/{last['total']}",
+                last["done"] / max(1, last["total"]))
+    if ev == "cache":
+        if last["split"] == "train":
+            return "Decoding the validation images.", None
+        cached = cfg is not None and not cfg.augment.active and cfg.train.strategy != "from_scratch"
+        return ("Building the model" + (" and computing the base's features once" if cached else "")
+                + " (loading the pretrained weights).", None)
+    if ev == "features":
+        return "Features computed; starting the head phase.", None
+    if ev == "phase":
+        name = _PHASES.get(last["phase"], last["phase"])
+        return (f"{name.capitalize()} phase, epoch {last.get('first_epoch', 1)} of {last['epochs']}: compiling the "
+                "first step (tracing the model; the first epoch is the slowest).", None)
+    if ev == "progress":
+        n = planned.get(last["phase"], "?")
+        name = _PHASES.get(last["phase"], last["phase"])
+        if last["batch"] >= last["steps"]:
+            return f"{name.capitalize()} epoch {last['epoch']} of {n}: validating.", None
+        return (f"{name.capitalize()} epoch {last['epoch']} of {n}: batch {last['batch']} of {last['steps']}",
+                last["batch"] / max(1, last["steps"]))
+    if ev == "epoch":
+        n = last.get("epochs") or planned.get(last["phase"], 0)
+        name = _PHASES.get(last["phase"], last["phase"])
+        if last["epoch"] < n:
+            return f"{name.capitalize()} epoch {last['epoch'] + 1} of {n}: starting.", None
+        names = list(planned)
+        if last["phase"] in names and names.index(last["phase"]) + 1 < len(names):
+            return "Head phase done: unfreezing the base for fine-tuning.", None
+        return "Training done: saving the model and evaluating it.", None
+    return "Evaluating the model on the held-out split.", None
 
 
 @st.fragment(run_every=1.0)
@@ -81,9 +165,17 @@ def live(job_id: str) -> None:
     run = RunFolder(Path(current.run_dir))
     lines = run.metrics_lines()
     epochs = run.epochs()  # trained epochs (a rollback line voids the ones trained again)
-    c1, c2, c3 = st.columns([1, 1, 2])
+    cfg = _config(current.config)
+    c1, c2, c3, c4 = st.columns([1, 1, 1, 3])
     c1.metric("State", current.state)
-    c2.metric("Epochs", len(epochs))
+    if cfg is not None:
+        done = estimate.progress(lines, cfg)
+        c2.metric("Epochs", f"{done['epochs_done']} / {done['epochs_total']}",
+                  help="Epochs finished of those planned (early stopping can end a phase sooner).")
+        c3.metric("Time left", _time_left(current, run, cfg, done),
+                  help="From this run's own measured epochs; before its first epoch, the Train page's estimate.")
+    else:
+        c2.metric("Epochs", len(epochs))
     for note in [m for m in lines if m.get("event") == "warning"][-3:]:  # a damaged file fallen back from, etc.
         shared.warning(note.get("message", ""))
     if current.state == "failed":
@@ -103,12 +195,11 @@ def live(job_id: str) -> None:
         except ValueError as exc:  # JobError: the job changed state meanwhile
             shared.error(str(exc))
     if current.state in ("queued", "running"):
-        progress = next((m for m in reversed(lines) if m.get("event") in ("progress", "cache", "scan")), None)
-        if progress and progress["event"] == "progress":
-            c3.progress(progress["batch"] / progress["steps"],
-                        text=f"{progress['phase']} epoch {progress['epoch']}: batch {progress['batch']}/{progress['steps']}")
-        elif progress:
-            c3.progress(progress["done"] / max(1, progress["total"]), text=f"{progress['event']} {progress['done']}/{progress['total']}")
+        text, fraction = stage(current.state, lines, cfg)
+        if fraction is None:
+            c4.info(text, icon=":material/hourglass_top:")  # a stage with no count: no bar to sit full
+        else:
+            c4.progress(fraction, text=text)
         if mine and st.button("Cancel", icon=":material/stop_circle:", key=f"cancel-{job_id}"):
             shared.backend().cancel(job_id)
             st.toast("Stopping at the next batch; the last finished epoch is kept.")
@@ -117,15 +208,13 @@ def live(job_id: str) -> None:
         table = pd.DataFrame(epochs)[["phase", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr",
                                       "seconds", "images_per_second"]]
         st.dataframe(table, hide_index=True, width="stretch")
-    elif current.state in ("queued", "running"):
-        st.info("Waiting for the first epoch...")
     if mine and current.state in ("done", "failed", "cancelled"):
         delete_button(current)
     if current.state in ("done", "failed", "cancelled"):
         log = run.root / "train.log"
         if log.exists():
             with st.expander("Training log"):
-                st.code(log.read_text(errors="replace")[-5000:])
+                st.code(quiet.clean(log.read_text(errors="replace"))[-5000:])  # without TensorFlow's start-up noise
 
 
 live(job.id)

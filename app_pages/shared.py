@@ -51,6 +51,23 @@ def info(message: object) -> None:
     st.info(plain(message))
 
 
+def user_words(message: object, src: str) -> str:
+    """A pipeline message about ``src`` in the user's terms: an uploaded file by the name they gave it, a server
+    folder by its path under the data root, never the server's own paths; command-line advice as the app's."""
+    words = str(message)
+    path = Path(src)
+    if not src.startswith("sample:"):
+        try:
+            shown_as = str(path.relative_to(data_root()))
+        except ValueError:
+            shown_as = path.name  # an upload: <home>/uploads/<hash>/<the name they gave it>
+        words = words.replace(str(path), shown_as)
+    home = str(paths.home())
+    words = re.sub(re.escape(home) + r"/\S*/", "", words)  # any other server path: its last part only
+    return (words.replace("or set data.test_fraction=0.", "or set Test fraction to 0 on this page.")
+            .replace("; give a folder or a .zip of class folders.", ": upload a .zip of class folders."))
+
+
 def chart_label(value: object) -> str:
     """A label for Plotly, which reads a few HTML tags (links among them) in its text: entities keep it literal."""
     return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
@@ -64,18 +81,98 @@ def data_root() -> Path:
 
 
 def source() -> str:
-    return st.session_state.get("source", DEFAULT_SOURCE)
+    """The chosen data source: this session's, else the one the address names (``?source=``), else the one this
+    visitor chose last (a reload or a new tab), else the sample set. A source that cannot be used is said."""
+    from app_pages import state
+
+    if "source" not in st.session_state:
+        linked = st.query_params.get("source")
+        chosen = _from_address(linked) if linked else None
+        if chosen is None:
+            kept = state.get("source")
+            chosen = kept if isinstance(kept, str) and _usable(kept) else DEFAULT_SOURCE
+            if kept and chosen != kept:
+                st.session_state["source_note"] = (f"The data you used last ({Path(kept).name}) is no longer on the "
+                                                   "server; showing the sample set. Choose your data again.")
+        st.session_state["source"] = chosen
+    return st.session_state["source"]
 
 
 def set_source(value: str) -> None:
+    from app_pages import state
+
     st.session_state["source"] = value
+    state.put("source", value)
+    keep_in_address()
+
+
+def source_note() -> None:
+    """Says once why the source is not the one the link or the last visit named."""
+    note = st.session_state.pop("source_note", None)
+    if note:
+        warning(note)
+
+
+def _usable(src: str) -> bool:
+    from pipeline import data
+
+    return data.is_sample(src) or Path(src).exists()
+
+
+def address_source(src: str) -> str | None:
+    """How a source appears in a link: ``sample:digits``, ``folder:<path under the data root>``; None for an
+    upload (a file of this visitor's: not shared through the address)."""
+    from pipeline import data
+
+    if data.is_sample(src):
+        return src
+    try:
+        return "folder:" + str(Path(src).relative_to(data_root()))
+    except ValueError:
+        pass
+    root = data_root()  # a folder linked into the data root (a dataset mounted elsewhere)
+    for entry in root.iterdir():
+        if entry.is_dir() and str(entry.resolve()) == src:
+            return f"folder:{entry.name}"
+    return None
+
+
+def _from_address(linked: str) -> str | None:
+    from pipeline import data
+
+    if data.is_sample(linked):
+        name = linked.partition(":")[2] or "digits"
+        if name in data.SAMPLES:
+            return linked
+    elif linked.startswith("folder:"):
+        root = data_root()
+        rel = linked.removeprefix("folder:")
+        candidate = root / rel
+        first = rel.split("/")[0]
+        inside = bool(rel) and ".." not in Path(rel).parts and not Path(rel).is_absolute() and (root / first).is_dir()
+        if inside and candidate.is_dir():
+            return str(candidate.resolve())
+    st.session_state["source_note"] = (f"The link names data source {linked!r}, which is not on this server "
+                                       "(a sample set or a folder under the data root); showing the sample set.")
+    return None
+
+
+def keep_in_address() -> None:
+    """Puts the data source back in the address (a page switch drops query parameters); the pages that show a
+    run put ``?run=`` there themselves (pick_run)."""
+    src = st.session_state.get("source")
+    linked = address_source(src) if src else None
+    if linked and st.query_params.get("source") != linked:
+        st.query_params["source"] = linked
+    elif src and not linked and "source" in st.query_params:
+        del st.query_params["source"]
 
 
 def base_config(src: str):
-    """Defaults for a source: a sample set's own preset, else the RunConfig defaults."""
-    from pipeline import config, data
+    """Defaults for a source (pipeline.presets.config_for: a sample set's own preset, else the defaults)."""
+    from pipeline import presets
 
-    return config.from_dict(data.sample_preset()) if data.is_sample(src) else config.RunConfig()
+    return presets.config_for(src)
 
 
 @st.cache_resource
@@ -164,6 +261,12 @@ def max_upload_mb() -> int:
 def backend():
     """The job backend for this server's TRANSFER_STUDIO_HOME (one per home, shared by every session)."""
     return _backend(str(paths.home()))
+
+
+def runs_dir() -> Path:
+    """The folder of the backend's run folders (where pipeline.estimate finds this machine's measured epochs)."""
+    b = backend()
+    return Path(getattr(b, "runs", None) or b.store.runs)
 
 
 @st.cache_resource
@@ -261,10 +364,12 @@ def launch(src: str, cfg) -> str | None:
 
 
 def selected_job_id() -> str | None:
-    """The run named by ``?run=<id>`` (validated), else the last one this session launched."""
+    """The run named by ``?run=<id>`` (validated), else the one this visitor selected last (this session, or
+    kept for a reload or a new tab)."""
+    from app_pages import state
     from pipeline.jobs.store import JobError, validate_job_id
 
-    raw = st.query_params.get("run") or st.session_state.get("run")
+    raw = st.query_params.get("run") or st.session_state.get("run") or state.get("run")
     if not raw:
         return None
     try:
@@ -274,25 +379,79 @@ def selected_job_id() -> str | None:
         return None
 
 
+def select_run(job_id: str | None) -> None:
+    """Makes ``job_id`` this visitor's selected run (session, kept choices, address); None forgets it."""
+    from app_pages import state
+
+    if job_id is None:
+        st.session_state.pop("run", None)
+        st.query_params.pop("run", None)
+    else:
+        st.session_state["run"] = job_id
+        if st.query_params.get("run") != job_id:
+            st.query_params["run"] = job_id
+    state.put("run", job_id)
+
+
+def share_url(job_id: str, page: str = "runs") -> str:
+    """The full address of a run's page (``st.context.url``: the address this browser opened; else the host
+    the request came to), with ``?run=``: a link to paste anywhere."""
+    from urllib.parse import urlsplit
+
+    url = st.context.url or ""
+    parts = urlsplit(url)
+    if parts.scheme and parts.netloc:
+        base = f"{parts.scheme}://{parts.netloc}"
+    else:
+        host = (st.context.headers or {}).get("Host") or "localhost:8501"
+        base = f"http://{host}"
+    prefix = parts.path.rsplit("/", 1)[0] if parts.path.count("/") > 1 else ""  # a server.baseUrlPath
+    return f"{base}{prefix}/{page}?run={job_id}"
+
+
 def pick_run(label: str = "Run", finished_only: bool = False):
-    """A select box of jobs (newest first), preselecting ``?run=``; returns the Job or None."""
+    """A select box of this visitor's jobs (newest first) plus the one a link names; returns the Job or None.
+
+    A run the address names that cannot be shown here (no such run, or not finished on a page that needs a
+    finished one) is said, and no other run is put in its place until the visitor picks one.
+    """
+    linked = st.query_params.get("run")
     wanted = selected_job_id()  # validated first: a crafted link gets a message, never a path
     everyone = backend().list()
+    by_id = {j.id: j for j in everyone}
     jobs = my_jobs(everyone)  # your runs, plus the one a share link names (read-only unless yours)
     jobs += [j for j in everyone if j.id == wanted and j not in jobs]
     if finished_only:
         jobs = [j for j in jobs if j.state == "done"]
+    problem = None
+    if wanted and wanted not in by_id:
+        problem = (f"Run {wanted} cannot be shown: there is no such run on this server (it was deleted, or the "
+                   "link is from another server).")
+    elif wanted and finished_only and by_id[wanted].state != "done":
+        problem = (f"Run {wanted[:8]} cannot be shown here: it is {by_id[wanted].state}, and this page needs a "
+                   "finished run. Follow it on the Runs page.")
+    if problem and linked:
+        warning(problem)
+        if wanted in by_id:
+            st.page_link("app_pages/runs.py", label="Open it on the Runs page", icon=":material/monitoring:",
+                         query_params={"run": wanted})
+    elif problem and wanted not in by_id:
+        select_run(None)  # a remembered run deleted since: forgotten, and nothing to say
+        problem = None
     if not jobs:
         st.info("No finished runs yet. Launch one on the Train page." if finished_only
                 else "No runs yet. Launch one on the Train page.")
         return None
     ids = [j.id for j in jobs]
-    index = ids.index(wanted) if wanted in ids else 0
+    if problem and linked:
+        index = None  # nothing in its place until the visitor picks
+    else:
+        index = ids.index(wanted) if wanted in ids else 0
+        if problem:  # your last run is still going: say which one this page shows instead
+            st.caption(plain(f"{problem} Showing your newest finished run."))
     # No state in the label: the page's live parts update the state, a select box label would go stale.
-    job = st.selectbox(label, jobs, index=index, format_func=lambda j: (
+    job = st.selectbox(label, jobs, index=index, placeholder="Choose a run", format_func=lambda j: (
         f"{j.id[:8]}  {Path(j.source).name}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(j.created))}"))
-    if job is not None and st.query_params.get("run") != job.id:
-        st.query_params["run"] = job.id
     if job is not None:
-        st.session_state["run"] = job.id  # the other pages open on it too (a page switch drops ?run=)
+        select_run(job.id)  # the other pages open on it too
     return job

@@ -1,51 +1,112 @@
-"""Train: backbone, strategy and hyperparameters; Launch submits a job and opens its run."""
+"""Train: backbone, strategy, hyperparameters and the data split; Launch submits a job and opens its run.
+
+Every field keeps its value across page switches, reloads and new tabs (app_pages.state, per data source).
+Number fields have no bounds in the browser: a value out of range reaches this page, which says what is wrong
+and keeps Launch disabled until it is fixed (bounds in the browser would keep the last valid value silently).
+"""
 
 import dataclasses
 
+import pandas as pd
 import streamlit as st
 
-from app_pages import shared
-from pipeline import advisor, backbones, data
+from app_pages import shared, state
+from pipeline import advisor, backbones, data, estimate, revision
 from pipeline import config as config_mod
-from pipeline.config import STRATEGIES, ConfigError, RunConfig
+from pipeline.config import CLASS_WEIGHTS, STRATEGIES, ConfigError, RunConfig
 
 UPLOAD_WEIGHTS = "upload a weights file"
+P = "train:"  # widget keys
 
 st.title("Train")
+shared.source_note()
 src = shared.source()
 try:
-    folder, report = shared.resolve_and_scan(src)
+    folder, scanned = shared.resolve_and_scan(src)
+    report = revision.apply(data.ScanReport.from_dict(scanned), revision.Revision(folder).active())
 except data.DataError as exc:
-    shared.error(exc)
+    shared.error(shared.user_words(exc, src))
     st.stop()
-counts = {c: sum(v.values()) for c, v in report["counts"].items()}
-st.caption(shared.plain(f"Data: {src} ({len(counts)} classes, {sum(counts.values())} images)"))
+counts = {c: sum(v.values()) for c, v in report.to_dict()["counts"].items()}
+shown_name = src if data.is_sample(src) else (shared.address_source(src) or "").removeprefix("folder:") or \
+    __import__("pathlib").Path(src).name
+st.caption(shared.plain(f"Data: {shown_name} ({len(counts)} classes, {sum(counts.values())} images). "
+                        "Change it on the Data page."))
 
 base = shared.base_config(src)
 helps = config_mod.field_help()
+kept_all = state.get("train") or {}
+kept = kept_all.get(src, {}) if isinstance(kept_all, dict) else {}
+if st.session_state.get(P + "source") != src:  # another dataset: its own kept settings, or its defaults
+    for key in [k for k in st.session_state if isinstance(k, str) and k.startswith(P)]:
+        del st.session_state[key]
+    st.session_state[P + "source"] = src
+
+
+def seed(name: str, default):
+    return state.seed(P + name, kept.get(name, default))
+
+
+def _backbone_changed() -> None:
+    spec_ = backbones.get(st.session_state[P + "backbone"])
+    st.session_state[P + "image_size"] = (base.model.image_size if spec_.name == base.model.backbone
+                                          else spec_.default_size)
+
 
 with st.expander("Which strategy? (advisor)", expanded=False):
     similar = st.radio("Do your images look like everyday photos (objects, animals, scenes)?", ["Yes", "No"],
-                       horizontal=True) == "Yes"
+                       horizontal=True, key=seed("similar", "Yes")) == "Yes"
     per_class = sum(counts.values()) / max(1, len(counts))
     advice = advisor.recommend(per_class, similar)
     st.info(f"Recommended: **{advice.strategy}**: {advice.reason}. ({per_class:.0f} images per class)")
 
+    def _apply_advice(strategy: str = advice.strategy) -> None:
+        if strategy != "from_scratch":
+            spec_ = backbones.get(st.session_state[P + "backbone"])
+            if not spec_.has_imagenet:
+                return
+            if st.session_state.get(P + "weights") == "none":
+                st.session_state[P + "weights"] = "imagenet"
+        st.session_state[P + "strategy"] = strategy
+
+    st.button(f"Apply: {advice.strategy}", on_click=_apply_advice, key="train-apply-advice",
+              help="Sets Strategy below to the recommendation (and ImageNet weights when the base starts pretrained).")
+
+problems: list[str] = []
+
+
+def check(label: str, section, field: str, value) -> None:
+    """One field checked on its own, so every invalid field is named (not only the first)."""
+    try:
+        dataclasses.replace(section, **{field: value})
+    except ConfigError as exc:
+        problems.append(f"{label}: {str(exc).split(' is not allowed: ')[-1]}")
+
+
 c1, c2, c3 = st.columns(3)
 with c1:
     names = backbones.names()
-    backbone = st.selectbox("Backbone", names, index=names.index(base.model.backbone), help=helps["model.backbone"],
-                            format_func=lambda n: backbones.get(n).title)
+    seed("backbone", base.model.backbone)
+    if st.session_state[P + "backbone"] not in names:
+        st.session_state[P + "backbone"] = base.model.backbone
+    backbone = st.selectbox("Backbone", names, key=P + "backbone", help=helps["model.backbone"],
+                            format_func=lambda n: backbones.get(n).title, on_change=_backbone_changed)
     spec = backbones.get(backbone)
     alpha = base.model.alpha
     if spec.alphas:
-        alpha = st.selectbox("Width (alpha)", spec.alphas,
-                             index=spec.alphas.index(base.model.alpha) if base.model.alpha in spec.alphas else 0,
-                             help=helps["model.alpha"])
-    size_default = base.model.image_size if backbone == base.model.backbone else spec.default_size
-    image_size = st.number_input("Image size (px)", spec.min_size, 1024, size_default, 8, help=helps["model.image_size"])
-    weights = st.selectbox("Weights", ["imagenet", "none", UPLOAD_WEIGHTS] if spec.has_imagenet else ["none"],
-                           help=helps["model.weights"])
+        seed("alpha", base.model.alpha)
+        if st.session_state[P + "alpha"] not in spec.alphas:
+            st.session_state[P + "alpha"] = base.model.alpha if base.model.alpha in spec.alphas else spec.alphas[0]
+        alpha = st.selectbox("Width (alpha)", spec.alphas, key=P + "alpha", help=helps["model.alpha"])
+    image_size = st.number_input("Image size (px)", step=8, key=seed("image_size", base.model.image_size),
+                                 help=helps["model.image_size"])
+    if image_size < spec.min_size or image_size > 1024:
+        problems.append(f"Image size (px): {spec.title} needs {spec.min_size} to 1024 pixels.")
+    weight_choices = ["imagenet", "none", UPLOAD_WEIGHTS] if spec.has_imagenet else ["none"]
+    seed("weights", base.model.weights if base.model.weights in weight_choices else weight_choices[0])
+    if st.session_state[P + "weights"] not in weight_choices:
+        st.session_state[P + "weights"] = weight_choices[0]
+    weights = st.selectbox("Weights", weight_choices, key=P + "weights", help=helps["model.weights"])
     if weights == UPLOAD_WEIGHTS:  # the way forward on a server that cannot download ImageNet weights
         weights = shared.saved_upload(
             st.file_uploader("Weights file (.h5)", type=["h5"], max_upload_size=shared.max_upload_mb(), help="The notop .h5 file Keras names when its "
@@ -54,54 +115,115 @@ with c1:
             st.info(f"Upload the weights file for {spec.title}, or choose imagenet or none.")
             st.stop()
 with c2:
-    default_strategy = base.train.strategy if spec.has_imagenet or base.train.strategy == "from_scratch" else "from_scratch"
-    strategy = st.selectbox("Strategy", STRATEGIES if spec.has_imagenet else ("from_scratch",),
-                            index=(STRATEGIES.index(default_strategy) if spec.has_imagenet else 0),
-                            help=helps["train.strategy"])
-    head_epochs = st.number_input("Head epochs" if strategy != "from_scratch" else "Epochs", 1, 1000,
-                                  base.train.head_epochs, help=helps["train.head_epochs"])
-    fine_tune_epochs = st.number_input("Fine-tune epochs", 0, 1000, base.train.fine_tune_epochs,
+    strategies = STRATEGIES if spec.has_imagenet else ("from_scratch",)
+    seed("strategy", base.train.strategy)
+    if st.session_state[P + "strategy"] not in strategies:
+        st.session_state[P + "strategy"] = strategies[0] if spec.has_imagenet else "from_scratch"
+    strategy = st.selectbox("Strategy", strategies, key=P + "strategy", help=helps["train.strategy"])
+    head_epochs = st.number_input("Head epochs" if strategy != "from_scratch" else "Epochs", step=1,
+                                  key=seed("head_epochs", base.train.head_epochs), help=helps["train.head_epochs"])
+    fine_tune_epochs = st.number_input("Fine-tune epochs", step=1, key=seed("fine_tune_epochs", base.train.fine_tune_epochs),
                                        help=helps["train.fine_tune_epochs"],
                                        disabled=strategy not in ("fine_tune", "freeze_first_k"))
-    batch_size = st.number_input("Batch size", 1, 1024, base.train.batch_size, help=helps["train.batch_size"])
+    batch_size = st.number_input("Batch size", step=1, key=seed("batch_size", base.train.batch_size),
+                                 help=helps["train.batch_size"])
+    seed_value = st.number_input("Seed", step=1, key=seed("seed", base.train.seed), help=helps["train.seed"])
 with c3:
-    learning_rate = st.number_input("Learning rate", 1e-6, 1.0, base.train.learning_rate, format="%.5f",
-                                    help=helps["train.learning_rate"])
-    fine_tune_lr = st.number_input("Fine-tune learning rate", 1e-7, 1.0, base.train.fine_tune_learning_rate,
-                                   format="%.6f", help=helps["train.fine_tune_learning_rate"])
+    learning_rate = st.number_input("Learning rate", format="%.5f", step=1e-4,
+                                    key=seed("learning_rate", base.train.learning_rate), help=helps["train.learning_rate"])
+    fine_tune_lr = st.number_input("Fine-tune learning rate", format="%.6f", step=1e-6,
+                                   key=seed("fine_tune_learning_rate", base.train.fine_tune_learning_rate),
+                                   help=helps["train.fine_tune_learning_rate"])
     schedule = st.selectbox("Learning-rate schedule", config_mod.SCHEDULES,
-                            index=config_mod.SCHEDULES.index(base.train.lr_schedule), help=helps["train.lr_schedule"])
-    seed = st.number_input("Seed", 0, 2**31 - 1, base.train.seed, help=helps["train.seed"])
+                            key=seed("lr_schedule", base.train.lr_schedule), help=helps["train.lr_schedule"])
 
-augment_cfg = st.session_state.get("augment_config", {}).get(src, base.augment)
+st.subheader("Data split and class balance")
+d1, d2, d3 = st.columns(3)
+val_fraction = d1.number_input("Validation fraction", format="%.2f", step=0.05,
+                               key=seed("val_fraction", base.data.val_fraction), help=helps["data.val_fraction"])
+test_fraction = d2.number_input("Test fraction", format="%.2f", step=0.05,
+                                key=seed("test_fraction", base.data.test_fraction), help=helps["data.test_fraction"])
+class_weight = d3.selectbox("Class weights", CLASS_WEIGHTS, key=seed("class_weight", base.train.class_weight),
+                            help=helps["train.class_weight"])
+
+check("Head epochs" if strategy != "from_scratch" else "Epochs", base.train, "head_epochs", head_epochs)
+check("Fine-tune epochs", base.train, "fine_tune_epochs", fine_tune_epochs)
+check("Batch size", base.train, "batch_size", batch_size)
+check("Seed", base.train, "seed", seed_value)
+check("Learning rate", base.train, "learning_rate", learning_rate)
+check("Fine-tune learning rate", base.train, "fine_tune_learning_rate", fine_tune_lr)
+check("Validation fraction", base.data, "val_fraction", val_fraction)
+if not problems or not any(p.startswith("Validation fraction") for p in problems):
+    check("Test fraction", base.data, "test_fraction", test_fraction)
+
+# Kept for this visitor as shown, valid or not: a reload shows the same values (and the same reasons).
+state.put("train", {**kept_all, src: {k.removeprefix(P): v for k, v in st.session_state.items()
+                                      if isinstance(k, str) and k.startswith(P) and k != P + "source"}})
+
+augment_cfg = base.augment
+kept_aug = (state.get("augment") or {}).get(src)
+if kept_aug:
+    try:
+        augment_cfg = config_mod.from_dict({"augment": kept_aug}, base=base).augment
+    except ConfigError:
+        pass
 st.caption(f"Augmentation: {'on' if augment_cfg.active else 'off'} (set it on the Augment page).")
-try:
-    cfg = RunConfig(
-        data=base.data,
-        augment=augment_cfg,
-        model=dataclasses.replace(base.model, backbone=backbone, alpha=float(alpha), image_size=int(image_size),
-                                  weights=weights),
-        train=dataclasses.replace(base.train, strategy=strategy, head_epochs=int(head_epochs),
-                                  fine_tune_epochs=int(fine_tune_epochs), batch_size=int(batch_size),
-                                  learning_rate=float(learning_rate), fine_tune_learning_rate=float(fine_tune_lr),
-                                  lr_schedule=schedule, seed=int(seed)),
-    )
-except ConfigError as exc:
-    shared.error(exc)  # may quote an uploaded weights file's name
-    st.stop()
-for warning in cfg.warnings():
-    shared.warning(warning)
+cfg = None
+if not problems:
+    try:
+        cfg = RunConfig(
+            data=dataclasses.replace(base.data, val_fraction=float(val_fraction), test_fraction=float(test_fraction)),
+            augment=augment_cfg,
+            model=dataclasses.replace(base.model, backbone=backbone, alpha=float(alpha), image_size=int(image_size),
+                                      weights=weights),
+            train=dataclasses.replace(base.train, strategy=strategy, head_epochs=int(head_epochs),
+                                      fine_tune_epochs=int(fine_tune_epochs), batch_size=int(batch_size),
+                                      learning_rate=float(learning_rate), fine_tune_learning_rate=float(fine_tune_lr),
+                                      lr_schedule=schedule, seed=int(seed_value), class_weight=class_weight),
+        )
+    except ConfigError as exc:
+        problems.append(shared.user_words(exc, src))  # may quote an uploaded weights file's name
 
-n = sum(counts.values())
-train_n = int(n * (1 - cfg.data.val_fraction - cfg.data.test_fraction))
-est = advisor.epoch_seconds(backbone, float(alpha), int(image_size), train_n, n - train_n,
-                            base_trains=strategy != "feature_extraction")
-st.metric("Estimated time per epoch on 2 CPU cores", f"{est:.0f} s" if est >= 1 else "under 1 s")
+splits = None
+if cfg is not None:
+    for warning in cfg.warnings():
+        shared.warning(warning)
+    try:
+        splits = data.make_splits(report, cfg.data, cfg.train.seed)  # what training will split, exactly
+    except data.DataError as exc:
+        problems.append(shared.user_words(exc, src))
 
-if st.button("Launch training", type="primary", icon=":material/rocket_launch:"):
+if splits is not None:
+    per_split = {name: [0] * len(splits.classes) for name in ("train", "val", "test")}
+    for name in per_split:
+        for _, label in getattr(splits, name):
+            per_split[name][label] += 1
+    table = pd.DataFrame(per_split, index=list(splits.classes))
+    table.loc["all classes"] = table.sum()
+    st.dataframe(table, width="stretch")
+    if not splits.test:
+        st.caption("No test split: Evaluate will measure the validation split, which also chooses the best "
+                   "checkpoint (an optimistic figure). Set a test fraction for an unbiased one.")
+
+    est = estimate.estimate(cfg, len(splits.train), len(splits.val), shared.runs_dir())
+    guess = "" if est.measured else " (first guess)"
+    cols = st.columns(len(est.phases) + 1)
+    for col, phase in zip(cols, est.phases, strict=False):
+        label = {"head": "head", "fine_tune": "fine-tune", "scratch": "training"}.get(phase.name, phase.name)
+        col.metric(f"Per {label} epoch{guess}", estimate.describe(phase.epoch_seconds),
+                   help=f"The first epoch of the phase takes about {estimate.describe(phase.first_epoch_seconds)} "
+                        "(the graph is traced and compiled).")
+    cols[-1].metric(f"Whole run{guess}", estimate.describe(est.seconds),
+                    help="Epochs only; loading the images and the final evaluation come on top.")
+    st.caption(f"Estimate: {est.basis}.")
+
+for problem in problems:
+    shared.error(problem)
+launch = st.button("Launch training", type="primary", icon=":material/rocket_launch:", disabled=bool(problems),
+                   help=("Fix first: " + " ".join(problems)) if problems else None)
+if launch and cfg is not None and splits is not None:
     job_id = shared.launch(src, cfg)  # owned by this visitor; refused past the per-visitor job limit
     if job_id is None:
         st.stop()
-    st.session_state["run"] = job_id
-    st.query_params["run"] = job_id
-    st.switch_page("app_pages/runs.py")
+    shared.select_run(job_id)
+    st.switch_page("app_pages/runs.py", query_params={"run": job_id})

@@ -14,7 +14,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from pipeline.exitcodes import EXIT_FAILED, EXIT_GATE_FAILED, EXIT_OK, EXIT_USER_ERROR  # noqa: E402 (one table)
+from pipeline.exitcodes import EXIT_FAILED, EXIT_GATE_FAILED, EXIT_OK, EXIT_USER_ERROR, UserError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,9 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args, on_step) -> tuple[int, str | None]:
     """The export or verification; returns (exit code, one-line reason when it is not 0)."""
     from export import bundle, verify
-    from export.tflite import ConversionError
-    from export.web import WebDemoError
-    from pipeline.runfolder import RunNotReadyError, load_model, load_run
+    from pipeline.runfolder import load_model, load_run
 
     def say(msg: str) -> None:
         on_step(msg)
@@ -84,7 +82,7 @@ def _run(args, on_step) -> tuple[int, str | None]:
             dest, result = bundle.export_run(args.run_dir, formats, args.out, run_verify=not args.no_verify,
                                              verify_limit=args.verify_images, progress=say)
             print(f"bundle: {dest}")
-    except (RunNotReadyError, bundle.ExportError, ConversionError, WebDemoError, PermissionError) as exc:
+    except (UserError, PermissionError) as exc:  # UserError: pipeline.exitcodes' family (export's errors too)
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR, str(exc).splitlines()[0]
     if result is not None:
@@ -96,4 +94,7 @@ def _run(args, on_step) -> tuple[int, str | None]:
 
 
 if __name__ == "__main__":
+    from pipeline.quiet import filter_stderr
+
+    filter_stderr()  # TensorFlow's start-up noise is not the user's business
     sys.exit(main())

@@ -27,6 +27,7 @@ from export import mediapipe_tasks, onnx_export, savedmodel, tfjs, tflite, verif
 from export.tflite import ConversionError
 from pipeline import data as data_mod
 from pipeline import paths
+from pipeline.exitcodes import UserError
 from pipeline.runfolder import atomic_write_json, load_model, load_run
 
 FORMATS = ("savedmodel", "tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8", "tfjs", "tfjs-float16",
@@ -40,7 +41,7 @@ ProgressFn = Callable[[str], None]
 README_TEMPLATE = Path(__file__).with_name("templates") / "bundle_readme.md"
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """The export cannot be done as asked; the message says why and what to do."""
 
 

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.exitcodes import UserError
 
-class ConversionError(RuntimeError):
+
+class ConversionError(UserError, RuntimeError):
     """A format could not be produced; the message says which and why."""
 
 

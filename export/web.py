@@ -11,12 +11,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from pipeline.exitcodes import UserError
+
 SOURCE = Path(__file__).with_name("web")
 TFJS_LIB = Path(__file__).resolve().parents[1] / "node_modules" / "@tensorflow" / "tfjs" / "dist" / "tf.min.js"
 FILES = ("index.html", "demo.js", "demo.css")
 
 
-class WebDemoError(RuntimeError):
+class WebDemoError(UserError, RuntimeError):
     """TF.js is not installed, so the demo page cannot be written."""
 
 

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.exitcodes import EXIT_CANCELLED, EXIT_INTERRUPTED, EXIT_USER_ERROR
+from pipeline.exitcodes import EXIT_CANCELLED, EXIT_INTERRUPTED
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -359,12 +359,8 @@ def _from_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.backbones import WeightsUnavailableError
-    from pipeline.compare import CompareError
-    from pipeline.config import ConfigError
-    from pipeline.data import DataError
-    from pipeline.jobs.store import JobError
-    from pipeline.runfolder import RunFolderError, TrainingCancelled
+    from pipeline.exitcodes import UserError
+    from pipeline.runfolder import TrainingCancelled
 
     args = parser().parse_args(argv)
     try:
@@ -373,10 +369,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ncancelled: the last finished epoch is kept; run the same command to resume ({args.run_dir}).",
               file=sys.stderr)
         return EXIT_CANCELLED
-    except (ConfigError, DataError, WeightsUnavailableError, RunFolderError, JobError,
-            CompareError) as exc:
+    except UserError as exc:  # every error a user can act on (pipeline.exitcodes)
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return exc.exit_code
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import config as config_mod
+from pipeline.exitcodes import UserError
 from pipeline.runfolder import RunFolder, read_jsonl
 
 MIN_RUNS, MAX_RUNS = 2, 4
 
 
-class CompareError(ValueError):
+class CompareError(UserError, ValueError):
     """The runs cannot be compared (too few, too many, or not run folders)."""
 
 

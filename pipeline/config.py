@@ -21,9 +21,10 @@ from typing import Any
 
 from pipeline import backbones
 from pipeline.atomic import atomic_write_text
+from pipeline.exitcodes import UserError
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration value is invalid; the message names the field and what is allowed."""
 
 

@@ -35,6 +35,7 @@ from PIL import Image, ImageFile, ImageOps
 
 from pipeline import paths
 from pipeline.config import DataConfig
+from pipeline.exitcodes import UserError
 from pipeline.limits import MB, Limits
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must fail, not decode half-grey
@@ -44,7 +45,7 @@ SAMPLES = ("digits",)
 ProgressFn = Callable[[int, int], None]
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """The data cannot be used as given; the message says which file, folder or class, and what to do."""
 
 

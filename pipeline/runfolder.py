@@ -42,13 +42,14 @@ from typing import Any
 import numpy as np
 
 from pipeline.atomic import atomic_write, atomic_write_json, atomic_write_text  # noqa: F401 - re-exported
+from pipeline.exitcodes import UserError
 
 
 class TrainingCancelled(Exception):
     """A cancel was requested (CANCEL file or SIGTERM); the last finished epoch's checkpoint is kept."""
 
 
-class RunFolderError(ValueError):
+class RunFolderError(UserError, ValueError):
     """The run folder cannot be used for this request; the message says why and what to do."""
 
 

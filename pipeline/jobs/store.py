@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import paths
+from pipeline.exitcodes import UserError
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 JOB_ID = re.compile(r"[0-9a-f]{32}")  # used with fullmatch: "$" would let a trailing newline through
@@ -53,7 +54,7 @@ CREATE TABLE IF NOT EXISTS workers (
 """
 
 
-class JobError(ValueError):
+class JobError(UserError, ValueError):
     """A job request cannot be served (unknown or malformed id, wrong state)."""
 
 
