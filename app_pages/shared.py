@@ -177,11 +177,11 @@ def base_config(src: str):
 
 @st.cache_resource
 def _scan_cache() -> dict:
-    """(folder, mtime) -> scan report, shared by every session of this server (small: reports only)."""
+    """(folder, tree stamp) -> scan report, shared by every session of this server (small: reports only)."""
     return {}
 
 
-def scan_folder(folder: str, stamp: float, progress=None) -> dict:
+def scan_folder(folder: str, stamp: str, progress=None) -> dict:
     """Scan report of a resolved folder, cached per folder and modification time.
 
     (Not ``st.cache_data``: the progress bar it draws lives outside the function, which cache replay forbids.)
@@ -231,7 +231,7 @@ def resolve_and_scan(src: str) -> tuple[str, dict]:
         bar.progress(done / max(total, 1), text=f"Scanning: {done}/{total} images decoded")
 
     folder = data.resolve_source(src, progress=unpacking)
-    report = scan_folder(str(folder), folder.stat().st_mtime, progress=scanning)
+    report = scan_folder(str(folder), paths.tree_stamp(folder), progress=scanning)  # a photo added to a class
     bar.empty()
     return str(folder), report
 

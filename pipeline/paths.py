@@ -95,3 +95,19 @@ def store_upload(payload, name: str, kind: str) -> Path:
     finally:
         part.unlink(missing_ok=True)
     return target
+
+
+def tree_stamp(folder: str | os.PathLike) -> str:
+    """A fingerprint that changes when any file is added to, removed from or renamed in ``folder``'s tree.
+
+    Made from every directory's modification time (a directory's mtime changes when an entry in it is
+    added, removed or renamed), so it costs one ``stat`` per folder, not per file. A file rewritten in place
+    keeps its directory's mtime: the scan's content hashes catch that when it is run.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    for dirpath, dirnames, _ in os.walk(folder, followlinks=True):
+        dirnames.sort()
+        digest.update(f"{dirpath}\0{os.stat(dirpath).st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]

@@ -65,3 +65,27 @@ def test_cell_selection_correction_retrain_and_compare(finished_job):  # noqa: F
     _no_exception(at)
     assert any("was retrained from" in c.value for c in at.caption)
     assert any("train.init_from" in str(df.value) for df in at.dataframe)
+
+
+def test_a_photo_added_to_a_class_folder_shows_in_the_counts(tmp_path, monkeypatch):
+    """The scan cache is keyed by the whole tree (every folder's mtime), not only the top folder's."""
+    import numpy as np
+    from PIL import Image
+
+    from tests.conftest import write_shapes_dataset
+
+    root = tmp_path / "root"
+    shapes = write_shapes_dataset(root / "shapes", per_class=4)
+    monkeypatch.setenv("TRANSFER_STUDIO_DATA_ROOT", str(root))
+
+    def images() -> str:
+        at = _page("data.py")
+        at.radio[0].set_value("Server folder").run()
+        _no_exception(at)
+        return {m.label: m.value for m in at.metric}["Images"]
+
+    assert images() == "12"
+    top = (root / "shapes").stat().st_mtime_ns
+    Image.fromarray(np.full((40, 40, 3), 99, np.uint8)).save(shapes / "bar" / "bar_new.png")
+    assert (root / "shapes").stat().st_mtime_ns == top  # the top folder did not change
+    assert images() == "13"
