@@ -19,6 +19,7 @@ st.title("Runs")
 def all_jobs() -> None:
     jobs = shared.my_jobs(shared.backend().list())  # your runs (every run with the host's admin key)
     if jobs:
+        st.subheader("All runs" if shared.visitor().admin else "Your runs")
         st.dataframe(pd.DataFrame([{"id": j.id[:8], "state": j.state, "source": Path(j.source).name,
                                     "created": pd.Timestamp(j.created, unit="s"), "error": j.error or ""}
                                    for j in jobs]), hide_index=True, width="stretch")

@@ -131,14 +131,17 @@ def test_two_visitors_a_share_link_is_read_only(app_url):  # noqa: F811
 
         state = a.get_by_test_id("stMetricValue").filter(has_text=re.compile(r"^done$"))
         expect(state).to_be_visible(timeout=240_000)
-        b.goto(f"{app_url}/runs")  # B's own Runs list: A's run is not in it
-        expect(b.get_by_text("No runs yet")).to_be_visible()
+        b.goto(f"{app_url}/runs")  # B's own Runs list: A's run is not in it (B has none: no list at all)
+        expect(b.get_by_role("heading", name="Runs", exact=True)).to_be_visible()
+        b.wait_for_timeout(2500)  # the list refreshes every 2 s
+        assert b.get_by_role("heading", name="Your runs").count() == 0
         b.goto(f"{app_url}/export_page?run={job_id}")
         expect(b.get_by_role("button", name="Export and verify")).to_be_disabled()
         expect(b.get_by_text("Only this run's owner can export it")).to_be_visible()
 
         a2 = context_a.new_page()  # a new tab of A's browser: still the owner (the cookie)
         a2.goto(f"{app_url}/runs")
+        expect(a2.get_by_role("heading", name="Your runs")).to_be_visible()  # A's list holds A's run
         expect(a2.get_by_text("Delete this run...")).to_be_visible()
         a2.goto(f"{app_url}/export_page?run={job_id}")
         expect(a2.get_by_role("button", name="Export and verify")).to_be_enabled()
