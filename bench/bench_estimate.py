@@ -82,7 +82,7 @@ def main() -> None:
         b_dir = runs / f"{backbone}-{alpha}-{size}-b"
         b_seconds = _train(env, str(DATA), b_dir, sets + ["train.seed=7"])
         measured = _epochs(b_dir)
-        row = {"pair": name, "train_images": n_train, "val_images": n_val, "run_a_wall": round(a_seconds, 1),
+        row = {"pair": name, "load_average_1min": round(os.getloadavg()[0], 2), "train_images": n_train, "val_images": n_val, "run_a_wall": round(a_seconds, 1),
                "run_b_wall": round(b_seconds, 1), "measured_flag": est.measured,
                "guess_run_seconds": round(guess.seconds, 1), "estimate_run_seconds": round(est.seconds, 1),
                "measured_run_epoch_seconds": round(sum(sum(v) for v in measured.values()), 1), "phases": []}
