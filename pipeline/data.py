@@ -3,8 +3,11 @@
 A *source* is a folder of class sub-folders, a folder of split folders (``train/`` plus ``val/`` or
 ``validation/`` and/or ``test/``, each holding class sub-folders), a ``.zip`` of either, or an
 embedded sample (``sample:digits``). Everything is resolved to a folder, scanned once (every file
-decoded, every skip named with its reason), split, and then decoded again at the model's input size
-into a uint8 cache that the tf.data pipeline shuffles and batches.
+hashed and decoded, every skip named with its reason), split, and gathered at the model's input size
+into a uint8 cache that the tf.data pipeline shuffles and batches. Each file is decoded once per
+(content, size): the scan, given the model's size, leaves it in the decoded-image cache
+(:mod:`pipeline.decoded`), where the training cache, a retrain, evaluation and the label-error search find
+it. Many files are decoded on every core (:func:`decode_many`).
 
 TensorFlow is imported only by :func:`make_dataset`.
 """
@@ -385,6 +388,11 @@ def decode_image_bytes(data: bytes, size: int | None = None, *, max_pixels: int 
 
 def _decode(fh, size: int | None, max_pixels: int, name: str) -> np.ndarray:
     img, _ = _open_checked(fh, max_pixels, name, draft_to=size)
+    return _decode_opened(img, size, name)
+
+
+def _decode_opened(img: Image.Image, size: int | None, name: str) -> np.ndarray:
+    """Decodes an image :func:`_open_checked` opened (drafted for ``size``) to RGB uint8, resized to ``size``."""
     with decode_budget().reserve(_decode_cost(img, name)):
         _load(img, name)
         try:
@@ -394,6 +402,10 @@ def _decode(fh, size: int | None, max_pixels: int, name: str) -> np.ndarray:
             return np.asarray(img, dtype=np.uint8)
         except (OSError, ValueError, SyntaxError) as exc:
             raise DataError(f"{name}: {_describe_decode_error(exc)}") from exc
+
+
+class DecodeBudgetError(DataError):
+    """One image needs more memory to decode than the decode budget allows."""
 
 
 class DecodeBudget:
@@ -442,7 +454,7 @@ def _decode_cost(img: Image.Image, name: str) -> int:
     cost = width * height * (per_pixel + 4)  # Pillow's own buffer, plus one RGB(X) copy when converting
     limit = decode_budget().limit
     if cost > limit:
-        raise DataError(
+        raise DecodeBudgetError(
             f"{name}: {width}x{height} pixels need about {cost / MB:,.0f} MB to decode, more than this server's "
             f"decode budget of {limit / MB:,.0f} MB (TRANSFER_STUDIO_DECODE_MEMORY_MB); it was skipped. "
             "Shrink the image (a few megapixels is plenty for training)"
@@ -508,6 +520,209 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode != "RGB":
         img = img.convert("RGB")
     return img
+
+
+# === Decoding many files: once per (content, size), on every core ===
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One file's outcome: its content hash, size as displayed (width, height), pixels (when asked), or an error.
+
+    ``error`` is the DataError's text without the file name; ``over_budget`` means a worker process's share of
+    the decode budget was too small and the caller's process decodes it again under the whole budget.
+    """
+
+    digest: str = ""
+    shown: tuple[int, int] = (0, 0)
+    pixels: np.ndarray | None = None
+    error: str = ""
+    over_budget: bool = False
+
+
+PROCESS_MIN_FILES = 200  # below this, starting worker processes (~0.5 s) costs more than it saves
+CHUNK_FILES = 32
+
+
+def load_image_cached(path: str | Path, size: int, *, max_pixels: int = 89_478_485) -> np.ndarray:
+    """:func:`load_image` at ``size`` through the decoded-image cache (:mod:`pipeline.decoded`): the same pixels,
+    decoded only when this content has not been decoded at this size before.
+
+    Raises:
+        DataError: as :func:`load_image`.
+    """
+    out = decode_file(str(path), size, max_pixels, str(path), want_pixels=True)
+    if out.error:
+        raise (DecodeBudgetError if out.over_budget else DataError)(f"{path}: {out.error}")
+    return out.pixels
+
+
+def decode_file(path: str, size: int | None, max_pixels: int, name: str, *, want_pixels: bool) -> Decoded:
+    """Hashes ``path`` and checks it decodes; with ``size``, its pixels at ``size`` come from (or go to) the
+    decoded-image cache, so each (content, size) is decoded once. Without ``size`` (a scan before the model's
+    size is known), JPEGs are decoded drafted small, as a check only."""
+    from pipeline import decoded
+
+    try:
+        digest = file_sha256(Path(path))
+    except OSError as exc:
+        return Decoded(error=f"unreadable ({exc.strerror or exc})")
+    store = decoded.store() if size is not None else None
+    found = store.get(digest, size) if store is not None else None
+    if want_pixels and found is not None:
+        return Decoded(digest, found[1], found[0])  # the scan checked this content already
+    try:
+        fh = open(path, "rb")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        return Decoded(digest, error=f"unreadable ({exc.strerror or exc})")
+    try:
+        with fh:
+            img, (width, height) = _open_checked(fh, max_pixels, name, draft_to=size or 64)
+            if size is None:
+                with decode_budget().reserve(_decode_cost(img, name)):
+                    _load(img, name)
+                return Decoded(digest, _shown(img, width, height))
+            if found is not None:
+                _decode_cost(img, name)  # refused as a fresh decode would be, should the budget have shrunk
+                return Decoded(digest, found[1])
+            pixels = _decode_opened(img, size, name)
+            shown = _shown(img, width, height)  # after decoding: a PNG's EXIF is read by decoding it
+            if store is not None:
+                store.put(digest, size, pixels, shown)
+            return Decoded(digest, shown, pixels if want_pixels else None)
+    except DataError as exc:
+        return Decoded(digest, error=str(exc).split(": ", 1)[-1], over_budget=isinstance(exc, DecodeBudgetError))
+
+
+def _decode_chunk(files: list[str], names: list[str], size: int | None, max_pixels: int,
+                  want_pixels: bool) -> list[Decoded]:
+    return [decode_file(f, size, max_pixels, n, want_pixels=want_pixels) for f, n in zip(files, names, strict=True)]
+
+
+def _init_worker(budget_mb: int) -> None:
+    """A decoding process's share of the decode budget: the workers together stay within it."""
+    os.environ["TRANSFER_STUDIO_DECODE_MEMORY_MB"] = str(budget_mb)
+
+
+def decode_workers() -> int:
+    """Cores this process may use (its CPU affinity)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def pool_kind(n_files: int) -> str:
+    """``process`` (default for ``PROCESS_MIN_FILES`` files or more on 2+ cores) or ``thread``;
+    ``TRANSFER_STUDIO_DECODE_POOL=thread|process`` overrides."""
+    forced = os.environ.get("TRANSFER_STUDIO_DECODE_POOL", "").strip().lower()
+    if forced in ("thread", "process"):
+        return forced
+    return "process" if n_files >= PROCESS_MIN_FILES and decode_workers() > 1 else "thread"
+
+
+def decode_many(files: Sequence[str], size: int | None, max_pixels: int, *, names: Sequence[str] | None = None,
+                want_pixels: bool, on_result: Callable[[int, Decoded], None],
+                progress: ProgressFn | None = None) -> None:
+    """Decodes ``files`` on every core, calling ``on_result(index, Decoded)`` in this thread as they finish.
+
+    Pillow's decode and resize hold the GIL for part of the work, so large sets go to a pool of processes
+    (started with ``spawn``: the caller may run TensorFlow's threads, which ``fork`` would copy mid-lock), each
+    with ``1/workers`` of the decode budget; an image too big for that share is decoded here afterwards under
+    the whole budget. Pixels come back by pickling (a 224 px image is 150 KB); with ``size``, each
+    (content, size) is decoded once ever, through :mod:`pipeline.decoded`.
+    """
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    n = len(files)
+    names = list(names) if names is not None else [str(f) for f in files]
+    done = 0
+
+    def report(k: int) -> None:
+        nonlocal done
+        done += k
+        if progress and k:
+            progress(done, n)
+
+    def threads(indices: list[int]) -> None:
+        with ThreadPoolExecutor(max_workers=min(8, decode_workers() * 2)) as pool:
+            results = pool.map(lambda i: decode_file(str(files[i]), size, max_pixels, names[i],
+                                                     want_pixels=want_pixels), indices)
+            for k, (i, out) in enumerate(zip(indices, results, strict=True)):
+                on_result(i, out)
+                if (k + 1) % 25 == 0 or k + 1 == len(indices):
+                    report(k + 1 - (done - start_done))
+
+    start_done = 0
+    if pool_kind(n) == "thread":
+        threads(list(range(n)))
+        return
+
+    todo = list(range(n))
+    from pipeline import decoded
+
+    if want_pixels and size is not None and (store := decoded.store()) is not None:
+        # Hits are a hash and a read: served here on threads, since pickling pixels back from a worker
+        # costs more than reading them; only the misses go to the worker processes.
+        def hit(i: int) -> Decoded | None:
+            try:
+                digest = file_sha256(Path(files[i]))
+            except OSError:
+                return None
+            found = store.get(digest, size)
+            return None if found is None else Decoded(digest, found[1], found[0])
+
+        todo = []
+        with ThreadPoolExecutor(max_workers=min(8, decode_workers() * 2)) as pool:
+            for i, out in enumerate(pool.map(hit, range(n))):
+                if out is None:
+                    todo.append(i)
+                else:
+                    on_result(i, out)
+                    if (i + 1 - len(todo) - done) >= 25:
+                        report(i + 1 - len(todo) - done)
+        report(n - len(todo) - done)
+        if not todo:
+            return
+
+    workers = decode_workers()
+    share = max(1, decode_budget().limit // MB // workers)
+    retry: list[int] = []
+    delivered = np.zeros(n, dtype=bool)
+    delivered[np.setdiff1d(np.arange(n), np.array(todo, dtype=np.int64))] = True
+    starts = list(range(0, len(todo), CHUNK_FILES))
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_init_worker, initargs=(share,)) as pool:
+            pending: dict = {}
+            next_chunk = 0
+            while next_chunk < len(starts) or pending:
+                while next_chunk < len(starts) and len(pending) < workers * 3:  # a few chunks in flight
+                    chunk = todo[starts[next_chunk]:starts[next_chunk] + CHUNK_FILES]
+                    pending[pool.submit(_decode_chunk, [str(files[i]) for i in chunk], [names[i] for i in chunk],
+                                        size, max_pixels, want_pixels)] = chunk
+                    next_chunk += 1
+                finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    chunk = pending.pop(fut)
+                    outs = fut.result()
+                    for i, out in zip(chunk, outs, strict=True):
+                        delivered[i] = True
+                        if out.over_budget:
+                            retry.append(i)
+                        else:
+                            on_result(i, out)
+                    report(len(outs) - sum(o.over_budget for o in outs))
+    except BrokenProcessPool:
+        # A worker died (the OOM killer, or a main script that starts work without an
+        # ``if __name__ == "__main__":`` guard, which spawned processes import): finish on threads here.
+        start_done = done
+        threads([int(i) for i in np.flatnonzero(~delivered)])
+    for i in retry:
+        on_result(i, decode_file(str(files[i]), size, max_pixels, names[i], want_pixels=want_pixels))
+        report(1)
 
 
 # === Scan ===
@@ -589,8 +804,12 @@ class _Probe:
     error: str = ""
 
 
-def scan(source_dir: str | Path, data_cfg: DataConfig | None = None, progress: ProgressFn | None = None) -> ScanReport:
+def scan(source_dir: str | Path, data_cfg: DataConfig | None = None, progress: ProgressFn | None = None,
+         *, size: int | None = None) -> ScanReport:
     """Scans a folder of class sub-folders or split folders; decodes every file to find the bad ones.
+
+    With ``size`` (the model's input size, when known) every good file is also left decoded at that size in
+    the decoded-image cache (:mod:`pipeline.decoded`): the scan and the training cache decode each file once.
 
     Raises:
         DataError: the folder holds no class folders.
@@ -613,7 +832,7 @@ def scan(source_dir: str | Path, data_cfg: DataConfig | None = None, progress: P
     else:
         _collect_classes(root, root, "all", probes, skipped)
 
-    _probe_all(root, probes, data_cfg.max_image_pixels, progress)
+    _probe_all(root, probes, data_cfg.max_image_pixels, progress, size)
     good = _drop_bad_and_duplicates(probes, skipped)
 
     split_order = ("all",) if layout == "classes" else ("train", "val", "test")
@@ -649,33 +868,30 @@ def _collect_classes(root: Path, folder: Path, split: str, probes: list[_Probe],
             skipped.append({"path": _rel(root, entry), "reason": "not inside a class folder"})
 
 
-def _probe_all(root: Path, probes: list[_Probe], max_pixels: int, progress: ProgressFn | None) -> None:
-    """Hashes and decodes every file from its path: 1 MB reads for the hash, JPEGs drafted to 128 px, every
-    decode inside the decode budget; no file is read whole into memory."""
+def _probe_all(root: Path, probes: list[_Probe], max_pixels: int, progress: ProgressFn | None,
+               size: int | None = None) -> None:
+    """Hashes and decodes every file from its path on every core (:func:`decode_many`): 1 MB reads for the
+    hash, every decode inside the decode budget, no file read whole into memory. With ``size`` (the model's),
+    each file is decoded at that size into the decoded-image cache, so building the training cache afterwards
+    decodes nothing; without it, JPEGs are drafted to 128 px for the check."""
 
-    def probe(p: _Probe) -> None:
-        path = root / p.rel
-        try:
-            p.digest = file_sha256(path)
-            fh = open(path, "rb")  # noqa: SIM115 - closed below
-        except OSError as exc:
-            p.error = f"unreadable ({exc.strerror or exc})"
-            return
-        try:
-            with fh:
-                img, (width, height) = _open_checked(fh, max_pixels, p.rel, draft_to=64)
-                with decode_budget().reserve(_decode_cost(img, p.rel)):
-                    _load(img, p.rel)
-                p.size = (height, width) if _has_rotation(img) else (width, height)  # as displayed
-        except DataError as exc:
-            p.error = str(exc).split(": ", 1)[-1]
+    def keep(i: int, out: Decoded) -> None:
+        p = probes[i]
+        p.digest, p.size, p.error = out.digest, out.shown, out.error
 
-    done = 0
-    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 2) * 2)) as pool:
-        for _ in pool.map(probe, probes):
-            done += 1
-            if progress and (done % 25 == 0 or done == len(probes)):
-                progress(done, len(probes))
+    decode_many([str(root / p.rel) for p in probes], size, max_pixels, names=[p.rel for p in probes],
+                want_pixels=False, on_result=keep, progress=progress)
+    if size is not None:
+        from pipeline import decoded
+
+        if (store := decoded.store()) is not None:
+            store.prune()
+
+
+def _shown(img: Image.Image, width: int, height: int) -> tuple[int, int]:
+    """(width, height) as displayed: swapped by an EXIF rotation. Call after decoding (a PNG's EXIF may follow
+    its pixels)."""
+    return (height, width) if _has_rotation(img) else (width, height)
 
 
 def _has_rotation(img: Image.Image) -> bool:
@@ -868,9 +1084,13 @@ def class_weights(labels: Sequence[int], num_classes: int, mode: str) -> dict[in
 
 
 class ImageCache:
-    """The split's images decoded once, resized to ``size``, as one uint8 array (memory or a disk memmap).
+    """The split's images resized to ``size``, as one uint8 array (memory or a disk memmap).
 
-    Decoding runs on a thread pool (Pillow releases the GIL while decoding and resizing).
+    Filled by :func:`decode_many`: from the decoded-image cache where the scan (or an earlier run, a retrain,
+    evaluation) already decoded a file at this size, else decoded on every core and cached for next time.
+
+    Raises:
+        DataError: a file can no longer be decoded (changed since the scan), naming it.
     """
 
     def __init__(
@@ -897,15 +1117,25 @@ class ImageCache:
             self.path = None
             self.array = np.empty((n, size, size, 3), dtype=np.uint8)
 
-        def fill(i: int) -> None:
-            self.array[i] = load_image(files[i], size, max_pixels=max_pixels)
+        errors: list[str] = []
 
-        done = 0
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-            for _ in pool.map(fill, range(n)):
-                done += 1
-                if progress and (done % 50 == 0 or done == n):
-                    progress(done, n)
+        def fill(i: int, out: Decoded) -> None:
+            if out.error:
+                errors.append(f"{files[i]}: {out.error}")
+            else:
+                self.array[i] = out.pixels
+
+        try:
+            decode_many(files, size, max_pixels, want_pixels=True, on_result=fill, progress=progress)
+            if errors:
+                raise DataError(errors[0] + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
+        except BaseException:
+            self.close()
+            raise
+        from pipeline import decoded
+
+        if (store := decoded.store()) is not None:
+            store.prune()
         if self.on_disk:
             self.array.flush()
 

@@ -66,7 +66,7 @@ def decoded_batches(files: Sequence[str], size: int, batch_size: int, max_pixels
     """
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
         def submit(start: int) -> list:
-            return [pool.submit(data_mod.load_image, f, size, max_pixels=max_pixels)
+            return [pool.submit(data_mod.load_image_cached, f, size, max_pixels=max_pixels)
                     for f in files[start:start + batch_size]]
 
         pending = submit(0)

@@ -149,10 +149,11 @@ class Revision:
 
 
 def scan(folder: str | Path, data_cfg: DataConfig | None = None,
-         progress: ProgressFn | None = None) -> tuple[ScanReport, Revision]:
-    """The dataset folder as training sees it: its scan with its revision's corrections applied."""
+         progress: ProgressFn | None = None, *, size: int | None = None) -> tuple[ScanReport, Revision]:
+    """The dataset folder as training sees it: its scan with its revision's corrections applied (``size``: the
+    model's input size, when known, leaves every file decoded at it; see :func:`pipeline.data.scan`)."""
     rev = Revision(folder)
-    report = data_scan(folder, data_cfg, progress=progress)
+    report = data_scan(folder, data_cfg, progress=progress, size=size)
     return apply(report, rev.active()), rev
 
 

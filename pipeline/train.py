@@ -120,7 +120,7 @@ def prepare_run(source: str, run_dir: str | Path, cfg: RunConfig, on_event: Even
     from pipeline import revision
 
     folder = data_mod.resolve_source(source, cfg.data)
-    report, rev = revision.scan(folder, cfg.data, progress=scan_progress)
+    report, rev = revision.scan(folder, cfg.data, progress=scan_progress, size=cfg.model.image_size)
     splits = data_mod.make_splits(report, cfg.data, cfg.train.seed)
     parent = _parent_run(cfg, splits) if cfg.train.init_from else None
     run.root.mkdir(parents=True, exist_ok=True)

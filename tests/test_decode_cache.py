@@ -1,0 +1,172 @@
+"""Decode once per (content, size), on every core: the decoded-image cache and the process pool."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline import data, decoded
+
+
+def _mixed_images(folder: Path, n_per_class: int = 4) -> list[str]:
+    """JPEGs (one EXIF-rotated, one large enough to be drafted), RGBA and palette PNGs, grayscale, 16-bit."""
+    rng = np.random.default_rng(0)
+    files = []
+    for cls in ("a", "b"):
+        d = folder / cls
+        d.mkdir(parents=True)
+        for i in range(n_per_class):
+            arr = rng.integers(0, 255, (37 + 11 * i, 53 + 7 * i, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(d / f"{i}.jpg", quality=85)
+            files.append(str(d / f"{i}.jpg"))
+        rotated = Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8))
+        exif = rotated.getexif()
+        exif[0x0112] = 6
+        rotated.save(d / "rot.jpg", exif=exif)
+        Image.fromarray(rng.integers(0, 255, (700, 900, 3), dtype=np.uint8)).save(d / "big.jpg", quality=80)
+        Image.fromarray(rng.integers(0, 255, (30, 30, 4), dtype=np.uint8), "RGBA").save(d / "rgba.png")
+        Image.fromarray(rng.integers(0, 255, (30, 40), dtype=np.uint8)).convert("P").save(d / "pal.png")
+        Image.fromarray(rng.integers(0, 255, (25, 35), dtype=np.uint8), "L").save(d / "gray.png")
+        Image.fromarray(rng.integers(0, 65535, (20, 20), dtype=np.uint16)).save(d / "deep.png")
+        files += [str(d / n) for n in ("rot.jpg", "big.jpg", "rgba.png", "pal.png", "gray.png", "deep.png")]
+    return files
+
+
+@pytest.mark.parametrize("pool", ["thread", "process"])
+def test_cache_gives_load_images_pixels_cold_and_warm(tmp_path, monkeypatch, pool):
+    monkeypatch.setenv("TRANSFER_STUDIO_DECODE_POOL", pool)
+    files = _mixed_images(tmp_path / "src")
+    expected = np.stack([data.load_image(f, 48) for f in files])
+    for _ in ("cold", "warm"):
+        cache = data.ImageCache(files, 48, memory_budget_mb=64)
+        try:
+            np.testing.assert_array_equal(cache.array, expected)
+        finally:
+            cache.close()
+    store = decoded.store()
+    assert len(store.entries()) == len({data.file_sha256(Path(f)) for f in files})
+    for f, want in zip(files, expected, strict=True):
+        np.testing.assert_array_equal(data.load_image_cached(f, 48), want)
+
+
+def test_the_scan_leaves_every_file_decoded_so_the_training_cache_decodes_none(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFER_STUDIO_DECODE_POOL", "thread")  # counted in this process
+    files = _mixed_images(tmp_path / "src")
+    (tmp_path / "src" / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
+    plain = data.scan(tmp_path / "src")
+    calls = []
+    real = data._decode_opened
+    monkeypatch.setattr(data, "_decode_opened", lambda *a: calls.append(a[1]) or real(*a))
+    sized = data.scan(tmp_path / "src", size=48)
+    assert (sized.items, sized.skipped, sized.sizes) == (plain.items, plain.skipped, plain.sizes)
+    assert calls == [48] * len(files)
+    calls.clear()
+    cache = data.ImageCache(files, 48, memory_budget_mb=64)
+    cache.close()
+    again = data.scan(tmp_path / "src", size=48)
+    assert calls == [] and (again.items, again.sizes) == (plain.items, plain.sizes)  # a second run (or a retrain) decodes nothing either
+    assert [s["path"] for s in again.skipped] == ["a/broken.jpg"]
+
+
+def test_the_process_pool_skips_what_the_thread_pool_skips(tmp_path, monkeypatch):
+    files = _mixed_images(tmp_path / "src", n_per_class=110)  # enough for the process pool by default
+    (tmp_path / "src" / "b" / "cut.jpg").write_bytes(Path(files[0]).read_bytes()[:300])
+    (tmp_path / "src" / "b" / "text.jpg").write_text("hello")
+    reports = {}
+    for pool in ("thread", "process"):
+        monkeypatch.setenv("TRANSFER_STUDIO_DECODE_POOL", pool)
+        reports[pool] = data.scan(tmp_path / "src", size=40 if pool == "process" else None).to_dict()
+    assert reports["thread"] == reports["process"]
+    assert {s["path"] for s in reports["process"]["skipped"]} == {"b/cut.jpg", "b/text.jpg"}
+    monkeypatch.setenv("TRANSFER_STUDIO_DECODE_POOL", "process")
+    with pytest.raises(data.DataError, match=r"cut\.jpg: truncated"):
+        data.ImageCache([*files, str(tmp_path / "src" / "b" / "cut.jpg")], 40, memory_budget_mb=64)
+
+
+def test_an_image_too_big_for_a_workers_share_of_the_budget_is_decoded_under_the_whole_budget(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRANSFER_STUDIO_DECODE_POOL", "process")
+    monkeypatch.setenv("TRANSFER_STUDIO_DECODE_MEMORY_MB", "2")
+    monkeypatch.setattr(data, "decode_workers", lambda: 2)
+    folder = tmp_path / "src" / "x"
+    folder.mkdir(parents=True)
+    Image.fromarray(np.full((420, 420, 3), 90, np.uint8)).save(folder / "big.png")  # ~1.4 MB to decode
+    Image.fromarray(np.full((20, 20, 3), 30, np.uint8)).save(folder / "small.png")
+    cache = data.ImageCache([str(folder / "big.png"), str(folder / "small.png")], 16, memory_budget_mb=8)
+    try:
+        assert cache.array[0, 0, 0, 0] == 90 and cache.array[1, 0, 0, 0] == 30
+    finally:
+        cache.close()
+
+
+def test_a_changed_file_is_decoded_again(tmp_path):
+    path = tmp_path / "img.png"
+    Image.fromarray(np.full((10, 10, 3), 10, np.uint8)).save(path)
+    assert data.load_image_cached(path, 8)[0, 0, 0] == 10
+    Image.fromarray(np.full((10, 10, 3), 200, np.uint8)).save(path)
+    assert data.load_image_cached(path, 8)[0, 0, 0] == 200
+    assert data.load_image_cached(path, 16).shape == (16, 16, 3)  # another size, another entry
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage", "empty"])
+def test_a_damaged_entry_is_ignored_and_rebuilt(tmp_path, damage):
+    path = tmp_path / "img.jpg"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (30, 30, 3), dtype=np.uint8)).save(path)
+    want = data.load_image(path, 24)
+    data.load_image_cached(path, 24)
+    store = decoded.store()
+    entry = store.path(data.file_sha256(path), 24)
+    raw = entry.read_bytes()
+    entry.write_bytes({"truncate": raw[:-5], "flip": raw[:-1] + bytes([raw[-1] ^ 1]), "garbage": b"x" * len(raw),
+                       "empty": b""}[damage])
+    assert store.get(data.file_sha256(path), 24) is None and not entry.exists()
+    np.testing.assert_array_equal(data.load_image_cached(path, 24), want)
+    assert entry.read_bytes() == raw  # rebuilt
+
+
+def test_concurrent_writers_and_readers_never_see_half_an_entry(tmp_path):
+    store = decoded.DecodedStore(tmp_path / "d", 1 << 30)
+    pixels = np.random.default_rng(2).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    bad = []
+
+    def write():
+        for _ in range(150):
+            store.put("ab" * 32, 64, pixels, (64, 64))
+
+    def read():
+        for _ in range(600):
+            got = store.get("ab" * 32, 64)
+            if got is not None and not (np.array_equal(got[0], pixels) and got[1] == (64, 64)):
+                bad.append(got)
+
+    threads = [threading.Thread(target=f) for f in (write, write, write, read, read)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not bad
+    np.testing.assert_array_equal(store.get("ab" * 32, 64)[0], pixels)
+    assert [p.name for p in (tmp_path / "d").rglob("*")  if p.is_file()] == ["ab" * 32 + ".u8"]  # no .part left
+
+
+def test_the_store_is_bounded_least_recently_used_first(tmp_path, monkeypatch):
+    import os
+
+    entry_bytes = decoded.HEADER.size + 8 * 8 * 3
+    store = decoded.DecodedStore(tmp_path / "d", 3 * entry_bytes)
+    for i in range(5):
+        store.put(f"{i:02d}" * 32, 8, np.full((8, 8, 3), i, np.uint8), (8, 8))
+        p = store.path(f"{i:02d}" * 32, 8)
+        os.utime(p, (1000 + i, 1000 + i))
+    store.get("00" * 32, 8)  # used now: kept
+    assert store.prune() == 2
+    left = sorted(p.name[:2] for _, _, p in store.entries())
+    assert left == ["00", "03", "04"]
+    monkeypatch.setenv(decoded.ENV, "0")
+    assert decoded.store() is None
+    monkeypatch.setenv(decoded.ENV, "lots")
+    with pytest.raises(ValueError, match="TRANSFER_STUDIO_DECODED_CACHE_MB"):
+        decoded.store()
