@@ -600,8 +600,19 @@ def _decode_chunk(files: list[str], names: list[str], size: int | None, max_pixe
 
 
 def _init_worker(budget_mb: int) -> None:
-    """A decoding process's share of the decode budget: the workers together stay within it."""
+    """A decoding process's share of the decode budget (the workers together stay within it), and a watch that
+    ends it when its parent dies (a SIGKILLed training process would otherwise leave it waiting forever)."""
     os.environ["TRANSFER_STUDIO_DECODE_MEMORY_MB"] = str(budget_mb)
+    parent = os.getppid()
+
+    def watch() -> None:
+        import time
+
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
 def decode_workers() -> int:
