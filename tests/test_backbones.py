@@ -13,32 +13,76 @@ def _apply(layers, x):
     return np.asarray(x)
 
 
+# The keras.applications module whose preprocess_input belongs to each constructor in the registry.
+KERAS_FAMILY = {"MobileNetV2": "mobilenet_v2", "MobileNet": "mobilenet", "ResNet50V2": "resnet_v2",
+                "Xception": "xception", "MobileNetV3Small": "mobilenet_v3", "MobileNetV3Large": "mobilenet_v3",
+                "EfficientNetV2B0": "efficientnet_v2"}
+
+
+def _pixels():
+    """Raw RGB pixels 0..255, the extremes included, as a user's image reaches the model."""
+    x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
+    x[0, 0, 0], x[0, 0, 1] = 0.0, 255.0
+    return x
+
+
+def _keras_preprocessing(spec, x):
+    """What Keras itself does to raw pixels for ``spec``'s family.
+
+    For families whose ``preprocess_input`` is a pass-through because the constructor preprocesses inside the
+    model (MobileNetV3, EfficientNetV2), that constructor's own leading preprocessing layers
+    (``include_preprocessing=True``) applied to the same pixels.
+    """
+    import importlib
+
+    import keras
+
+    family = importlib.import_module(f"keras.applications.{KERAS_FAMILY[spec.constructor]}")
+    out = np.asarray(family.preprocess_input(x.copy()))
+    if not spec.builtin_preprocessing:
+        return out
+    np.testing.assert_array_equal(out, x)  # Keras says: the model preprocesses; make sure it still does nothing
+    kwargs = {"include_top": False, "weights": None, "input_shape": (32, 32, 3), "include_preprocessing": True}
+    model = getattr(keras.applications, spec.constructor)(**kwargs)
+    layers = []
+    for layer in model.layers[1:]:  # after the InputLayer, up to the first layer that is not preprocessing
+        if not isinstance(layer, keras.layers.Rescaling | keras.layers.Normalization):
+            break
+        layers.append(layer)
+    assert layers, f"{spec.constructor}(include_preprocessing=True) has no preprocessing layers at its bottom"
+    return _apply(layers, x)
+
+
 @pytest.mark.parametrize("name", backbones.names())
-def test_in_model_preprocessing_maps_raw_0_and_255_to_the_expected_range(name):
+def test_in_model_preprocessing_equals_keras_preprocess_input_for_the_family(name):
     spec = backbones.get(name)
-    raw = np.array([[[[0.0, 0.0, 0.0], [255.0, 255.0, 255.0]]]], dtype=np.float32)
-    out = _apply(backbones.preprocessing_layers(spec), raw)[0, 0]
+    x = _pixels()
+    ours = _apply(backbones.preprocessing_layers(spec), x)
+    if not spec.constructor:  # our own small CNN: no Keras family; its contract is pixels / 255
+        np.testing.assert_allclose(ours, x / 255.0, rtol=1e-6, atol=1e-6)
+        return
+    assert spec.constructor in KERAS_FAMILY, f"add {spec.constructor}'s keras.applications module to KERAS_FAMILY"
+    np.testing.assert_allclose(ours, _keras_preprocessing(spec, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", [n for n in backbones.names() if backbones.get(n).constructor])
+def test_declared_input_range_is_what_keras_preprocessing_gives_for_0_and_255(name):
+    """The range the registry declares (shown by `python -m pipeline backbones`, written to the manifest) is
+    read off Keras's own preprocessing of black and white, not from a table of our own."""
+    spec = backbones.get(name)
+    raw = np.zeros((1, 32, 32, 3), np.float32)
+    raw[0, 0, 1] = 255.0
+    out = _keras_preprocessing(spec, raw)[0, 0]
     if spec.input_range is not None:
-        lo, hi = spec.input_range
-        np.testing.assert_allclose(out[0], [lo] * 3, atol=1e-6)
-        np.testing.assert_allclose(out[1], [hi] * 3, atol=1e-6)
-    else:  # per-channel ImageNet normalisation
+        np.testing.assert_allclose(out[:2], [[spec.input_range[0]] * 3, [spec.input_range[1]] * 3], atol=1e-6)
+    else:  # per-channel ImageNet mean/std: black and white land on (0 - mean) / std and (1 - mean) / std
         mean, std = np.array(IMAGENET_MEAN), np.array(IMAGENET_STD)
-        np.testing.assert_allclose(out[0], -mean / std, atol=1e-5)
-        np.testing.assert_allclose(out[1], (1 - mean) / std, atol=1e-5)
-
-
-def test_expected_ranges_match_keras_applications_sources():
-    expected = {
-        "mobilenet_v2": (-1, 1), "mobilenet": (-1, 1), "resnet50_v2": (-1, 1), "xception": (-1, 1),
-        "mobilenet_v3_small": (-1, 1), "mobilenet_v3_large": (-1, 1), "small_cnn": (0, 1),
-    }
-    for name, rng in expected.items():
-        assert backbones.get(name).input_range == rng
-    assert backbones.get("efficientnet_v2_b0").preprocessing == "imagenet_mean_std"
+        np.testing.assert_allclose(out[:2], [-mean / std, (1 - mean) / std], atol=1e-5)
+        assert spec.preprocessing == "imagenet_mean_std"
 
 
 @pytest.mark.parametrize("name, keras_name", [("mobilenet_v3_small", "MobileNetV3Small"),
+                                               ("mobilenet_v3_large", "MobileNetV3Large"),
                                                ("efficientnet_v2_b0", "EfficientNetV2B0")])
 def test_our_preprocessing_equals_the_constructors_builtin_one(name, keras_name):
     """Where Keras has include_preprocessing, ours (built-in off + our layers) gives the same output."""
