@@ -162,3 +162,15 @@ def test_share_link_is_a_full_url_to_copy():
     _no_exception(at)
     links = [c.value for c in at.code if "run=" in c.value]
     assert links and links[0].startswith("http") and links[0].endswith(f"/runs?run={job_id}"), links
+
+
+def test_the_advisors_recommendation_applies_in_one_click(data_root):
+    at = _reload(source="folder:shapes")  # 6 images per class: small
+    at.switch_page("app_pages/train.py")
+    at.run()
+    at.radio(key="train:similar").set_value("No").run()
+    apply = next(b for b in at.button if b.label.startswith("Apply:"))
+    assert apply.label == "Apply: freeze_first_k" and at.selectbox(key="train:strategy").value != "freeze_first_k"
+    apply.click().run()
+    _no_exception(at)
+    assert at.selectbox(key="train:strategy").value == "freeze_first_k"

@@ -57,3 +57,30 @@ def test_train_settings_survive_page_switch_reload_and_new_tab(app_url):  # noqa
         expect(tab.get_by_role("button", name="Launch training")).to_be_disabled()
         expect(tab.get_by_text("Epochs: must be at least 1")).to_be_visible()
         browser.close()
+
+
+def test_a_non_zip_and_an_empty_zip_upload_are_named_as_the_user_named_them(app_url, tmp_path):  # noqa: F811
+    import zipfile
+
+    from playwright.sync_api import expect, sync_playwright
+
+    fake = tmp_path / "holiday photos.zip"
+    fake.write_text("not a zip, whatever the name says")
+    empty = tmp_path / "empty.zip"
+    zipfile.ZipFile(empty, "w").close()
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(90_000)
+        expect.set_options(timeout=90_000)
+        page.goto(app_url)
+        page.get_by_text("Upload a zip").click()
+        page.locator("input[type=file]").set_input_files(str(fake))
+        alert = page.get_by_test_id("stAlertContentError")
+        expect(alert).to_contain_text("holiday photos.zip is not a zip archive")
+        assert "/uploads/" not in alert.inner_text()  # never the server's path
+        page.locator("input[type=file]").set_input_files(str(empty))
+        expect(alert).to_contain_text("empty.zip holds no images")
+        expect(page.get_by_text("Images per class")).to_have_count(0)  # no empty chart
+        browser.close()
