@@ -1095,10 +1095,14 @@ def class_weights(labels: Sequence[int], num_classes: int, mode: str) -> dict[in
 
 
 class ImageCache:
-    """The split's images resized to ``size``, as one uint8 array (memory or a disk memmap).
+    """The split's images resized to ``size``, as uint8: one array in memory, or past ``memory_budget_mb`` a flat
+    file on disk read a batch at a time (:meth:`take`).
 
     Filled by :func:`decode_many`: from the decoded-image cache where the scan (or an earlier run, a retrain,
     evaluation) already decoded a file at this size, else decoded on every core and cached for next time.
+    The disk file is written and read with ``pwrite``/``preadv`` rather than memory-mapped: its pages then
+    sit in the kernel's page cache, not in this process's RSS, so a 20,000-image run's memory stays near a
+    1,000-image run's. :attr:`array` maps it read-only for callers that want the whole split as an array.
 
     Raises:
         DataError: a file can no longer be decoded (changed since the scan), naming it.
@@ -1115,26 +1119,29 @@ class ImageCache:
         progress: ProgressFn | None = None,
     ):
         self.size = size
-        n = len(files)
-        nbytes = n * size * size * 3
-        self.on_disk = nbytes > memory_budget_mb * 1024 * 1024 and disk_dir is not None
+        self.n = n = len(files)
+        self.item_bytes = size * size * 3
+        self.on_disk = n * self.item_bytes > memory_budget_mb * 1024 * 1024 and disk_dir is not None
+        self.path: Path | None = None
+        self._fd: int | None = None
+        self._array: np.ndarray | None = None
         if self.on_disk:
             disk_dir.mkdir(parents=True, exist_ok=True)
-            fd, name = tempfile.mkstemp(prefix="images-", suffix=".u8", dir=disk_dir)
-            os.close(fd)
-            self.path: Path | None = Path(name)
-            self.array = np.lib.format.open_memmap(self.path, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+            self._fd, name = tempfile.mkstemp(prefix="images-", suffix=".u8", dir=disk_dir)
+            self.path = Path(name)
+            os.ftruncate(self._fd, n * self.item_bytes)
         else:
-            self.path = None
-            self.array = np.empty((n, size, size, 3), dtype=np.uint8)
+            self._array = np.empty((n, size, size, 3), dtype=np.uint8)
 
         errors: list[str] = []
 
         def fill(i: int, out: Decoded) -> None:
             if out.error:
                 errors.append(f"{files[i]}: {out.error}")
+            elif self._fd is not None:
+                os.pwrite(self._fd, np.ascontiguousarray(out.pixels).data, i * self.item_bytes)
             else:
-                self.array[i] = out.pixels
+                self._array[i] = out.pixels
 
         try:
             decode_many(files, size, max_pixels, want_pixels=True, on_result=fill, progress=progress)
@@ -1147,15 +1154,38 @@ class ImageCache:
 
         if (store := decoded.store()) is not None:
             store.prune()
-        if self.on_disk:
-            self.array.flush()
+
+    @property
+    def array(self) -> np.ndarray:
+        """Every image as one (n, size, size, 3) array (read-only and memory-mapped when on disk)."""
+        if self._array is None:
+            if self.path is None:
+                raise ValueError("this image cache is closed")
+            self._array = np.memmap(self.path, dtype=np.uint8, mode="r", shape=(self.n, self.size, self.size, 3))
+        return self._array
+
+    def take(self, idx: np.ndarray) -> np.ndarray:
+        """The images at ``idx`` as a new contiguous (len(idx), size, size, 3) array."""
+        if self._fd is None:
+            return np.ascontiguousarray(self.array[idx])
+        out = np.empty((len(idx), self.size, self.size, 3), dtype=np.uint8)
+        for k, i in enumerate(np.asarray(idx).reshape(-1)):
+            if not 0 <= i < self.n:
+                raise IndexError(f"image {i} is outside this cache of {self.n}")
+            got = os.preadv(self._fd, [out[k].data], int(i) * self.item_bytes)
+            if got != self.item_bytes:
+                raise OSError(f"{self.path}: short read of image {i} ({got} of {self.item_bytes} bytes)")
+        return out
 
     def __len__(self) -> int:
-        return len(self.array)
+        return self.n
 
     def close(self) -> None:
+        self._array = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         if self.path is not None:
-            del self.array
             self.path.unlink(missing_ok=True)
             self.path = None
 
@@ -1179,11 +1209,10 @@ def make_dataset(
     import tensorflow as tf
 
     n = len(cache)
-    array = cache.array
     size = cache.size
 
     def gather(idx: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(array[idx])
+        return cache.take(idx)
 
     ds = tf.data.Dataset.range(n)
     if shuffle:

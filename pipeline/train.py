@@ -640,11 +640,11 @@ def _image_feed(batches, cache: data_mod.ImageCache, onehot: np.ndarray):
     """(uint8 images, one-hot) batches gathered from the cache for the given index batches."""
     import tensorflow as tf
 
-    array, size = cache.array, cache.size
+    size = cache.size
     onehot = tf.constant(onehot)
 
     def gather(idx: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(array[idx])
+        return cache.take(idx)  # from memory, or read from the disk cache (page cache, not this process's RSS)
 
     def load(idx):
         images = tf.numpy_function(gather, [idx], tf.uint8, stateful=False)

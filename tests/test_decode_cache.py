@@ -170,3 +170,34 @@ def test_the_store_is_bounded_least_recently_used_first(tmp_path, monkeypatch):
     monkeypatch.setenv(decoded.ENV, "lots")
     with pytest.raises(ValueError, match="TRANSFER_STUDIO_DECODED_CACHE_MB"):
         decoded.store()
+
+
+def test_training_from_the_disk_cache_matches_training_from_memory(shapes_dir, tmp_path):
+    from pipeline import train as train_mod
+    from tests.conftest import tiny_config
+
+    keys = ("loss", "accuracy", "val_loss", "val_accuracy")
+    curves = []
+    for budget in (512, 0):  # 0: every split past the budget, read from the disk file a batch at a time
+        cfg = tiny_config(train={"strategy": "fine_tune", "head_epochs": 1, "fine_tune_epochs": 1},
+                          data={"cache_memory_mb": budget})
+        run = train_mod.train(str(shapes_dir), tmp_path / f"run{budget}", cfg, evaluate_after=False)
+        curves.append([[e[k] for k in keys] for e in run.epochs()])
+        assert not (run.root / "cache").exists()  # the disk cache is removed with the run's end
+    np.testing.assert_allclose(curves[0], curves[1], rtol=1e-5)
+
+
+def test_a_disk_cache_reads_the_images_it_was_filled_with(tmp_path):
+    files = _mixed_images(tmp_path / "src", n_per_class=2)
+    expected = np.stack([data.load_image(f, 20) for f in files])
+    cache = data.ImageCache(files, 20, memory_budget_mb=0, disk_dir=tmp_path / "c")
+    try:
+        assert cache.on_disk and len(cache) == len(files)
+        idx = np.array([3, 0, len(files) - 1, 3])
+        np.testing.assert_array_equal(cache.take(idx), expected[idx])
+        np.testing.assert_array_equal(cache.array, expected)
+        with pytest.raises(IndexError, match="outside this cache"):
+            cache.take(np.array([len(files)]))
+    finally:
+        cache.close()
+    assert list((tmp_path / "c").iterdir()) == []
