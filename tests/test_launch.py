@@ -27,12 +27,18 @@ def _wait_status(pid: int, wanted: set[str], seconds: float = 20) -> str:
 
 def test_child_is_reaped_and_keeps_its_exit_code(tmp_path):
     proc = launch.start_python("tests.launch_probe", "exit", log=tmp_path / "child.log")
-    deadline = time.monotonic() + 20
-    while proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert proc.returncode == 7
-    assert _wait_status(proc.pid, {"gone"}, 2) == "gone", "the ended child is still in the process table (not reaped)"
-    assert os.getsid(0) != proc.pid  # it had a session of its own
+    # no poll()/wait() here: that would reap the child itself; only launch's own reaper may take it away
+    assert _wait_status(proc.pid, {"gone"}, 20) == "gone", "the ended child is still in the process table (not reaped)"
+    assert proc.poll() == 7
+
+
+def test_child_runs_in_a_session_of_its_own(tmp_path):
+    proc = launch.start_python("tests.launch_probe", "hold", log=tmp_path / "child.log")
+    try:
+        assert os.getsid(proc.pid) == proc.pid != os.getsid(0)  # session leader of a new session, not ours
+    finally:
+        proc.kill()
+        proc.wait(10)
 
 
 def test_child_dies_with_its_parent(tmp_path):
