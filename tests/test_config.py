@@ -65,6 +65,13 @@ def test_required_backbones_exist(backbone):
         overrides += ["model.image_size=299"]
     cfg = config.apply_overrides(RunConfig(), overrides)
     assert cfg.model.backbone == backbone
+    import keras
+
+    from pipeline import backbones
+
+    spec = backbones.get(backbone)  # and it is built from Keras's own constructor (our own CNN aside)
+    assert (backbone == "small_cnn") == (spec.constructor == "")
+    assert backbone == "small_cnn" or callable(getattr(keras.applications, spec.constructor, None)), spec.constructor
 
 
 @pytest.mark.parametrize(
