@@ -201,3 +201,18 @@ def test_a_disk_cache_reads_the_images_it_was_filled_with(tmp_path):
     finally:
         cache.close()
     assert list((tmp_path / "c").iterdir()) == []
+
+
+def test_a_large_scan_reports_progress_as_it_goes_on_the_process_pool(tmp_path, monkeypatch):
+    """The Data page's progress bar (app_pages/shared.resolve_and_scan) is driven by these calls."""
+    monkeypatch.delenv("TRANSFER_STUDIO_DECODE_POOL", raising=False)
+    for offset, cls in ((0, "a"), (128, "b")):
+        (tmp_path / cls).mkdir()
+        for i in range(120):
+            Image.fromarray(np.full((12, 12, 3), offset + i, np.uint8)).save(tmp_path / cls / f"{i}.png")
+    assert data.pool_kind(240) == ("process" if data.decode_workers() > 1 else "thread")
+    calls = []
+    report = data.scan(tmp_path, progress=lambda done, total: calls.append((done, total)))
+    assert report.total() == 240 and not report.skipped
+    assert len(calls) >= 5 and calls[-1] == (240, 240)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls) and {t for _, t in calls} == {240}
