@@ -6,6 +6,7 @@ and keeps Launch disabled until it is fixed (bounds in the browser would keep th
 """
 
 import dataclasses
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -28,8 +29,7 @@ except data.DataError as exc:
     shared.error(shared.user_words(exc, src))
     st.stop()
 counts = {c: sum(v.values()) for c, v in report.to_dict()["counts"].items()}
-shown_name = src if data.is_sample(src) else (shared.address_source(src) or "").removeprefix("folder:") or \
-    __import__("pathlib").Path(src).name
+shown_name = src if data.is_sample(src) else (shared.address_source(src) or "").removeprefix("folder:") or Path(src).name
 st.caption(shared.plain(f"Data: {shown_name} ({len(counts)} classes, {sum(counts.values())} images). "
                         "Change it on the Data page."))
 

@@ -155,9 +155,10 @@ def finished_job():
     """A real tiny job launched from the Train page and run by the background worker."""
     at = _page("train.py")
     _no_exception(at)
-    assert any("Estimated time per epoch" in m.label for m in at.metric)
+    labels = [m.label for m in at.metric]  # no run on this machine yet: the estimate says it is a first guess
+    assert "Per training epoch (first guess)" in labels and "Whole run (first guess)" in labels, labels
     at.number_input[1].set_value(2)  # epochs: keep the job short
-    at.button[0].click().run()
+    next(b for b in at.button if b.label == "Launch training").click().run()
     store = JobStore()
     jobs = store.list()
     assert len(jobs) == 1
@@ -181,7 +182,14 @@ def test_train_runs_evaluate_export_try_on_a_real_job(finished_job):
     at = _page("runs.py", run=finished_job)
     _no_exception(at)
     assert any(m.label == "State" and m.value == "done" for m in at.metric)
+    assert any(m.label == "Epochs" and m.value == "2 / 2" for m in at.metric)
     assert at.get("plotly_chart")
+
+    at = _page("train.py")  # the finished run is now this machine's measurement for the same shape
+    _no_exception(at)
+    labels = [m.label for m in at.metric]
+    assert "Per training epoch" in labels and "Whole run" in labels, labels
+    assert any("measured on 1 earlier run(s)" in c.value for c in at.caption)
 
     at = _page("evaluate.py", run=finished_job)
     _no_exception(at)
