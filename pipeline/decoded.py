@@ -7,7 +7,8 @@ them. Keyed by the file's content hash, an entry can never be stale: a changed f
 - **Corrupt entries** (wrong length, magic, size or CRC) are deleted and decoded again.
 - **Concurrent writers** each write a temporary file in the entry's folder and rename it into place; a reader
   sees a whole entry or none, and two writers of one entry write the same bytes.
-- **Bounded**: ``TRANSFER_STUDIO_DECODED_CACHE_MB`` (default 3072; 0 turns the cache off). After each batch of
+- **Bounded**: ``TRANSFER_STUDIO_DECODED_CACHE_MB`` (default 30% of ``TRANSFER_STUDIO_DISK_QUOTA_MB``, so 3,072 MB
+  beside the default 10,240 MB quota; 0 turns the cache off). After each batch of
   writes :meth:`DecodedStore.prune` removes the least recently used entries (a hit touches its mtime) until the
   total fits, the same model as :mod:`pipeline.quota`. Entries are derived data that no run refers to, so any of
   them can go at any time; the cost is one decode.
@@ -28,7 +29,7 @@ from pipeline import paths
 VERSION = "v1"  # bump when decoding changes what pixels a file gives
 MAGIC = b"TSDI"
 HEADER = struct.Struct("<4sIIII")  # magic, size, crc32 of the pixels, displayed width, height
-DEFAULT_MB = 3072
+DEFAULT_SHARE_OF_QUOTA = 0.3
 ENV = "TRANSFER_STUDIO_DECODED_CACHE_MB"
 
 
@@ -121,14 +122,16 @@ def _parse(raw: bytes, size: int) -> tuple[np.ndarray, tuple[int, int]] | None:
 
 
 def limit_mb() -> int:
-    """``TRANSFER_STUDIO_DECODED_CACHE_MB`` (default 3072; 0 turns the cache off).
+    """``TRANSFER_STUDIO_DECODED_CACHE_MB`` (default 30% of the disk quota; 0 turns the cache off).
 
     Raises:
         ValueError: the setting is not a whole number of at least 0, naming it.
     """
     text = os.environ.get(ENV, "").strip()
     if not text:
-        return DEFAULT_MB
+        from pipeline.limits import Limits
+
+        return int(Limits.from_env().disk_quota_mb * DEFAULT_SHARE_OF_QUOTA)
     try:
         value = int(text)
     except ValueError:

@@ -216,3 +216,9 @@ def test_a_large_scan_reports_progress_as_it_goes_on_the_process_pool(tmp_path, 
     assert report.total() == 240 and not report.skipped
     assert len(calls) >= 5 and calls[-1] == (240, 240)
     assert [d for d, _ in calls] == sorted(d for d, _ in calls) and {t for _, t in calls} == {240}
+
+
+def test_the_stores_default_bound_is_a_share_of_the_disk_quota(monkeypatch):
+    monkeypatch.delenv(decoded.ENV, raising=False)
+    monkeypatch.setenv("TRANSFER_STUDIO_DISK_QUOTA_MB", "1000")
+    assert decoded.limit_mb() == 300 and decoded.store().limit_bytes == 300 * 1024 * 1024
