@@ -223,6 +223,7 @@ def decode_one(variant: str, home: Path) -> dict:
                                       capture_output=True, text=True).stdout)
         spec = importlib.util.spec_from_file_location("data_before", old)
         data = importlib.util.module_from_spec(spec)
+        sys.modules["data_before"] = data  # dataclasses look their module up
         spec.loader.exec_module(data)
     else:
         from pipeline import data
