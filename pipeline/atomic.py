@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from pipeline import paths
+
 FAULT_ENV = "TRANSFER_STUDIO_FAULT"
 
 
@@ -48,7 +50,7 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None], *, fault: str |
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; run folders are shared with the app and workers
+        os.chmod(tmp, 0o666 & ~paths.umask())  # mkstemp makes 0600: the mode open() would give, shared with the app
         if fault:
             fault_point(fault)
         os.replace(tmp, path)

@@ -199,6 +199,13 @@ def test_created_folders_and_files_follow_the_umask(tmp_path):
         kept = paths.store_upload(io.BytesIO(zpath.read_bytes()), "shapes.zip", "uploads")
         assert stat.S_IMODE(kept.stat().st_mode) == 0o644 and kept.read_bytes() == zpath.read_bytes()
         assert paths.store_upload(zpath.read_bytes(), "shapes.zip", "uploads") == kept  # one copy per content
+        from pipeline.atomic import atomic_write_text
+
+        atomic_write_text(tmp_path / "state.json", "{}")  # every run-folder file goes through it
+        assert stat.S_IMODE((tmp_path / "state.json").stat().st_mode) == 0o644
+        os.umask(0o027)
+        atomic_write_text(tmp_path / "private.json", "{}")
+        assert stat.S_IMODE((tmp_path / "private.json").stat().st_mode) == 0o640
     finally:
         os.umask(old)
 
