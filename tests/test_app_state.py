@@ -174,3 +174,13 @@ def test_the_advisors_recommendation_applies_in_one_click(data_root):
     apply.click().run()
     _no_exception(at)
     assert at.selectbox(key="train:strategy").value == "freeze_first_k"
+
+
+def test_a_data_link_that_cannot_be_used_says_so(data_root):
+    (data_root.parent / "secret").mkdir()
+    for linked in ("folder:../secret", "folder:/etc", "folder:nothing-here", "sample:nope"):
+        at = _reload(source=linked)
+        _no_exception(at)
+        assert any(f"The link names data source {linked!r}, which is not on this server" in shown(w.value)
+                   for w in at.warning), (linked, [w.value for w in at.warning])
+        assert at.radio[0].value.startswith("Sample") and at.query_params["source"] == "sample:digits"
