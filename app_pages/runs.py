@@ -86,7 +86,7 @@ def _config(raw: dict):
 
 def _time_left(current, run: RunFolder, cfg, done: dict) -> str:
     if current.state not in ("queued", "running"):
-        return "-"
+        return "none" if current.state == "done" else "stopped"
     if done["seconds_left"] is not None:
         return estimate.describe(done["seconds_left"])
     try:
