@@ -176,9 +176,17 @@ def test_near_ties_are_reported_not_counted_and_real_flips_fail():
     assert not rows["tflite-int8"]["passed"] and rows["tfjs-float16"]["passed"]
 
 
-def test_verification_images_stream_from_the_uint8_cache(trained_run):
+def test_verification_images_are_the_test_splits_pixels_class_balanced_as_uint8(trained_run):
+    """held_out(limit=10) of a 30-image test split: 10 of its images (uint8 at the model size, each with its own
+    label), the classes balanced."""
+    all_images, all_labels = _test_images(trained_run)
+    by_bytes = {img.tobytes(): int(y) for img, y in zip(all_images, all_labels, strict=True)}
     with bundle.held_out(trained_run.root, 10) as (images, labels, split):
         assert images.dtype == np.uint8 and images.shape == (10, 32, 32, 3) and len(labels) == 10 and split == "test"
+        assert [by_bytes.get(img.tobytes()) for img in images] == [int(y) for y in labels]
+        assert len({img.tobytes() for img in images}) == 10
+        counts = np.bincount(labels, minlength=3)
+        assert counts.max() - counts.min() <= 1, counts
 
 
 def test_out_never_deletes_what_export_did_not_write(trained_run, tmp_path):
