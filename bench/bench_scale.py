@@ -15,12 +15,13 @@ images/s (train + val), features images/s, seconds per training image in each fi
 seconds (loading the model included), peak RSS (``ru_maxrss`` of the training process) and the peak of the
 training process plus its decoding workers (sampled with psutil every 50 ms).
 
-Decode (``--decode``): on flowers5 at 160 px, from the scan to a filled training cache, in one process per
-variant, alternating, ``--rounds`` times: ``before`` (the code before this change, from git: the scan decodes
+Decode (``--decode``): on flowers5 at 160 px (4,317 thumbnails of 128 px) and hymenoptera at 224 px (397 real
+photos, mostly about 500x375), from the scan to a filled training cache, in one process per variant, alternating,
+``--rounds`` times: ``before`` (the code before this change, from git: the scan decodes
 every file drafted small, then the cache decodes every file again at 160 px, both on threads), ``thread`` and
 ``process`` (this code: the scan decodes at 160 px into the decoded-image cache, the training cache reads it;
-cold cache; pool forced), and ``warm`` (this code, the decoded-image cache already filled: a second run, a
-retrain, evaluation).
+cold cache; pool forced), and ``warm`` (this code with its default pool, the decoded-image cache already filled
+by a first run: a second run, a retrain, evaluation).
 
 Usage: ``nice -n 10 python bench/bench_scale.py [--sizes 1000 5000 20000] [--out bench/results_scale.json]``;
 ``nice -n 10 python bench/bench_scale.py --decode [--rounds 3] [--out bench/results_decode.json]``.
@@ -211,8 +212,8 @@ def print_scale(results: dict) -> None:
 # === Decode before/after ===
 
 
-def decode_one(variant: str, home: Path) -> dict:
-    """Scan flowers5 and fill a 160 px training cache of every usable file, in this process."""
+def decode_one(variant: str, home: Path, src: Path, size: int) -> dict:
+    """Scan ``src`` and fill a ``size`` px training cache of every usable file, in this process."""
     import importlib.util
 
     os.environ["TRANSFER_STUDIO_HOME"] = str(home)
@@ -229,18 +230,29 @@ def decode_one(variant: str, home: Path) -> dict:
         if variant in ("thread", "process"):
             os.environ["TRANSFER_STUDIO_DECODE_POOL"] = variant
     t0 = time.perf_counter()
-    report = data.scan(FLOWERS) if variant == "before" else data.scan(FLOWERS, size=SIZE)
+    report = data.scan(src) if variant == "before" else data.scan(src, size=size)
     t1 = time.perf_counter()
-    files = [str(FLOWERS / rel) for rel, _ in report.items["all"]]
-    cache = data.ImageCache(files, SIZE, memory_budget_mb=2048)
+    files = [str(src / rel) for items in report.items.values() for rel, _ in items]
+    cache = data.ImageCache(files, size, memory_budget_mb=2048)
     t2 = time.perf_counter()
     cache.close()
     return {"files": len(files), "scan_s": t1 - t0, "cache_s": t2 - t1, "total_s": t2 - t0}
 
 
+DECODE_SETS = {"flowers5": (FLOWERS, SIZE), "hymenoptera": (SHARED / "data" / "hymenoptera", 224)}
+
+
 def decode_bench(rounds: int, out: Path) -> None:
-    for f in source_files():  # the source files in the page cache for every variant alike
-        f.read_bytes()
+    results = {"date": time.strftime("%Y-%m-%d %H:%M"), "cores": os.cpu_count(), "sets": {}}
+    for name, (src, size) in DECODE_SETS.items():
+        results["sets"][name] = decode_set(rounds, src, size)
+        out.write_text(json.dumps(results, indent=1) + "\n")
+
+
+def decode_set(rounds: int, src: Path, size: int) -> dict:
+    for f in src.rglob("*"):  # the source files in the page cache for every variant alike
+        if f.is_file():
+            f.read_bytes()
     variants = ["before", "thread", "process", "warm"]
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     for r in range(rounds):
@@ -249,10 +261,10 @@ def decode_bench(rounds: int, out: Path) -> None:
             home = Path(tempfile.mkdtemp(prefix="bench-decode-"))
             try:
                 if v == "warm":  # a first run fills the decoded-image cache; the second is measured
-                    _child_decode("process", home)
-                    res = _child_decode("warm", home)
+                    _child_decode("default", home, src, size)
+                    res = _child_decode("warm", home, src, size)
                 else:
-                    res = _child_decode(v, home)
+                    res = _child_decode(v, home, src, size)
             finally:
                 shutil.rmtree(home, ignore_errors=True)
             runs[v].append(res)
@@ -260,20 +272,21 @@ def decode_bench(rounds: int, out: Path) -> None:
     summary = {v: {k: statistics.median(x[k] for x in runs[v]) for k in ("scan_s", "cache_s", "total_s")}
                for v in variants}
     ratios = {v: [b["total_s"] / x["total_s"] for b, x in zip(runs["before"], runs[v], strict=True)] for v in variants}
-    results = {"date": time.strftime("%Y-%m-%d %H:%M"), "cores": os.cpu_count(), "image_size": SIZE,
-               "files": runs["before"][0]["files"], "runs": runs, "median": summary, "speedup_per_round": ratios}
-    out.write_text(json.dumps(results, indent=1) + "\n")
+    results = {"source": src.name, "image_size": size, "files": runs["before"][0]["files"], "runs": runs,
+               "median": summary, "speedup_per_round": ratios}
     n = results["files"]
+    print(f"{src.name} at {size} px, {n} files:")
     print("| variant | scan s | cache build s | scan to cache s | images/s | speed-up vs before (per round) |")
     print("|---|---|---|---|---|---|")
     for v in variants:
         m = summary[v]
         per = ", ".join(f"{x:.2f}x" for x in ratios[v])
         print(f"| {v} | {m['scan_s']:.2f} | {m['cache_s']:.2f} | {m['total_s']:.2f} | {n / m['total_s']:.0f} | {per} |")
+    return results
 
 
-def _child_decode(variant: str, home: Path) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--decode-one", variant, str(home)], cwd=ROOT,
+def _child_decode(variant: str, home: Path, src: Path, size: int) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--decode-one", variant, str(home), str(src), str(size)], cwd=ROOT,
                           capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -285,13 +298,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--one", nargs=2, metavar=("DATA", "RUN"), help=argparse.SUPPRESS)
-    parser.add_argument("--decode-one", nargs=2, metavar=("VARIANT", "HOME"), help=argparse.SUPPRESS)
+    parser.add_argument("--decode-one", nargs=4, metavar=("VARIANT", "HOME", "SRC", "SIZE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     if args.one:
         print(json.dumps(run_one(Path(args.one[0]), Path(args.one[1]))))
     elif args.decode_one:
-        print(json.dumps(decode_one(*args.decode_one[:1], Path(args.decode_one[1]))))
+        variant, home, src, size = args.decode_one
+        print(json.dumps(decode_one(variant, Path(home), Path(src), int(size))))
     elif args.decode:
         decode_bench(args.rounds, args.out or ROOT / "bench" / "results_decode.json")
     else:

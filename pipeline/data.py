@@ -23,6 +23,7 @@ import shutil
 import stat
 import tempfile
 import threading
+import time
 import warnings
 import zipfile
 import zlib
@@ -585,9 +586,11 @@ def decode_file(path: str, size: int | None, max_pixels: int, name: str, *, want
             if found is not None:
                 _decode_cost(img, name)  # refused as a fresh decode would be, should the budget have shrunk
                 return Decoded(digest, found[1])
+            t0 = time.perf_counter()
             pixels = _decode_opened(img, size, name)
+            took = time.perf_counter() - t0
             shown = _shown(img, width, height)  # after decoding: a PNG's EXIF is read by decoding it
-            if store is not None:
+            if store is not None and took >= decoded.min_decode_seconds():  # else decoding again is cheaper
                 store.put(digest, size, pixels, shown)
             return Decoded(digest, shown, pixels if want_pixels else None)
     except DataError as exc:

@@ -7,6 +7,10 @@ them. Keyed by the file's content hash, an entry can never be stale: a changed f
 - **Corrupt entries** (wrong length, magic, size or CRC) are deleted and decoded again.
 - **Concurrent writers** each write a temporary file in the entry's folder and rename it into place; a reader
   sees a whole entry or none, and two writers of one entry write the same bytes.
+- **Only where it pays**: creating an entry costs a file creation (0.2-1 ms measured on these machines' shared
+  disks) and reading one back ~0.02-0.1 ms, while a 128 px thumbnail decodes and resizes in ~0.4 ms. A file whose
+  decode took less than ``TRANSFER_STUDIO_DECODED_CACHE_MIN_MS`` (default 1) is decoded again next time rather
+  than cached; photos (~2 ms for a 500x375 JPEG at 224 px, far more for a phone photo) are cached.
 - **Bounded**: ``TRANSFER_STUDIO_DECODED_CACHE_MB`` (default 30% of ``TRANSFER_STUDIO_DISK_QUOTA_MB``, so 3,072 MB
   beside the default 10,240 MB quota; 0 turns the cache off). After each batch of
   writes :meth:`DecodedStore.prune` removes the least recently used entries (a hit touches its mtime) until the
@@ -31,6 +35,7 @@ MAGIC = b"TSDI"
 HEADER = struct.Struct("<4sIIII")  # magic, size, crc32 of the pixels, displayed width, height
 DEFAULT_SHARE_OF_QUOTA = 0.3
 ENV = "TRANSFER_STUDIO_DECODED_CACHE_MB"
+MIN_MS_ENV = "TRANSFER_STUDIO_DECODED_CACHE_MIN_MS"
 
 
 class DecodedStore:
@@ -139,6 +144,22 @@ def limit_mb() -> int:
     if value < 0:
         raise ValueError(f"{ENV}={value} is below 0; set it to megabytes, or 0 to turn the cache off.")
     return value
+
+
+def min_decode_seconds() -> float:
+    """Decodes faster than this are not cached (``TRANSFER_STUDIO_DECODED_CACHE_MIN_MS``, default 1 ms).
+
+    Raises:
+        ValueError: the setting is not a number of at least 0, naming it.
+    """
+    text = os.environ.get(MIN_MS_ENV, "").strip()
+    try:
+        value = float(text) if text else 1.0
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"{MIN_MS_ENV}={text!r} is not a number of milliseconds of at least 0.")
+    return value / 1000
 
 
 _STORES: dict[tuple[str, int], DecodedStore] = {}

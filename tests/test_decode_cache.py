@@ -12,6 +12,12 @@ from PIL import Image
 from pipeline import data, decoded
 
 
+@pytest.fixture(autouse=True)
+def cache_every_decode(monkeypatch):
+    """These tiny images decode in well under the 1 ms below which nothing is cached by default."""
+    monkeypatch.setenv(decoded.MIN_MS_ENV, "0")
+
+
 def _mixed_images(folder: Path, n_per_class: int = 4) -> list[str]:
     """JPEGs (one EXIF-rotated, one large enough to be drafted), RGBA and palette PNGs, grayscale, 16-bit."""
     rng = np.random.default_rng(0)
@@ -222,3 +228,14 @@ def test_the_stores_default_bound_is_a_share_of_the_disk_quota(monkeypatch):
     monkeypatch.delenv(decoded.ENV, raising=False)
     monkeypatch.setenv("TRANSFER_STUDIO_DISK_QUOTA_MB", "1000")
     assert decoded.limit_mb() == 300 and decoded.store().limit_bytes == 300 * 1024 * 1024
+
+
+def test_a_decode_faster_than_the_threshold_is_not_cached(tmp_path, monkeypatch):
+    path = tmp_path / "img.png"
+    Image.fromarray(np.full((10, 10, 3), 10, np.uint8)).save(path)
+    monkeypatch.setenv(decoded.MIN_MS_ENV, "60000")
+    np.testing.assert_array_equal(data.load_image_cached(path, 8), data.load_image(path, 8))
+    assert decoded.store().entries() == []
+    monkeypatch.setenv(decoded.MIN_MS_ENV, "soon")
+    with pytest.raises(ValueError, match="TRANSFER_STUDIO_DECODED_CACHE_MIN_MS"):
+        decoded.min_decode_seconds()
