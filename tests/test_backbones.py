@@ -105,7 +105,11 @@ def test_our_preprocessing_equals_the_constructors_builtin_one(name, keras_name)
     x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
     expected = np.asarray(builtin(x, training=False))
     got = np.asarray(ours(_apply(backbones.preprocessing_layers(spec), x), training=False))
-    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    # Random-init outputs are tiny (about 1e-11 for MobileNetV3): a fixed atol of 1e-4 let anything pass, so
+    # the tolerance is relative to the outputs' own scale.
+    scale = float(np.abs(expected).max())
+    assert scale > 0
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5 * scale)
 
 
 def test_offline_imagenet_weights_fail_fast_with_a_way_forward():
