@@ -59,10 +59,21 @@ def test_layer_counts_beyond_the_base_are_refused_with_the_field_name():
         model_mod.unfreeze_for_phase_two(m, cfg)
 
 
+# Random-init MobileNetV2 at 32 px gives exactly 1/3 for every class whatever the input, so a comparison of its
+# outputs cannot fail; the small CNN (Rescaling, Conv, BatchNorm) gives outputs that depend on the image.
+SMALL = {"model": {"backbone": "small_cnn", "weights": "none"}, "train": {"strategy": "from_scratch"}}
+
+
+def _assert_outputs_depend_on_the_input(model, x):
+    out = np.asarray(model(x))
+    assert np.ptp(out, axis=0).max() > 1e-4, out  # otherwise the comparisons below could not fail
+
+
 def test_training_and_inference_models_agree_and_inference_has_no_augmentation():
-    cfg, m = _build(augment={"enabled": True, "flip": "horizontal", "rotation": 0.2, "zoom": 0.1,
-                             "translation": 0.1, "contrast": 0.2, "brightness": 0.2})
+    cfg, m = _build(**SMALL, augment={"enabled": True, "flip": "horizontal", "rotation": 0.2, "zoom": 0.1,
+                                      "translation": 0.1, "contrast": 0.2, "brightness": 0.2})
     x = np.random.default_rng(1).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
+    _assert_outputs_depend_on_the_input(m.inference, x)
     np.testing.assert_allclose(np.asarray(m.train(x, training=False)), np.asarray(m.inference(x)), atol=1e-6)
     augmented = np.asarray(m.train(x, training=True))
     assert not np.allclose(augmented, np.asarray(m.inference(x)), atol=1e-6)  # augmentation is really there
@@ -81,8 +92,9 @@ def test_training_and_inference_models_agree_and_inference_has_no_augmentation()
 
 
 def test_head_model_shares_the_classifier_with_the_full_model():
-    cfg, m = _build()
+    cfg, m = _build(**SMALL)
     x = np.random.default_rng(2).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
+    _assert_outputs_depend_on_the_input(m.inference, x)
     feats = m.features.predict(x, verbose=0)
     np.testing.assert_allclose(m.head.predict(feats, verbose=0), m.inference.predict(x, verbose=0), atol=1e-5)
     dense = m.head.get_layer("predictions")
