@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import time
@@ -10,6 +9,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from app_pages.visitor import OWNER_COOKIE, visitor
 from pipeline import paths
 
 DEFAULT_SOURCE = "sample:digits"
@@ -281,43 +281,6 @@ def _backend(home: str):  # home: only the cache key (get_backend reads it from 
 # browser (a refresh or a new tab of the same browser is the same visitor), or, when the host configures
 # Streamlit's sign-in (st.login), by the signed-in account. Only a hash of the key is stored with a job.
 # A run's share link (?run=ID) carries no key: whoever opens it sees the run read-only.
-
-OWNER_COOKIE = "ts_owner"
-_KEY = re.compile(r"[0-9a-f]{32}")
-
-
-@dataclasses.dataclass(frozen=True)
-class Visitor:
-    owner: str  # stored with the jobs this visitor launches
-    admin: bool  # the host's admin key was given: sees and controls every run
-    signed_in: bool
-
-
-def visitor() -> Visitor:
-    """Who is looking: the signed-in user, else the owner key of this browser (made on the first visit)."""
-    import hashlib
-    import hmac
-    import secrets
-
-    from pipeline.limits import Limits
-
-    admin_key = Limits.from_env().admin_key
-    given = st.query_params.get("admin")
-    if given is not None:
-        del st.query_params["admin"]  # out of the address bar at once: a copied link never carries it
-        if admin_key and hmac.compare_digest(given, admin_key):
-            st.session_state["admin"] = True  # for this session (tab); a refresh asks for ?admin= again
-    admin = bool(admin_key) and st.session_state.get("admin", False)
-    user = st.user.to_dict()
-    if user.get("is_logged_in") and (user.get("email") or user.get("sub")):
-        return Visitor(f"user:{user.get('email') or user.get('sub')}", admin, True)
-    key = st.session_state.get("owner_key")
-    if key is None:
-        cookie = st.context.cookies.get(OWNER_COOKIE, "")
-        key = cookie if isinstance(cookie, str) and _KEY.fullmatch(cookie) else secrets.token_hex(16)
-        st.session_state["owner_key"] = key
-    return Visitor(f"key:{hashlib.sha256(key.encode()).hexdigest()[:32]}", admin, False)
-
 
 def remember_visitor() -> None:
     """Keeps this browser's owner key in a cookie (a year, this site only), so a refresh or a new tab of the same

@@ -4,7 +4,7 @@ Where a choice lives:
 - the data source and the selected run identify something shareable: they are in the address (``?source=``,
   ``?run=``), put back on every page (a page switch drops query parameters);
 - every choice is also kept server-side, per visitor, in ``TRANSFER_STUDIO_HOME/visitors/<hash of the owner
-  key>.json`` (the owner key of shared.visitor(): the browser's cookie or the signed-in account), so a reload or
+  key>.json`` (the owner key of app_pages.visitor.visitor(): the browser's cookie or the signed-in account), so a reload or
   a new tab of the same browser opens on the same data, augmentation and train settings;
 - within a session, ``st.session_state`` holds them (widgets are seeded from it: Streamlit forgets the value of a
   widget on a page that is not shown).
@@ -25,9 +25,9 @@ _SESSION = "visitor_prefs"
 
 
 def _file() -> Path:
-    from app_pages import shared
+    from app_pages.visitor import visitor
 
-    owner = shared.visitor().owner
+    owner = visitor().owner
     folder = paths.home() / "visitors"
     folder.mkdir(parents=True, exist_ok=True)
     return folder / f"{hashlib.sha256(owner.encode()).hexdigest()[:32]}.json"
