@@ -396,13 +396,18 @@ def _decode_opened(img: Image.Image, size: int | None, name: str) -> np.ndarray:
     """Decodes an image :func:`_open_checked` opened (drafted for ``size``) to RGB uint8, resized to ``size``."""
     with decode_budget().reserve(_decode_cost(img, name)):
         _load(img, name)
-        try:
-            img = _to_rgb(ImageOps.exif_transpose(img))
-            if size is not None and img.size != (size, size):
-                img = img.resize((size, size), Image.Resampling.BILINEAR)
-            return np.asarray(img, dtype=np.uint8)
-        except (OSError, ValueError, SyntaxError) as exc:
-            raise DataError(f"{name}: {_describe_decode_error(exc)}") from exc
+        return _finish(img, size, name)
+
+
+def _finish(img: Image.Image, size: int | None, name: str) -> np.ndarray:
+    """A decoded (loaded) image turned upright, RGB and resized: the pixels :func:`load_image` returns."""
+    try:
+        img = _to_rgb(ImageOps.exif_transpose(img))
+        if size is not None and img.size != (size, size):
+            img = img.resize((size, size), Image.Resampling.BILINEAR)
+        return np.asarray(img, dtype=np.uint8)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise DataError(f"{name}: {_describe_decode_error(exc)}") from exc
 
 
 class DecodeBudgetError(DataError):
@@ -586,11 +591,14 @@ def decode_file(path: str, size: int | None, max_pixels: int, name: str, *, want
             if found is not None:
                 _decode_cost(img, name)  # refused as a fresh decode would be, should the budget have shrunk
                 return Decoded(digest, found[1])
-            t0 = time.perf_counter()
-            pixels = _decode_opened(img, size, name)
-            took = time.perf_counter() - t0
+            with decode_budget().reserve(_decode_cost(img, name)):
+                t0 = time.perf_counter()
+                _load(img, name)
+                # a thumbnail decodes faster than a cache entry is created: it is decoded again next time
+                keep = store is not None and time.perf_counter() - t0 >= decoded.min_decode_seconds()
+                pixels = _finish(img, size, name) if want_pixels or keep else None
             shown = _shown(img, width, height)  # after decoding: a PNG's EXIF is read by decoding it
-            if store is not None and took >= decoded.min_decode_seconds():  # else decoding again is cheaper
+            if keep:
                 store.put(digest, size, pixels, shown)
             return Decoded(digest, shown, pixels if want_pixels else None)
     except DataError as exc:
@@ -626,13 +634,20 @@ def decode_workers() -> int:
         return os.cpu_count() or 1
 
 
+PROCESS_MIN_CORES = 4
+
+
 def pool_kind(n_files: int) -> str:
-    """``process`` (default for ``PROCESS_MIN_FILES`` files or more on 2+ cores) or ``thread``;
-    ``TRANSFER_STUDIO_DECODE_POOL=thread|process`` overrides."""
+    """``thread`` or ``process``; ``TRANSFER_STUDIO_DECODE_POOL=thread|process`` overrides.
+
+    Processes by default only from ``PROCESS_MIN_CORES`` cores and ``PROCESS_MIN_FILES`` files: on 2 cores threads
+    measured faster on both thumbnails and photos (bench/bench_scale.py --decode; starting the workers and
+    pickling pixels back cost more than the GIL does), while on 16 cores processes reach ~12x one core.
+    """
     forced = os.environ.get("TRANSFER_STUDIO_DECODE_POOL", "").strip().lower()
     if forced in ("thread", "process"):
         return forced
-    return "process" if n_files >= PROCESS_MIN_FILES and decode_workers() > 1 else "thread"
+    return "process" if n_files >= PROCESS_MIN_FILES and decode_workers() >= PROCESS_MIN_CORES else "thread"
 
 
 def decode_many(files: Sequence[str], size: int | None, max_pixels: int, *, names: Sequence[str] | None = None,

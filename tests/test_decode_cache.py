@@ -65,11 +65,11 @@ def test_the_scan_leaves_every_file_decoded_so_the_training_cache_decodes_none(t
     (tmp_path / "src" / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
     plain = data.scan(tmp_path / "src")
     calls = []
-    real = data._decode_opened
-    monkeypatch.setattr(data, "_decode_opened", lambda *a: calls.append(a[1]) or real(*a))
+    real = data._load
+    monkeypatch.setattr(data, "_load", lambda img, name: calls.append(name) or real(img, name))
     sized = data.scan(tmp_path / "src", size=48)
     assert (sized.items, sized.skipped, sized.sizes) == (plain.items, plain.skipped, plain.sizes)
-    assert calls == [48] * len(files)
+    assert len(calls) == len(files)
     calls.clear()
     cache = data.ImageCache(files, 48, memory_budget_mb=64)
     cache.close()
@@ -79,7 +79,7 @@ def test_the_scan_leaves_every_file_decoded_so_the_training_cache_decodes_none(t
 
 
 def test_the_process_pool_skips_what_the_thread_pool_skips(tmp_path, monkeypatch):
-    files = _mixed_images(tmp_path / "src", n_per_class=110)  # enough for the process pool by default
+    files = _mixed_images(tmp_path / "src", n_per_class=110)
     (tmp_path / "src" / "b" / "cut.jpg").write_bytes(Path(files[0]).read_bytes()[:300])
     (tmp_path / "src" / "b" / "text.jpg").write_text("hello")
     reports = {}
@@ -211,12 +211,11 @@ def test_a_disk_cache_reads_the_images_it_was_filled_with(tmp_path):
 
 def test_a_large_scan_reports_progress_as_it_goes_on_the_process_pool(tmp_path, monkeypatch):
     """The Data page's progress bar (app_pages/shared.resolve_and_scan) is driven by these calls."""
-    monkeypatch.delenv("TRANSFER_STUDIO_DECODE_POOL", raising=False)
     for offset, cls in ((0, "a"), (128, "b")):
         (tmp_path / cls).mkdir()
         for i in range(120):
             Image.fromarray(np.full((12, 12, 3), offset + i, np.uint8)).save(tmp_path / cls / f"{i}.png")
-    assert data.pool_kind(240) == ("process" if data.decode_workers() > 1 else "thread")
+    monkeypatch.setenv("TRANSFER_STUDIO_DECODE_POOL", "process")
     calls = []
     report = data.scan(tmp_path, progress=lambda done, total: calls.append((done, total)))
     assert report.total() == 240 and not report.skipped
