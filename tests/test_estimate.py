@@ -19,9 +19,9 @@ def _steady(run_dir, phase: str) -> float:
 
 def test_estimate_after_one_run_is_within_2x_of_the_next_runs_epochs(tmp_path):
     """Run A is the measurement; the estimate it gives is checked against run B (another seed), measured."""
-    shapes = write_shapes_dataset(tmp_path / "shapes", per_class=30)
+    shapes = write_shapes_dataset(tmp_path / "shapes", per_class=40)
     runs = tmp_path / "runs"
-    cfg = tiny_config(train={"head_epochs": 4, "fine_tune_epochs": 3}, augment={"enabled": True})
+    cfg = tiny_config(train={"head_epochs": 5, "fine_tune_epochs": 4}, augment={"enabled": True})
     report = data_mod.scan(shapes, cfg.data)
     splits = data_mod.make_splits(report, cfg.data, cfg.train.seed)
 
@@ -33,7 +33,7 @@ def test_estimate_after_one_run_is_within_2x_of_the_next_runs_epochs(tmp_path):
     assert est.measured and "1 earlier run" in est.basis
     assert [p.name for p in est.phases] == ["head", "fine_tune"] and est.seconds > 0
 
-    cfg_b = tiny_config(train={"head_epochs": 4, "fine_tune_epochs": 3, "seed": 7}, augment={"enabled": True})
+    cfg_b = tiny_config(train={"head_epochs": 5, "fine_tune_epochs": 4, "seed": 7}, augment={"enabled": True})
     train(str(shapes), runs / "b", cfg_b)
     for p in est.phases:
         measured = _steady(runs / "b", p.name)
