@@ -637,6 +637,10 @@ def decode_workers() -> int:
 PROCESS_MIN_CORES = 4
 
 
+def _thread_count() -> int:
+    return min(8, decode_workers() * 2)  # hashing and reading overlap with decoding
+
+
 def pool_kind(n_files: int) -> str:
     """``thread`` or ``process``; ``TRANSFER_STUDIO_DECODE_POOL=thread|process`` overrides.
 
@@ -676,7 +680,7 @@ def decode_many(files: Sequence[str], size: int | None, max_pixels: int, *, name
             progress(done, n)
 
     def threads(indices: list[int]) -> None:
-        with ThreadPoolExecutor(max_workers=min(8, decode_workers() * 2)) as pool:
+        with ThreadPoolExecutor(max_workers=_thread_count()) as pool:
             results = pool.map(lambda i: decode_file(str(files[i]), size, max_pixels, names[i],
                                                      want_pixels=want_pixels), indices)
             for k, (i, out) in enumerate(zip(indices, results, strict=True)):
@@ -704,7 +708,7 @@ def decode_many(files: Sequence[str], size: int | None, max_pixels: int, *, name
             return None if found is None else Decoded(digest, found[1], found[0])
 
         todo = []
-        with ThreadPoolExecutor(max_workers=min(8, decode_workers() * 2)) as pool:
+        with ThreadPoolExecutor(max_workers=_thread_count()) as pool:
             for i, out in enumerate(pool.map(hit, range(n))):
                 if out is None:
                     todo.append(i)
