@@ -7,7 +7,8 @@ hashed and decoded, every skip named with its reason), split, and gathered at th
 into a uint8 cache that the tf.data pipeline shuffles and batches. Each file is decoded once per
 (content, size): the scan, given the model's size, leaves it in the decoded-image cache
 (:mod:`pipeline.decoded`), where the training cache, a retrain, evaluation and the label-error search find
-it. Many files are decoded on every core (:func:`decode_many`).
+it (photos; a thumbnail is decoded again, which is cheaper). Many files are decoded on every core
+(:func:`decode_many`).
 
 TensorFlow is imported only by :func:`make_dataset`.
 """
@@ -659,8 +660,8 @@ def decode_many(files: Sequence[str], size: int | None, max_pixels: int, *, name
                 progress: ProgressFn | None = None) -> None:
     """Decodes ``files`` on every core, calling ``on_result(index, Decoded)`` in this thread as they finish.
 
-    Pillow's decode and resize hold the GIL for part of the work, so large sets go to a pool of processes
-    (started with ``spawn``: the caller may run TensorFlow's threads, which ``fork`` would copy mid-lock), each
+    Threads by default; Pillow's decode and resize hold the GIL for part of the work, so on 4+ cores large
+    sets go to a pool of processes (:func:`pool_kind`; started with ``spawn``: the caller may run TensorFlow's threads, which ``fork`` would copy mid-lock), each
     with ``1/workers`` of the decode budget; an image too big for that share is decoded here afterwards under
     the whole budget. Pixels come back by pickling (a 224 px image is 150 KB); with ``size``, each
     (content, size) is decoded once ever, through :mod:`pipeline.decoded`.
