@@ -215,6 +215,35 @@ def test_train_runs_evaluate_export_try_on_a_real_job(finished_job):
 
     at = _page("try_model.py", run=finished_job)
     _no_exception(at)
+    _try_a_photo(at, run_dir)
+
+
+def _try_a_photo(at: AppTest, run_dir: Path) -> None:
+    """Uploads test-split photos on the Try page (AppTest's file_uploader, as pinned: Streamlit 1.67): the server's answer
+    is the run's own model's on those pixels; a file that is not an image is named in a message."""
+    import json
+
+    import numpy as np
+
+    from pipeline.data import load_image
+    from pipeline.runfolder import RunFolder, load_model
+
+    run = RunFolder(run_dir)
+    splits = json.loads(run.dataset.read_text())["splits"]
+    size = json.loads(run.config.read_text())["model"]["image_size"]
+    model = load_model(run)
+    for rel, _ in splits["test"][:2]:
+        photo = Path(splits["root"]) / rel
+        at.file_uploader[0].set_value((photo.name, photo.read_bytes(), "image/png")).run()
+        _no_exception(at)
+        probs = model.predict(load_image(photo, size)[None].astype(np.float32), verbose=0)[0]
+        top = int(probs.argmax())
+        heading = [shown(s.value) for s in at.subheader if s.value.startswith("Server: ")]
+        assert heading == [f"Server: {splits['classes'][top]} ({probs[top]:.1%})"], (rel, heading)
+    at.file_uploader[0].set_value(("notes.png", b"not an image", "image/png")).run()
+    _no_exception(at)
+    assert any("notes.png" in shown(e.value) for e in at.error), [e.value for e in at.error]
+    assert not any(s.value.startswith("Server: ") for s in at.subheader)
 
 
 def test_a_crafted_run_id_in_the_link_is_refused():
