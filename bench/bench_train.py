@@ -251,6 +251,10 @@ def run_memory_recipe(data: Path) -> dict:
             "peak_rss_mb": round(peak_rss_mb())}
 
 
+# ``--set KEY=VALUE`` for the studio runs of ``--memory`` (e.g. data.cache_memory_mb=0: the image cache on disk)
+MEMORY_OVERRIDES = [x for x in os.environ.get("BENCH_MEMORY_SET", "").split(",") if x]
+
+
 def run_memory_studio(data: Path) -> dict:
     from pipeline import config as config_mod
     from pipeline import train as train_mod
@@ -258,7 +262,7 @@ def run_memory_studio(data: Path) -> dict:
     t0 = time.perf_counter()
     cfg = config_mod.apply_overrides(config_mod.RunConfig(), [
         "train.head_epochs=1", "train.fine_tune_epochs=1", f"train.batch_size={BATCH}",
-        "train.early_stopping_patience=0",
+        "train.early_stopping_patience=0", *MEMORY_OVERRIDES,
     ])
     run_dir = Path(tempfile.mkdtemp(prefix="bench-run-"))
     try:

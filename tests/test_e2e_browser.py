@@ -68,6 +68,22 @@ def app_url(ts_home):
                 pass
 
 
+def open_page(pw, height: int = 1000):
+    """Debian's chromium, headless, without the background connections this closed network refuses; one page
+    with generous timeouts (a busy 2-core machine trains while the page waits). Returns (browser, page)."""
+    from playwright.sync_api import expect
+
+    browser = pw.chromium.launch(
+        executable_path=CHROMIUM, headless=True,
+        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+              "--disable-sync", "--no-first-run", "--disable-quic"],
+    )
+    page = browser.new_page(viewport={"width": 1400, "height": height})
+    page.set_default_timeout(120_000)
+    expect.set_options(timeout=120_000)
+    return browser, page
+
+
 def test_sample_to_training_to_export_to_in_browser_classification(app_url, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
@@ -79,14 +95,7 @@ def test_sample_to_training_to_export_to_in_browser_classification(app_url, tmp_
     shutil.copy(digit, photo)
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run", "--disable-quic"],
-        )
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(120_000)
-        expect.set_options(timeout=120_000)
+        browser, page = open_page(pw, height=1000)
 
         # Data: the sample set is the default source
         page.goto(app_url)

@@ -11,7 +11,7 @@ import pytest
 
 from pipeline import revision
 from pipeline.jobs.store import JobStore
-from tests.test_e2e_browser import CHROMIUM, SCREENS, app_url  # noqa: F401 - app_url is a fixture
+from tests.test_e2e_browser import SCREENS, app_url, open_page  # noqa: F401 - app_url is a fixture
 
 pytestmark = pytest.mark.slow
 
@@ -37,14 +37,7 @@ def test_train_click_a_cell_relabel_retrain_compare(app_url, ts_home, tmp_path):
 
     SCREENS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM, headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run", "--disable-quic"],
-        )
-        page = browser.new_page(viewport={"width": 1400, "height": 1100})
-        page.set_default_timeout(120_000)
-        expect.set_options(timeout=120_000)
+        browser, page = open_page(pw, height=1100)
         page.goto(app_url)
         expect(page.get_by_text("Images per class")).to_be_visible()
         _train(page, expect)
