@@ -19,13 +19,7 @@ import numpy as np
 
 from pipeline import data as data_mod
 from pipeline.atomic import atomic_write_json, fault_point
-from pipeline.runfolder import (  # noqa: F401 - load_model and RunNotReadyError were imported from here
-    DamagedFileError,
-    RunFolder,
-    RunNotReadyError,
-    load_model,
-    load_run,
-)
+from pipeline.runfolder import DamagedFileError, RunFolder, load_model, load_run
 
 EventFn = Callable[[dict[str, Any]], None]
 

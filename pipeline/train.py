@@ -40,7 +40,7 @@ from pipeline import data as data_mod
 from pipeline import model as model_mod
 from pipeline.atomic import fault_point, remove_stale_temporaries
 from pipeline.config import RunConfig
-from pipeline.runfolder import (  # noqa: F401 - RunFolderError and TrainingCancelled are part of this API
+from pipeline.runfolder import (
     DamagedFileError,
     MetricsWriter,
     RunFolder,
