@@ -7,8 +7,10 @@ worst, a hidden ``.NAME.*`` temporary file that :func:`remove_stale_temporaries`
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import signal
 import tempfile
 from collections.abc import Callable
@@ -57,6 +59,23 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None], *, fault: str |
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def publish_dir(tmp: Path, dest: Path) -> bool:
+    """Renames the complete folder ``tmp`` to ``dest``; False (and ``tmp`` removed) when ``dest`` already exists.
+
+    Two processes (two browser tabs, a page and its rerun) may build the same content-keyed folder at once:
+    the first rename wins, the loser's identical copy is dropped. Renaming onto a non-empty folder fails with
+    ENOTEMPTY on Linux (EEXIST elsewhere), not FileExistsError, so both are read as "someone else won".
+    """
+    try:
+        os.replace(tmp, dest)
+        return True
+    except OSError as exc:
+        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY) or not Path(dest).is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+        return False
 
 
 def atomic_write_text(path: Path, text: str, *, fault: str | None = None) -> None:

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from pipeline import paths
+from pipeline import atomic, paths
 from pipeline.config import DataConfig
 from pipeline.exitcodes import UserError
 from pipeline.limits import MB, Limits
@@ -211,7 +211,7 @@ def safe_extract_zip(zip_path: Path, dest: Path, *, max_bytes: int, max_files: i
                         out.write(chunk)
                 if progress:
                     progress(min(written, declared), declared)
-            os.replace(tmp, dest)
+            atomic.publish_dir(tmp, dest)  # an identical extraction by another tab may have landed first
         except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
             where = f" at the entry {entry.filename!r}" if entry is not None else ""
             raise DataError(f"{name} is damaged or unreadable{where} ({exc}); re-create it and upload again.") from exc
@@ -300,9 +300,7 @@ def materialize_sample(name: str) -> Path:
             folder = tmp / str(int(target))
             folder.mkdir(exist_ok=True)
             Image.fromarray(img).save(folder / f"digit_{i:04d}.png")
-        os.replace(tmp, dest)
-    except FileExistsError:
-        shutil.rmtree(tmp, ignore_errors=True)  # another process won the race; its copy is identical
+        atomic.publish_dir(tmp, dest)  # another process (a second tab, a rerun) may have won: identical copy
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

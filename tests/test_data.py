@@ -191,6 +191,43 @@ def test_a_zip_of_a_wrapped_dataset_resolves_and_scans(tmp_path):
     assert data.resolve_source(str(z)) == folder  # cached by content hash
 
 
+def test_two_tabs_extracting_the_same_zip_at_once_both_get_the_folder(tmp_path):
+    """A page and its rerun (or two tabs) unpack the same upload at once: the second rename lands on a full
+    folder (ENOTEMPTY on Linux). The loser must hand back the winner's identical copy, not an error."""
+    src = write_shapes_dataset(tmp_path / "mydata", per_class=3)
+    z = tmp_path / "upload.zip"
+    with zipfile.ZipFile(z, "w") as zf:
+        for f in sorted(src.rglob("*.png")):
+            zf.write(f, f"mydata/{f.relative_to(src).as_posix()}")
+    dest = tmp_path / "datasets" / "zip-same"
+    limits = dict(max_bytes=10**8, max_files=1000)
+    raced = []
+
+    def the_other_tab_finishes_first(done, total):
+        if not raced:
+            raced.append(True)
+            data.safe_extract_zip(z, dest, **limits)  # the rival extraction, complete, renamed into place
+
+    data.safe_extract_zip(z, dest, progress=the_other_tab_finishes_first, **limits)
+    assert raced and data.scan(dest / "mydata").total() == 9
+    assert [p.name for p in dest.parent.iterdir()] == ["zip-same"]  # the loser's temporary copy is gone
+
+
+def test_publish_dir_reports_who_won_and_keeps_real_errors(tmp_path):
+    from pipeline import atomic
+
+    dest = tmp_path / "dest"
+    first, second = tmp_path / "a", tmp_path / "b"
+    for d in (first, second):
+        d.mkdir()
+        (d / "f").write_text(d.name)
+    assert atomic.publish_dir(first, dest) is True
+    assert atomic.publish_dir(second, dest) is False
+    assert (dest / "f").read_text() == "a" and not second.exists()
+    with pytest.raises(FileNotFoundError):
+        atomic.publish_dir(tmp_path / "missing", tmp_path / "elsewhere")
+
+
 def test_unusable_sources_get_a_message(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         data.resolve_source(str(tmp_path / "nope"))
