@@ -58,6 +58,7 @@ def app_url(ts_home):
         proc.kill()
         proc.wait()
     log.close()
+    crashes = _script_crashes(ts_home / "streamlit.log")
     from pipeline.jobs.store import JobStore
 
     for w in JobStore(ts_home).workers():
@@ -66,6 +67,13 @@ def app_url(ts_home):
                 os.kill(w.pid, 15)
             except ProcessLookupError:
                 pass
+    assert not crashes, "the app crashed on a page (the visitor saw 'This app has encountered an error'):\n" + crashes
+
+
+def _script_crashes(log: Path) -> str:
+    """The tracebacks Streamlit printed for a page script that raised: what the visitor saw as a redacted error."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", log.read_text(errors="replace"))
+    return "\n".join(block for block in text.split("Traceback")[1:] if "exec_func_with_error_handling" in block)
 
 
 def open_page(pw, height: int = 1000):
