@@ -29,7 +29,7 @@ from typing import Any
 
 from pipeline import paths
 from pipeline.config import DataConfig
-from pipeline.data import DataError, ProgressFn, ScanReport, load_image
+from pipeline.data import CONFLICT, DataError, ProgressFn, ScanReport, load_image
 from pipeline.data import scan as data_scan
 from pipeline.runfolder import atomic_write_json
 
@@ -168,7 +168,7 @@ def apply(report: ScanReport, entries: list[dict[str, Any]]) -> ScanReport:
     excluded = {e["path"] for e in entries if e["op"] == "exclude"}
     items = {split: [[rel, relabel.get(rel, cls)] for rel, cls in lst if rel not in excluded]
              for split, lst in report.items.items()}
-    skipped = [s for s in report.skipped if s.get("kind") != "conflict"]
+    skipped = [s for s in report.skipped if s.get("kind") != CONFLICT]
     groups: dict[str, list[dict[str, str]]] = {}
     for s in report.conflicts():
         groups.setdefault(s["digest"], []).append(s)

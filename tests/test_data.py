@@ -9,7 +9,7 @@ from PIL import Image
 
 from pipeline import data
 from pipeline.config import DataConfig
-from pipeline.data import DataError
+from pipeline.data import DataError, sources
 from tests.conftest import write_shapes_dataset
 
 
@@ -78,6 +78,10 @@ def test_scan_names_every_skipped_file_and_why(tmp_path):
     assert "decompression bomb" in reasons["square/huge.png"]
     assert "exact duplicate of square/copy.png" in reasons["square/square_00.png"]  # first by name is kept
     assert "classes bar and disc" in reasons["bar/twin.png"] and "classes bar and disc" in reasons["disc/disc_00.png"]
+    # callers tell duplicates and conflicts apart by their kind, never by the reason's wording
+    assert [(s["path"], s["of"]) for s in report.duplicates()] == [("square/square_00.png", "square/copy.png")]
+    assert {s["path"] for s in report.conflicts()} == {"bar/twin.png", "disc/disc_00.png"}
+    assert {s["kind"] for s in report.skipped if "kind" in s} == {data.DUPLICATE, data.CONFLICT}
     assert "not inside a class folder" in reasons["stray.png"]
     assert report.counts() == {"bar": {"all": 4}, "disc": {"all": 3}, "square": {"all": 4}}
     assert report.classes == ["bar", "disc", "square"]
@@ -272,7 +276,7 @@ def test_sample_set_materialises_offline():
 def test_embedded_digits_equal_scikit_learns_loader():
     from sklearn.datasets import load_digits
 
-    images, targets = data._load_digits()
+    images, targets = sources._load_digits()
     reference = load_digits()
     np.testing.assert_array_equal(images, reference.images)
     np.testing.assert_array_equal(targets, reference.target)

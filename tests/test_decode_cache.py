@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from pipeline import data, decoded
+from pipeline.data import decode
 
 
 @pytest.fixture(autouse=True)
@@ -65,8 +66,8 @@ def test_the_scan_leaves_every_file_decoded_so_the_training_cache_decodes_none(t
     (tmp_path / "src" / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really")
     plain = data.scan(tmp_path / "src")
     calls = []
-    real = data._load
-    monkeypatch.setattr(data, "_load", lambda img, name: calls.append(name) or real(img, name))
+    real = decode._load
+    monkeypatch.setattr(decode, "_load", lambda img, name: calls.append(name) or real(img, name))
     sized = data.scan(tmp_path / "src", size=48)
     assert (sized.items, sized.skipped, sized.sizes) == (plain.items, plain.skipped, plain.sizes)
     assert len(calls) == len(files)
@@ -96,7 +97,7 @@ def test_the_process_pool_skips_what_the_thread_pool_skips(tmp_path, monkeypatch
 def test_an_image_too_big_for_a_workers_share_of_the_budget_is_decoded_under_the_whole_budget(tmp_path, monkeypatch):
     monkeypatch.setenv("TRANSFER_STUDIO_DECODE_POOL", "process")
     monkeypatch.setenv("TRANSFER_STUDIO_DECODE_MEMORY_MB", "2")
-    monkeypatch.setattr(data, "decode_workers", lambda: 2)
+    monkeypatch.setattr(decode, "decode_workers", lambda: 2)
     folder = tmp_path / "src" / "x"
     folder.mkdir(parents=True)
     Image.fromarray(np.full((420, 420, 3), 90, np.uint8)).save(folder / "big.png")  # ~1.4 MB to decode

@@ -32,7 +32,12 @@ def project_modules() -> dict[str, Path]:
 
 
 def imports_of(path: Path, name: str, modules: dict[str, Path]) -> set[str]:
-    """The project modules that ``name`` (at ``path``) imports, resolved to module names."""
+    """The project modules that ``name`` (at ``path``) imports, resolved to module names.
+
+    Importing a package by name (``from pipeline import data``, ``from pipeline.data import scan`` where ``scan``
+    is a function re-exported by ``pipeline/data/__init__.py``) depends on its ``__init__``, which imports its
+    submodules: a submodule importing its own package by name is a cycle, and is reported as one.
+    """
     found: set[str] = set()
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
@@ -50,7 +55,7 @@ def imports_of(path: Path, name: str, modules: dict[str, Path]) -> set[str]:
         for target in targets:
             while target and target not in modules:
                 target = target.rpartition(".")[0]
-            if target and target != name and modules[target].name != "__init__.py":
+            if target and target != name:
                 found.add(target)
     return found
 
@@ -110,3 +115,15 @@ def test_the_checks_can_fail():
     upward = {**graph, "pipeline.config": graph["pipeline.config"] | {"export.bundle"},
               "export.bundle": graph["export.bundle"] | {"app_pages.shared"}}
     assert layer_violations(upward) == ["export.bundle imports app_pages.shared", "pipeline.config imports export.bundle"]
+
+
+def test_packages_are_walked_through_their_init():
+    """A package's ``__init__`` is a module of the graph: callers depend on it, it on its submodules, and a
+    submodule importing its own package by name (not its sibling module) is a cycle."""
+    graph = import_graph()
+    assert "pipeline.data" in graph["pipeline.revision"]  # from pipeline.data import ... (re-exported names)
+    assert "pipeline.data.scan" in graph["pipeline.data"]
+    assert "pipeline.data.errors" in graph["pipeline.data.scan"] and "pipeline.data" not in graph["pipeline.data.scan"]
+    planted = {**graph, "pipeline.data.errors": graph["pipeline.data.errors"] | {"pipeline.data"}}
+    cycle = find_cycle(planted)
+    assert cycle is not None and "pipeline.data" in cycle and "pipeline.data.errors" in cycle

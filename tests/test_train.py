@@ -307,9 +307,8 @@ def test_flowers_scan_reports_the_cross_class_duplicates(shared_dir):
 
     report = data_mod.scan(shared_dir / "data" / "flowers5")
     assert len(report.classes) == 5
-    reasons = {s["path"]: s["reason"] for s in report.skipped}
-    assert {p for p, r in reasons.items() if "same bytes sit in classes" in r} == cross
-    assert {p for p, r in reasons.items() if "exact duplicate" in r} == within
+    assert {s["path"] for s in report.conflicts()} == cross
+    assert {s["path"] for s in report.duplicates()} == within
     assert report.total() == sum(len(g) for g in by_digest.values()) - len(cross) - len(within)
 
 

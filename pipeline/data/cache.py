@@ -1,0 +1,109 @@
+"""The uint8 image cache: a split's images at the model's input size, in memory or in a flat file on disk."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.data.decode import Decoded, decode_many
+from pipeline.data.errors import DataError, ProgressFn
+
+
+class ImageCache:
+    """The split's images resized to ``size``, as uint8: one array in memory, or past ``memory_budget_mb`` a flat
+    file on disk read a batch at a time (:meth:`take`).
+
+    Filled by :func:`decode_many`: from the decoded-image cache where the scan (or an earlier run, a retrain,
+    evaluation) already decoded a file at this size, else decoded on every core and cached for next time.
+    The disk file is written and read with ``pwrite``/``preadv`` rather than memory-mapped: its pages then
+    sit in the kernel's page cache, not in this process's RSS, so a 20,000-image run's memory stays near a
+    1,000-image run's. :attr:`array` maps it read-only for callers that want the whole split as an array.
+
+    Raises:
+        DataError: a file can no longer be decoded (changed since the scan), naming it.
+    """
+
+    def __init__(
+        self,
+        files: Sequence[str],
+        size: int,
+        *,
+        memory_budget_mb: int,
+        disk_dir: Path | None = None,
+        max_pixels: int = 89_478_485,
+        progress: ProgressFn | None = None,
+    ):
+        self.size = size
+        self.n = n = len(files)
+        self.item_bytes = size * size * 3
+        self.on_disk = n * self.item_bytes > memory_budget_mb * 1024 * 1024 and disk_dir is not None
+        self.path: Path | None = None
+        self._fd: int | None = None
+        self._array: np.ndarray | None = None
+        if self.on_disk:
+            disk_dir.mkdir(parents=True, exist_ok=True)
+            self._fd, name = tempfile.mkstemp(prefix="images-", suffix=".u8", dir=disk_dir)
+            self.path = Path(name)
+            os.ftruncate(self._fd, n * self.item_bytes)
+        else:
+            self._array = np.empty((n, size, size, 3), dtype=np.uint8)
+
+        errors: list[str] = []
+
+        def fill(i: int, out: Decoded) -> None:
+            if out.error:
+                errors.append(f"{files[i]}: {out.error}")
+            elif self._fd is not None:
+                os.pwrite(self._fd, np.ascontiguousarray(out.pixels).data, i * self.item_bytes)
+            else:
+                self._array[i] = out.pixels
+
+        try:
+            decode_many(files, size, max_pixels, want_pixels=True, on_result=fill, progress=progress)
+            if errors:
+                raise DataError(errors[0] + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""))
+        except BaseException:
+            self.close()
+            raise
+        from pipeline import decoded
+
+        if (store := decoded.store()) is not None:
+            store.prune()
+
+    @property
+    def array(self) -> np.ndarray:
+        """Every image as one (n, size, size, 3) array (read-only and memory-mapped when on disk)."""
+        if self._array is None:
+            if self.path is None:
+                raise ValueError("this image cache is closed")
+            self._array = np.memmap(self.path, dtype=np.uint8, mode="r", shape=(self.n, self.size, self.size, 3))
+        return self._array
+
+    def take(self, idx: np.ndarray) -> np.ndarray:
+        """The images at ``idx`` as a new contiguous (len(idx), size, size, 3) array."""
+        if self._fd is None:
+            return np.ascontiguousarray(self.array[idx])
+        out = np.empty((len(idx), self.size, self.size, 3), dtype=np.uint8)
+        for k, i in enumerate(np.asarray(idx).reshape(-1)):
+            if not 0 <= i < self.n:
+                raise IndexError(f"image {i} is outside this cache of {self.n}")
+            got = os.preadv(self._fd, [out[k].data], int(i) * self.item_bytes)
+            if got != self.item_bytes:
+                raise OSError(f"{self.path}: short read of image {i} ({got} of {self.item_bytes} bytes)")
+        return out
+
+    def __len__(self) -> int:
+        return self.n
+
+    def close(self) -> None:
+        self._array = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+            self.path = None
