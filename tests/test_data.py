@@ -304,3 +304,47 @@ def test_store_upload_keeps_uploads_by_content_under_a_safe_name(ts_home):
     assert first.is_relative_to(ts_home / "uploads") and other.is_relative_to(ts_home / "uploads")
     assert again.parent == first.parent and other.parent != first.parent
     assert not list((ts_home / "uploads").rglob("*.part"))
+
+
+def _class_weights_before_scikit_learn(labels, num_classes, mode):
+    """The hand-written formula pipeline.data used before scikit-learn's compute_class_weight (kept as a reference)."""
+    from collections import Counter
+
+    counts = Counter(int(x) for x in labels)
+    if mode == "none" or not counts:
+        return None
+    present = [counts.get(i, 0) for i in range(num_classes)]
+    if mode == "auto" and max(present) < 1.5 * max(1, min(c for c in present if c)):
+        return None
+    total = sum(present)
+    return {i: (total / (num_classes * c) if c else 0.0) for i, c in enumerate(present)}
+
+
+def test_class_weights_are_the_balanced_formula_with_zero_for_an_absent_class():
+    labels = [0] * 30 + [1] * 10 + [3] * 5  # class 2 has no training image
+    weights = data.class_weights(labels, 4, "balanced")
+    assert weights[2] == 0.0 and set(weights) == {0, 1, 2, 3}
+    assert weights == pytest.approx({0: 45 / (4 * 30), 1: 45 / (4 * 10), 2: 0.0, 3: 45 / (4 * 5)}, rel=1e-12)
+    assert weights == pytest.approx(_class_weights_before_scikit_learn(labels, 4, "balanced"), rel=1e-12)
+    assert data.class_weights(labels, 4, "auto") == weights  # 30 vs 5: imbalanced, so auto weighs too
+    assert data.class_weights(labels, 4, "none") is None and data.class_weights([], 4, "balanced") is None
+    # with every class present, exactly scikit-learn's own balanced weights
+    from sklearn.utils.class_weight import compute_class_weight
+
+    full = [0] * 7 + [1] * 3 + [2] * 11
+    assert list(data.class_weights(full, 3, "balanced").values()) == list(
+        compute_class_weight("balanced", classes=np.arange(3), y=np.array(full)))
+
+
+def test_class_weights_auto_only_from_a_1_5x_difference_and_as_before_on_random_sets():
+    assert data.class_weights([0] * 10 + [1] * 14, 2, "auto") is None  # 1.4x: left alone
+    assert data.class_weights([0] * 10 + [1] * 15, 2, "auto") == pytest.approx({0: 25 / 20, 1: 25 / 30})
+    rng = np.random.default_rng(7)
+    for _ in range(50):
+        k = int(rng.integers(2, 7))
+        labels = rng.choice(k, size=int(rng.integers(1, 60)), p=rng.dirichlet(np.ones(k) * 0.7)).tolist()
+        for mode in ("none", "auto", "balanced"):
+            got, want = data.class_weights(labels, k, mode), _class_weights_before_scikit_learn(labels, k, mode)
+            assert (got is None) == (want is None), (labels, k, mode)
+            if want is not None:
+                assert got == pytest.approx(want, rel=1e-12), (labels, k, mode)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,12 +112,32 @@ def make_splits(report: ScanReport, data_cfg: DataConfig, seed: int) -> Splits:
 
 
 def class_weights(labels: Sequence[int], num_classes: int, mode: str) -> dict[int, float] | None:
-    """``balanced`` weights (n / (k * count)); ``auto`` applies them only when classes differ by 1.5x or more."""
-    counts = Counter(int(x) for x in labels)
-    if mode == "none" or not counts:
+    """Keras ``class_weight`` for the training labels: scikit-learn's ``balanced`` weights.
+
+    Each class present gets n / (k * count), k = ``num_classes``; a class with no label gets 0.0. scikit-learn
+    computes over the classes present (k = their number), so its weights are scaled by present / ``num_classes``:
+    the same values whether or not a class is absent, and exactly scikit-learn's when none is.
+
+    Args:
+        labels: Label indices (``0 <= label < num_classes``; others are ignored).
+        num_classes: Number of classes of the model.
+        mode: ``none`` (no weights), ``balanced`` (always), or ``auto`` (only when the largest class has 1.5x
+            or more the images of the smallest present one).
+
+    Returns:
+        Class index -> weight for every class, or None when no weighting applies.
+    """
+    y = np.asarray(labels, dtype=np.int64).reshape(-1)
+    y = y[(y >= 0) & (y < num_classes)]
+    if mode == "none" or not y.size:
         return None
-    present = [counts.get(i, 0) for i in range(num_classes)]
-    if mode == "auto" and max(present) < 1.5 * max(1, min(c for c in present if c)):
+    counts = np.bincount(y, minlength=num_classes)
+    if mode == "auto" and counts.max() < 1.5 * counts[counts > 0].min():
         return None
-    total = sum(present)
-    return {i: (total / (num_classes * c) if c else 0.0) for i, c in enumerate(present)}
+    from sklearn.utils.class_weight import compute_class_weight  # ~1 s to import: only when weights are used
+
+    present = np.flatnonzero(counts)
+    weights = compute_class_weight("balanced", classes=present, y=y) * (len(present) / num_classes)
+    out = dict.fromkeys(range(num_classes), 0.0)
+    out.update({int(c): float(w) for c, w in zip(present, weights, strict=True)})
+    return out
