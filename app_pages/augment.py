@@ -10,6 +10,15 @@ from pipeline import data
 from pipeline.config import FLIPS, AugmentConfig, ConfigError
 from pipeline.config import from_dict as config_from_dict
 
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _grid(path: str, stamp: int, settings: dict, seed: int):
+    """Nine augmentations of one image, kept per (file version, settings, seed): a rerun redraws nothing."""
+    from pipeline.augment import preview  # imports TensorFlow: only on this page
+
+    return preview(data.load_image(path, 224), AugmentConfig(**settings), count=9, seed=seed)
+
+
 st.title("Augment")
 st.caption("Random transforms applied to training images only; exports never contain them.")
 
@@ -60,10 +69,14 @@ with right:
     elif not cfg.enabled:
         st.info("Augmentation is off: training sees the images as they are. The preview shows what these "
                 "settings would do; switch on **Augment while training** to use them.")
-    from pipeline.augment import preview  # imports TensorFlow: only on this page
-
-    image = data.load_image(Path(report["root"]) / pick, 224)
-    grid = preview(image, shown, count=9, seed=st.session_state.get("aug_seed", 0))
+    path = Path(report["root"]) / pick
+    try:
+        with st.spinner("Drawing nine augmentations (the first time loads TensorFlow, a few seconds)..."):
+            grid = _grid(str(path), path.stat().st_mtime_ns, dataclasses.asdict(shown),
+                         st.session_state.get("aug_seed", 0))
+    except (data.DataError, OSError) as exc:
+        shared.error(f"{pick} could not be read ({exc}); pick another image, or re-scan on the Data page.")
+        st.stop()
     for row in range(3):
         cols = st.columns(3)
         for col, img in zip(cols, grid[row * 3 : row * 3 + 3], strict=True):

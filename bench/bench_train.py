@@ -84,9 +84,9 @@ def run_data(variant: str) -> dict:
                 pass
     else:
         from pipeline import data as data_mod
+        from pipeline.config import DataConfig
 
-        splits = data_mod.make_splits(data_mod.scan(data_mod.resolve_source(str(DATA))),
-                                      data_mod.DataConfig(), seed=42)
+        splits = data_mod.make_splits(data_mod.scan(data_mod.resolve_source(str(DATA))), DataConfig(), seed=42)
         caches = [data_mod.ImageCache(splits.paths(s), SIZE, memory_budget_mb=1024) for s in ("train", "val")]
         for s, c in zip(("train", "val"), caches, strict=True):
             for _ in data_mod.make_dataset(c, splits.labels(s), 2, BATCH, shuffle=True, seed=42):
@@ -338,8 +338,16 @@ def main() -> int:
     env = {**os.environ, "KERAS_HOME": str(keras_home), "TF_CPP_MIN_LOG_LEVEL": "2",
            "TRANSFER_STUDIO_HOME": tempfile.mkdtemp(prefix="bench-home-"), "PYTHONPATH": str(ROOT)}
 
+    sys.path.insert(0, str(ROOT))
+    from pipeline import launch
+
     def run_child(variant: str) -> dict | None:
-        proc = subprocess.run([sys.executable, __file__, "--child", variant], env=env, capture_output=True, text=True)
+        # Our runs get the environment the product gives its training child (launch.child_env: malloc arenas
+        # capped); the recipe and the floor run as a notebook would, with the environment as it is.
+        ours = not variant.startswith(("recipe", "memory_recipe", "floor"))
+        child_env = {**env, "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", launch.MALLOC_ARENAS)} if ours else env
+        proc = subprocess.run([sys.executable, __file__, "--child", variant], env=child_env, capture_output=True,
+                              text=True)
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
             print(proc.stderr[-3000:], file=sys.stderr)

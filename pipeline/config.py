@@ -70,7 +70,9 @@ class DataConfig:
     Attributes:
         val_fraction: Share of each class held out for validation when the data has no val split.
         test_fraction: Share of each class held out for the final test when the data has no test split.
-        cache_memory_mb: Resized images up to this size are cached in memory; beyond it, on disk.
+        cache_memory_mb: A split whose resized images fit in this many MB is cached in the process's memory;
+            otherwise (and by default, 0) in a flat file read a batch at a time, whose pages sit in the kernel's
+            page cache: as fast here, and memory the system can reclaim instead of the run's RSS.
         max_image_pixels: Images with more pixels are refused as decompression bombs.
         max_zip_bytes: A zip that declares or expands to more bytes than this is refused.
         max_zip_files: A zip with more entries than this is refused.
@@ -78,7 +80,7 @@ class DataConfig:
 
     val_fraction: float = 0.2
     test_fraction: float = 0.1
-    cache_memory_mb: int = 2048
+    cache_memory_mb: int = 0
     max_image_pixels: int = 89_478_485
     max_zip_bytes: int = 4 * 1024**3
     max_zip_files: int = 200_000

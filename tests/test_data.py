@@ -348,3 +348,29 @@ def test_class_weights_auto_only_from_a_1_5x_difference_and_as_before_on_random_
             assert (got is None) == (want is None), (labels, k, mode)
             if want is not None:
                 assert got == pytest.approx(want, rel=1e-12), (labels, k, mode)
+
+
+def test_a_killed_run_leaves_no_image_cache_file_behind(tmp_path):
+    """The on-disk cache has no name: SIGKILL the process that holds it and nothing is left in its folder."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    for i in range(4):
+        Image.fromarray(np.full((40, 40, 3), i * 50, np.uint8)).save(tmp_path / f"{i}.png")
+    script = (
+        "import sys, time; from pipeline import data\n"
+        f"c = data.ImageCache([{', '.join(repr(str(tmp_path / f'{i}.png')) for i in range(4))}], 24, "
+        f"memory_budget_mb=0, disk_dir=__import__('pathlib').Path({str(tmp_path / 'cache')!r}))\n"
+        "assert c.on_disk and c.take(__import__('numpy').array([3]))[0, 0, 0, 0] == 150\n"
+        "print('filled', flush=True); time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.stdout.readline().strip() == "filled"
+    assert (tmp_path / "cache").is_dir()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list((tmp_path / "cache").iterdir()) == []

@@ -23,7 +23,6 @@ One concern per module, each importing only the ones before it (no cycle):
 This module re-exports their public names, so ``from pipeline import data; data.scan(...)`` is the way in.
 """
 
-from pipeline.config import DataConfig  # what scan, resolve_source and make_splits take: data.DataConfig
 from pipeline.data.cache import ImageCache
 from pipeline.data.decode import (
     DecodeBudget,
@@ -58,7 +57,6 @@ __all__ = [
     "DUPLICATE",
     "SAMPLES",
     "SPLIT_NAMES",
-    "DataConfig",
     "DataError",
     "DecodeBudget",
     "DecodeBudgetError",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import os
 import tempfile
 from collections.abc import Sequence
@@ -21,7 +22,8 @@ class ImageCache:
     evaluation) already decoded a file at this size, else decoded on every core and cached for next time.
     The disk file is written and read with ``pwrite``/``preadv`` rather than memory-mapped: its pages then
     sit in the kernel's page cache, not in this process's RSS, so a 20,000-image run's memory stays near a
-    1,000-image run's. :attr:`array` maps it read-only for callers that want the whole split as an array.
+    1,000-image run's. The file has no name (unlinked once open): a killed run leaves nothing behind.
+    :attr:`array` maps it read-only for callers that want the whole split as an array.
 
     Raises:
         DataError: a file can no longer be decoded (changed since the scan), naming it.
@@ -41,13 +43,12 @@ class ImageCache:
         self.n = n = len(files)
         self.item_bytes = size * size * 3
         self.on_disk = n * self.item_bytes > memory_budget_mb * 1024 * 1024 and disk_dir is not None
-        self.path: Path | None = None
         self._fd: int | None = None
         self._array: np.ndarray | None = None
         if self.on_disk:
             disk_dir.mkdir(parents=True, exist_ok=True)
             self._fd, name = tempfile.mkstemp(prefix="images-", suffix=".u8", dir=disk_dir)
-            self.path = Path(name)
+            os.unlink(name)  # nameless: the kernel frees it when this process ends, killed or not
             os.ftruncate(self._fd, n * self.item_bytes)
         else:
             self._array = np.empty((n, size, size, 3), dtype=np.uint8)
@@ -78,9 +79,10 @@ class ImageCache:
     def array(self) -> np.ndarray:
         """Every image as one (n, size, size, 3) array (read-only and memory-mapped when on disk)."""
         if self._array is None:
-            if self.path is None:
+            if self._fd is None:
                 raise ValueError("this image cache is closed")
-            self._array = np.memmap(self.path, dtype=np.uint8, mode="r", shape=(self.n, self.size, self.size, 3))
+            mapped = mmap.mmap(self._fd, self.n * self.item_bytes, prot=mmap.PROT_READ) if self.n else b""
+            self._array = np.frombuffer(mapped, dtype=np.uint8).reshape(self.n, self.size, self.size, 3)
         return self._array
 
     def take(self, idx: np.ndarray) -> np.ndarray:
@@ -93,7 +95,7 @@ class ImageCache:
                 raise IndexError(f"image {i} is outside this cache of {self.n}")
             got = os.preadv(self._fd, [out[k].data], int(i) * self.item_bytes)
             if got != self.item_bytes:
-                raise OSError(f"{self.path}: short read of image {i} ({got} of {self.item_bytes} bytes)")
+                raise OSError(f"image cache: short read of image {i} ({got} of {self.item_bytes} bytes)")
         return out
 
     def __len__(self) -> int:
@@ -104,6 +106,3 @@ class ImageCache:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
-            self.path = None
