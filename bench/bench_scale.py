@@ -9,8 +9,8 @@ cache): ``pipeline.train.train`` with MobileNetV2 alpha 0.35 at 160 px, ``model.
 ``../shared/weights``' 224 file (see BENCHMARKS.md for why), augmentation off (so the head phase is feature
 extraction: features computed once), 1 head epoch on those features + 2 fine-tune epochs (the first one's time
 includes tracing the train step, a fixed 5-8 s that no per-image figure should carry), batch 32, the default
-``data.cache_memory_mb`` (2,048: half per split, so past ~13,600 train images at 160 px the train cache is on
-disk), 10% val / 10% test, evaluation of the test split at the end. Reported per size: scan images/s, cache build
+``data.cache_memory_mb`` (0: every split's image cache is a file read with ``preadv``, its pages in the
+kernel's page cache), 10% val / 10% test, evaluation of the test split at the end. Reported per size: scan images/s, cache build
 images/s (train + val), features images/s, seconds per training image in each fine-tune epoch, evaluation
 seconds (loading the model included), peak RSS (``ru_maxrss`` of the training process) and the peak of the
 training process plus its decoding workers (sampled with psutil every 50 ms).
