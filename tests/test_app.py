@@ -20,11 +20,11 @@ config.set_option("client.showErrorDetails", "full")  # tests want the details u
 BROWSER_KEY = "5" * 32  # the owner key one browser keeps in its cookie: every _page() is that same visitor
 
 
-def _page(name: str, **query) -> AppTest:
+def _page(name: str, owner_key: str = BROWSER_KEY, **query) -> AppTest:
     """Runs one page through the entry (so st.navigation knows every page, as in the real app), as one visitor
-    (the same owner key, as a refresh or a new tab of one browser)."""
+    (by default the same owner key, as a refresh or a new tab of one browser)."""
     at = AppTest.from_file(ENTRY, default_timeout=120)
-    at.session_state["owner_key"] = BROWSER_KEY
+    at.session_state["owner_key"] = owner_key
     for k, v in query.items():
         at.query_params[k] = v
     at.run()

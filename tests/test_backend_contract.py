@@ -100,6 +100,30 @@ def test_cancel_while_running_keeps_the_checkpoint(backend, tmp_path):
     assert len(run.epochs()) < 30 and run.backup_dir("scratch").exists()
 
 
+def test_a_cancelled_job_resumes_and_trains_every_epoch_once(backend, tmp_path):
+    data_dir = write_shapes_dataset(tmp_path / "shapes", per_class=12, size=64)
+    epochs = 5
+    job_id = backend.submit(str(data_dir), tiny_config(**{**LONG, "train": {**LONG["train"], "head_epochs": epochs}}))
+    run = RunFolder(Path(backend.status(job_id).run_dir))
+    t0 = time.monotonic()
+    while not run.epochs():
+        assert time.monotonic() - t0 < 300, "no epoch in time"
+        time.sleep(0.1)
+    backend.cancel(job_id)
+    job = _wait_state(backend, job_id, ("cancelled", "failed", "done"))
+    assert job.state == "cancelled", job.error
+    stopped_at = len(run.epochs())
+    assert 1 <= stopped_at < epochs
+    resumed = backend.resume(job_id)
+    assert resumed.state in ("queued", "running")
+    job = _wait_state(backend, job_id, ("done", "failed", "cancelled"))
+    assert job.state == "done" and job.attempts == 2, job.error
+    assert [e["epoch"] for e in run.epochs()] == list(range(1, epochs + 1))  # none skipped, none twice
+    assert run.eval.exists()
+    with pytest.raises(JobError, match="only a failed or cancelled job"):
+        backend.resume(job_id)
+
+
 def test_a_failing_job_ends_failed_with_a_readable_reason(backend, tmp_path):
     one = write_shapes_dataset(tmp_path / "one", per_class=3)
     for extra in ("bar", "disc"):
@@ -116,3 +140,15 @@ def test_crafted_ids_are_refused(backend):
             backend.status(bad)
         with pytest.raises(JobError, match="is not a job id"):
             backend.cancel(bad)
+
+
+def test_ray_submission_ids_name_each_attempt_and_nobody_elses_job():
+    from pipeline.jobs.ray_backend import parse_submission_id, submission_id
+
+    job_id = "ab" * 16
+    assert [submission_id(job_id, a) for a in (1, 2, 10)] == [f"ts-{job_id}", f"ts-{job_id}-2", f"ts-{job_id}-10"]
+    assert [parse_submission_id(submission_id(job_id, a)) for a in (1, 2, 10)] == [(job_id, 1), (job_id, 2), (job_id, 10)]
+    for other in ("raysubmit_123", f"ts-{job_id}-", f"ts-{job_id}x", "ts-" + "AB" * 16, f"xts-{job_id}"):
+        assert parse_submission_id(other) is None
+    with pytest.raises(JobError, match="is not a job id"):
+        submission_id("../etc")

@@ -11,7 +11,7 @@ from streamlit.testing.v1 import AppTest
 from app_pages import shared
 from pipeline import config
 from pipeline.jobs.store import JobStore
-from tests.test_app import ENTRY, _no_exception
+from tests.test_app import ENTRY, _no_exception, _page
 from tests.test_app import shown as unescape
 
 IMAGE_NAME = "![t](https:evil.example.t.png)"  # the folder name from the issue: a Markdown image
@@ -124,13 +124,7 @@ def owner_of(key: str) -> str:
 
 def _visitor(key: str, page: str, **query) -> AppTest:
     """One visitor (their browser's owner key) on one page."""
-    at = AppTest.from_file(ENTRY, default_timeout=120)
-    at.session_state["owner_key"] = key
-    for k, v in query.items():
-        at.query_params[k] = v
-    at.run()
-    at.switch_page(f"app_pages/{page}")
-    return at.run()
+    return _page(page, owner_key=key, **query)
 
 
 def _labels(at: AppTest) -> set[str]:

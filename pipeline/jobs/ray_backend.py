@@ -14,17 +14,37 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import sys
+import time
 from pathlib import Path
 
 from pipeline.config import RunConfig
 from pipeline.data import absolute_source
 from pipeline.jobs.store import Job, JobError, validate_job_id
-from pipeline.launch import ROOT
+from pipeline.launch import child_env
 from pipeline.runfolder import atomic_write_json
 
 PREFIX = "ts-"
+
+
+def submission_id(job_id: str, attempt: int = 1) -> str:
+    """The Ray submission id of one attempt of a job: ``ts-<id>``, then ``ts-<id>-2``, ``ts-<id>-3``, ..."""
+    return PREFIX + validate_job_id(job_id) + (f"-{attempt}" if attempt > 1 else "")
+
+
+def parse_submission_id(sid: str) -> tuple[str, int] | None:
+    """(job id, attempt) of one of our submission ids; None for anyone else's Ray job."""
+    m = re.fullmatch(PREFIX + r"([0-9a-f]{32})(?:-([0-9]+))?", sid)
+    return (m.group(1), int(m.group(2) or 1)) if m else None
+
+
+def child_env_vars() -> dict[str, str]:
+    """What the training child needs on a node, as ``launch.child_env`` gives a local one (minus this host's
+    own environment): this checkout on ``PYTHONPATH``, TensorFlow quiet, malloc arenas capped, the home."""
+    env = child_env(TRANSFER_STUDIO_HOME=os.environ.get("TRANSFER_STUDIO_HOME", ""))
+    return {k: env[k] for k in ("PYTHONPATH", "TF_CPP_MIN_LOG_LEVEL", "MALLOC_ARENA_MAX", "TRANSFER_STUDIO_HOME")}
 _STATES = {"PENDING": "queued", "RUNNING": "running", "SUCCEEDED": "done", "FAILED": "failed", "STOPPED": "cancelled"}
 
 
@@ -54,22 +74,33 @@ class RayBackend:
         run_dir = self.run_dir(job_id)
         run_dir.mkdir(parents=True)
         atomic_write_json(run_dir / "job.json", {"source": absolute_source(source), "config": config.to_dict(),
-                                                   "owner": owner})
-        gpus = config.train.gpus
+                                                   "owner": owner, "attempts": 1, "created": time.time()})
+        self._start(job_id, 1, config.train.gpus)
+        return job_id
+
+    def _start(self, job_id: str, attempt: int, gpus: int) -> None:
+        """Submits the training child of ``job_id`` (it trains its run folder, or continues it) as a Ray job."""
+        run_dir = self.run_dir(job_id)
         self.client.submit_job(
             entrypoint=f"{sys.executable} -m pipeline.jobs.child --run-dir {run_dir}",
-            submission_id=PREFIX + job_id,
+            submission_id=submission_id(job_id, attempt),
             entrypoint_num_gpus=gpus or None,
-            runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2",
-                                      "TRANSFER_STUDIO_HOME": os.environ.get("TRANSFER_STUDIO_HOME", "")}},
+            runtime_env={"env_vars": child_env_vars()},
             metadata={"transfer_studio_run_dir": str(run_dir)},
         )
-        return job_id
+
+    def _spec(self, job_id: str) -> dict:
+        path = self.run_dir(job_id) / "job.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def _current(self, job_id: str) -> str:
+        """The submission id of the job's latest attempt."""
+        return submission_id(job_id, int(self._spec(job_id).get("attempts", 1)))
 
     def status(self, job_id: str) -> Job:
         run_dir = self.run_dir(job_id)
         try:
-            info = self.client.get_job_info(PREFIX + job_id)
+            info = self.client.get_job_info(self._current(job_id))
         except Exception as exc:
             raise JobError(f"no job {job_id} on the Ray cluster at {self.address}.") from exc
         return self._job(job_id, run_dir, info)
@@ -80,14 +111,15 @@ class RayBackend:
         if state == "failed":
             error_file = run_dir / "error.txt"
             error = error_file.read_text().strip() if error_file.exists() else (info.message or "the Ray job failed")
-        spec = json.loads((run_dir / "job.json").read_text()) if (run_dir / "job.json").exists() else {}
+        spec = self._spec(job_id)
         cancel = (run_dir / "CANCEL").exists()
         return Job(
             id=job_id, state=state, source=spec.get("source", ""), config=spec.get("config", {}),
-            run_dir=str(run_dir), created=(info.start_time or 0) / 1000,
+            run_dir=str(run_dir), created=spec.get("created", (info.start_time or 0) / 1000),
             started=(info.start_time or 0) / 1000 if state != "queued" else None,
             finished=(info.end_time / 1000) if info.end_time else None, error=error,
-            worker=f"ray:{self.address}", attempts=1, cancel_requested=cancel, owner=spec.get("owner"),
+            worker=f"ray:{self.address}", attempts=int(spec.get("attempts", 1)), cancel_requested=cancel,
+            owner=spec.get("owner"),
         )
 
     def cancel(self, job_id: str) -> Job:
@@ -95,12 +127,28 @@ class RayBackend:
         if job.state not in ("queued", "running"):
             raise JobError(f"job {job_id} is already {job.state}; nothing to cancel.")
         (Path(job.run_dir) / "CANCEL").touch()  # stops at the next batch, checkpoint kept
-        self.client.stop_job(PREFIX + job_id)  # and Ray's SIGTERM does the same
+        self.client.stop_job(self._current(job_id))  # and Ray's SIGTERM does the same
         return self.status(job_id)
 
     def resume(self, job_id: str) -> Job:
-        raise JobError(f"the Ray backend cannot resume job {job_id} yet; resume its run folder with "
-                       f"`python -m pipeline train SOURCE --run-dir {self.run_dir(job_id)}`.")
+        """Starts a failed or cancelled job again on the cluster; it continues from its last finished epoch.
+
+        Each attempt is a Ray job of its own (``ts-<id>-2``, ``-3``, ...: a submission id cannot be reused while
+        Ray still tears down the stopped one); the run folder is the same, and that is what it continues.
+
+        Raises:
+            JobError: the job is queued, running or done.
+        """
+        job = self.status(job_id)
+        if job.state not in ("failed", "cancelled"):
+            raise JobError(f"job {job_id} is {job.state}; only a failed or cancelled job can be resumed.")
+        run_dir = Path(job.run_dir)
+        (run_dir / "CANCEL").unlink(missing_ok=True)
+        spec = self._spec(job_id)
+        attempt = int(spec.get("attempts", 1)) + 1
+        self._start(job_id, attempt, int(job.config.get("train", {}).get("gpus", 0) or 0))
+        atomic_write_json(run_dir / "job.json", {**spec, "attempts": attempt})
+        return self.status(job_id)
 
     def delete(self, job_id: str) -> Job:
         """Removes a stopped job from the cluster's job list, and its run folder."""
@@ -109,19 +157,32 @@ class RayBackend:
         job = self.status(job_id)
         if job.state in ("queued", "running"):
             raise JobError(f"job {job_id} is {job.state}; cancel it first, then delete it once it has stopped.")
-        self.client.delete_job(PREFIX + job_id)
+        for attempt in range(1, job.attempts + 1):
+            try:
+                self.client.delete_job(submission_id(job_id, attempt))
+            except Exception:  # an attempt the cluster no longer lists (e.g. a restarted head)
+                pass
         shutil.rmtree(job.run_dir, ignore_errors=True)
         return job
 
     def list(self) -> list[Job]:
-        jobs = []
+        latest: dict[str, tuple[int, object]] = {}
         for info in self.client.list_jobs():
-            sid = info.submission_id or ""
-            if sid.startswith(PREFIX):
-                job_id = sid[len(PREFIX):]
-                jobs.append(self._job(job_id, self.run_dir(job_id), info))
+            parsed = parse_submission_id(info.submission_id or "")
+            if parsed and parsed[1] >= latest.get(parsed[0], (0, None))[0]:
+                latest[parsed[0]] = (parsed[1], info)
+        jobs = [self._job(job_id, self.run_dir(job_id), info) for job_id, (_, info) in latest.items()]
         return sorted(jobs, key=lambda j: j.created, reverse=True)
 
     def logs(self, job_id: str) -> str:
-        return self.client.get_job_logs(PREFIX + validate_job_id(job_id))
+        """Every attempt's log, oldest first."""
+        attempts = int(self._spec(validate_job_id(job_id)).get("attempts", 1))
+        parts = []
+        for attempt in range(1, attempts + 1):
+            try:
+                text = self.client.get_job_logs(submission_id(job_id, attempt))
+            except Exception:
+                continue
+            parts.append(text if attempts == 1 else f"--- attempt {attempt} ---\n{text}")
+        return "\n".join(parts)
 
