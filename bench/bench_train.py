@@ -19,6 +19,8 @@ Whole-run memory (``--memory``): peak RSS of a whole run (training, then evaluat
 against the recipe on the 1,000-image test split (the Keras guide's pipeline: float32 ``.cache()`` of
 train, val and test, then ``model.evaluate(test_ds)``). One head and one fine-tune epoch each (the peak
 does not grow with epochs). ``python bench/bench_train.py --memory --out bench/results_memory.json``.
+``--cache-pairs N``: the same studio run (1,000 test images), the image cache in memory vs in a file, N
+alternating pairs: what the file cache costs in time (added to results_memory.json as ``cache_pairs``).
 
 Usage: ``python bench/bench_train.py [--out bench/results_train.json]``: prints a Markdown table.
 ``python bench/bench_train.py --pairs N --out FILE``: N back-to-back recipe/studio pairs (alternating
@@ -251,7 +253,8 @@ def run_memory_recipe(data: Path) -> dict:
             "peak_rss_mb": round(peak_rss_mb())}
 
 
-# ``--set KEY=VALUE`` for the studio runs of ``--memory`` (e.g. data.cache_memory_mb=0: the image cache on disk)
+# ``KEY=VALUE,...`` overrides for the studio runs of ``--memory`` (e.g. data.cache_memory_mb=2048: the image cache
+# in memory, the default before issue 13)
 MEMORY_OVERRIDES = [x for x in os.environ.get("BENCH_MEMORY_SET", "").split(",") if x]
 
 
@@ -302,6 +305,36 @@ def memory_main(out: Path, run_child) -> int:
     return 0
 
 
+def cache_pairs_main(out: Path, run_child, n: int) -> int:
+    """Whole studio runs (the --memory workload, 1,000 test images), alternating the image cache in memory
+    (``data.cache_memory_mb=2048``) and in a file (the default): wall time and peak RSS of each; the pairs are
+    added to ``out`` under ``cache_pairs`` (the --memory figures there are kept)."""
+    if not FLOWERS.is_dir():
+        print(f"skipped: {FLOWERS} is absent", file=sys.stderr)
+        return 0
+    root = Path(tempfile.mkdtemp(prefix="bench-cache-"))
+    pairs = []
+    try:
+        data = memory_dataset(root, 1000)
+        for i in range(n):
+            order = ("memory", "file") if i % 2 == 0 else ("file", "memory")
+            got = {kind: run_child(f"memory_studio:{data}",
+                                   BENCH_MEMORY_SET="data.cache_memory_mb=2048" if kind == "memory" else "")
+                   for kind in order}
+            if None in got.values():
+                return 1
+            pairs.append({kind: {"wall_seconds": r["wall_seconds"], "peak_rss_mb": r["peak_rss_mb"]}
+                          for kind, r in got.items()})
+            m, f = pairs[-1]["memory"], pairs[-1]["file"]
+            print(f"pair {i + 1}: memory {m['wall_seconds']} s {m['peak_rss_mb']} MB, file {f['wall_seconds']} s "
+                  f"{f['peak_rss_mb']} MB: file/memory time {f['wall_seconds'] / m['wall_seconds']:.3f}", flush=True)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    results = json.loads(out.read_text()) if out.exists() else {}
+    out.write_text(json.dumps({**results, "cache_pairs": pairs}, indent=2) + "\n")
+    return 0
+
+
 def child(variant: str) -> None:
     if variant.startswith("memory_"):
         kind, _, data = variant.partition(":")
@@ -325,6 +358,8 @@ def main() -> int:
     parser.add_argument("--child")
     parser.add_argument("--memory", action="store_true",
                         help="instead: whole-run peak RSS for 200/1,000/2,000 test images against the recipe")
+    parser.add_argument("--cache-pairs", type=int, default=0,
+                        help="instead: N alternating whole studio runs with the image cache in memory and in a file")
     parser.add_argument("--pairs", type=int, default=0,
                         help="instead: N interleaved recipe/studio pairs, printing each pair's and the median speed-up")
     args = parser.parse_args()
@@ -341,11 +376,12 @@ def main() -> int:
     sys.path.insert(0, str(ROOT))
     from pipeline import launch
 
-    def run_child(variant: str) -> dict | None:
+    def run_child(variant: str, **extra: str) -> dict | None:
         # Our runs get the environment the product gives its training child (launch.child_env: malloc arenas
         # capped); the recipe and the floor run as a notebook would, with the environment as it is.
         ours = not variant.startswith(("recipe", "memory_recipe", "floor"))
         child_env = {**env, "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", launch.MALLOC_ARENAS)} if ours else env
+        child_env = {**child_env, **extra}
         proc = subprocess.run([sys.executable, __file__, "--child", variant], env=child_env, capture_output=True,
                               text=True)
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
@@ -358,6 +394,9 @@ def main() -> int:
     if args.memory:
         out = Path(args.out) if args.out != parser.get_default("out") else ROOT / "bench" / "results_memory.json"
         return memory_main(out, run_child)
+    if args.cache_pairs:
+        out = Path(args.out) if args.out != parser.get_default("out") else ROOT / "bench" / "results_memory.json"
+        return cache_pairs_main(out, run_child, args.cache_pairs)
 
     if args.pairs:
         # The machine's speed drifts between minutes; back-to-back pairs share the drift.

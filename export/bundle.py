@@ -73,9 +73,10 @@ def _balanced_sample(splits: data_mod.Splits, split: str, count: int, seed: int)
 def held_out(run_dir: Path, limit: int = 200, *, scratch: Path | None = None) -> Iterator[tuple[Any, np.ndarray, str]]:
     """The verification images: the test split (val when there is none), class-balanced up to ``limit``.
 
-    Yields (uint8 images [N, S, S, 3], labels, split name). The images are the run's uint8 cache (in memory,
-    or a disk memmap in ``scratch`` past ``data.cache_memory_mb``); verification reads them a batch at a
-    time, never the whole split as float32. The cache is removed on exit.
+    Yields (uint8 images [N, S, S, 3], labels, split name). The images are the run's uint8 cache (in memory
+    within ``data.cache_memory_mb``, else a read-only map of a nameless file in ``scratch``); verification
+    reads them a batch at a time, never the whole split as float32. The cache is closed on exit (a map still
+    held by the caller keeps its file until dropped).
     """
     run, cfg, splits = load_run(run_dir)
     split = splits.eval_split

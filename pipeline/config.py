@@ -70,9 +70,10 @@ class DataConfig:
     Attributes:
         val_fraction: Share of each class held out for validation when the data has no val split.
         test_fraction: Share of each class held out for the final test when the data has no test split.
-        cache_memory_mb: A split whose resized images fit in this many MB is cached in the process's memory;
-            otherwise (and by default, 0) in a flat file read a batch at a time, whose pages sit in the kernel's
-            page cache: as fast here, and memory the system can reclaim instead of the run's RSS.
+        cache_memory_mb: Memory for the resized images, halved between the train and val caches: a split that
+            fits its half is kept in the process; otherwise (and by default, 0) it is a flat file under
+            ``TRANSFER_STUDIO_HOME/scratch`` read a batch at a time, whose pages sit in the kernel's page
+            cache: as fast here, and memory the system can reclaim instead of the run's RSS.
         max_image_pixels: Images with more pixels are refused as decompression bombs.
         max_zip_bytes: A zip that declares or expands to more bytes than this is refused.
         max_zip_files: A zip with more entries than this is refused.

@@ -21,6 +21,14 @@ def datasets_dir() -> Path:
     return path
 
 
+def scratch_dir() -> Path:
+    """Working files of a running process that nothing keeps (the image caches): on this machine's disk under the
+    home, never in a run folder, which may sit on a mount shared with a cluster."""
+    path = home() / "scratch"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def umask() -> int:
     """The process's umask, read without changing it (``/proc/self/status``; else set and restored at once)."""
     try:

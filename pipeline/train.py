@@ -355,7 +355,7 @@ def _train_phases(run: RunFolder, cfg: RunConfig, splits: data_mod.Splits, state
         return {
             split: data_mod.ImageCache(
                 splits.paths(split), cfg.model.image_size, memory_budget_mb=cfg.data.cache_memory_mb // 2,
-                disk_dir=run.root / "cache", max_pixels=cfg.data.max_image_pixels, progress=cache_progress(split),
+                max_pixels=cfg.data.max_image_pixels, progress=cache_progress(split),
             )
             for split in ("train", "val")
         }
@@ -387,7 +387,6 @@ def _train_phases(run: RunFolder, cfg: RunConfig, splits: data_mod.Splits, state
     finally:
         for c in caches.values():
             c.close()
-        shutil.rmtree(run.root / "cache", ignore_errors=True)
 
     _load_best(run, state, models, emit)
     tmp = run.root / MODEL_TMP  # Keras insists on the .keras suffix

@@ -88,3 +88,17 @@ def tiny_config(**sections):
     for name, values in sections.items():
         base.setdefault(name, {}).update(values)
     return config.from_dict(base)
+
+
+def open_files_in(folder: Path, pid: int | str = "self") -> list[str]:
+    """What process ``pid`` holds open in ``folder`` (its /proc fd links; a nameless file reads "... (deleted)")."""
+    prefix = str(Path(folder).resolve()) + os.sep
+    out = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith(prefix):
+            out.append(target)
+    return out

@@ -74,6 +74,19 @@ def _wait_state(backend, job_id, states, timeout=600):
     raise AssertionError(f"job {job_id} still {backend.status(job_id).state}")
 
 
+def _cancel_after_first_epoch(backend, job_id) -> RunFolder:
+    """Waits for the job's first finished epoch, cancels it, and waits until it has stopped as cancelled."""
+    run = RunFolder(Path(backend.status(job_id).run_dir))
+    t0 = time.monotonic()
+    while not run.epochs():
+        assert time.monotonic() - t0 < 300, "no epoch in time"
+        time.sleep(0.1)
+    backend.cancel(job_id)
+    job = _wait_state(backend, job_id, ("cancelled", "failed", "done"))
+    assert job.state == "cancelled", job.error
+    return run
+
+
 def test_submit_runs_to_done_with_metrics_in_the_run_folder(backend, tmp_path):
     data_dir = write_shapes_dataset(tmp_path / "shapes", per_class=10)
     job_id = backend.submit(str(data_dir), tiny_config(**QUICK))
@@ -89,29 +102,15 @@ def test_submit_runs_to_done_with_metrics_in_the_run_folder(backend, tmp_path):
 def test_cancel_while_running_keeps_the_checkpoint(backend, tmp_path):
     data_dir = write_shapes_dataset(tmp_path / "shapes", per_class=12, size=64)
     job_id = backend.submit(str(data_dir), tiny_config(**LONG))
-    run = RunFolder(Path(backend.status(job_id).run_dir))
-    t0 = time.monotonic()
-    while not run.epochs():
-        assert time.monotonic() - t0 < 300, "no epoch in time"
-        time.sleep(0.1)
-    backend.cancel(job_id)
-    job = _wait_state(backend, job_id, ("cancelled", "failed", "done"))
-    assert job.state == "cancelled", job.error
+    run = _cancel_after_first_epoch(backend, job_id)
     assert len(run.epochs()) < 30 and run.backup_dir("scratch").exists()
 
 
 def test_a_cancelled_job_resumes_and_trains_every_epoch_once(backend, tmp_path):
     data_dir = write_shapes_dataset(tmp_path / "shapes", per_class=12, size=64)
-    epochs = 5
+    epochs = 8  # enough that the cancel lands before the end
     job_id = backend.submit(str(data_dir), tiny_config(**{**LONG, "train": {**LONG["train"], "head_epochs": epochs}}))
-    run = RunFolder(Path(backend.status(job_id).run_dir))
-    t0 = time.monotonic()
-    while not run.epochs():
-        assert time.monotonic() - t0 < 300, "no epoch in time"
-        time.sleep(0.1)
-    backend.cancel(job_id)
-    job = _wait_state(backend, job_id, ("cancelled", "failed", "done"))
-    assert job.state == "cancelled", job.error
+    run = _cancel_after_first_epoch(backend, job_id)
     stopped_at = len(run.epochs())
     assert 1 <= stopped_at < epochs
     resumed = backend.resume(job_id)
@@ -122,6 +121,13 @@ def test_a_cancelled_job_resumes_and_trains_every_epoch_once(backend, tmp_path):
     assert run.eval.exists()
     with pytest.raises(JobError, match="only a failed or cancelled job"):
         backend.resume(job_id)
+    listed = [j for j in backend.list() if j.id == job_id]
+    assert [(j.state, j.attempts) for j in listed] == [("done", 2)]  # one job, however many attempts
+    if hasattr(backend, "logs"):  # Ray: every attempt's log
+        logs = backend.logs(job_id)
+        assert logs.index("--- attempt 1 ---") < logs.index("--- attempt 2 ---") < logs.index("Resuming")
+    backend.delete(job_id)
+    assert job_id not in {j.id for j in backend.list()} and not run.root.exists()
 
 
 def test_a_failing_job_ends_failed_with_a_readable_reason(backend, tmp_path):

@@ -10,7 +10,7 @@ from PIL import Image
 from pipeline import data
 from pipeline.config import DataConfig
 from pipeline.data import DataError, sources
-from tests.conftest import write_shapes_dataset
+from tests.conftest import open_files_in, write_shapes_dataset
 
 
 def _png(path, arr, mode=None):
@@ -263,7 +263,7 @@ def test_cache_is_uint8_at_model_size_in_memory_or_on_disk(tmp_path, budget_mb):
         assert seen == [0, 40, 80, 120, 160, 200]  # every image once per epoch
     finally:
         cache.close()
-    assert not list((tmp_path / "cache").glob("*.u8")) if (tmp_path / "cache").exists() else True
+    assert open_files_in(tmp_path / "cache") == [] if (tmp_path / "cache").exists() else True  # closed: nothing held
 
 
 def test_sample_set_materialises_offline():
@@ -351,7 +351,8 @@ def test_class_weights_auto_only_from_a_1_5x_difference_and_as_before_on_random_
 
 
 def test_a_killed_run_leaves_no_image_cache_file_behind(tmp_path):
-    """The on-disk cache has no name: SIGKILL the process that holds it and nothing is left in its folder."""
+    """The on-disk cache has no name: while its process lives it holds a deleted file in the folder, and once
+    that process is SIGKILLed nothing is left, neither a file nor its space."""
     import signal
     import subprocess
     import sys
@@ -360,17 +361,22 @@ def test_a_killed_run_leaves_no_image_cache_file_behind(tmp_path):
 
     for i in range(4):
         Image.fromarray(np.full((40, 40, 3), i * 50, np.uint8)).save(tmp_path / f"{i}.png")
+    cache_dir = tmp_path / "cache"
     script = (
         "import sys, time; from pipeline import data\n"
         f"c = data.ImageCache([{', '.join(repr(str(tmp_path / f'{i}.png')) for i in range(4))}], 24, "
-        f"memory_budget_mb=0, disk_dir=__import__('pathlib').Path({str(tmp_path / 'cache')!r}))\n"
+        f"memory_budget_mb=0, disk_dir=__import__('pathlib').Path({str(cache_dir)!r}))\n"
         "assert c.on_disk and c.take(__import__('numpy').array([3]))[0, 0, 0, 0] == 150\n"
         "print('filled', flush=True); time.sleep(60)\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert proc.stdout.readline().strip() == "filled"
-    assert (tmp_path / "cache").is_dir()
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert list((tmp_path / "cache").iterdir()) == []
+    try:
+        assert proc.stdout.readline().strip() == "filled"
+        held = open_files_in(cache_dir, proc.pid)
+        assert len(held) == 1 and held[0].endswith("(deleted)"), held  # the cache is there, but nameless
+        assert list(cache_dir.iterdir()) == []
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert list(cache_dir.iterdir()) == []

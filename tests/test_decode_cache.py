@@ -11,6 +11,7 @@ from PIL import Image
 
 from pipeline import data, decoded
 from pipeline.data import decode
+from tests.conftest import open_files_in
 
 
 @pytest.fixture(autouse=True)
@@ -207,7 +208,7 @@ def test_a_disk_cache_reads_the_images_it_was_filled_with(tmp_path):
             cache.take(np.array([len(files)]))
     finally:
         cache.close()
-    assert list((tmp_path / "c").iterdir()) == []
+    assert list((tmp_path / "c").iterdir()) == [] and open_files_in(tmp_path / "c") == []  # nameless, and closed
 
 
 def test_a_large_scan_reports_progress_as_it_goes_on_the_process_pool(tmp_path, monkeypatch):

@@ -2,16 +2,55 @@
 
 from __future__ import annotations
 
+import errno
 import mmap
 import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from pipeline import paths
 from pipeline.data.decode import Decoded, decode_many
 from pipeline.data.errors import DataError, ProgressFn
+
+
+def _nameless_file(folder: Path, nbytes: int) -> int:
+    """A file of ``nbytes`` in ``folder`` with no name (the kernel frees it when the process ends, killed or not),
+    its blocks reserved up front, so a full disk is a message now rather than an error halfway through.
+
+    Raises:
+        DataError: not enough free space, naming the folder, the size and the way out.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix="images-", suffix=".u8", dir=folder)
+    os.unlink(name)
+    try:
+        if nbytes:
+            os.posix_fallocate(fd, 0, nbytes)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        free = shutil.disk_usage(folder).free
+        raise DataError(
+            f"the image cache needs {nbytes / 2**20:,.0f} MB in {folder} and only {free / 2**20:,.0f} MB are free; "
+            "free some space there (TRANSFER_STUDIO_HOME/scratch), or raise data.cache_memory_mb to keep the "
+            "images in memory instead."
+        ) from exc
+    return fd
+
+
+def _pwrite_all(fd: int, buf: memoryview, offset: int) -> None:
+    """``pwrite`` until every byte is written (a write may stop short)."""
+    view = memoryview(buf).cast("B")
+    while view:
+        written = os.pwrite(fd, view, offset)
+        if written <= 0:
+            raise OSError(f"image cache: nothing written at byte {offset}")
+        view, offset = view[written:], offset + written
 
 
 class ImageCache:
@@ -22,11 +61,13 @@ class ImageCache:
     evaluation) already decoded a file at this size, else decoded on every core and cached for next time.
     The disk file is written and read with ``pwrite``/``preadv`` rather than memory-mapped: its pages then
     sit in the kernel's page cache, not in this process's RSS, so a 20,000-image run's memory stays near a
-    1,000-image run's. The file has no name (unlinked once open): a killed run leaves nothing behind.
-    :attr:`array` maps it read-only for callers that want the whole split as an array.
+    1,000-image run's. The file lives in ``disk_dir`` (default: :func:`pipeline.paths.scratch_dir`, this
+    machine's disk, never a run folder that may be a shared mount) and has no name (unlinked once open): a
+    killed run leaves nothing behind. :attr:`array` maps it read-only for callers that want the whole split.
 
     Raises:
-        DataError: a file can no longer be decoded (changed since the scan), naming it.
+        DataError: a file can no longer be decoded (changed since the scan), naming it; or the disk holding
+            the cache has too little free space, naming the folder and the size.
     """
 
     def __init__(
@@ -42,14 +83,12 @@ class ImageCache:
         self.size = size
         self.n = n = len(files)
         self.item_bytes = size * size * 3
-        self.on_disk = n * self.item_bytes > memory_budget_mb * 1024 * 1024 and disk_dir is not None
+        self.on_disk = n * self.item_bytes > memory_budget_mb * 1024 * 1024
         self._fd: int | None = None
         self._array: np.ndarray | None = None
         if self.on_disk:
-            disk_dir.mkdir(parents=True, exist_ok=True)
-            self._fd, name = tempfile.mkstemp(prefix="images-", suffix=".u8", dir=disk_dir)
-            os.unlink(name)  # nameless: the kernel frees it when this process ends, killed or not
-            os.ftruncate(self._fd, n * self.item_bytes)
+            self._fd = _nameless_file(Path(disk_dir) if disk_dir is not None else paths.scratch_dir(),
+                                      n * self.item_bytes)
         else:
             self._array = np.empty((n, size, size, 3), dtype=np.uint8)
 
@@ -59,7 +98,7 @@ class ImageCache:
             if out.error:
                 errors.append(f"{files[i]}: {out.error}")
             elif self._fd is not None:
-                os.pwrite(self._fd, np.ascontiguousarray(out.pixels).data, i * self.item_bytes)
+                _pwrite_all(self._fd, np.ascontiguousarray(out.pixels).data, i * self.item_bytes)
             else:
                 self._array[i] = out.pixels
 
@@ -81,7 +120,7 @@ class ImageCache:
         if self._array is None:
             if self._fd is None:
                 raise ValueError("this image cache is closed")
-            mapped = mmap.mmap(self._fd, self.n * self.item_bytes, prot=mmap.PROT_READ) if self.n else b""
+            mapped = mmap.mmap(self._fd, self.n * self.item_bytes, prot=mmap.PROT_READ)  # on disk: n > 0
             self._array = np.frombuffer(mapped, dtype=np.uint8).reshape(self.n, self.size, self.size, 3)
         return self._array
 

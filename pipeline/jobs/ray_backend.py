@@ -19,11 +19,12 @@ import secrets
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from pipeline.config import RunConfig
 from pipeline.data import absolute_source
 from pipeline.jobs.store import Job, JobError, validate_job_id
-from pipeline.launch import child_env
+from pipeline.launch import ROOT, child_env
 from pipeline.runfolder import atomic_write_json
 
 PREFIX = "ts-"
@@ -36,20 +37,23 @@ def submission_id(job_id: str, attempt: int = 1) -> str:
 
 def parse_submission_id(sid: str) -> tuple[str, int] | None:
     """(job id, attempt) of one of our submission ids; None for anyone else's Ray job."""
-    m = re.fullmatch(PREFIX + r"([0-9a-f]{32})(?:-([0-9]+))?", sid)
+    m = re.fullmatch(PREFIX + r"([0-9a-f]{32})(?:-([2-9]|[1-9][0-9]+))?", sid)  # what submission_id() makes
     return (m.group(1), int(m.group(2) or 1)) if m else None
 
 
 def child_env_vars() -> dict[str, str]:
-    """What the training child needs on a node, as ``launch.child_env`` gives a local one (minus this host's
-    own environment): this checkout on ``PYTHONPATH``, TensorFlow quiet, malloc arenas capped, the home."""
+    """What the training child needs on a node, as ``launch.child_env`` gives a local one, without this host's own
+    environment: this checkout (alone) on ``PYTHONPATH``, TensorFlow quiet, malloc arenas capped, the home."""
     env = child_env(TRANSFER_STUDIO_HOME=os.environ.get("TRANSFER_STUDIO_HOME", ""))
-    return {k: env[k] for k in ("PYTHONPATH", "TF_CPP_MIN_LOG_LEVEL", "MALLOC_ARENA_MAX", "TRANSFER_STUDIO_HOME")}
+    return {"PYTHONPATH": str(ROOT), **{k: env[k] for k in ("TF_CPP_MIN_LOG_LEVEL", "MALLOC_ARENA_MAX",
+                                                               "TRANSFER_STUDIO_HOME")}}
+
+
 _STATES = {"PENDING": "queued", "RUNNING": "running", "SUCCEEDED": "done", "FAILED": "failed", "STOPPED": "cancelled"}
 
 
 class RayBackend:
-    """Jobs as Ray jobs: ``submission_id`` is ``ts-<job id>``."""
+    """Jobs as Ray jobs: one Ray job per attempt, ``ts-<job id>`` then ``ts-<job id>-2``, ... (:func:`submission_id`)."""
 
     def __init__(self, address: str, runs: Path | None = None):
         try:
@@ -74,8 +78,8 @@ class RayBackend:
         run_dir = self.run_dir(job_id)
         run_dir.mkdir(parents=True)
         atomic_write_json(run_dir / "job.json", {"source": absolute_source(source), "config": config.to_dict(),
-                                                   "owner": owner, "attempts": 1, "created": time.time()})
-        self._start(job_id, 1, config.train.gpus)
+                                                   "owner": owner, "created": time.time()})
+        self._ray("submit the job", self._start, job_id, 1, config.train.gpus)
         return job_id
 
     def _start(self, job_id: str, attempt: int, gpus: int) -> None:
@@ -93,19 +97,29 @@ class RayBackend:
         path = self.run_dir(job_id) / "job.json"
         return json.loads(path.read_text()) if path.exists() else {}
 
-    def _current(self, job_id: str) -> str:
-        """The submission id of the job's latest attempt."""
-        return submission_id(job_id, int(self._spec(job_id).get("attempts", 1)))
+    def _ray(self, what: str, call, *args):
+        """One call to the cluster; its failures become a :class:`JobError` saying what could not be done."""
+        try:
+            return call(*args)
+        except Exception as exc:
+            raise JobError(f"could not {what} on the Ray cluster at {self.address} ({exc}).") from exc
+
+    def _attempts(self, job_id: str) -> list[tuple[int, Any]]:
+        """(attempt, Ray job info) of every attempt of ``job_id`` the cluster lists, oldest first: the one source
+        of truth for which attempt is current (a run folder's files could be stale after a crash)."""
+        validate_job_id(job_id)
+        found = [(parsed[1], info) for info in self._ray("list the jobs", self.client.list_jobs)
+                 if (parsed := parse_submission_id(info.submission_id or "")) and parsed[0] == job_id]
+        if not found:
+            raise JobError(f"no job {job_id} on the Ray cluster at {self.address}.")
+        return sorted(found, key=lambda pair: pair[0])
 
     def status(self, job_id: str) -> Job:
-        run_dir = self.run_dir(job_id)
-        try:
-            info = self.client.get_job_info(self._current(job_id))
-        except Exception as exc:
-            raise JobError(f"no job {job_id} on the Ray cluster at {self.address}.") from exc
-        return self._job(job_id, run_dir, info)
+        attempt, info = self._attempts(job_id)[-1]
+        return self._job(job_id, attempt, info)
 
-    def _job(self, job_id: str, run_dir: Path, info) -> Job:
+    def _job(self, job_id: str, attempt: int, info) -> Job:
+        run_dir = self.run_dir(job_id)
         state = _STATES.get(str(info.status).split(".")[-1], "failed")
         error = None
         if state == "failed":
@@ -118,8 +132,7 @@ class RayBackend:
             run_dir=str(run_dir), created=spec.get("created", (info.start_time or 0) / 1000),
             started=(info.start_time or 0) / 1000 if state != "queued" else None,
             finished=(info.end_time / 1000) if info.end_time else None, error=error,
-            worker=f"ray:{self.address}", attempts=int(spec.get("attempts", 1)), cancel_requested=cancel,
-            owner=spec.get("owner"),
+            worker=f"ray:{self.address}", attempts=attempt, cancel_requested=cancel, owner=spec.get("owner"),
         )
 
     def cancel(self, job_id: str) -> Job:
@@ -127,62 +140,53 @@ class RayBackend:
         if job.state not in ("queued", "running"):
             raise JobError(f"job {job_id} is already {job.state}; nothing to cancel.")
         (Path(job.run_dir) / "CANCEL").touch()  # stops at the next batch, checkpoint kept
-        self.client.stop_job(self._current(job_id))  # and Ray's SIGTERM does the same
+        self._ray("stop the job", self.client.stop_job, submission_id(job_id, job.attempts))  # Ray's SIGTERM too
         return self.status(job_id)
 
     def resume(self, job_id: str) -> Job:
         """Starts a failed or cancelled job again on the cluster; it continues from its last finished epoch.
 
         Each attempt is a Ray job of its own (``ts-<id>-2``, ``-3``, ...: a submission id cannot be reused while
-        Ray still tears down the stopped one); the run folder is the same, and that is what it continues.
+        Ray still tears down the stopped one); the run folder is the same, and that is what it continues. Two
+        resumes at once ask for the same next id: Ray takes one and refuses the other, which is reported.
 
         Raises:
-            JobError: the job is queued, running or done.
+            JobError: the job is queued, running or done, or is being resumed already.
         """
         job = self.status(job_id)
         if job.state not in ("failed", "cancelled"):
             raise JobError(f"job {job_id} is {job.state}; only a failed or cancelled job can be resumed.")
-        run_dir = Path(job.run_dir)
-        (run_dir / "CANCEL").unlink(missing_ok=True)
-        spec = self._spec(job_id)
-        attempt = int(spec.get("attempts", 1)) + 1
-        self._start(job_id, attempt, int(job.config.get("train", {}).get("gpus", 0) or 0))
-        atomic_write_json(run_dir / "job.json", {**spec, "attempts": attempt})
+        (Path(job.run_dir) / "CANCEL").unlink(missing_ok=True)
+        gpus = int(job.config.get("train", {}).get("gpus", 0) or 0)
+        self._ray("start the job again (is it being resumed already?)", self._start, job_id, job.attempts + 1, gpus)
         return self.status(job_id)
 
     def delete(self, job_id: str) -> Job:
-        """Removes a stopped job from the cluster's job list, and its run folder."""
+        """Removes a stopped job, every attempt of it, from the cluster's job list, then its run folder."""
         import shutil
 
         job = self.status(job_id)
         if job.state in ("queued", "running"):
             raise JobError(f"job {job_id} is {job.state}; cancel it first, then delete it once it has stopped.")
-        for attempt in range(1, job.attempts + 1):
-            try:
-                self.client.delete_job(submission_id(job_id, attempt))
-            except Exception:  # an attempt the cluster no longer lists (e.g. a restarted head)
-                pass
+        for attempt, _ in self._attempts(job_id):
+            self._ray("delete the job", self.client.delete_job, submission_id(job_id, attempt))
         shutil.rmtree(job.run_dir, ignore_errors=True)
         return job
 
     def list(self) -> list[Job]:
-        latest: dict[str, tuple[int, object]] = {}
-        for info in self.client.list_jobs():
+        latest: dict[str, tuple[int, Any]] = {}
+        for info in self._ray("list the jobs", self.client.list_jobs):
             parsed = parse_submission_id(info.submission_id or "")
             if parsed and parsed[1] >= latest.get(parsed[0], (0, None))[0]:
                 latest[parsed[0]] = (parsed[1], info)
-        jobs = [self._job(job_id, self.run_dir(job_id), info) for job_id, (_, info) in latest.items()]
+        jobs = [self._job(job_id, attempt, info) for job_id, (attempt, info) in latest.items()]
         return sorted(jobs, key=lambda j: j.created, reverse=True)
 
     def logs(self, job_id: str) -> str:
         """Every attempt's log, oldest first."""
-        attempts = int(self._spec(validate_job_id(job_id)).get("attempts", 1))
-        parts = []
-        for attempt in range(1, attempts + 1):
-            try:
-                text = self.client.get_job_logs(submission_id(job_id, attempt))
-            except Exception:
-                continue
-            parts.append(text if attempts == 1 else f"--- attempt {attempt} ---\n{text}")
-        return "\n".join(parts)
-
+        attempts = self._attempts(job_id)
+        parts = [self._ray("read the job's log", self.client.get_job_logs, submission_id(job_id, attempt))
+                 for attempt, _ in attempts]
+        if len(parts) == 1:
+            return parts[0]
+        return "\n".join(f"--- attempt {attempt} ---\n{text}" for (attempt, _), text in zip(attempts, parts, strict=True))
