@@ -122,8 +122,8 @@ def test_packages_are_walked_through_their_init():
     submodule importing its own package by name (not its sibling module) is a cycle."""
     graph = import_graph()
     assert "pipeline.data" in graph["pipeline.revision"]  # from pipeline.data import ... (re-exported names)
-    assert "pipeline.data.scan" in graph["pipeline.data"]
-    assert "pipeline.data.errors" in graph["pipeline.data.scan"] and "pipeline.data" not in graph["pipeline.data.scan"]
+    assert "pipeline.data.scanning" in graph["pipeline.data"]
+    assert "pipeline.data.errors" in graph["pipeline.data.scanning"] and "pipeline.data" not in graph["pipeline.data.scanning"]
     planted = {**graph, "pipeline.data.errors": graph["pipeline.data.errors"] | {"pipeline.data"}}
     cycle = find_cycle(planted)
     assert cycle is not None and "pipeline.data" in cycle and "pipeline.data.errors" in cycle

@@ -15,7 +15,7 @@ One concern per module, each importing only the ones before it (no cycle):
 - ``errors``: :class:`DataError`, :class:`DecodeBudgetError`, and the ``ProgressFn`` callback type;
 - ``sources``: what a source is and its absolute form, safe unzipping, the embedded samples;
 - ``decode``: one image to RGB uint8 within the decode budget, and many files on every core;
-- ``scan``: :class:`ScanReport` and :func:`scan` (bad files, duplicates, conflicts, sizes, warnings);
+- ``scanning``: :class:`ScanReport` and :func:`scan` (bad files, duplicates, conflicts, sizes, warnings);
 - ``splits``: :class:`Splits`, :func:`make_splits`, :func:`class_weights`;
 - ``cache``: :class:`ImageCache`, the split's images as uint8 in memory or on disk;
 - ``tfdata``: :func:`make_dataset`, the only place that imports TensorFlow (when it runs).
@@ -37,7 +37,7 @@ from pipeline.data.decode import (
     pool_kind,
 )
 from pipeline.data.errors import DataError, DecodeBudgetError, ProgressFn
-from pipeline.data.scan import CONFLICT, DUPLICATE, SPLIT_NAMES, ScanReport, scan
+from pipeline.data.scanning import CONFLICT, DUPLICATE, SPLIT_NAMES, ScanReport, scan
 from pipeline.data.sources import (
     SAMPLES,
     absolute_source,

@@ -80,16 +80,17 @@ def _zip_digest(path: Path) -> str:
 def unwrap_single_folder(path: Path) -> Path:
     """Descends into a lone wrapper folder (``data.zip`` holding ``data/ants, data/bees``)."""
     while True:
-        entries = [p for p in path.iterdir() if not _is_hidden(p.name)]
+        entries = [p for p in path.iterdir() if not is_hidden(p.name)]
         if len(entries) == 1 and entries[0].is_dir():
-            inner = [p for p in entries[0].iterdir() if not _is_hidden(p.name)]
+            inner = [p for p in entries[0].iterdir() if not is_hidden(p.name)]
             if inner and all(p.is_dir() for p in inner):
                 path = entries[0]
                 continue
         return path
 
 
-def _is_hidden(name: str) -> bool:
+def is_hidden(name: str) -> bool:
+    """A name the scan and unzip skip: dot files and the folders/files operating systems add on their own."""
     return name.startswith(".") or name in ("__MACOSX", "Thumbs.db", "desktop.ini")
 
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from pipeline.config import DataConfig
 from pipeline.data.errors import DataError
-from pipeline.data.scan import ScanReport
+from pipeline.data.scanning import ScanReport
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ import numpy as np
 from pipeline.config import DataConfig
 from pipeline.data.decode import Decoded, decode_many
 from pipeline.data.errors import DataError, ProgressFn
-from pipeline.data.sources import _is_hidden
+from pipeline.data.sources import is_hidden
 
 SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 # ``kind`` of the skipped files callers act on (the ``reason`` is for people and may be reworded)
@@ -128,7 +128,7 @@ def scan(source_dir: str | Path, data_cfg: DataConfig | None = None, progress: P
         for p in top:
             if p in split_dirs:
                 _collect_classes(root, p, split_dirs[p], probes, skipped)
-            elif not _is_hidden(p.name):
+            elif not is_hidden(p.name):
                 skipped.append({"path": _rel(root, p), "reason": "not a train/val/test split folder"})
     else:
         _collect_classes(root, root, "all", probes, skipped)
@@ -153,19 +153,19 @@ def _rel(root: Path, path: Path) -> str:
 def _collect_classes(root: Path, folder: Path, split: str, probes: list[_Probe], skipped: list[dict[str, str]]) -> None:
     for entry in sorted(folder.iterdir(), key=lambda p: p.name):
         if entry.is_dir():
-            if _is_hidden(entry.name):
+            if is_hidden(entry.name):
                 continue
             for dirpath, dirnames, filenames in os.walk(entry):
-                dirnames[:] = sorted(d for d in dirnames if not _is_hidden(d))
+                dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
                 for fname in sorted(filenames):
                     full = Path(dirpath) / fname
-                    if _is_hidden(fname):
+                    if is_hidden(fname):
                         skipped.append({"path": _rel(root, full), "reason": "hidden or system file"})
                     elif full.is_symlink():
                         skipped.append({"path": _rel(root, full), "reason": "a symbolic link; copy the real file"})
                     else:
                         probes.append(_Probe(_rel(root, full), entry.name, split))
-        elif not _is_hidden(entry.name):
+        elif not is_hidden(entry.name):
             skipped.append({"path": _rel(root, entry), "reason": "not inside a class folder"})
 
 
