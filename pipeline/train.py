@@ -482,7 +482,7 @@ def _phase_options(shared: PhaseShared, phase: Phase, first_epoch: int) -> Phase
     if phase.name != "head":
         val_ds = data_mod.make_dataset(shared.caches["val"], labels["val"], shared.num_classes, bs, shuffle=False,
                                        seed=seed)
-        return PhaseOptions(phase, models.train, _image_feed(batches, shared.caches["train"], onehot["train"]), val_ds,
+        return PhaseOptions(phase, models.train, data_mod.image_batches(batches, shared.caches["train"], onehot["train"]), val_ds,
                             steps, first_epoch)
 
     # The base is frozen in the head phase and validation images are never augmented, so validation
@@ -502,7 +502,7 @@ def _phase_options(shared: PhaseShared, phase: Phase, first_epoch: int) -> Phase
     if cached:
         return PhaseOptions(phase, models.head, _feature_feed(batches, feats["train"], onehot["train"]), None, steps,
                             first_epoch, (validation,), cached_features=True)
-    return PhaseOptions(phase, models.train, _image_feed(batches, shared.caches["train"], onehot["train"]), None, steps,
+    return PhaseOptions(phase, models.train, data_mod.image_batches(batches, shared.caches["train"], onehot["train"]), None, steps,
                         first_epoch, (validation,))
 
 
@@ -633,23 +633,6 @@ def _epoch_batches(n: int, batch_size: int, seed: int, first_epoch: int, epochs:
         return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
 
     return tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch)
-
-
-def _image_feed(batches, cache: data_mod.ImageCache, onehot: np.ndarray):
-    """(uint8 images, one-hot) batches gathered from the cache for the given index batches."""
-    import tensorflow as tf
-
-    size = cache.size
-    onehot = tf.constant(onehot)
-
-    def gather(idx: np.ndarray) -> np.ndarray:
-        return cache.take(idx)  # from memory, or read from the disk cache (page cache, not this process's RSS)
-
-    def load(idx):
-        images = tf.numpy_function(gather, [idx], tf.uint8, stateful=False)
-        return tf.ensure_shape(images, [None, size, size, 3]), tf.gather(onehot, idx)
-
-    return batches.map(load).prefetch(2)
 
 
 def _feature_feed(batches, features: np.ndarray, onehot: np.ndarray):

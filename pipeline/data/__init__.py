@@ -50,7 +50,7 @@ from pipeline.data.sources import (
     unwrap_single_folder,
 )
 from pipeline.data.splits import Splits, class_weights, make_splits
-from pipeline.data.tfdata import make_dataset
+from pipeline.data.tfdata import image_batches, make_dataset
 
 __all__ = [
     "CONFLICT",
@@ -76,6 +76,7 @@ __all__ = [
     "is_sample",
     "load_image",
     "load_image_cached",
+    "image_batches",
     "make_dataset",
     "make_splits",
     "materialize_sample",

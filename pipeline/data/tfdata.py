@@ -26,21 +26,28 @@ def make_dataset(
     """
     import tensorflow as tf
 
-    n = len(cache)
+    ds = tf.data.Dataset.range(len(cache))
+    if shuffle:
+        ds = ds.shuffle(len(cache), seed=seed, reshuffle_each_iteration=True)
+    onehot = np.eye(num_classes, dtype=np.float32)[np.asarray(labels, dtype=np.int64)]
+    return image_batches(ds.batch(batch_size), cache, onehot)
+
+
+def image_batches(index_batches, cache: ImageCache, onehot: np.ndarray):
+    """(uint8 images, one-hot labels) for each batch of indices in ``index_batches`` (a tf.data dataset),
+    gathered from ``cache`` (one ``take``: from memory, or a ``preadv`` per image from the file cache's page
+    cache, never this process's RSS), two batches prefetched. Training's epochs and :func:`make_dataset` share it.
+    """
+    import tensorflow as tf
+
     size = cache.size
+    onehot = tf.constant(onehot)
 
     def gather(idx: np.ndarray) -> np.ndarray:
         return cache.take(idx)
 
-    ds = tf.data.Dataset.range(n)
-    if shuffle:
-        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
-    onehot = tf.one_hot(tf.constant(labels, dtype=tf.int32), num_classes)
-
     def load(idx):
         images = tf.numpy_function(gather, [idx], tf.uint8, stateful=False)
-        images = tf.ensure_shape(images, [None, size, size, 3])
-        return images, tf.gather(onehot, idx)
+        return tf.ensure_shape(images, [None, size, size, 3]), tf.gather(onehot, idx)
 
-    return ds.map(load).prefetch(2)
+    return index_batches.map(load).prefetch(2)
