@@ -66,12 +66,7 @@ def test_data_page_reports_a_bad_server_folder(tmp_path, monkeypatch):
 
 
 def _count(at: AppTest, kind: str) -> int:
-    def walk(node):
-        own = 1 if getattr(node, "type", None) == kind else 0
-        children = getattr(node, "children", None)
-        return own + (sum(walk(c) for c in children.values()) if isinstance(children, dict) else 0)
-
-    return walk(at._tree)
+    return len(at.get(kind))  # every element of that type on the page, at any depth
 
 
 def test_chosen_server_folder_survives_leaving_and_reopening_the_data_page(tmp_path, monkeypatch):
@@ -128,13 +123,37 @@ def test_runs_page_shows_the_way_forward_when_weights_cannot_download():
     assert any("upload a weights file" in i.value for i in at.info)
 
 
-def test_augment_page_shows_a_3x3_grid():
+def _grid_urls(at: AppTest) -> list[str]:
+    return [img.proto.imgs[0].url for img in at.get("image")]  # media URLs are named by the image's content
+
+
+def test_augment_page_shows_a_3x3_grid_that_re_roll_changes():
     at = _page("augment.py")
+    at.toggle[0].set_value(True).run()  # the digits preset: a small rotation, zoom and translation
     _no_exception(at)
-    assert _count(at, "image") == 9
+    first = _grid_urls(at)
+    assert len(first) == 9 and len(set(first)) > 1  # nine different draws
+    at.run()
+    assert _grid_urls(at) == first  # a rerun with the same seed redraws the same grid (cached)
     at.button[0].click().run()  # re-roll
     _no_exception(at)
-    assert _count(at, "image") == 9
+    rolled = _grid_urls(at)
+    assert len(rolled) == 9 and rolled != first
+
+
+def test_augment_page_names_an_image_that_can_no_longer_be_read():
+    from pipeline import data
+
+    at = _page("augment.py")
+    _no_exception(at)
+    pick = at.selectbox[1].value  # the Image box (after Flip)
+    path = data.resolve_source("sample:digits") / pick
+    with open(path, "r+b") as fh:  # rewritten in place: the folder's stamp (and the cached scan) unchanged
+        fh.write(b"\0" * path.stat().st_size)
+    at.button[0].click().run()  # re-roll: a new draw must read the file again
+    _no_exception(at)
+    assert any(pick in shown(e.value) and "could not be read" in shown(e.value) for e in at.error), \
+        [e.value for e in at.error]
 
 
 def test_augment_page_previews_settings_while_augmentation_is_off():
