@@ -26,10 +26,11 @@ PARENT_PID_VAR = "TRANSFER_STUDIO_PARENT_PID"
 _PR_SET_PDEATHSIG = 1
 
 
-# glibc gives every thread that allocates its own malloc arena (up to 8 per core) and keeps their freed
-# memory; TensorFlow's thread pools allocate from many threads. Two arenas: a whole run's peak RSS 35-40 MB
-# lower, same speed (BENCHMARKS.md, whole-run memory). A value already in the environment wins.
-MALLOC_ARENAS = "2"
+# glibc gives threads that allocate at once their own malloc arenas (up to 8 per core) and keeps their freed
+# memory; TensorFlow's thread pools allocate from many threads. One arena per core (at least 2): on 2 cores a
+# whole run's peak RSS 35-40 MB lower at the same speed (BENCHMARKS.md, whole-run memory), and on a large
+# machine the decoding threads still have an arena per core. A value already in the environment wins.
+MALLOC_ARENAS = str(max(2, os.cpu_count() or 2))
 
 
 def child_env(**extra: str) -> dict[str, str]:
