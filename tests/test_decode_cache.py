@@ -209,6 +209,8 @@ def test_a_disk_cache_reads_the_images_it_was_filled_with(tmp_path):
     finally:
         cache.close()
     assert list((tmp_path / "c").iterdir()) == [] and open_files_in(tmp_path / "c") == []  # nameless, and closed
+    with pytest.raises(ValueError, match="closed"):  # a late prefetch read is refused, not served from another fd
+        cache.take(np.array([0]))
 
 
 def test_a_large_scan_reports_progress_as_it_goes_on_the_process_pool(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ import mmap
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -86,6 +87,7 @@ class ImageCache:
         self.on_disk = n * self.item_bytes > memory_budget_mb * 1024 * 1024
         self._fd: int | None = None
         self._array: np.ndarray | None = None
+        self._lock = threading.Lock()
         if self.on_disk:
             self._fd = _nameless_file(Path(disk_dir) if disk_dir is not None else paths.scratch_dir(),
                                       n * self.item_bytes)
@@ -126,22 +128,26 @@ class ImageCache:
 
     def take(self, idx: np.ndarray) -> np.ndarray:
         """The images at ``idx`` as a new contiguous (len(idx), size, size, 3) array."""
-        if self._fd is None:
+        if not self.on_disk:
             return np.ascontiguousarray(self.array[idx])
         out = np.empty((len(idx), self.size, self.size, 3), dtype=np.uint8)
-        for k, i in enumerate(np.asarray(idx).reshape(-1)):
-            if not 0 <= i < self.n:
-                raise IndexError(f"image {i} is outside this cache of {self.n}")
-            got = os.preadv(self._fd, [out[k].data], int(i) * self.item_bytes)
-            if got != self.item_bytes:
-                raise OSError(f"image cache: short read of image {i} ({got} of {self.item_bytes} bytes)")
+        with self._lock:  # close() waits: a prefetch thread never reads a closed (or reused) descriptor
+            if self._fd is None:
+                raise ValueError("this image cache is closed")
+            for k, i in enumerate(np.asarray(idx).reshape(-1)):
+                if not 0 <= i < self.n:
+                    raise IndexError(f"image {i} is outside this cache of {self.n}")
+                got = os.preadv(self._fd, [out[k].data], int(i) * self.item_bytes)
+                if got != self.item_bytes:
+                    raise OSError(f"image cache: short read of image {i} ({got} of {self.item_bytes} bytes)")
         return out
 
     def __len__(self) -> int:
         return self.n
 
     def close(self) -> None:
-        self._array = None
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        with self._lock:
+            self._array = None
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
