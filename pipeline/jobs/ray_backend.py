@@ -107,11 +107,16 @@ class RayBackend:
     def _attempts(self, job_id: str) -> list[tuple[int, Any]]:
         """(attempt, Ray job info) of every attempt of ``job_id`` the cluster lists, oldest first: the one source
         of truth for which attempt is current (a run folder's files could be stale after a crash)."""
+        found = self._listed(job_id)
+        if not found:
+            raise JobError(f"no job {job_id} on the Ray cluster at {self.address}.")
+        return found
+
+    def _listed(self, job_id: str) -> list[tuple[int, Any]]:
+        """:meth:`_attempts`, empty when the cluster lists none."""
         validate_job_id(job_id)
         found = [(parsed[1], info) for info in self._ray("list the jobs", self.client.list_jobs)
                  if (parsed := parse_submission_id(info.submission_id or "")) and parsed[0] == job_id]
-        if not found:
-            raise JobError(f"no job {job_id} on the Ray cluster at {self.address}.")
         return sorted(found, key=lambda pair: pair[0])
 
     def status(self, job_id: str) -> Job:
@@ -168,8 +173,16 @@ class RayBackend:
         job = self.status(job_id)
         if job.state in ("queued", "running"):
             raise JobError(f"job {job_id} is {job.state}; cancel it first, then delete it once it has stopped.")
-        for attempt, _ in self._attempts(job_id):
-            self._ray("delete the job", self.client.delete_job, submission_id(job_id, attempt))
+        # Ray's job monitor (a 1 s loop) that has not yet seen its job end writes a record again when it finds
+        # the record gone ("failed to get job supervisor"), which puts the job back in the list: delete until
+        # the cluster has listed no attempt for longer than that loop.
+        deadline = time.monotonic() + 30
+        while attempts := self._listed(job_id):
+            if time.monotonic() > deadline:
+                raise JobError(f"job {job_id} keeps coming back on the Ray cluster at {self.address}; try again.")
+            for attempt, _ in attempts:
+                self._ray("delete the job", self.client.delete_job, submission_id(job_id, attempt))
+            time.sleep(2.5)
         shutil.rmtree(job.run_dir, ignore_errors=True)
         return job
 
