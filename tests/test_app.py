@@ -159,6 +159,7 @@ def test_augment_page_names_an_image_that_can_no_longer_be_read():
 def test_augment_page_previews_settings_while_augmentation_is_off():
     at = _page("augment.py")  # the digits preset: augmentation off, a small rotation set
     assert not at.toggle[0].value
+    assert at.selectbox[0].value == "none"  # a mirrored digit is not a digit: the preset never flips
     assert any("Augmentation is off" in i.value for i in at.info)
     at.toggle[0].set_value(True).run()
     _no_exception(at)

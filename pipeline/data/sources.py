@@ -292,7 +292,7 @@ def sample_preset() -> dict[str, dict[str, Any]]:
             "lr_decay_rate": 0.75,
             "early_stopping_patience": 4,
         },
-        "augment": {"enabled": False},
+        "augment": {"enabled": False, "flip": "none"},  # a mirrored 2 or 7 is not a digit: never flip these
         "data": {"val_fraction": 0.2, "test_fraction": 0.1},
     }
 
