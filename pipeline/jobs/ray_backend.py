@@ -79,7 +79,13 @@ class RayBackend:
         run_dir.mkdir(parents=True)
         atomic_write_json(run_dir / "job.json", {"source": absolute_source(source), "config": config.to_dict(),
                                                    "owner": owner, "created": time.time()})
-        self._ray("submit the job", self._start, job_id, 1, config.train.gpus)
+        try:
+            self._ray("submit the job", self._start, job_id, 1, config.train.gpus)
+        except JobError:
+            import shutil
+
+            shutil.rmtree(run_dir, ignore_errors=True)  # no job: no folder left behind for it
+            raise
         return job_id
 
     def _start(self, job_id: str, attempt: int, gpus: int) -> None:
