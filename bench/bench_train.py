@@ -380,8 +380,7 @@ def main() -> int:
         # Our runs get the environment the product gives its training child (launch.child_env: malloc arenas
         # capped); the recipe and the floor run as a notebook would, with the environment as it is.
         ours = not variant.startswith(("recipe", "memory_recipe", "floor"))
-        child_env = {**env, "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", launch.MALLOC_ARENAS)} if ours else env
-        child_env = {**child_env, **extra}
+        child_env = {**(launch.child_env(**env) if ours else env), **extra}
         proc = subprocess.run([sys.executable, __file__, "--child", variant], env=child_env, capture_output=True,
                               text=True)
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)

@@ -38,8 +38,7 @@ def _nameless_file(folder: Path, nbytes: int) -> int:
         free = shutil.disk_usage(folder).free
         raise DataError(
             f"the image cache needs {nbytes / 2**20:,.0f} MB in {folder} and only {free / 2**20:,.0f} MB are free; "
-            "free some space there (TRANSFER_STUDIO_HOME/scratch), or raise data.cache_memory_mb to keep the "
-            "images in memory instead."
+            "free some space there, or raise data.cache_memory_mb to keep the images in memory instead."
         ) from exc
     return fd
 
