@@ -97,7 +97,26 @@ class Progress(keras.callbacks.Callback):
             })
 
 
-class FeatureValidation(keras.callbacks.Callback):
+class Validation(keras.callbacks.Callback):
+    """``val_loss`` and ``val_accuracy`` from ``predict()`` (the validation split's probabilities, in order).
+
+    Used where fit's own ``validation_data`` does not fit: the cached-feature head (:class:`FeatureValidation`)
+    and, on JAX, the whole model (a data-parallel step cannot take a last batch of odd size; the prediction
+    pads it and drops the padding).
+    """
+
+    def __init__(self, predict: Callable[[], Any], onehot: np.ndarray, label_smoothing: float):
+        super().__init__()
+        self.predict, self.onehot = predict, onehot
+        self.loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
+
+    def on_epoch_end(self, epoch, logs=None):
+        probs = np.asarray(self.predict(), dtype=np.float32)
+        logs["val_loss"] = float(self.loss(self.onehot, probs))
+        logs["val_accuracy"] = float(np.mean(np.argmax(probs, axis=1) == np.argmax(self.onehot, axis=1)))
+
+
+class FeatureValidation(Validation):
     """``val_loss`` and ``val_accuracy`` from validation features computed once (head phase).
 
     Equal to ``validation_data`` through the whole model (augmentation and dropout are the identity
@@ -106,14 +125,7 @@ class FeatureValidation(keras.callbacks.Callback):
     """
 
     def __init__(self, head, features: np.ndarray, onehot: np.ndarray, label_smoothing: float):
-        super().__init__()
-        self.head, self.features, self.onehot = head, features, onehot
-        self.loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)
-
-    def on_epoch_end(self, epoch, logs=None):
-        probs = self.head(self.features, training=False)
-        logs["val_loss"] = float(self.loss(self.onehot, probs))
-        logs["val_accuracy"] = float(np.mean(np.argmax(probs, axis=1) == np.argmax(self.onehot, axis=1)))
+        super().__init__(lambda: head(features, training=False), onehot, label_smoothing)
 
 
 class EpochCommit(keras.callbacks.Callback):

@@ -48,8 +48,8 @@ def base_runs_in_inference_mode(cfg: RunConfig) -> bool:
     return cfg.train.strategy != "from_scratch"
 
 
-def build_models(cfg: RunConfig, num_classes: int) -> Models:
-    """Builds the run's models.
+def build_models(cfg: RunConfig, num_classes: int, *, weights: str | None = None) -> Models:
+    """Builds the run's models (``weights`` overrides ``model.weights``: "none" when values are copied in next).
 
     Raises:
         backbones.WeightsUnavailableError: pretrained weights are not available offline.
@@ -59,7 +59,7 @@ def build_models(cfg: RunConfig, num_classes: int) -> Models:
 
     spec = backbones.get(cfg.model.backbone)
     size = cfg.model.image_size
-    weights = "none" if cfg.train.strategy == "from_scratch" else cfg.model.weights
+    weights = weights or ("none" if cfg.train.strategy == "from_scratch" else cfg.model.weights)
 
     # === Layers ===
     base = backbones.build_base(spec, size, cfg.model.alpha, weights)

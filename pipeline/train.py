@@ -15,6 +15,11 @@ Where training continues is read from ``state.json`` (epochs and optimizer steps
 :mod:`pipeline.runfolder`) and given to ``fit`` as ``initial_epoch``; each epoch is committed there by
 :class:`pipeline.callbacks.EpochCommit`. Shuffling is a pure function of (seed, epoch), so a resumed phase
 sees the batches an uninterrupted one would.
+
+Where and how it trains (backend, devices, precision, data parallelism) is :mod:`pipeline.training.placement`'s
+choice. On TensorFlow batches come from tf.data; on JAX from :mod:`pipeline.training.feed`, and TensorFlow is
+never imported. Whatever the training precision or device count, ``model.keras`` is a float32 model on one
+device (:func:`_saved_model`).
 """
 
 from __future__ import annotations
@@ -51,6 +56,9 @@ from pipeline.runfolder import (
     read_variables,
     save_variables,
 )
+from pipeline.training import feed
+from pipeline.training.optimizer import adam
+from pipeline.training.placement import Placement, place, release
 
 EventFn = Callable[[dict[str, Any]], None]
 MODEL_TMP = ".model.tmp.keras"
@@ -75,12 +83,6 @@ def phases_for(cfg: RunConfig) -> list[Phase]:
     if t.two_phase:
         out.append(Phase("fine_tune", t.fine_tune_epochs, t.fine_tune_learning_rate))
     return out
-
-
-def gpu_count() -> int:
-    import tensorflow as tf
-
-    return len(tf.config.list_physical_devices("GPU"))
 
 
 # === Preparing the run folder ===
@@ -163,42 +165,6 @@ def _start_from_parent(cfg: RunConfig, models: model_mod.Models, emit: EventFn) 
     emit({"event": "parent", "run": str(parent.root), "weights": best.name})
 
 
-@functools.cache
-def fused_adam_class():
-    """Keras's Adam whose TensorFlow step is TensorFlow's own fused kernel, one op per variable.
-
-    Keras 3 writes Adam's update as about a dozen small ops per variable; on TensorFlow ``ResourceApplyAdam``
-    computes the same formula (``m += (g - m)(1 - b1)``, ``v += (g^2 - v)(1 - b2)``,
-    ``var -= lr sqrt(1 - b2^t) / (1 - b1^t) m / (sqrt(v) + eps)``) in one kernel. Measured on MobileNetV2
-    alpha 0.35 at 224, fine-tuned at batch 32: the first step (tracing) about 1-2 s shorter, steady steps
-    7-15% faster. Anything else (amsgrad, sparse gradients, another backend) takes Keras's own update.
-    """
-    import keras
-
-    class FusedAdam(keras.optimizers.Adam):
-        def update_step(self, gradient, variable, learning_rate):
-            import tensorflow as tf
-
-            if self.amsgrad or keras.backend.backend() != "tensorflow" or not isinstance(gradient, tf.Tensor):
-                return super().update_step(gradient, variable, learning_rate)
-            dtype = variable.dtype
-            index = self._get_variable_index(variable)
-            step = tf.cast(self.iterations + 1, dtype)
-            beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
-            tf.raw_ops.ResourceApplyAdam(
-                var=_handle(variable), m=_handle(self._momentums[index]), v=_handle(self._velocities[index]),
-                beta1_power=tf.pow(beta_1, step), beta2_power=tf.pow(beta_2, step),
-                lr=tf.cast(learning_rate, dtype), beta1=beta_1, beta2=beta_2,
-                epsilon=tf.cast(self.epsilon, dtype), grad=tf.cast(gradient, dtype))
-
-    return FusedAdam
-
-
-def _handle(variable):
-    """The resource handle of a tf.Variable, or of the tf.Variable inside a Keras variable."""
-    return variable.handle if hasattr(variable, "handle") else variable.value.handle
-
-
 def _schedule(phase: Phase, cfg: RunConfig, steps_per_epoch: int):
     import keras
 
@@ -212,17 +178,16 @@ def _schedule(phase: Phase, cfg: RunConfig, steps_per_epoch: int):
     return phase.learning_rate
 
 
-def _compile(model, phase: Phase, cfg: RunConfig, steps_per_epoch: int, jit: bool) -> None:
+def _compile(model, phase: Phase, cfg: RunConfig, steps_per_epoch: int, placement: Placement) -> None:
     import keras
 
+    fused = placement.backend == "tensorflow" and placement.strategy is None
     model.compile(
-        optimizer=fused_adam_class()(_schedule(phase, cfg, steps_per_epoch)),
+        optimizer=adam(_schedule(phase, cfg, steps_per_epoch), fused=fused),
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=cfg.train.label_smoothing),
         metrics=["accuracy"],
-        jit_compile=jit,
+        jit_compile=placement.jit,
     )
-
-
 
 
 # === Training ===
@@ -330,21 +295,53 @@ def _reconcile_metrics(run: RunFolder, state: dict[str, Any], emit: EventFn) -> 
 def _train_phases(run: RunFolder, cfg: RunConfig, splits: data_mod.Splits, state: dict[str, Any], emit: EventFn,
                   cancel: threading.Event) -> None:
     """Trains every phase not yet done (resuming a started one) and writes model.keras from the best weights."""
-    import keras
-
     _reconcile_metrics(run, state, emit)
     resumed = any(p["epochs_done"] or p["done"] for p in state["phases"].values())
     state["status"] = "running"
     run.write_state(state)
-    emit({"event": "resumed" if resumed else "start", "phases": [p.name for p in phases_for(cfg)]})
+    placement = place(cfg)
+    try:
+        emit({"event": "resumed" if resumed else "start", "phases": [p.name for p in phases_for(cfg)],
+              **placement.describe(), "batch_size": cfg.train.batch_size,
+              "global_batch_size": cfg.train.batch_size * placement.replicas, "notes": placement.notes})
+        with placement.scope():
+            models = _fit_phases(run, cfg, splits, state, emit, cancel, placement, resumed)
+        _load_best(run, state, models, emit)
+        saved = _saved_model(cfg, models, placement)
+    finally:
+        release(placement)
+    tmp = run.root / MODEL_TMP  # Keras insists on the .keras suffix
+    saved.save(tmp)
+    fault_point("model-write")
+    tmp.replace(run.model)
+    for phase in phases_for(cfg):
+        shutil.rmtree(run.backup_dir(phase.name), ignore_errors=True)
 
-    gpus = gpu_count()
-    if gpus:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    if cfg.train.deterministic:
-        import tensorflow as tf
 
-        tf.config.experimental.enable_op_determinism()
+def _saved_model(cfg: RunConfig, models: model_mod.Models, placement: Placement):
+    """The model model.keras holds: float32, on one device, whatever the run trained with.
+
+    A mixed-precision model computes in float16 or bfloat16 (float16 ops are no builtin TFLite ops, so its
+    "float32" export would not convert) and a data-parallel one holds distributed variables: the inference
+    model is built again under the float32 policy and outside any distribution, and the trained values are
+    copied in (the same builder makes the same layers in the same order; ``set_weights`` checks every shape).
+    """
+    if cfg.train.precision == "float32" and placement.replicas == 1:
+        return models.inference
+    release(placement)
+    import numpy as np
+
+    plain = model_mod.build_models(cfg, models.inference.output_shape[-1], weights="none").inference
+    plain.set_weights([np.asarray(w, dtype=np.float32) if np.asarray(w).dtype.kind == "f" else np.asarray(w)
+                       for w in models.inference.get_weights()])
+    return plain
+
+
+def _fit_phases(run: RunFolder, cfg: RunConfig, splits: data_mod.Splits, state: dict[str, Any], emit: EventFn,
+                cancel: threading.Event, placement: Placement, resumed: bool) -> model_mod.Models:
+    """Builds the models and trains every phase not yet done (in the placement's scope); returns the models."""
+    import keras
+
     keras.utils.set_random_seed(cfg.train.seed)
     num_classes = len(splits.classes)
 
@@ -376,7 +373,7 @@ def _train_phases(run: RunFolder, cfg: RunConfig, splits: data_mod.Splits, state
         labels = {s: splits.labels(s) for s in ("train", "val")}
         shared = PhaseShared(run=run, cfg=cfg, models=models, caches=caches, labels=labels, num_classes=num_classes,
                              class_weight=data_mod.class_weights(labels["train"], num_classes, cfg.train.class_weight),
-                             state=state, emit=emit, cancel=cancel, jit=gpus > 0)
+                             state=state, emit=emit, cancel=cancel, placement=placement)
         for phase in phases_for(cfg):
             ph = state["phases"].setdefault(phase.name, _new_phase_state())
             if ph["done"]:
@@ -387,14 +384,7 @@ def _train_phases(run: RunFolder, cfg: RunConfig, splits: data_mod.Splits, state
     finally:
         for c in caches.values():
             c.close()
-
-    _load_best(run, state, models, emit)
-    tmp = run.root / MODEL_TMP  # Keras insists on the .keras suffix
-    models.inference.save(tmp)
-    fault_point("model-write")
-    tmp.replace(run.model)
-    for phase in phases_for(cfg):
-        shutil.rmtree(run.backup_dir(phase.name), ignore_errors=True)
+    return models
 
 
 def _load_best(run: RunFolder, state: dict[str, Any], models: model_mod.Models, emit: EventFn) -> None:
@@ -434,7 +424,7 @@ class PhaseShared:
     state: dict[str, Any]
     emit: EventFn
     cancel: threading.Event
-    jit: bool
+    placement: Placement
 
 
 @dataclass(frozen=True)
@@ -450,6 +440,7 @@ class PhaseOptions:
         first_epoch: Epochs of this phase already done (from state.json): ``fit``'s ``initial_epoch``.
         callbacks: Callbacks that run before the epoch commit (cached-feature validation).
         cached_features: True when the head trains on features computed once.
+        class_weight: ``fit``'s class_weight (tf.data feeds; the JAX feed weights each image itself).
     """
 
     phase: Phase
@@ -460,14 +451,17 @@ class PhaseOptions:
     first_epoch: int
     callbacks: tuple = ()
     cached_features: bool = False
+    class_weight: dict[int, float] | None = None
 
 
 def _phase_options(shared: PhaseShared, phase: Phase, first_epoch: int) -> PhaseOptions:
-    """Freezes or unfreezes the base for ``phase`` and builds its inputs."""
-    from pipeline.callbacks import FeatureValidation
+    """Freezes or unfreezes the base for ``phase`` and builds its inputs (tf.data on TensorFlow, else
+    :mod:`pipeline.training.feed`); ``train.batch_size`` is per device, a step sees that times the replicas."""
+    from pipeline.callbacks import FeatureValidation, Validation
 
-    cfg, models, labels = shared.cfg, shared.models, shared.labels
-    bs, seed = cfg.train.batch_size, cfg.train.seed
+    cfg, models, labels, caches = shared.cfg, shared.models, shared.labels, shared.caches
+    replicas = shared.placement.replicas
+    bs, seed = cfg.train.batch_size * replicas, cfg.train.seed
     if phase.name == "head":
         model_mod.freeze_base(models)
     elif phase.name == "fine_tune":
@@ -476,34 +470,60 @@ def _phase_options(shared: PhaseShared, phase: Phase, first_epoch: int) -> Phase
         model_mod.unfreeze_all(models)
 
     n = len(labels["train"])
-    steps = -(-n // bs)
     onehot = {split: np.eye(shared.num_classes, dtype=np.float32)[labels[split]] for split in ("train", "val")}
-    batches = _epoch_batches(n, bs, seed, first_epoch, phase.epochs)
+    if shared.placement.backend == "tensorflow":
+        steps, class_weight = -(-n // bs), shared.class_weight
+        batches = _epoch_batches(n, bs, seed, first_epoch, phase.epochs)
+
+        def images():
+            return data_mod.image_batches(batches, caches["train"], onehot["train"])
+
+        def feature_feed(features):
+            return _feature_feed(batches, features, onehot["train"])
+
+        def predict(model, split):
+            ds = data_mod.make_dataset(caches[split], labels[split], shared.num_classes, bs, shuffle=False, seed=seed)
+            return model.predict(ds.map(lambda x, y: x), verbose=0)
+    else:
+        steps, class_weight = feed.steps_per_epoch(n, bs, replicas), None  # the feed weights each image
+
+        def index_batches():
+            return feed.epoch_index_batches(n, bs, seed, first_epoch, phase.epochs, multiple_of=replicas)
+
+        def images():
+            return feed.image_batches(index_batches(), caches["train"].take, onehot["train"], shared.class_weight)
+
+        def feature_feed(features):
+            return feed.feature_batches(index_batches(), features, onehot["train"], shared.class_weight)
+
+        def predict(model, split):
+            return feed.predict_all(model, len(caches[split]), bs, caches[split].take, multiple_of=replicas)
+
     if phase.name != "head":
-        val_ds = data_mod.make_dataset(shared.caches["val"], labels["val"], shared.num_classes, bs, shuffle=False,
-                                       seed=seed)
-        return PhaseOptions(phase, models.train, data_mod.image_batches(batches, shared.caches["train"], onehot["train"]), val_ds,
-                            steps, first_epoch)
+        if shared.placement.backend == "tensorflow":
+            val_ds = data_mod.make_dataset(caches["val"], labels["val"], shared.num_classes, bs, shuffle=False,
+                                           seed=seed)
+            return PhaseOptions(phase, models.train, images(), val_ds, steps, first_epoch, class_weight=class_weight)
+        validation = Validation(lambda: predict(models.inference, "val"), onehot["val"], cfg.train.label_smoothing)
+        return PhaseOptions(phase, models.train, images(), None, steps, first_epoch, (validation,),
+                            class_weight=class_weight)
 
     # The base is frozen in the head phase and validation images are never augmented, so validation
     # features are fixed for the whole phase: computed once, like the training features when
     # augmentation is off (the cached-feature path of the Keras guide).
     cached = not cfg.augment.active
     t0 = time.perf_counter()
-    feats = {}
-    for split in ("train", "val") if cached else ("val",):
-        ds = data_mod.make_dataset(shared.caches[split], labels[split], shared.num_classes, bs, shuffle=False, seed=seed)
-        feats[split] = models.features.predict(ds.map(lambda x, y: x), verbose=0)
+    feats = {split: predict(models.features, split) for split in (("train", "val") if cached else ("val",))}
     seconds = time.perf_counter() - t0
-    images = sum(len(f) for f in feats.values())
-    shared.emit({"event": "features", "images": images, "splits": sorted(feats), "seconds": round(seconds, 3),
-                 "images_per_second": round(images / max(seconds, 1e-9), 2)})
+    images_done = sum(len(f) for f in feats.values())
+    shared.emit({"event": "features", "images": images_done, "splits": sorted(feats), "seconds": round(seconds, 3),
+                 "images_per_second": round(images_done / max(seconds, 1e-9), 2)})
     validation = FeatureValidation(models.head, feats["val"], onehot["val"], cfg.train.label_smoothing)
     if cached:
-        return PhaseOptions(phase, models.head, _feature_feed(batches, feats["train"], onehot["train"]), None, steps,
-                            first_epoch, (validation,), cached_features=True)
-    return PhaseOptions(phase, models.train, data_mod.image_batches(batches, shared.caches["train"], onehot["train"]), None, steps,
-                        first_epoch, (validation,))
+        return PhaseOptions(phase, models.head, feature_feed(feats["train"]), None, steps, first_epoch, (validation,),
+                            cached_features=True, class_weight=class_weight)
+    return PhaseOptions(phase, models.train, images(), None, steps, first_epoch, (validation,),
+                        class_weight=class_weight)
 
 
 def run_phase(shared: PhaseShared, options: PhaseOptions) -> None:
@@ -517,7 +537,7 @@ def run_phase(shared: PhaseShared, options: PhaseOptions) -> None:
 
     run, cfg, phase, model = shared.run, shared.cfg, options.phase, options.model
     ph = shared.state["phases"][phase.name]
-    _compile(model, phase, cfg, options.steps_per_epoch, shared.jit)
+    _compile(model, phase, cfg, options.steps_per_epoch, shared.placement)
     # Built eagerly: built inside the first traced step, Adam's variables cost ~2.5 s.
     model.optimizer.build(model.trainable_variables)
     first = _restore_epoch(shared, phase, model) if ph["epochs_done"] else 0
@@ -542,7 +562,7 @@ def run_phase(shared: PhaseShared, options: PhaseOptions) -> None:
             warnings.filterwarnings("ignore", message=".*shuffle=True.*")
             options.model.fit(options.train_data, validation_data=options.val_data, epochs=phase.epochs,
                               initial_epoch=first, steps_per_epoch=options.steps_per_epoch,
-                              class_weight=shared.class_weight, callbacks=callbacks, verbose=0)
+                              class_weight=options.class_weight, callbacks=callbacks, verbose=0)
     save_variables(run.phase_done_weights(phase.name), _variables(shared.models.train), fault="phase-done-write")
     ph["done"] = True
     run.write_state(shared.state)

@@ -17,6 +17,8 @@ from pipeline import train as train_mod
 from pipeline.callbacks import EpochCommit, FeatureValidation, checkpoint_variables
 from pipeline.evaluate import evaluate
 from pipeline.runfolder import CheckpointMismatchError, RunFolder, RunNotReadyError, load_variables, read_variables
+from pipeline.training.optimizer import fused_adam_class
+from pipeline.training.placement import place
 from tests.conftest import ROOT, tiny_config, write_shapes_dataset
 
 
@@ -434,7 +436,7 @@ def test_head_phase_validation_from_cached_features_equals_keras_evaluate(shapes
     labels = splits.labels("val")
     models = _initial_models(cfg)
     model_mod.freeze_base(models)
-    train_mod._compile(models.train, train_mod.phases_for(cfg)[0], cfg, 4, jit=False)
+    train_mod._compile(models.train, train_mod.phases_for(cfg)[0], cfg, 4, place(cfg))
     val_ds = data_mod.make_dataset(cache, labels, 3, 8, shuffle=False, seed=0)
     expected = models.train.evaluate(val_ds, verbose=0, return_dict=True)
 
@@ -493,13 +495,13 @@ def test_fused_adam_follows_keras_adam_and_runs_one_kernel_per_variable():
 
     schedule = keras.optimizers.schedules.ExponentialDecay(1e-2, decay_steps=2, decay_rate=0.5, staircase=True)
     start, reference, steps = trained(keras.optimizers.Adam(schedule))
-    _, fused, fused_steps = trained(train_mod.fused_adam_class()(schedule))
+    _, fused, fused_steps = trained(fused_adam_class()(schedule))
     assert steps == fused_steps == 5
     for w0, a, b in zip(start, reference, fused, strict=True):
         assert np.abs(a - w0).max() > 1e-3  # it trained
         np.testing.assert_allclose(b, a, rtol=0, atol=1e-5)
 
-    opt = train_mod.fused_adam_class()(1e-3)
+    opt = fused_adam_class()(1e-3)
     variables = [keras.Variable(np.ones((2, 2), "float32")), keras.Variable(np.zeros(3, "float32"))]
     opt.build(variables)
     step = tf.function(lambda: opt.apply_gradients(zip([tf.ones((2, 2)), tf.ones(3)], variables, strict=True)))

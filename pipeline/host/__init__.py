@@ -1,0 +1,1 @@
+"""Host concerns: this machine's devices and what each child process is given."""

@@ -1,0 +1,1 @@
+"""Training parts that do not depend on TensorFlow: device placement, the optimizer, the batch feed."""
