@@ -21,6 +21,8 @@ import sys
 import threading
 from pathlib import Path
 
+from pipeline.host.devices import GROWTH_ENV
+
 ROOT = Path(__file__).resolve().parents[1]
 PARENT_PID_VAR = "TRANSFER_STUDIO_PARENT_PID"
 _PR_SET_PDEATHSIG = 1
@@ -35,9 +37,11 @@ MALLOC_ARENAS = str(max(2, os.cpu_count() or 2))
 
 def child_env(**extra: str) -> dict[str, str]:
     """The environment of a child: ours, this checkout first on ``PYTHONPATH``, TensorFlow's C++ log quiet,
-    glibc's malloc arenas capped (:data:`MALLOC_ARENAS`)."""
+    glibc's malloc arenas capped (:data:`MALLOC_ARENAS`), GPU memory taken as needed rather than reserved whole
+    (:data:`pipeline.host.devices.GROWTH_ENV`)."""
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+    return {**os.environ, **{k: os.environ.get(k, v) for k, v in GROWTH_ENV.items()},
+            "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
             "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", MALLOC_ARENAS), **extra, "PYTHONPATH": path}
 
 

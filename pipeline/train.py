@@ -58,7 +58,7 @@ from pipeline.runfolder import (
 )
 from pipeline.training import feed
 from pipeline.training.optimizer import adam
-from pipeline.training.placement import Placement, place, release
+from pipeline.training.placement import Placement, place, prepare_process, release
 
 EventFn = Callable[[dict[str, Any]], None]
 MODEL_TMP = ".model.tmp.keras"
@@ -215,6 +215,7 @@ def train(
         data_mod.DataError, config_mod.ConfigError, backbones.WeightsUnavailableError, RunFolderError.
     """
     cfg = cfg or RunConfig()
+    prepare_process(cfg)  # before anything imports Keras
     run, cfg, splits = prepare_run(source, run_dir, cfg, on_event)
     for folder in (run.root, run.checkpoints, *run.checkpoints.glob("backup_*")):
         remove_stale_temporaries(folder)  # what a kill during an atomic write left behind

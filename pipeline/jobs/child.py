@@ -26,7 +26,11 @@ def sentence(rec: dict) -> str | None:
     """A metrics record as the line train.log shows (the app's log panel): a sentence, not a dict."""
     ev = rec.get("event")
     if ev in ("start", "resumed"):
-        return f"{'Resuming' if ev == 'resumed' else 'Training'}: phases {', '.join(rec.get('phases', []))}."
+        line = f"{'Resuming' if ev == 'resumed' else 'Training'}: phases {', '.join(rec.get('phases', []))}"
+        if devices := rec.get("devices"):
+            line += (f", on {rec.get('backend')} ({', '.join(devices.get('framework', []))}; given "
+                     f"{devices.get('given')}), {rec.get('precision')}")
+        return ". ".join([line, *(n[0].upper() + n[1:] for n in rec.get("notes", []))]) + "."
     if ev == "phase":
         start = f", going on from epoch {rec['first_epoch']}" if rec.get("first_epoch", 1) > 1 else ""
         cached = ", on cached features" if rec.get("cached_features") else ""
@@ -51,6 +55,7 @@ def main(argv: list[str]) -> int:
     from pipeline import config as config_mod
     from pipeline.backbones import WeightsUnavailableError
     from pipeline.data import DataError
+    from pipeline.exitcodes import UserError
     from pipeline.jobs.store import JobStore
     from pipeline.runfolder import RunFolderError, TrainingCancelled, atomic_write_text
     from pipeline.train import train
@@ -77,7 +82,7 @@ def main(argv: list[str]) -> int:
     except TrainingCancelled:
         print("cancelled", flush=True)
         return EXIT_CANCELLED
-    except (config_mod.ConfigError, DataError, WeightsUnavailableError, RunFolderError) as exc:
+    except (config_mod.ConfigError, DataError, WeightsUnavailableError, RunFolderError, UserError) as exc:
         atomic_write_text(run_dir / "error.txt", str(exc) + "\n")
         print(f"error: {exc}", flush=True)
         return EXIT_USER_ERROR

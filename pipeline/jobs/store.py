@@ -209,14 +209,17 @@ class JobStore:
             rows = db.execute("SELECT * FROM jobs ORDER BY created DESC LIMIT ?", (limit,)).fetchall()
         return [_job(r) for r in rows]
 
-    def claim(self, worker_id: str) -> Job | None:
-        """Atomically moves the oldest queued job to running for ``worker_id``."""
+    def claim(self, worker_id: str, fits: Callable[[Job], bool] | None = None) -> Job | None:
+        """Atomically moves the oldest queued job to running for ``worker_id``; None when there is none, or
+        when ``fits`` says the oldest cannot start yet (it keeps its place: jobs start in the order queued)."""
         with self._connect() as db:  # cheap read first: an idle worker polls without writing
             if db.execute("SELECT 1 FROM jobs WHERE state = 'queued' LIMIT 1").fetchone() is None:
                 return None
         with self._transaction() as db:
-            row = db.execute("SELECT id FROM jobs WHERE state = 'queued' ORDER BY created LIMIT 1").fetchone()
+            row = db.execute("SELECT * FROM jobs WHERE state = 'queued' ORDER BY created LIMIT 1").fetchone()
             if row is None:
+                return None
+            if fits is not None and not fits(_job(row)):
                 return None
             db.execute(
                 "UPDATE jobs SET state = 'running', worker = ?, started = COALESCE(started, ?), "

@@ -1,7 +1,9 @@
 """The local worker: claims queued jobs and runs each training in its own child process.
 
 One worker per TRANSFER_STUDIO_HOME (an exclusive lock on ``worker.lock``), so two jobs never fight over
-one device: concurrency defaults to the number of visible GPUs, 1 without a GPU. On start it puts every
+one device: each child gets GPUs of its own (``CUDA_VISIBLE_DEVICES`` set per child from the worker's visible
+list, ``train.gpus`` of them, default one; the oldest queued job waits while fewer are free), and without a GPU
+one job runs at a time. On start it puts every
 job left ``running`` by a dead worker back in the queue; the child then resumes it from its last
 finished epoch (state.json in its run folder). Children die with the worker (PR_SET_PDEATHSIG, set by
 the child itself: pipeline.launch.die_with_parent). A child that dies alone (the OOM killer) leaves
@@ -19,17 +21,14 @@ import threading
 from pathlib import Path
 
 from pipeline.exitcodes import EXIT_CANCELLED
+from pipeline.host.devices import DeviceError, DevicePool, child_device_env, visible_gpu_ids
 from pipeline.jobs.store import HEARTBEAT_SECONDS, JobStore
 from pipeline.launch import start_python
 
 
 def visible_gpus() -> int:
     """NVIDIA GPUs this process may use, without loading TensorFlow (the worker stays light)."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        return len([d for d in visible.split(",") if d.strip() and d.strip() != "-1"])
-    gpus = Path("/proc/driver/nvidia/gpus")
-    return len(list(gpus.iterdir())) if gpus.is_dir() else 0
+    return len(visible_gpu_ids())
 
 
 def default_concurrency() -> int:
@@ -72,6 +71,8 @@ class Worker:
         self.once = once
         self.poll = poll
         self.children: dict[str, subprocess.Popen] = {}
+        self.devices = DevicePool(visible_gpu_ids())
+        self.given: dict[str, list[str]] = {}
         self.stopping = threading.Event()
         self.id = ""
 
@@ -94,7 +95,7 @@ class Worker:
             while not self.stopping.is_set():
                 self._reap()
                 while len(self.children) < self.concurrency and not self.stopping.is_set():
-                    job = self.store.claim(self.id)
+                    job = self.store.claim(self.id, fits=lambda j: self.devices.fits(j.config.get("train", {})))
                     if job is None:
                         break
                     self._spawn(job)
@@ -116,10 +117,19 @@ class Worker:
     def _spawn(self, job) -> None:
         run_dir = Path(job.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            ids = self.devices.take(job.config.get("train", {}))
+        except DeviceError as exc:
+            self.store.finish(job.id, "failed", str(exc))
+            print(f"job {job.id} failed: {exc}", file=sys.stderr, flush=True)
+            return
+        self.given[job.id] = ids
         self.children[job.id] = start_python("pipeline.jobs.child", job.id, log=run_dir / "train.log",
-                                             env={"TRANSFER_STUDIO_HOME": str(self.store.home)},
+                                             env={"TRANSFER_STUDIO_HOME": str(self.store.home),
+                                                  **child_device_env(ids)},
                                              die_with_parent=True)
-        print(f"job {job.id} started (attempt {job.attempts})", file=sys.stderr, flush=True)
+        where = f"on GPU {','.join(ids)}" if ids else "on the CPU"
+        print(f"job {job.id} started {where} (attempt {job.attempts})", file=sys.stderr, flush=True)
 
     def _reap(self) -> None:
         for job_id, proc in list(self.children.items()):
@@ -127,6 +137,7 @@ class Worker:
             if rc is None:
                 continue
             del self.children[job_id]
+            self.devices.give_back(self.given.pop(job_id, []))
             job = self.store.get(job_id)
             error_file = Path(job.run_dir) / "error.txt"
             if rc == 0:
@@ -159,3 +170,6 @@ class Worker:
             else:
                 self.store.finish(job_id, "cancelled")
         self.children.clear()
+        for ids in self.given.values():
+            self.devices.give_back(ids)
+        self.given.clear()

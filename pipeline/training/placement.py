@@ -61,6 +61,23 @@ def xla_flags_for(cfg: RunConfig, environ: dict[str, str] | None = None) -> str 
     return f"{flags} --xla_force_host_platform_device_count={cfg.train.devices}".strip()
 
 
+def prepare_process(cfg: RunConfig) -> str:
+    """Before Keras is imported: the backend (``train.backend`` or ``$KERAS_BACKEND``) and, for a JAX run on
+    several CPU devices, ``XLA_FLAGS``. Returns the backend.
+
+    Raises:
+        DeviceError: Keras already runs on another backend in this process.
+    """
+    import sys
+
+    from pipeline.host.devices import select_backend
+
+    backend = select_backend(cfg.train.backend)
+    if backend == "jax" and "jax" not in sys.modules and (flags := xla_flags_for(cfg)) is not None:
+        os.environ["XLA_FLAGS"] = flags
+    return backend
+
+
 def place(cfg: RunConfig) -> Placement:
     """Sets this process's precision, determinism and devices for ``cfg``; returns what it chose.
 

@@ -1,0 +1,73 @@
+"""Each training child gets GPUs of its own: the worker's device pool, and what a run records about its devices."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.host.devices import DeviceError, DevicePool, child_device_env, visible_gpu_ids
+from pipeline.jobs.backends import LocalBackend
+from pipeline.jobs.store import JobStore
+from pipeline.runfolder import RunFolder
+from tests.conftest import ROOT, tiny_config, write_shapes_dataset
+
+
+def test_visible_gpu_ids_follow_cuda_visible_devices():
+    assert visible_gpu_ids({"CUDA_VISIBLE_DEVICES": "3,5"}) == ["3", "5"]
+    assert visible_gpu_ids({"CUDA_VISIBLE_DEVICES": " 1 , 0 "}) == ["1", "0"]
+    assert visible_gpu_ids({"CUDA_VISIBLE_DEVICES": "-1"}) == []
+    assert visible_gpu_ids({"CUDA_VISIBLE_DEVICES": "0,-1,2"}) == ["0"]  # CUDA stops at the first -1
+    assert visible_gpu_ids({"CUDA_VISIBLE_DEVICES": ""}) == []
+    assert child_device_env(["3", "5"]) == {"CUDA_VISIBLE_DEVICES": "3,5"} and child_device_env([]) == {}
+
+
+def test_the_pool_gives_each_job_its_own_gpus_and_the_oldest_waits():
+    pool = DevicePool(["3", "5"])
+    assert pool.take({}) == ["3"] and pool.take({"gpus": 1}) == ["5"]
+    assert not pool.fits({"gpus": 1}) and not pool.fits({"gpus": 2})
+    pool.give_back(["5"])
+    assert pool.fits({"gpus": 1}) and not pool.fits({"gpus": 2})
+    pool.give_back(["3"])
+    assert pool.take({"gpus": 2}) == ["3", "5"]
+    pool.give_back(["5", "3"])
+    assert pool.free == ["3", "5"]
+    assert pool.fits({"gpus": 3})  # can never fit: it is taken, and refused with a message
+    with pytest.raises(DeviceError, match=r"train.gpus=3 is more than the 2 GPU\(s\) this worker has \(3,5\)"):
+        pool.take({"gpus": 3})
+    cpu = DevicePool([])
+    assert cpu.fits({"gpus": 4}) and cpu.take({"gpus": 4}) == []
+
+
+def _start_event(run_dir: str) -> dict:
+    return next(e for e in map(json.loads, RunFolder(Path(run_dir)).metrics.read_text().splitlines())
+                if e["event"] == "start")
+
+
+def test_worker_gives_each_child_its_own_gpus_and_a_two_gpu_job_waits_for_both(tmp_path):
+    """CUDA_VISIBLE_DEVICES=3,5 in the worker's environment (no GPU needed: the children train on the CPU)."""
+    shapes = write_shapes_dataset(tmp_path / "shapes", per_class=8)
+    backend = LocalBackend(JobStore(), autostart=False)
+
+    def quick(gpus):
+        return tiny_config(model={"backbone": "small_cnn"},
+                           train={"strategy": "from_scratch", "head_epochs": 2, "gpus": gpus})
+
+    a, b, c, d = (backend.submit(str(shapes), quick(g)) for g in (0, 1, 2, 3))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": "3,5"}
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "worker", "--once"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    ja, jb, jc, jd = (backend.status(i) for i in (a, b, c, d))
+    assert [j.state for j in (ja, jb, jc)] == ["done"] * 3, (ja.error, jb.error, jc.error)
+    given = {j.id: _start_event(j.run_dir)["devices"]["given"] for j in (ja, jb, jc)}
+    assert (given[a], given[b], given[c]) == ("3", "5", "3,5")
+    assert ja.started < jb.finished and jb.started < ja.finished  # the one-GPU jobs ran at once
+    assert jc.started >= max(ja.finished, jb.finished)  # the two-GPU job waited for both
+    assert jd.state == "failed" and "train.gpus=3 is more than the 2 GPU(s)" in jd.error
+    assert f"job {a} started on GPU 3" in proc.stderr and f"job {c} started on GPU 3,5" in proc.stderr
+    start = _start_event(ja.run_dir)
+    assert start["backend"] == "tensorflow" and start["precision"] == "float32"
+    assert start["devices"]["framework"] and start["devices"]["replicas"] == 1
