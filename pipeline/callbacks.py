@@ -161,7 +161,7 @@ class EpochCommit(keras.callbacks.Callback):
         logs = logs or {}
         done = epoch + 1
         optimizer = self.model.optimizer
-        steps = int(optimizer.iterations)
+        steps = int(keras.ops.convert_to_numpy(optimizer.iterations))
         record = {
             "time": round(time.time(), 3), "event": "epoch", "phase": self.phase, "epoch": done,
             "epochs": self.epochs, "global_epoch": self.epoch_offset + done, "steps": steps,

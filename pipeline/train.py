@@ -598,12 +598,19 @@ def _restore_epoch(shared: PhaseShared, phase: Phase, model) -> int:
     if epoch != ph["epochs_done"]:  # nothing was assigned from a file that failed: epoch 0 is the phase's start
         if epoch == 0 and shared.cfg.train.init_from and phase.name == phases_for(shared.cfg)[0].name:
             _start_from_parent(shared.cfg, shared.models, shared.emit)  # a retrain's first phase starts there
-        ph.update(epochs_done=epoch, steps_done=int(model.optimizer.iterations), last_epoch=None, wait=0)
+        ph.update(epochs_done=epoch, steps_done=_steps(model.optimizer), last_epoch=None, wait=0)
         ph.pop("best_val_loss", None)
         run.write_state(state)
         shared.emit({"event": "rollback", "phase": phase.name, "epoch": epoch,
                      "reason": "a damaged or missing checkpoint; these epochs are trained again"})
     return epoch
+
+
+def _steps(optimizer) -> int:
+    """Optimizer steps taken (the counter may be a mirrored variable: read through Keras, not ``int()``)."""
+    import keras
+
+    return int(keras.ops.convert_to_numpy(optimizer.iterations))
 
 
 def _load_finished_phase(shared: PhaseShared, name: str) -> None:
