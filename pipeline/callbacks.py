@@ -144,15 +144,17 @@ class EpochCommit(keras.callbacks.Callback):
     """
 
     def __init__(self, run: RunFolder, state: dict[str, Any], phase: str, epochs: int, *, inference, n_images: int,
-                 epoch_offset: int, patience: int, emit: EventFn, keep: int = 2):
+                 epoch_offset: int, patience: int, emit: EventFn, keep: int = 2, input_wait=None):
         super().__init__()
         self.run, self.state, self.phase, self.epochs = run, state, phase, epochs
         self.inference, self.n_images, self.epoch_offset = inference, n_images, epoch_offset
         self.patience, self.emit, self.keep = patience, emit, keep
+        self.input_wait, self.wait0 = input_wait, 0.0  # a feed's WaitClock: seconds spent waiting for batches
         self.t0 = self.t_train_end = 0.0
 
     def on_epoch_begin(self, epoch, logs=None):
         self.t0 = self.t_train_end = time.perf_counter()
+        self.wait0 = self.input_wait.seconds if self.input_wait is not None else 0.0
 
     def on_train_batch_end(self, batch, logs=None):
         self.t_train_end = time.perf_counter()
@@ -170,6 +172,8 @@ class EpochCommit(keras.callbacks.Callback):
             "lr": float(np.asarray(optimizer.learning_rate)), "seconds": round(time.perf_counter() - self.t0, 3),
             "images_per_second": round(self.n_images / max(self.t_train_end - self.t0, 1e-9), 2),
         }
+        if self.input_wait is not None:
+            record["input_wait_seconds"] = round(self.input_wait.seconds - self.wait0, 3)
         save_variables(self.run.epoch_checkpoint(self.phase, done), checkpoint_variables(self.model, optimizer),
                        epoch=done, steps=steps, fault="checkpoint-write")
 

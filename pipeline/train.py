@@ -34,7 +34,7 @@ import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -426,6 +426,7 @@ class PhaseShared:
     emit: EventFn
     cancel: threading.Event
     placement: Placement
+    input_wait: feed.WaitClock = field(default_factory=feed.WaitClock)
 
 
 @dataclass(frozen=True)
@@ -492,10 +493,12 @@ def _phase_options(shared: PhaseShared, phase: Phase, first_epoch: int) -> Phase
             return feed.epoch_index_batches(n, bs, seed, first_epoch, phase.epochs, multiple_of=replicas)
 
         def images():
-            return feed.image_batches(index_batches(), caches["train"].take, onehot["train"], shared.class_weight)
+            return feed.image_batches(index_batches(), caches["train"].take, onehot["train"], shared.class_weight,
+                                      shared.input_wait)
 
         def feature_feed(features):
-            return feed.feature_batches(index_batches(), features, onehot["train"], shared.class_weight)
+            return feed.feature_batches(index_batches(), features, onehot["train"], shared.class_weight,
+                                        shared.input_wait)
 
         def predict(model, split):
             return feed.predict_all(model, len(caches[split]), bs, caches[split].take, multiple_of=replicas)
@@ -557,7 +560,8 @@ def run_phase(shared: PhaseShared, options: PhaseOptions) -> None:
                      lambda: shared.cancel.is_set() or run.cancel_file.exists()),
             EpochCommit(run, shared.state, phase.name, phase.epochs, inference=shared.models.inference,
                         n_images=len(shared.labels["train"]), epoch_offset=epoch_offset,
-                        patience=cfg.train.early_stopping_patience, emit=shared.emit),
+                        patience=cfg.train.early_stopping_patience, emit=shared.emit,
+                        input_wait=None if shared.placement.backend == "tensorflow" else shared.input_wait),
         ]
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*shuffle=True.*")

@@ -6,11 +6,13 @@ Nothing here imports TensorFlow, JAX or Keras at module level: the worker, which
 - :class:`DevicePool`: the worker's free GPUs; a job asking for ``train.gpus=N`` takes N of them or waits.
 - :data:`GROWTH_ENV`: GPU memory grows on demand in every child (TensorFlow and JAX) rather than being
   reserved whole, so a child given one GPU never holds memory on another.
-- :func:`select_backend`: sets ``KERAS_BACKEND`` before Keras is imported (``train.backend``).
+- :func:`select_backend`: sets ``KERAS_BACKEND`` before Keras is imported (``train.backend``); on JAX the
+  process cannot import TensorFlow from then on (:func:`block_tensorflow`).
 """
 
 from __future__ import annotations
 
+import importlib.abc
 import os
 import sys
 from collections.abc import Mapping
@@ -119,4 +121,27 @@ def select_backend(configured: str = "") -> str:
                               f"start it with KERAS_BACKEND={want} (a job's process does so by itself).")
         return want
     os.environ["KERAS_BACKEND"] = want
+    if want == "jax":
+        block_tensorflow()
     return want
+
+
+class _NoTensorFlow(importlib.abc.MetaPathFinder):
+    """Refuses ``import tensorflow`` (Keras then finds it unavailable, as on a machine without it)."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "tensorflow":
+            raise ModuleNotFoundError(f"No module named {name!r}: this process trains on Keras's JAX backend and "
+                                      "does not load TensorFlow")
+        return None
+
+
+def block_tensorflow() -> None:
+    """From now on ``import tensorflow`` fails in this process (idempotent; TensorFlow not yet imported).
+
+    A JAX run must not load TensorFlow where it is installed either: Keras would (``keras.utils.set_random_seed``
+    seeds TensorFlow's generator when TensorFlow can be imported), costing its start-up time and memory, and a
+    run would then behave differently here than on a GPU machine that has no TensorFlow.
+    """
+    if "tensorflow" not in sys.modules and not any(isinstance(f, _NoTensorFlow) for f in sys.meta_path):
+        sys.meta_path.insert(0, _NoTensorFlow())

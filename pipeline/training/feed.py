@@ -12,11 +12,19 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
 
 PREFETCH = 2
+
+
+class WaitClock:
+    """Seconds the training loop spent waiting for the next batch (the device idle on input)."""
+
+    def __init__(self):
+        self.seconds = 0.0
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
@@ -46,8 +54,9 @@ def steps_per_epoch(n: int, batch_size: int, multiple_of: int = 1) -> int:
     return full + (1 if rest >= multiple_of else 0)
 
 
-def prefetched(items: Iterator, depth: int = PREFETCH) -> Iterator:
-    """``items`` produced by a thread, ``depth`` ahead; an error there is raised here, in order."""
+def prefetched(items: Iterator, depth: int = PREFETCH, clock: WaitClock | None = None) -> Iterator:
+    """``items`` produced by a thread, ``depth`` ahead; an error there is raised here, in order. ``clock``
+    adds up the time spent waiting for an item."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
     done = object()
@@ -71,7 +80,10 @@ def prefetched(items: Iterator, depth: int = PREFETCH) -> Iterator:
     thread.start()
     try:
         while True:
+            t0 = time.perf_counter()
             kind, item = q.get()
+            if clock is not None:
+                clock.seconds += time.perf_counter() - t0
             if kind == "end":
                 return
             if kind == "error":
@@ -82,7 +94,7 @@ def prefetched(items: Iterator, depth: int = PREFETCH) -> Iterator:
 
 
 def image_batches(index_batches: Iterator[np.ndarray], take: Callable[[np.ndarray], np.ndarray], onehot: np.ndarray,
-                  class_weight: dict[int, float] | None = None) -> Iterator[tuple]:
+                  class_weight: dict[int, float] | None = None, clock: WaitClock | None = None) -> Iterator[tuple]:
     """(uint8 images, one-hot labels[, sample weights]) for each index batch, read ahead by a thread."""
     weights = None
     if class_weight:
@@ -93,13 +105,13 @@ def image_batches(index_batches: Iterator[np.ndarray], take: Callable[[np.ndarra
             y = onehot[idx]
             yield (take(idx), y) if weights is None else (take(idx), y, weights[y.argmax(axis=1)])
 
-    return prefetched(batches())
+    return prefetched(batches(), clock=clock)
 
 
 def feature_batches(index_batches: Iterator[np.ndarray], features: np.ndarray, onehot: np.ndarray,
-                    class_weight: dict[int, float] | None = None) -> Iterator[tuple]:
+                    class_weight: dict[int, float] | None = None, clock: WaitClock | None = None) -> Iterator[tuple]:
     """(pooled features, one-hot labels[, sample weights]) for each index batch (the cached-feature head)."""
-    return image_batches(index_batches, lambda idx: features[idx], onehot, class_weight)
+    return image_batches(index_batches, lambda idx: features[idx], onehot, class_weight, clock)
 
 
 def in_order(n: int, batch_size: int, take: Callable[[np.ndarray], np.ndarray], multiple_of: int = 1):
