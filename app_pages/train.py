@@ -136,6 +136,11 @@ with c3:
                                    help=helps["train.fine_tune_learning_rate"])
     schedule = st.selectbox("Learning-rate schedule", config_mod.SCHEDULES,
                             key=seed("lr_schedule", base.train.lr_schedule), help=helps["train.lr_schedule"])
+    precision = st.selectbox("Precision", config_mod.PRECISIONS, key=seed("precision", base.train.precision),
+                             help=helps["train.precision"])
+    if precision != "float32":
+        st.caption("Measured on an H100, MobileNetV2 0.35 @ 224: bf16 2,185 vs float32 3,064 images/s at batch 32, "
+                   "~99 s to compile. The model you export is float32 either way.")
 
 st.subheader("Data split and class balance")
 d1, d2, d3 = st.columns(3)
@@ -179,7 +184,8 @@ if not problems:
             train=dataclasses.replace(base.train, strategy=strategy, head_epochs=int(head_epochs),
                                       fine_tune_epochs=int(fine_tune_epochs), batch_size=int(batch_size),
                                       learning_rate=float(learning_rate), fine_tune_learning_rate=float(fine_tune_lr),
-                                      lr_schedule=schedule, seed=int(seed_value), class_weight=class_weight),
+                                      lr_schedule=schedule, seed=int(seed_value), class_weight=class_weight,
+                                      precision=precision),
         )
     except ConfigError as exc:
         problems.append(shared.user_words(exc, src))  # may quote an uploaded weights file's name

@@ -158,8 +158,13 @@ def run_recipe() -> dict:
 
 
 def run_studio(augment: bool) -> dict:
-    import keras  # noqa: F401  (imported before the clock starts, as in run_recipe)
-    import tensorflow  # noqa: F401
+    from pipeline.host.devices import select_backend
+
+    select_backend()  # $KERAS_BACKEND (bench_backends.py runs the studio on jax too)
+    import keras  # (imported before the clock starts, as in run_recipe)
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow  # noqa: F401
 
     from pipeline import config as config_mod
     from pipeline import train as train_mod

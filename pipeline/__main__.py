@@ -40,7 +40,9 @@ def _progress_printer():
                   f"lr {rec['lr']:.2g} {rec['seconds']:.1f}s ({rec['images_per_second']:.0f} img/s)",
                   file=sys.stderr, flush=True)
         elif ev in ("start", "resumed"):
-            print(f"{'resuming' if ev == 'resumed' else 'training'}: phases {', '.join(rec['phases'])}", file=sys.stderr)
+            from pipeline.jobs.child import sentence
+
+            print(sentence(rec), file=sys.stderr)
         elif ev in ("warning", "rollback"):
             print(f"warning: {rec.get('message') or rec.get('reason')}", file=sys.stderr)
         elif ev == "evaluate" and "done" not in rec:
@@ -220,9 +222,9 @@ def cmd_worker(args) -> int:
 
 
 def cmd_doctor(args) -> int:
-    from pipeline import doctor
+    from pipeline.host import doctor
 
-    facts = doctor.report()
+    facts = doctor.report(args.backend or "")
     print(json.dumps(facts, indent=2) if args.json else doctor.format_report(facts))
     return 0
 
@@ -335,8 +337,10 @@ def parser() -> argparse.ArgumentParser:
     w.add_argument("--concurrency", type=int, help="jobs at once (default: visible GPUs, 1 without)")
     w.set_defaults(func=cmd_worker)
 
-    dr = sub.add_parser("doctor", help="what training runs on here: devices, TensorFlow build, CUDA, threads")
+    dr = sub.add_parser("doctor", help="what training runs on here: backend, devices, CUDA, precision, threads")
     dr.add_argument("--json", action="store_true")
+    dr.add_argument("--backend", choices=("tensorflow", "jax"), help="ask about this Keras backend "
+                    "(default: $KERAS_BACKEND, else tensorflow)")
     dr.set_defaults(func=cmd_doctor)
 
     b = sub.add_parser("backbones", help="list the supported backbones")

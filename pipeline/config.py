@@ -330,14 +330,20 @@ SECTIONS: dict[str, type] = {
 
 
 def field_help() -> dict[str, str]:
-    """Dotted key -> one-line meaning, parsed from each section's ``Attributes:`` docstring."""
+    """Dotted key -> meaning, parsed from each section's ``Attributes:`` docstring (an attribute's more indented
+    continuation lines joined to it)."""
     out: dict[str, str] = {}
     for section, cls in SECTIONS.items():
         doc = (cls.__doc__ or "").split("Attributes:", 1)[-1]
+        key, indent = None, None
         for line in doc.splitlines():
+            depth = len(line) - len(line.lstrip())
             name, sep, text = line.strip().partition(":")
-            if sep and name.isidentifier():
-                out[f"{section}.{name}"] = text.strip()
+            if sep and name.isidentifier() and (indent is None or depth == indent):
+                key, indent = f"{section}.{name}", depth
+                out[key] = text.strip()
+            elif key and line.strip() and depth > (indent or 0):
+                out[key] += " " + line.strip()
     return out
 
 

@@ -35,6 +35,9 @@ def predict_split(run_dir: str | Path, split: str | None = None, *, limit: int |
         on_event: Called with ``{"event": "evaluate", "done": n, "total": N}`` after each batch.
     """
     run, cfg, splits = load_run(run_dir)
+    from pipeline.host.devices import select_backend
+
+    select_backend(cfg.train.backend, strict=False)  # the run's backend where Keras is not loaded yet
     split = split or splits.eval_split
     files = splits.paths(split)[:limit]
     relpaths = [rel for rel, _ in getattr(splits, split)][:limit]

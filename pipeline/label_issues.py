@@ -124,6 +124,9 @@ def find_for_run(run_dir: str | Path, *, progress: Callable[[str], None] | None 
     from pipeline.runfolder import load_model, load_run
 
     run, cfg, splits = load_run(run_dir)
+    from pipeline.host.devices import select_backend
+
+    select_backend(cfg.train.backend, strict=False)  # a JAX run's search runs on JAX where Keras is not loaded yet
     if pretrained_base_usable(cfg):
         extractor, features = None, "pretrained base, frozen (out of sample)"
     else:

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from importlib import metadata
 
-from pipeline import doctor
+from pipeline.host import doctor
 from tests.conftest import ROOT
 
 
@@ -27,6 +27,19 @@ def test_doctor_reports_this_machine_and_a_verdict():
     text = subprocess.run([sys.executable, "-m", "pipeline", "doctor"], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300).stdout
     assert f"tensorflow {facts['tensorflow']}" in text and f"verdict: {facts['verdict']}" in text
+    assert facts["keras_backend"] == "tensorflow" and facts["precision"].startswith("float32")
+    assert facts["worker_hands_out"] == ["the CPU (one job at a time)"] or facts["system_gpus"]
+
+
+def test_doctor_on_jax_names_its_devices_and_the_gpus_the_worker_hands_out():
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": "3,5"}
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "doctor", "--json", "--backend", "jax"], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    facts = json.loads(proc.stdout)
+    assert facts["keras_backend"] == "jax" and facts["jax"] == metadata.version("jax")
+    assert facts["worker_hands_out"] == ["GPU 3", "GPU 5"] and facts["local_worker_jobs_at_once"] == 2
+    assert facts["devices"] and facts["verdict"].startswith("training runs on")
 
 
 def test_verdict_names_why_a_gpu_is_not_used():

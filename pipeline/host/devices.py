@@ -103,8 +103,11 @@ def backend_name(configured: str = "") -> str:
     return configured or os.environ.get("KERAS_BACKEND") or "tensorflow"
 
 
-def select_backend(configured: str = "") -> str:
+def select_backend(configured: str = "", *, strict: bool = True) -> str:
     """Makes :func:`backend_name` the Keras backend of this process; call it before anything imports Keras.
+
+    ``strict=False`` (evaluation, the label-error search: a model.keras runs on either backend): where Keras is
+    already imported, keep its backend instead of refusing. Returns the backend in force.
 
     Raises:
         DeviceError: Keras is already imported on another backend (the choice is made once per process).
@@ -116,6 +119,8 @@ def select_backend(configured: str = "") -> str:
         import keras
 
         have = keras.backend.backend()
+        if not strict:
+            return have
         if have != want:
             raise DeviceError(f"train.backend={want!r}, but this process already runs Keras on {have}; "
                               f"start it with KERAS_BACKEND={want} (a job's process does so by itself).")
