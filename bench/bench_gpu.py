@@ -232,9 +232,16 @@ def main(argv: list[str] | None = None) -> int:
                     "data": str(data), "run_dir": str(work / f"run-{precision}-{batch}")}
             spec.pop("configs")
             t0 = time.perf_counter()
-            proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
-                                  cwd=ROOT, env=env, capture_output=True, text=True,
-                                  timeout=max(60.0, args.budget - elapsed + 60))
+            try:
+                proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
+                                      cwd=ROOT, env=env, capture_output=True, text=True,
+                                      timeout=max(60.0, args.budget - elapsed + 60))
+            except subprocess.TimeoutExpired as exc:
+                durations.append(time.perf_counter() - t0)
+                emit({"precision": precision, "batch_size": batch, "failed": "timeout",
+                      "seconds": round(durations[-1], 1), "stderr": (exc.stderr or b"")[-2000:].decode(errors="replace")
+                      if isinstance(exc.stderr, bytes) else (exc.stderr or "")[-2000:]})
+                continue
             durations.append(time.perf_counter() - t0)
             if proc.returncode != 0:
                 emit({"precision": precision, "batch_size": batch, "failed": proc.returncode,

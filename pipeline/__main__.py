@@ -40,9 +40,10 @@ def _progress_printer():
                   f"lr {rec['lr']:.2g} {rec['seconds']:.1f}s ({rec['images_per_second']:.0f} img/s)",
                   file=sys.stderr, flush=True)
         elif ev in ("start", "resumed"):
-            from pipeline.jobs.child import sentence
+            from pipeline.jobs.child import where
 
-            print(sentence(rec), file=sys.stderr)
+            print(f"{'resuming' if ev == 'resumed' else 'training'}: phases {', '.join(rec['phases'])}{where(rec)}",
+                  file=sys.stderr)
         elif ev in ("warning", "rollback"):
             print(f"warning: {rec.get('message') or rec.get('reason')}", file=sys.stderr)
         elif ev == "evaluate" and "done" not in rec:

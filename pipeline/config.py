@@ -201,10 +201,11 @@ class TrainConfig:
         seed: Seed for the split, shuffling, augmentation and initialisation.
         progress_every: Write a progress line to metrics.jsonl every this many batches.
         deterministic: Bit-for-bit repeatable training (TensorFlow op determinism; somewhat slower).
-        gpus: GPUs a job asks for (the local worker and Ray); 0 = one where there is a GPU. With more than one
-            the run trains data-parallel on all of them.
-        devices: Devices one run trains data-parallel on: 0 = every device the job was given (its GPUs, else
-            the CPU as one device); N > 1 on a CPU splits it into N logical devices (for tests and checks).
+        gpus: GPUs a job asks for: the local worker gives it that many of its own (0 = one, where there is a GPU);
+            Ray schedules it on a node with that many (0 = none). With more than one the run trains
+            data-parallel on all of them.
+        devices: Devices one run trains data-parallel on: 0 = train.gpus of the GPUs the process sees (0: one),
+            or the CPU as one device; N > 1 on a CPU splits it into N logical devices (for tests and checks).
         precision: float32 (default on every device), mixed_float16 or mixed_bfloat16. Measured on an H100
             for MobileNetV2 0.35 @ 224, mixed precision was slower (bf16 2,185 vs 3,064 images/s at batch 32,
             ~99 s to compile); model.keras and every export are float32 whatever the training precision.

@@ -298,9 +298,17 @@ def _train_phases(run: RunFolder, cfg: RunConfig, splits: data_mod.Splits, state
     """Trains every phase not yet done (resuming a started one) and writes model.keras from the best weights."""
     _reconcile_metrics(run, state, emit)
     resumed = any(p["epochs_done"] or p["done"] for p in state["phases"].values())
-    state["status"] = "running"
-    run.write_state(state)
     placement = place(cfg)
+    here = {"backend": placement.backend, "replicas": placement.replicas}
+    before = state.get("placement")
+    if before and before != here:  # another backend or device count would train other batches
+        release(placement)
+        raise RunFolderError(
+            f"{run.root} was trained on {before['backend']} with {before['replicas']} device(s) and this process has "
+            f"{here['backend']} with {here['replicas']}; resume it as it started (KERAS_BACKEND or train.backend, and "
+            "the same GPUs or train.devices), or train into a new run folder.")
+    state.update(status="running", placement=here)
+    run.write_state(state)
     try:
         emit({"event": "resumed" if resumed else "start", "phases": [p.name for p in phases_for(cfg)],
               **placement.describe(), "batch_size": cfg.train.batch_size,
@@ -333,6 +341,12 @@ def _saved_model(cfg: RunConfig, models: model_mod.Models, placement: Placement)
     import numpy as np
 
     plain = model_mod.build_models(cfg, models.inference.output_shape[-1], weights="none").inference
+
+    def layout(model):  # each weight's own name and shape, in order (layer names may carry a _1 suffix here)
+        return [(w.path.rsplit("/", 1)[-1], tuple(w.shape)) for w in model.weights]
+
+    if layout(plain) != layout(models.inference):
+        raise AssertionError("the float32 rebuild of the inference model differs from the trained one")
     plain.set_weights([np.asarray(w, dtype=np.float32) if np.asarray(w).dtype.kind == "f" else np.asarray(w)
                        for w in models.inference.get_weights()])
     return plain
@@ -472,6 +486,9 @@ def _phase_options(shared: PhaseShared, phase: Phase, first_epoch: int) -> Phase
         model_mod.unfreeze_all(models)
 
     n = len(labels["train"])
+    if n < replicas:
+        raise config_mod.ConfigError(f"train.devices: {replicas} devices need at least {replicas} training images "
+                                     f"and this split has {n}; train on fewer devices or add images.")
     onehot = {split: np.eye(shared.num_classes, dtype=np.float32)[labels[split]] for split in ("train", "val")}
     if shared.placement.backend == "tensorflow":
         steps, class_weight = -(-n // bs), shared.class_weight
@@ -565,9 +582,13 @@ def run_phase(shared: PhaseShared, options: PhaseOptions) -> None:
         ]
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*shuffle=True.*")
-            options.model.fit(options.train_data, validation_data=options.val_data, epochs=phase.epochs,
-                              initial_epoch=first, steps_per_epoch=options.steps_per_epoch,
-                              class_weight=options.class_weight, callbacks=callbacks, verbose=0)
+            try:
+                options.model.fit(options.train_data, validation_data=options.val_data, epochs=phase.epochs,
+                                  initial_epoch=first, steps_per_epoch=options.steps_per_epoch,
+                                  class_weight=options.class_weight, callbacks=callbacks, verbose=0)
+            finally:
+                if hasattr(options.train_data, "close"):  # the JAX feed's reading thread stops here
+                    options.train_data.close()
     save_variables(run.phase_done_weights(phase.name), _variables(shared.models.train), fault="phase-done-write")
     ph["done"] = True
     run.write_state(shared.state)

@@ -6,9 +6,12 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 
+@pytest.mark.slow
 def test_bench_gpu_smoke_runs_both_precisions_and_imports_only_numpy_pillow_keras_jax(tmp_path, shared_dir):
     out = tmp_path / "gpu.jsonl"
     env = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "XLA_FLAGS")}

@@ -71,3 +71,48 @@ def test_worker_gives_each_child_its_own_gpus_and_a_two_gpu_job_waits_for_both(t
     start = _start_event(ja.run_dir)
     assert start["backend"] == "tensorflow" and start["precision"] == "float32"
     assert start["devices"]["framework"] and start["devices"]["replicas"] == 1
+
+
+def test_a_run_trains_on_one_device_unless_it_asks_for_more():
+    from pipeline import config as config_mod
+    from pipeline.training.placement import _take
+
+    gpus = ["/gpu:0", "/gpu:1"]
+
+    def take(kind, names, **train):
+        return _take(config_mod.from_dict({"train": train}), names, kind)
+
+    assert take("GPU", gpus) == ["/gpu:0"]  # a CLI run on a 2-GPU machine: one GPU, as the worker gives
+    assert take("GPU", gpus, gpus=2) == gpus and take("GPU", gpus, devices=2, gpus=1) == gpus
+    assert take("GPU", gpus, devices=1, gpus=2) == ["/gpu:0"]
+    assert take("CPU", ["/cpu:0"], gpus=2) == ["/cpu:0"]  # asked for GPUs, has none: the CPU
+    with pytest.raises(config_mod.ConfigError, match=r"train.gpus=3 is not allowed: this process sees 2 GPU"):
+        take("GPU", gpus, gpus=3)
+    with pytest.raises(config_mod.ConfigError, match=r"train.devices=2 is not allowed: this process sees 1 CPU"):
+        take("CPU", ["/cpu:0"], devices=2)
+
+
+def test_a_run_resumed_on_another_backend_or_device_count_is_refused(tmp_path):
+    from pipeline import train as train_mod
+    from pipeline.runfolder import RunFolderError
+
+    shapes = write_shapes_dataset(tmp_path / "shapes", per_class=8)
+    cfg = tiny_config(model={"backbone": "small_cnn"}, train={"strategy": "from_scratch", "head_epochs": 3})
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRANSFER_STUDIO_FAULT": "epoch-committed"}
+    config = tmp_path / "config.json"
+    from pipeline import config as config_mod
+
+    config_mod.save(cfg, config)
+    killed = subprocess.run([sys.executable, "-m", "pipeline", "train", str(shapes), "--run-dir", str(tmp_path / "run"),
+                             "--config", str(config)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    run = RunFolder(tmp_path / "run")
+    state = run.read_state()
+    assert state["placement"] == {"backend": "tensorflow", "replicas": 1}
+    run.write_state({**state, "placement": {"backend": "jax", "replicas": 2}})
+    with pytest.raises(RunFolderError, match=r"was trained on jax with 2 device\(s\) and this process has tensorflow "
+                                             r"with 1; resume it as it started"):
+        train_mod.train(str(shapes), run.root, cfg)
+    run.write_state(state)
+    train_mod.train(str(shapes), run.root, cfg)  # as it started: it resumes and finishes
+    assert [e["epoch"] for e in run.epochs()] == [1, 2, 3]

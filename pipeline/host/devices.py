@@ -13,6 +13,7 @@ Nothing here imports TensorFlow, JAX or Keras at module level: the worker, which
 from __future__ import annotations
 
 import importlib.abc
+import importlib.util
 import os
 import sys
 from collections.abc import Mapping
@@ -107,7 +108,8 @@ def select_backend(configured: str = "", *, strict: bool = True) -> str:
     """Makes :func:`backend_name` the Keras backend of this process; call it before anything imports Keras.
 
     ``strict=False`` (evaluation, the label-error search: a model.keras runs on either backend): where Keras is
-    already imported, keep its backend instead of refusing. Returns the backend in force.
+    already imported keep its backend instead of refusing, where JAX is missing stay on TensorFlow, and never
+    block TensorFlow. Returns the backend in force.
 
     Raises:
         DeviceError: Keras is already imported on another backend (the choice is made once per process).
@@ -115,12 +117,19 @@ def select_backend(configured: str = "", *, strict: bool = True) -> str:
     want = backend_name(configured)
     if want not in BACKENDS:
         raise DeviceError(f"KERAS_BACKEND={want!r}: Transfer Studio trains on tensorflow or jax.")
+    if not strict:
+        if "keras" in sys.modules:
+            import keras
+
+            return keras.backend.backend()
+        if want == "jax" and importlib.util.find_spec("jax") is None:
+            return os.environ.get("KERAS_BACKEND") or "tensorflow"  # a model.keras runs on TensorFlow too
+        os.environ["KERAS_BACKEND"] = want
+        return want
     if "keras" in sys.modules:
         import keras
 
         have = keras.backend.backend()
-        if not strict:
-            return have
         if have != want:
             raise DeviceError(f"train.backend={want!r}, but this process already runs Keras on {have}; "
                               f"start it with KERAS_BACKEND={want} (a job's process does so by itself).")

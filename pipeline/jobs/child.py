@@ -22,15 +22,21 @@ from pathlib import Path
 from pipeline.exitcodes import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_USER_ERROR
 
 
+def where(rec: dict) -> str:
+    """What a start/resumed record says about placement: ", on jax (cpu:0, cpu:1; given all), float32. Data-..."."""
+    devices = rec.get("devices")
+    if not devices:
+        return ""
+    line = (f", on {rec.get('backend')} ({', '.join(devices.get('framework', []))}; given {devices.get('given')}), "
+            f"{rec.get('precision')}")
+    return ". ".join([line, *(n[0].upper() + n[1:] for n in rec.get("notes", []))])
+
+
 def sentence(rec: dict) -> str | None:
     """A metrics record as the line train.log shows (the app's log panel): a sentence, not a dict."""
     ev = rec.get("event")
     if ev in ("start", "resumed"):
-        line = f"{'Resuming' if ev == 'resumed' else 'Training'}: phases {', '.join(rec.get('phases', []))}"
-        if devices := rec.get("devices"):
-            line += (f", on {rec.get('backend')} ({', '.join(devices.get('framework', []))}; given "
-                     f"{devices.get('given')}), {rec.get('precision')}")
-        return ". ".join([line, *(n[0].upper() + n[1:] for n in rec.get("notes", []))]) + "."
+        return f"{'Resuming' if ev == 'resumed' else 'Training'}: phases {', '.join(rec.get('phases', []))}{where(rec)}."
     if ev == "phase":
         start = f", going on from epoch {rec['first_epoch']}" if rec.get("first_epoch", 1) > 1 else ""
         cached = ", on cached features" if rec.get("cached_features") else ""

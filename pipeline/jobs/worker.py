@@ -123,11 +123,18 @@ class Worker:
             self.store.finish(job.id, "failed", str(exc))
             print(f"job {job.id} failed: {exc}", file=sys.stderr, flush=True)
             return
+        try:
+            self.children[job.id] = start_python("pipeline.jobs.child", job.id, log=run_dir / "train.log",
+                                                 env={"TRANSFER_STUDIO_HOME": str(self.store.home),
+                                                      **child_device_env(ids)},
+                                                 die_with_parent=True)
+        except OSError as exc:  # no process to run it (fork failed, the log cannot be opened): its GPUs stay free
+            self.devices.give_back(ids)
+            self.store.finish(job.id, "failed", f"the training process could not start ({exc}); resume it with "
+                              f"`python -m pipeline resume {job.id}`")
+            print(f"job {job.id} failed to start: {exc}", file=sys.stderr, flush=True)
+            return
         self.given[job.id] = ids
-        self.children[job.id] = start_python("pipeline.jobs.child", job.id, log=run_dir / "train.log",
-                                             env={"TRANSFER_STUDIO_HOME": str(self.store.home),
-                                                  **child_device_env(ids)},
-                                             die_with_parent=True)
         where = f"on GPU {','.join(ids)}" if ids else "on the CPU"
         print(f"job {job.id} started {where} (attempt {job.attempts})", file=sys.stderr, flush=True)
 

@@ -56,25 +56,28 @@ def steps_per_epoch(n: int, batch_size: int, multiple_of: int = 1) -> int:
 
 def prefetched(items: Iterator, depth: int = PREFETCH, clock: WaitClock | None = None) -> Iterator:
     """``items`` produced by a thread, ``depth`` ahead; an error there is raised here, in order. ``clock``
-    adds up the time spent waiting for an item."""
+    adds up the time spent waiting for an item. Closing the generator (or dropping it: ``fit`` stopped early,
+    a cancel) stops the thread and waits for it, so it never reads a cache after the cache is closed."""
     q: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
-    done = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def produce() -> None:
         try:
             for item in items:
-                while not stop.is_set():
-                    try:
-                        q.put(("item", item), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(("item", item)):
                     return
-            q.put(("end", done))
+            put(("end", None))
         except BaseException as exc:  # handed to the consumer
-            q.put(("error", exc))
+            put(("error", exc))
 
     thread = threading.Thread(target=produce, name="feed", daemon=True)
     thread.start()
@@ -91,6 +94,7 @@ def prefetched(items: Iterator, depth: int = PREFETCH, clock: WaitClock | None =
             yield item
     finally:
         stop.set()
+        thread.join(timeout=30)
 
 
 def image_batches(index_batches: Iterator[np.ndarray], take: Callable[[np.ndarray], np.ndarray], onehot: np.ndarray,

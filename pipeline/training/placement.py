@@ -4,8 +4,9 @@
 
 - **Precision** is ``train.precision`` (float32 by default on every device: mixed precision was measured
   slower for our backbones, see BENCHMARKS.md); the saved and exported model is float32 whatever it is.
-- **Devices**: the GPUs the process sees (the worker gave it its own, ``CUDA_VISIBLE_DEVICES``), else the CPU.
-  ``train.devices`` takes the first N of them; on a CPU, N > 1 splits it into N logical devices (TensorFlow:
+- **Devices**: on a GPU machine, ``train.devices`` GPUs, or when it is 0 ``train.gpus`` of them (0: one), of
+  those the process sees (the worker gave it its own, ``CUDA_VISIBLE_DEVICES``); else the CPU, which
+  ``train.devices`` = N > 1 splits into N logical devices (TensorFlow:
   ``tf.config.set_logical_device_configuration``; JAX: ``--xla_force_host_platform_device_count``, which
   must be in ``XLA_FLAGS`` before JAX starts: the job's process sets it, :func:`xla_flags_for`).
 - **Several devices** train data-parallel: ``tf.distribute.MirroredStrategy`` on TensorFlow,
@@ -86,7 +87,6 @@ def place(cfg: RunConfig) -> Placement:
     """
     import keras
 
-    keras.mixed_precision.set_global_policy(cfg.train.precision)
     given = os.environ.get("CUDA_VISIBLE_DEVICES", "all")
     if keras.backend.backend() == "jax":
         out = _place_jax(cfg, given)
@@ -94,6 +94,7 @@ def place(cfg: RunConfig) -> Placement:
         out = _place_tensorflow(cfg, given)
     else:
         raise ConfigError(f"KERAS_BACKEND={keras.backend.backend()!r}: Transfer Studio trains on tensorflow or jax.")
+    keras.mixed_precision.set_global_policy(cfg.train.precision)  # last: nothing above leaves it changed
     if out.replicas > 1:
         out.notes.append(f"data-parallel on {out.replicas} devices ({', '.join(out.devices)}): each step sees "
                          f"{cfg.train.batch_size} x {out.replicas} = {cfg.train.batch_size * out.replicas} images")
@@ -101,11 +102,15 @@ def place(cfg: RunConfig) -> Placement:
 
 
 def _take(cfg: RunConfig, names: list[str], kind: str) -> list[str]:
-    want = cfg.train.devices
+    """The devices a run trains on: ``train.devices`` of ``names``, or on GPUs ``train.gpus`` (0: one)."""
+    if kind == "GPU" and not cfg.train.devices:
+        want, key = max(1, cfg.train.gpus), "train.gpus"
+    else:
+        want, key = cfg.train.devices or 1, "train.devices"
     if want > len(names):
-        raise ConfigError(f"train.devices={want} is not allowed: this process sees {len(names)} {kind} device(s) "
-                          f"({', '.join(names)}); use 0 (all of them) to {len(names)}.")
-    return names[:want] if want else names
+        raise ConfigError(f"{key}={want} is not allowed: this process sees {len(names)} {kind} device(s) "
+                          f"({', '.join(names)}); use 1 to {len(names)}.")
+    return names[:want]
 
 
 def _place_tensorflow(cfg: RunConfig, given: str) -> Placement:
