@@ -65,15 +65,18 @@ def test_every_tflite_file_has_metadata_that_mediapipe_classifies_with(exported,
         assert meta["input"]["color_space"] == "RGB" and meta["input"]["normalization"] == {"mean": [0.0], "std": [1.0]}
         assert meta["name"] and meta["version"] and meta["description"], fmt
         interp = tflite.interpreter(path)
-        litert_top = tflite.predict(interp, images.astype(np.float32)).argmax(1)
+        litert = tflite.predict(interp, images.astype(np.float32))
+        decided = verify.margins(litert) > verify.mediapipe_tie(path, fmt)  # an exact uint8 tie goes either way
+        assert decided.mean() > 0.9, fmt
         options = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=str(path)), max_results=-1)
         with vision.ImageClassifier.create_from_options(options) as classifier:
-            for img, expected in zip(images, litert_top, strict=True):
+            for img, expected, sure in zip(images, litert.argmax(1), decided, strict=True):
                 cats = classifier.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=img)).classifications[0].categories
                 assert sorted(c.category_name for c in cats) == sorted(labels), fmt
-                assert cats[0].category_name == labels[expected], fmt
+                assert cats[0].category_name == labels[expected] or not sure, fmt
         row = result["formats"][f"mediapipe-{fmt.removeprefix('tflite-')}"]
-        assert row["passed"] and row["agreement"] == 1.0, row
+        assert row["passed"] and row["counted_agreement"] == 1.0, row
+        assert row["agreement"] >= 1 - row["near_tie_flips"] / len(images), row
     assert manifest["tflite_metadata"]["tflite-float32"]["min_parser_version"] == "1.0.0"
     assert "uint8" in manifest["tflite_metadata"]["tflite-int8"]["input"]["description"]
 
