@@ -338,8 +338,6 @@ def _saved_model(cfg: RunConfig, models: model_mod.Models, placement: Placement)
     if cfg.train.precision == "float32" and placement.replicas == 1:
         return models.inference
     release(placement)
-    import numpy as np
-
     plain = model_mod.build_models(cfg, models.inference.output_shape[-1], weights="none").inference
 
     def layout(model):  # each weight's own name and shape, in order (layer names may carry a _1 suffix here)
@@ -347,8 +345,7 @@ def _saved_model(cfg: RunConfig, models: model_mod.Models, placement: Placement)
 
     if layout(plain) != layout(models.inference):
         raise AssertionError("the float32 rebuild of the inference model differs from the trained one")
-    plain.set_weights([np.asarray(w, dtype=np.float32) if np.asarray(w).dtype.kind == "f" else np.asarray(w)
-                       for w in models.inference.get_weights()])
+    plain.set_weights(models.inference.get_weights())  # mixed policies keep float32 variables
     return plain
 
 

@@ -55,6 +55,11 @@ def gpus_wanted(train: Mapping[str, Any]) -> int:
     return max(1, int(train.get("gpus", 0) or 0))
 
 
+def jobs_at_once(ids: list[str]) -> int:
+    """How many jobs the local worker runs at once by default: one per GPU, one without a GPU."""
+    return max(1, len(ids))
+
+
 class DevicePool:
     """The worker's GPUs: each job takes its own (``train.gpus`` of them, default one) and gives them back.
 

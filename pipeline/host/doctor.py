@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pipeline.host.devices import select_backend, visible_gpu_ids
+from pipeline.host.devices import jobs_at_once, select_backend, visible_gpu_ids
 
 PRECISION_NOTE = ("float32 on every device unless train.precision says mixed_float16 or mixed_bfloat16 "
                   "(model.keras and exports are float32 either way)")
@@ -53,7 +53,7 @@ def report(backend: str = "") -> dict[str, Any]:
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "backend": "ray at " + os.environ["TRANSFER_STUDIO_RAY_ADDRESS"]
         if os.environ.get("TRANSFER_STUDIO_RAY_ADDRESS") else "local worker",
-        "local_worker_jobs_at_once": max(1, len(gpu_ids)),
+        "local_worker_jobs_at_once": jobs_at_once(gpu_ids),
         "worker_hands_out": [f"GPU {i}" for i in gpu_ids] or ["the CPU (one job at a time)"],
         "precision": PRECISION_NOTE,
     }

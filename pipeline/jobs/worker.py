@@ -21,19 +21,14 @@ import threading
 from pathlib import Path
 
 from pipeline.exitcodes import EXIT_CANCELLED
-from pipeline.host.devices import DeviceError, DevicePool, child_device_env, visible_gpu_ids
+from pipeline.host.devices import DeviceError, DevicePool, child_device_env, jobs_at_once, visible_gpu_ids
 from pipeline.jobs.store import HEARTBEAT_SECONDS, JobStore
 from pipeline.launch import start_python
 
 
-def visible_gpus() -> int:
-    """NVIDIA GPUs this process may use, without loading TensorFlow (the worker stays light)."""
-    return len(visible_gpu_ids())
-
-
 def default_concurrency() -> int:
     """One job per visible GPU, 1 without a GPU: two jobs never fight over one device."""
-    return max(1, visible_gpus())
+    return jobs_at_once(visible_gpu_ids())
 
 
 class WorkerLock:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.config import ConfigError, RunConfig
+from pipeline.host.devices import gpus_wanted
 
 
 @dataclass
@@ -104,7 +105,7 @@ def place(cfg: RunConfig) -> Placement:
 def _take(cfg: RunConfig, names: list[str], kind: str) -> list[str]:
     """The devices a run trains on: ``train.devices`` of ``names``, or on GPUs ``train.gpus`` (0: one)."""
     if kind == "GPU" and not cfg.train.devices:
-        want, key = max(1, cfg.train.gpus), "train.gpus"
+        want, key = gpus_wanted(vars(cfg.train)), "train.gpus"
     else:
         want, key = cfg.train.devices or 1, "train.devices"
     if want > len(names):
