@@ -175,22 +175,30 @@ def cmd_cancel(args) -> int:
 
 
 def cmd_delete(args) -> int:
-    """Deletes a job (by id, or by its run folder) with its run folder; or a run folder `train` made."""
+    """Deletes a job (by id, or by its run folder) with its run folder; or a run folder ``train`` made under the
+    runs folder. Nothing else: a path is removed only when its own layout proves it is a run (``RunFolder.not_a_run``)
+    and it lies in ``TRANSFER_STUDIO_HOME/runs``; a run folder elsewhere is the user's to remove."""
     import re
-    import shutil
 
+    from pipeline import paths
     from pipeline.jobs.backends import get_backend
     from pipeline.jobs.store import JobError
+    from pipeline.runfolder import RunFolder, remove_folder
 
     target = args.target
     backend = get_backend()
     if not re.fullmatch(r"[0-9a-f]{32}", target):
-        folder = Path(target).expanduser().resolve()
-        job = next((j for j in backend.list() if Path(j.run_dir).resolve() == folder), None)
+        given = Path(target).expanduser().absolute()
+        folder = given.parent.resolve() / given.name  # a link itself is not followed (not_a_run refuses it)
+        job = next((j for j in backend.list() if Path(j.run_dir).resolve() == given.resolve()), None)
         if job is None:
-            if not folder.is_dir() or not any((folder / f).exists() for f in ("config.json", "state.json")):
-                raise JobError(f"{target} is neither a job id nor a run folder (no config.json or state.json).")
-            shutil.rmtree(folder)
+            runs = paths.home() / "runs"
+            if folder.parent != runs:
+                raise JobError(f"{target} is neither a job id nor a run folder in {runs}; `delete` removes only "
+                               "the runs it keeps there (a folder elsewhere is yours: remove it yourself).")
+            if why := RunFolder(folder).not_a_run():
+                raise JobError(f"{target} is not deleted: {why}.")
+            remove_folder(folder)
             print(f"deleted run folder {folder}")
             return 0
         target = job.id
@@ -203,7 +211,8 @@ def cmd_resume(args) -> int:
     from pipeline.jobs.backends import get_backend
 
     job = get_backend().resume(args.job)
-    print(f"{job.id} {job.state}: it continues from its last finished epoch")
+    print(f"{job.id} done: its run had finished (eval.json is in {job.run_dir})" if job.state == "done"
+          else f"{job.id} {job.state}: it continues from its last finished epoch")
     return 0
 
 

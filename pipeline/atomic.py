@@ -30,7 +30,8 @@ def fault_point(name: str) -> None:
     real SIGKILL: nothing runs after it, exactly as when the kernel's OOM killer strikes. Unset, it costs one
     dictionary lookup. The points: ``checkpoint-write``, ``state-write``, ``phase-done-write``, ``model-write``
     and ``eval-write`` (a complete temporary file, not yet renamed), ``epoch-committed`` (state.json has the
-    epoch, metrics.jsonl not yet), ``evaluate`` (after the first evaluated batch).
+    epoch, metrics.jsonl not yet), ``evaluate`` (after the first evaluated batch), ``run-done`` (state.json says
+    done, the process has not exited: its job must still end done).
     """
     if os.environ.get(FAULT_ENV) == name:
         os.kill(os.getpid(), signal.SIGKILL)

@@ -179,6 +179,15 @@ class MetricsWriter:
 
 # === The folder ===
 
+# Every top-level name a run folder can hold (this module, the training child, export, the label-issue search,
+# the app): the layout `delete` checks before it removes a folder that no job names. Hidden temporary files
+# (``.NAME.*.tmp``, ``.*.lock``) are a run's too.
+RUN_ENTRIES = frozenset({
+    "config.json", "dataset.json", "metrics.jsonl", "state.json", "state.prev.json", "state.json.damaged",
+    "checkpoints", "model.keras", "eval.json", "CANCEL", "exports", "export_status.json", "export.log",
+    "train.log", "error.txt", "job.json", "label_issues.json", "label_issues.status.json", "label_issues.log",
+})
+
 
 @dataclass(frozen=True)
 class RunFolder:
@@ -245,6 +254,35 @@ class RunFolder:
     def exports(self) -> Path:
         return self.root / "exports"
 
+    def not_a_run(self) -> str | None:
+        """Why this folder is not a run folder, or None when its own layout proves it is one.
+
+        A run folder holds a config.json that reads as a RunConfig, a dataset.json with the splits, and
+        nothing but the names a run writes (:data:`RUN_ENTRIES`, hidden temporary and lock files).
+        """
+        if self.root.is_symlink() or not self.root.is_dir():
+            return f"{self.root} is not a folder"
+        from pipeline import config as config_mod
+
+        try:
+            config_mod.load(self.config)
+            splits = _read_json_object(self.dataset)["splits"]
+            if not isinstance(splits, dict):
+                raise ValueError("no splits")
+        except (OSError, ValueError, KeyError, config_mod.ConfigError) as exc:
+            return f"{self.root} holds no run's config.json and dataset.json ({type(exc).__name__}: {exc})"
+        foreign = sorted(p.name for p in self.root.iterdir() if p.name not in RUN_ENTRIES and not p.name.startswith("."))
+        if foreign:
+            return f"{self.root} holds what a run does not write ({', '.join(foreign[:5])})"
+        return None
+
+    def finished(self) -> bool:
+        """True when state.json says the run is done (trained and evaluated): a job with such a run succeeded."""
+        try:
+            return self.read_state().get("status") == "done"
+        except DamagedFileError:
+            return False
+
     # === state.json ===
 
     def read_state(self) -> dict[str, Any]:
@@ -308,6 +346,19 @@ class RunFolder:
             elif m.get("event") == "rollback":
                 out = [e for e in out if e.get("phase") != m["phase"] or e.get("epoch", 0) <= m["epoch"]]
         return out
+
+
+def remove_folder(folder: Path) -> None:
+    """Deletes ``folder`` and everything in it, renamed to a hidden name first so that a half-deleted folder
+    never looks like a run (a kill during the removal leaves ``.deleting-NAME``, which nothing lists)."""
+    import shutil
+
+    folder = Path(folder)
+    if folder.exists():
+        trash = folder.with_name(f".deleting-{folder.name}")
+        shutil.rmtree(trash, ignore_errors=True)  # what an earlier, killed removal left
+        folder.replace(trash)
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def _read_json_object(path: Path) -> dict[str, Any]:

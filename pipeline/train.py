@@ -245,6 +245,7 @@ def train(
             evaluate(run.root)
             state["status"] = "done"
             run.write_state(state)
+            fault_point("run-done")
         emit({"event": "done", "best": state.get("best")})
     except TrainingCancelled:
         emit({"event": "cancelled"})

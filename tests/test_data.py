@@ -2,6 +2,7 @@ import io
 import os
 import stat
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,6 +90,35 @@ def test_scan_names_every_skipped_file_and_why(tmp_path):
     assert any("more than one class" in w for w in report.warnings)
     used = {rel for rel, _ in report.items["all"]}
     assert not used & set(reasons)
+
+
+def test_scan_skips_pipes_and_links_by_name_without_opening_them(tmp_path):
+    """A named pipe in a class folder hung the scan (opening it waits for a writer); a class folder that is a
+    link was followed (one to /etc listed the system) while file links were refused. One rule: no link is
+    followed, and nothing but a regular file is opened; each is listed as skipped, with why."""
+    import subprocess
+    import sys
+
+    root = write_shapes_dataset(tmp_path / "ds", per_class=4)
+    os.mkfifo(root / "bar" / "x.jpg")
+    outside = write_shapes_dataset(tmp_path / "elsewhere", per_class=3)
+    (root / "linked").symlink_to(outside / "disc", target_is_directory=True)
+    (root / "square" / "nested").symlink_to(outside / "bar", target_is_directory=True)
+    (root / "disc" / "link.png").symlink_to(outside / "disc" / "disc_00.png")
+    # in a child process with a deadline: on the old code the scan blocks in open() forever
+    done = subprocess.run([sys.executable, "-m", "pipeline", "scan", str(root), "--json"], capture_output=True,
+                          text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr
+    import json
+
+    report = json.loads(done.stdout)
+    reasons = {s["path"]: s["reason"] for s in report["skipped"]}
+    assert "named pipe" in reasons["bar/x.jpg"]
+    assert "symbolic link" in reasons["linked"] and "symbolic link" in reasons["square/nested"]
+    assert "symbolic link" in reasons["disc/link.png"]
+    assert report["classes"] == ["bar", "disc", "square"]
+    assert {cls: n["all"] for cls, n in data.ScanReport.from_dict(report).counts().items()} == \
+        {"bar": 4, "disc": 4, "square": 4}
 
 
 def test_one_class_is_an_error_naming_it(tmp_path):

@@ -20,13 +20,13 @@ QUICK = {"model": {"backbone": "small_cnn"}, "train": {"strategy": "from_scratch
 
 
 def _cli(*args, **kw):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = kw.pop("env", {**os.environ, "PYTHONPATH": str(ROOT)})
     return subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, **kw)
 
 
-def _run_once(*extra, timeout=600):
-    proc = _cli("worker", "--once", *extra)
+def _run_once(*extra, timeout=600, **kw):
+    proc = _cli("worker", "--once", *extra, **kw)
     out, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, err
     return err
@@ -213,6 +213,40 @@ def test_a_child_killed_alone_fails_with_a_way_forward_and_resumes(backend, tmp_
 
     with pytest.raises(JobError, match="is done; only a failed or cancelled job can be resumed"):
         backend.resume(job_id)
+
+
+def test_a_job_whose_run_finished_is_done_however_its_worker_or_child_died(backend, shapes, ts_home):
+    """A finished run is the job's result. Before: the worker dying after the run finished but before recording
+    it left the job failed for ever ("holds a finished run; use a new --run-dir"), and `resume` failed the same."""
+    from pipeline.atomic import FAULT_ENV
+
+    # 1. The child is SIGKILLed once state.json says done (before it exits): the worker records done.
+    killed = backend.submit(str(shapes), tiny_config(**QUICK))
+    _run_once(env={**os.environ, "PYTHONPATH": str(ROOT), FAULT_ENV: "run-done"})
+    assert backend.status(killed).state == "done", backend.status(killed).error
+
+    # 2. The worker died after its child finished the run: the job is left running; the next worker runs the
+    # child again, which finds the run done and trains nothing.
+    orphan = backend.submit(str(shapes), tiny_config(**QUICK))
+    backend.store.claim(backend.store.register_worker(1))  # a worker that never beats: dead at once
+    child = subprocess.run([sys.executable, "-m", "pipeline.jobs.child", orphan], cwd=ROOT, capture_output=True,
+                           text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert child.returncode == 0, child.stdout + child.stderr
+    run = RunFolder(backend.store.run_dir(orphan))
+    epochs = run.epochs()
+    assert backend.status(orphan).state == "running" and run.finished()
+    _run_once()
+    job = backend.status(orphan)
+    assert job.state == "done" and job.attempts == 2, job.error
+    assert run.epochs() == epochs  # nothing trained twice
+    assert "already finished" in (run.root / "train.log").read_text()
+
+    # 3. A job an older version left failed although its run finished: `resume` makes it done.
+    backend.store.finish(orphan, "failed", f"{run.root} holds a finished run; use a new --run-dir to train again.")
+    proc = _cli("resume", orphan)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "done: its run had finished" in out, err
+    assert backend.status(orphan).state == "done" and backend.status(orphan).error is None
 
 
 def test_a_damaged_job_database_is_a_message_not_a_traceback(ts_home):

@@ -218,8 +218,38 @@ def test_cli_deletes_a_job_or_a_run_folder(ts_home, capsys):
     assert main(["delete", queued]) == 2 and "cancel it first" in capsys.readouterr().err
     assert main(["delete", str(store.runs / done)]) == 0  # by its run folder
     assert done not in [j.id for j in store.list()] and not (store.runs / done).exists()
-    loose = ts_home / "my-run"
-    loose.mkdir()
-    (loose / "config.json").write_text("{}")
-    assert main(["delete", str(loose)]) == 0 and not loose.exists()
     assert main(["delete", str(ts_home)]) == 2 and "neither a job id nor a run folder" in capsys.readouterr().err
+
+
+def test_cli_delete_removes_only_what_its_layout_proves_is_a_run(ts_home, tmp_path, capsys):
+    """`delete PATH` removed any folder holding a config.json or a state.json (with the user's code beside it)."""
+    from pipeline.__main__ import main
+
+    def run_layout(folder: Path) -> Path:
+        folder.mkdir(parents=True)
+        config.save(config.RunConfig(), folder / "config.json")
+        (folder / "dataset.json").write_text(json.dumps({"splits": {"root": "/x", "classes": [], "train": []}}))
+        (folder / "checkpoints").mkdir()
+        (folder / ".state.json.abc.tmp").write_text("")  # a killed write's leftover is a run's too
+        return folder
+
+    project = tmp_path / "X"
+    (project / "src").mkdir(parents=True)
+    (project / "config.json").write_text("{}")
+    (project / "src" / "a.py").write_text("hi")
+    only_state = ts_home / "runs" / "state-only"
+    only_state.mkdir(parents=True)
+    (only_state / "state.json").write_text('{"phases": {}}')
+    mixed = run_layout(ts_home / "runs" / "with-notes")
+    (mixed / "notes.txt").write_text("mine")
+    outside = run_layout(tmp_path / "elsewhere" / "run")
+    for folder, words in ((project, "neither a job id nor a run folder"), (only_state, "no run's config.json"),
+                          (mixed, "holds what a run does not write (notes.txt)"),
+                          (outside, "neither a job id nor a run folder")):
+        assert main(["delete", str(folder)]) == 2, folder
+        assert words in capsys.readouterr().err, folder
+        assert folder.is_dir(), folder
+    assert (project / "src" / "a.py").read_text() == "hi"
+    inside = run_layout(ts_home / "runs" / "trained-by-the-cli")
+    assert main(["delete", str(inside)]) == 0 and not inside.exists()
+    assert not list((ts_home / "runs").glob(".deleting-*"))

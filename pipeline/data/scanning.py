@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import stat
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -122,14 +123,16 @@ def scan(source_dir: str | Path, data_cfg: DataConfig | None = None, progress: P
     skipped: list[dict[str, str]] = []
     probes: list[_Probe] = []
     top = sorted(root.iterdir(), key=lambda p: p.name)
-    split_dirs = {p: SPLIT_NAMES[p.name.lower()] for p in top if p.is_dir() and p.name.lower() in SPLIT_NAMES}
+    split_dirs = {p: SPLIT_NAMES[p.name.lower()] for p in top
+                  if p.is_dir() and not p.is_symlink() and p.name.lower() in SPLIT_NAMES}
     layout = "splits" if any(v == "train" for v in split_dirs.values()) else "classes"
     if layout == "splits":
         for p in top:
             if p in split_dirs:
                 _collect_classes(root, p, split_dirs[p], probes, skipped)
             elif not is_hidden(p.name):
-                skipped.append({"path": _rel(root, p), "reason": "not a train/val/test split folder"})
+                skipped.append({"path": _rel(root, p),
+                                "reason": LINK_REASON if p.is_symlink() else "not a train/val/test split folder"})
     else:
         _collect_classes(root, root, "all", probes, skipped)
 
@@ -151,22 +154,55 @@ def _rel(root: Path, path: Path) -> str:
 
 
 def _collect_classes(root: Path, folder: Path, split: str, probes: list[_Probe], skipped: list[dict[str, str]]) -> None:
+    """Every regular file under ``folder``'s class folders becomes a probe; anything else is skipped by name.
+
+    One rule for links: a symbolic link (to a file or to a folder) is never followed, so a dataset is what
+    its folder holds (a class folder linked to ``/etc`` would list the system). Named pipes, sockets and
+    devices are skipped without being opened (opening a pipe waits for a writer forever).
+    """
     for entry in sorted(folder.iterdir(), key=lambda p: p.name):
-        if entry.is_dir():
-            if is_hidden(entry.name):
-                continue
-            for dirpath, dirnames, filenames in os.walk(entry):
-                dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
+        if is_hidden(entry.name):
+            continue
+        if entry.is_symlink():
+            skipped.append({"path": _rel(root, entry), "reason": LINK_REASON})
+        elif entry.is_dir():
+            for dirpath, dirnames, filenames in os.walk(entry):  # os.walk never descends into a linked folder
+                here = Path(dirpath)
+                for d in sorted(dirnames):
+                    if not is_hidden(d) and (here / d).is_symlink():
+                        skipped.append({"path": _rel(root, here / d), "reason": LINK_REASON})
+                dirnames[:] = sorted(d for d in dirnames if not is_hidden(d) and not (here / d).is_symlink())
                 for fname in sorted(filenames):
-                    full = Path(dirpath) / fname
+                    full = here / fname
                     if is_hidden(fname):
                         skipped.append({"path": _rel(root, full), "reason": "hidden or system file"})
-                    elif full.is_symlink():
-                        skipped.append({"path": _rel(root, full), "reason": "a symbolic link; copy the real file"})
+                    elif reason := not_a_regular_file(full):
+                        skipped.append({"path": _rel(root, full), "reason": reason})
                     else:
                         probes.append(_Probe(_rel(root, full), entry.name, split))
-        elif not is_hidden(entry.name):
+        else:
             skipped.append({"path": _rel(root, entry), "reason": "not inside a class folder"})
+
+
+LINK_REASON = "a symbolic link (links are not followed); copy the real file or folder into the dataset"
+
+
+def not_a_regular_file(path: Path) -> str | None:
+    """Why ``path`` is not read as an image (a link, a named pipe, a socket, a device), None for a regular file.
+
+    Looks with ``lstat`` only: nothing is opened, so a named pipe cannot block the scan.
+    """
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISLNK(mode):
+        return LINK_REASON
+    kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+    return f"{kind}, not an image file; it is skipped without being opened"
 
 
 def _probe_all(root: Path, probes: list[_Probe], max_pixels: int, progress: ProgressFn | None,

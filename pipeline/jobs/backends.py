@@ -48,7 +48,7 @@ class LocalBackend:
             self.ensure_worker()
             return self.store.get(job_id)
         job = self.store.resume(job_id)
-        if self.autostart:
+        if self.autostart and job.state == "queued":  # not when it turned out done (its run had finished)
             self.ensure_worker()
         return job
 

@@ -63,7 +63,7 @@ def main(argv: list[str]) -> int:
     from pipeline.data import DataError
     from pipeline.exitcodes import UserError
     from pipeline.jobs.store import JobStore
-    from pipeline.runfolder import RunFolderError, TrainingCancelled, atomic_write_text
+    from pipeline.runfolder import RunFolder, RunFolderError, TrainingCancelled, atomic_write_text
     from pipeline.train import train
 
     if argv[0] == "--run-dir":
@@ -76,6 +76,9 @@ def main(argv: list[str]) -> int:
         label = f"{job.id} attempt {job.attempts}"
     (run_dir / "error.txt").unlink(missing_ok=True)
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} job {label}: {source}", flush=True)
+    if RunFolder(run_dir).finished():  # its worker died after the run finished, before recording it
+        print(f"{time.strftime('%H:%M:%S')} The run had already finished: nothing to train.", flush=True)
+        return EXIT_OK
 
     def show(rec: dict) -> None:
         line = sentence(rec)

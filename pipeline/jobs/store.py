@@ -185,13 +185,9 @@ class JobStore:
         job = self.get(job_id)
         if job.state in ("queued", "running"):
             raise JobError(f"job {job_id} is {job.state}; cancel it first, then delete it once it has stopped.")
-        import shutil
+        from pipeline.runfolder import remove_folder
 
-        run_dir = Path(job.run_dir)
-        if run_dir.exists():  # renamed first, so a half-deleted folder never looks like a run
-            trash = run_dir.with_name(f".deleting-{job_id}")
-            run_dir.replace(trash)
-            shutil.rmtree(trash, ignore_errors=True)
+        remove_folder(Path(job.run_dir))
         with self._transaction() as db:
             db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
         return job
@@ -251,7 +247,8 @@ class JobStore:
         return self.get(job_id)
 
     def resume(self, job_id: str) -> Job:
-        """Queues a failed or cancelled job again; its training continues from its last finished epoch.
+        """Queues a failed or cancelled job again; its training continues from its last finished epoch. A job
+        whose run folder holds a finished run is done (its worker died before recording it): it becomes done.
 
         Raises:
             JobError: the job is queued, running or done.
@@ -259,6 +256,12 @@ class JobStore:
         job = self.get(job_id)
         if job.state not in ("failed", "cancelled"):
             raise JobError(f"job {job_id} is {job.state}; only a failed or cancelled job can be resumed.")
+        from pipeline.runfolder import RunFolder
+
+        if RunFolder(Path(job.run_dir)).finished():  # its run finished; the failure was the recording of it
+            with self._transaction() as db:
+                db.execute("UPDATE jobs SET state = 'done', error = NULL WHERE id = ?", (job_id,))
+            return self.get(job_id)
         (Path(job.run_dir) / "CANCEL").unlink(missing_ok=True)
         with self._transaction() as db:
             db.execute("UPDATE jobs SET state = 'queued', worker = NULL, finished = NULL, error = NULL, "

@@ -24,6 +24,7 @@ from pipeline.exitcodes import EXIT_CANCELLED
 from pipeline.host.devices import DeviceError, DevicePool, child_device_env, jobs_at_once, visible_gpu_ids
 from pipeline.jobs.store import HEARTBEAT_SECONDS, JobStore
 from pipeline.launch import start_python
+from pipeline.runfolder import RunFolder
 
 
 def default_concurrency() -> int:
@@ -142,7 +143,7 @@ class Worker:
             self.devices.give_back(self.given.pop(job_id, []))
             job = self.store.get(job_id)
             error_file = Path(job.run_dir) / "error.txt"
-            if rc == 0:
+            if rc == 0 or RunFolder(Path(job.run_dir)).finished():  # killed after the run was done: it is done
                 self.store.finish(job_id, "done")
             elif rc == EXIT_CANCELLED and job.cancel_requested:
                 self.store.finish(job_id, "cancelled")
