@@ -85,6 +85,14 @@ def _run(args, on_step) -> tuple[int, str | None]:
     except (UserError, PermissionError) as exc:  # UserError: pipeline.exitcodes' family (export's errors too)
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR, str(exc).splitlines()[0]
+    except Exception as exc:
+        from pipeline.host.disk import full_disk_error, is_full
+
+        if not is_full(exc):
+            raise
+        error = full_disk_error(exc, Path(args.out or args.run_dir))
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR, str(error)
     if result is not None:
         print(verify.table(result))
         if not result["passed"]:

@@ -28,6 +28,7 @@ from export.tflite import ConversionError
 from pipeline import data as data_mod
 from pipeline import paths
 from pipeline.exitcodes import UserError
+from pipeline.host.disk import full_disk_is_a_message
 from pipeline.runfolder import atomic_write_json, load_model, load_run
 
 FORMATS = ("savedmodel", "tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8", "tfjs", "tfjs-float16",
@@ -140,15 +141,18 @@ def export_run(
     with export_lock(run.root, dest, say):
         check_destination(dest, run.root)  # again: another export may have finished meanwhile
         clean_stale(dest)
-        tmp = paths.make_temp_dir(dest.parent, f".{dest.name}.tmp-")  # not mkdtemp's 0700: the umask's mode
-        timer = _Timer(tmp / LOG_NAME)
-        try:
-            result = _build(run, cfg, splits, formats, tmp, timer, say, run_verify=run_verify,
-                            verify_limit=verify_limit, calibration_images=calibration_images)
-            _replace_dir(tmp, dest)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        # about what the formats take: each at most the model's size, and the zip of them all
+        needed = run.model.stat().st_size * (len(formats) + 1)
+        with full_disk_is_a_message(dest.parent, needed, then="export again"):
+            tmp = paths.make_temp_dir(dest.parent, f".{dest.name}.tmp-")  # not mkdtemp's 0700: the umask's mode
+            timer = _Timer(tmp / LOG_NAME)
+            try:
+                result = _build(run, cfg, splits, formats, tmp, timer, say, run_verify=run_verify,
+                                verify_limit=verify_limit, calibration_images=calibration_images)
+                _replace_dir(tmp, dest)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
     return dest, result
 
 

@@ -389,6 +389,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except Exception as exc:
+        from pipeline import paths
+        from pipeline.host.disk import full_disk_error, is_full
+
+        if not is_full(exc):
+            raise
+        error = full_disk_error(exc, getattr(args, "run_dir", None) or paths.home())
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
 
 
 if __name__ == "__main__":

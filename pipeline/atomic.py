@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from pipeline import paths
+from pipeline.host.disk import full_disk_is_a_message
 
 FAULT_ENV = "TRANSFER_STUDIO_FAULT"
 
@@ -37,29 +38,35 @@ def fault_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None], *, fault: str | None = None) -> None:
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None], *, fault: str | None = None,
+                 size: int | None = None) -> None:
     """Writes ``path`` through ``write(binary file)`` into a temporary file renamed into place.
 
     Args:
         path: The target file.
         write: Writes the whole content to the open file.
         fault: The name of the :func:`fault_point` between the complete temporary file and the rename.
+        size: About how many bytes it takes (the message of a full disk says so).
+
+    Raises:
+        DiskFullError: no space left in the folder (the temporary file is removed, the previous file kept).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~paths.umask())  # mkstemp makes 0600: the mode open() would give, shared with the app
-        if fault:
-            fault_point(fault)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with full_disk_is_a_message(path.parent, size):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                write(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o666 & ~paths.umask())  # mkstemp makes 0600: open()'s mode, shared with the app
+            if fault:
+                fault_point(fault)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def publish_dir(tmp: Path, dest: Path) -> bool:
@@ -81,7 +88,8 @@ def publish_dir(tmp: Path, dest: Path) -> bool:
 
 def atomic_write_text(path: Path, text: str, *, fault: str | None = None) -> None:
     """Writes ``text`` (UTF-8) to ``path`` so that readers see the old or the new file, never half of one."""
-    atomic_write(path, lambda fh: fh.write(text.encode("utf-8")), fault=fault)
+    data = text.encode("utf-8")
+    atomic_write(path, lambda fh: fh.write(data), fault=fault, size=len(data))
 
 
 def atomic_write_json(path: Path, data: Any, *, fault: str | None = None) -> None:

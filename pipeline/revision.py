@@ -31,6 +31,7 @@ from pipeline import paths
 from pipeline.config import DataConfig
 from pipeline.data import CONFLICT, DataError, ProgressFn, ScanReport, load_image
 from pipeline.data import scan as data_scan
+from pipeline.host.disk import full_disk_is_a_message
 from pipeline.runfolder import atomic_write_json
 
 OPS = ("relabel", "exclude", "add", "undo")
@@ -104,10 +105,14 @@ class Revision:
         digest = hashlib.sha256(src.read_bytes()).hexdigest()[:16]
         stored = self.dir / "added" / digest / _safe(name or src.name)
         if not stored.exists():
-            stored.parent.mkdir(parents=True, exist_ok=True)
             part = stored.with_name(stored.name + ".part")
-            shutil.copyfile(src, part)
-            part.replace(stored)
+            try:
+                with full_disk_is_a_message(self.dir, src.stat().st_size, then="add it again"):
+                    stored.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(src, part)
+                    part.replace(stored)
+            finally:
+                part.unlink(missing_ok=True)
         return self._append({"op": "add", "path": str(stored), "class": cls})
 
     def undo(self) -> dict[str, Any]:

@@ -43,6 +43,7 @@ import numpy as np
 
 from pipeline.atomic import atomic_write, atomic_write_json, atomic_write_text  # noqa: F401 - re-exported
 from pipeline.exitcodes import UserError
+from pipeline.host.disk import full_disk_is_a_message
 
 
 class TrainingCancelled(Exception):
@@ -84,10 +85,14 @@ def save_variables(path: Path, variables: dict[str, Any], *, fault: str | None =
     arrays = {f"v{i}": np.asarray(variables[name]) for i, name in enumerate(names)}
     keys = np.array(names, dtype=np.str_)
 
-    def write(fh) -> None:
-        np.savez(fh, keys=keys, **{f"meta_{k}": v for k, v in meta.items()}, **arrays)
+    def write(fh) -> None:  # np.savez's layout, with the zip closed here: a failed write leaves no open ZipFile
+        members = {"keys": keys, **{f"meta_{k}": np.asarray(v) for k, v in meta.items()}, **arrays}
+        with zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            for name, value in members.items():
+                with zf.open(f"{name}.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
 
-    atomic_write(path, write, fault=fault)
+    atomic_write(path, write, fault=fault, size=sum(a.nbytes for a in arrays.values()))
 
 
 def read_variables(path: Path) -> tuple[dict[str, np.ndarray], dict[str, int]]:
@@ -159,17 +164,20 @@ class MetricsWriter:
     """
 
     def __init__(self, path: Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(path, "a+b")  # noqa: SIM115 - closed in close()
-        self._lock = threading.Lock()  # decoding progress is written from a worker thread
-        if self._fh.seek(0, io.SEEK_END) > 0:
-            self._fh.seek(-1, io.SEEK_END)
-            if self._fh.read(1) != b"\n":
-                self._fh.write(b"\n")
+        self.folder = path.parent
+        with full_disk_is_a_message(self.folder):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(path, "a+b")  # noqa: SIM115 - closed in close()
+            self._lock = threading.Lock()  # decoding progress is written from a worker thread
+            if self._fh.seek(0, io.SEEK_END) > 0:
+                self._fh.seek(-1, io.SEEK_END)
+                if self._fh.read(1) != b"\n":
+                    self._fh.write(b"\n")
 
     def write(self, record: dict[str, Any]) -> None:
-        with self._lock:
-            self._fh.write((json.dumps(record) + "\n").encode("utf-8"))
+        line = (json.dumps(record) + "\n").encode("utf-8")
+        with self._lock, full_disk_is_a_message(self.folder, len(line)):
+            self._fh.write(line)  # a line cut short by a full disk is skipped by readers, like a killed one
             self._fh.flush()
             os.fsync(self._fh.fileno())
 

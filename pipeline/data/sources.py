@@ -22,6 +22,7 @@ from PIL import Image
 from pipeline import atomic, paths
 from pipeline.config import DataConfig
 from pipeline.data.errors import DataError, ProgressFn
+from pipeline.host.disk import FULL_ERRNOS, DiskFullError, full_disk_is_a_message
 from pipeline.limits import Limits
 
 SAMPLES = ("digits",)
@@ -187,6 +188,8 @@ def safe_extract_zip(zip_path: Path, dest: Path, *, max_bytes: int, max_files: i
             where = f" at the entry {entry.filename!r}" if entry is not None else ""
             raise DataError(f"{name} is damaged or unreadable{where} ({exc}); re-create it and upload again.") from exc
         except OSError as exc:
+            if exc.errno in FULL_ERRNOS:
+                raise DiskFullError(dest.parent, declared, then="open the zip again") from exc
             where = f"the entry {entry.filename!r}" if entry is not None else "an entry"
             raise DataError(
                 f"{name}: {where} could not be written ({exc.strerror or exc}); re-create the zip from the "
@@ -264,7 +267,13 @@ def materialize_sample(name: str) -> Path:
     if dest.exists():
         return dest
     images, targets = _load_digits()
-    tmp = paths.make_temp_dir(dest.parent, f".{dest.name}.")
+    with full_disk_is_a_message(dest.parent, needed=len(images) * 4096):  # one file (a block or a page) an image
+        tmp = paths.make_temp_dir(dest.parent, f".{dest.name}.")
+        _write_sample(tmp, dest, images, targets)
+    return dest
+
+
+def _write_sample(tmp: Path, dest: Path, images: np.ndarray, targets: np.ndarray) -> None:
     try:
         pixels = np.clip(np.rint(images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
         for i, (img, target) in enumerate(zip(pixels, targets, strict=True)):
@@ -275,7 +284,6 @@ def materialize_sample(name: str) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return dest
 
 
 def sample_preset() -> dict[str, dict[str, Any]]:

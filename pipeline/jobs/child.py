@@ -20,6 +20,7 @@ import traceback
 from pathlib import Path
 
 from pipeline.exitcodes import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, EXIT_USER_ERROR
+from pipeline.host.disk import DiskFullError, full_disk_error, is_full
 
 
 def where(rec: dict) -> str:
@@ -63,7 +64,7 @@ def main(argv: list[str]) -> int:
     from pipeline.data import DataError
     from pipeline.exitcodes import UserError
     from pipeline.jobs.store import JobStore
-    from pipeline.runfolder import RunFolder, RunFolderError, TrainingCancelled, atomic_write_text
+    from pipeline.runfolder import RunFolder, RunFolderError, TrainingCancelled
     from pipeline.train import train
 
     if argv[0] == "--run-dir":
@@ -74,6 +75,7 @@ def main(argv: list[str]) -> int:
         job = JobStore().get(argv[0])
         run_dir, source, raw_config = Path(job.run_dir), job.source, job.config
         label = f"{job.id} attempt {job.attempts}"
+    resume = f"`python -m pipeline resume {argv[0]}`" if argv[0] != "--run-dir" else "the Resume button on the Runs page"
     (run_dir / "error.txt").unlink(missing_ok=True)
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} job {label}: {source}", flush=True)
     if RunFolder(run_dir).finished():  # its worker died after the run finished, before recording it
@@ -91,16 +93,32 @@ def main(argv: list[str]) -> int:
     except TrainingCancelled:
         print("cancelled", flush=True)
         return EXIT_CANCELLED
+    except DiskFullError as exc:  # the job goes on from its last finished epoch once there is room
+        _say_why(run_dir, str(DiskFullError(exc.folder, then=f"resume the job ({resume})")))
+        return EXIT_USER_ERROR
     except (config_mod.ConfigError, DataError, WeightsUnavailableError, RunFolderError, UserError) as exc:
-        atomic_write_text(run_dir / "error.txt", str(exc) + "\n")
-        print(f"error: {exc}", flush=True)
+        _say_why(run_dir, str(exc))
         return EXIT_USER_ERROR
     except Exception as exc:
+        if is_full(exc):
+            _say_why(run_dir, str(DiskFullError(full_disk_error(exc, run_dir).folder, then=f"resume the job ({resume})")))
+            return EXIT_USER_ERROR
         traceback.print_exc()
-        atomic_write_text(run_dir / "error.txt",
-                          f"unexpected error: {type(exc).__name__}: {exc} (details in train.log)\n")
+        _say_why(run_dir, f"unexpected error: {type(exc).__name__}: {exc} (details in train.log)", quiet=True)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _say_why(run_dir: Path, message: str, *, quiet: bool = False) -> None:
+    """The failure's sentence in error.txt (the job's error) and train.log; on a full disk, where it fits."""
+    from pipeline.runfolder import atomic_write_text
+
+    if not quiet:
+        print(f"error: {message}", flush=True)
+    try:
+        atomic_write_text(run_dir / "error.txt", message + "\n")
+    except DiskFullError:  # not even the sentence fits: the worker tells a full disk by itself
+        pass
 
 
 if __name__ == "__main__":

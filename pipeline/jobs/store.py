@@ -20,11 +20,13 @@ from typing import Any
 
 from pipeline import paths
 from pipeline.exitcodes import UserError
+from pipeline.host.disk import free_bytes, is_full, size_text
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
 JOB_ID = re.compile(r"[0-9a-f]{32}")  # used with fullmatch: "$" would let a trailing newline through
 HEARTBEAT_SECONDS = 2.0
 STALE_AFTER = 10.0
+FULL_BELOW = 1 << 20  # a database error on a disk with less than this free is read as a full disk
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -135,15 +137,45 @@ class JobStore:
             db.close()
 
     def _unusable(self, exc: sqlite3.Error) -> JobError:
-        """A JobError saying what is wrong with jobs.sqlite3 and how to go on (nothing in runs/ is lost)."""
+        """A JobError saying what is wrong with jobs.sqlite3 and how to go on (nothing in runs/ is lost).
+
+        "Damaged" is only ever the verdict of SQLite's own integrity check: a full disk makes a healthy
+        database fail with "disk I/O error", and moving that one aside would lose the job list.
+        """
         if "locked" in str(exc) or "busy" in str(exc):
             return JobError(f"the job database {self.path} stayed locked for 30 s ({exc}); another process holds it: "
                             "try again in a moment.")
+        verdict = self._integrity()
+        if verdict == "ok" or verdict is None:
+            free = free_bytes(self.home)
+            room = f"the disk holding {self.home} has {size_text(free)} free" if free is not None else "check the disk"
+            healthy = ("it is not damaged (its integrity check passes) and nothing is lost" if verdict == "ok"
+                       else "nothing in it was changed")
+            if is_full(exc) or (free is not None and free < FULL_BELOW):
+                return JobError(f"the job database {self.path} cannot be used ({exc}): {room}; {healthy}. Free some "
+                                "space there and run the command again.")
+            return JobError(f"the job database {self.path} cannot be used ({exc}); {healthy}. Try again; if it goes "
+                            f"on, check the disk and the permissions of {self.home} ({room}).")
         return JobError(
             f"the job database {self.path} is damaged ({exc}). Move it aside (mv {self.path} {self.path}.damaged) "
             f"and run the command again: a new, empty job list is created, and every run folder under {self.runs} "
             "stays where it is (train one on with `python -m pipeline train SOURCE --run-dir RUN_FOLDER`)."
         )
+
+    def _integrity(self) -> str | None:
+        """SQLite's integrity check of jobs.sqlite3, read without locks or a journal (it needs no disk space):
+        "ok", what it found wrong, or None when the file cannot even be opened to be checked."""
+        try:
+            db = sqlite3.connect(f"{self.path.as_uri()}?immutable=1", uri=True)
+            try:
+                rows = db.execute("PRAGMA integrity_check").fetchall()
+            finally:
+                db.close()
+        except sqlite3.OperationalError:  # cannot open or read it: no verdict
+            return None
+        except sqlite3.DatabaseError as exc:  # not a database, malformed
+            return str(exc)
+        return "ok" if rows == [("ok",)] else "; ".join(str(r[0]) for r in rows[:3])
 
     @contextmanager
     def _transaction(self):

@@ -22,7 +22,8 @@ from pathlib import Path
 
 from pipeline.exitcodes import EXIT_CANCELLED
 from pipeline.host.devices import DeviceError, DevicePool, child_device_env, jobs_at_once, visible_gpu_ids
-from pipeline.jobs.store import HEARTBEAT_SECONDS, JobStore
+from pipeline.host.disk import DiskFullError, free_bytes
+from pipeline.jobs.store import FULL_BELOW, HEARTBEAT_SECONDS, JobStore
 from pipeline.launch import start_python
 from pipeline.runfolder import RunFolder
 
@@ -153,6 +154,9 @@ class Worker:
                 self.store.finish(job_id, "failed", f"the training process was killed by signal {-rc} "
                                   f"(out of memory?); resume it from its last finished epoch with "
                                   f"`python -m pipeline resume {job_id}` or the Resume button on the Runs page")
+            elif (free := free_bytes(job.run_dir)) is not None and free < FULL_BELOW:  # not even error.txt fitted
+                self.store.finish(job_id, "failed", str(DiskFullError(
+                    job.run_dir, then=f"resume it with `python -m pipeline resume {job_id}`")))
             else:
                 self.store.finish(job_id, "failed", f"the training process exited with code {rc} (see train.log "
                                   f"in the run folder); resume it with `python -m pipeline resume {job_id}`")
