@@ -109,11 +109,9 @@ def cmd_correct(args) -> int:
         if args.command == "relabel":
             rev.relabel(report, args.file, args.cls)
         elif args.command == "exclude":
-            for file in args.files:
-                rev.exclude(report, file)
+            rev.exclude_all(report, args.files)
         else:
-            for file in args.files:
-                rev.add(report, args.cls, file)
+            rev.add_all(report, args.cls, [(file, file) for file in args.files], force=args.force)
     elif args.command == "undo":
         rev.undo()
     print(revision.summary(rev))
@@ -296,13 +294,16 @@ def parser() -> argparse.ArgumentParser:
     rl.add_argument("data", help=data_help)
     rl.add_argument("file", help="the image, relative to the dataset folder as `scan` lists it")
     rl.add_argument("cls", metavar="CLASS")
-    ex = sub.add_parser("exclude", help="leave images out of training and evaluation (the files stay)")
+    ex = sub.add_parser("exclude", help="leave images out of training and evaluation (the files stay); all or none")
     ex.add_argument("data", help=data_help)
     ex.add_argument("files", nargs="+", metavar="FILE")
-    ad = sub.add_parser("add", help="add image files to a class (copied into the revision, not the dataset)")
+    ad = sub.add_parser("add", help="add image files to a class (copied into the revision, not the dataset); "
+                        "all or none")
     ad.add_argument("data", help=data_help)
     ad.add_argument("cls", metavar="CLASS")
     ad.add_argument("files", nargs="+", metavar="IMAGE")
+    ad.add_argument("--force", action="store_true", help="add images whose bytes are already in the dataset (in "
+                    "another split: a leak) or were added before")
     un = sub.add_parser("undo", help="undo the dataset's latest correction still in effect")
     un.add_argument("data", help=data_help)
     rv = sub.add_parser("revision", help="list the dataset's corrections")

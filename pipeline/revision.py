@@ -16,10 +16,12 @@ the dataset, so a read-only folder or a shared server folder can be corrected to
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import hashlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -29,8 +31,9 @@ from typing import Any
 
 from pipeline import paths
 from pipeline.config import DataConfig
-from pipeline.data import CONFLICT, DataError, ProgressFn, ScanReport, load_image
+from pipeline.data import CONFLICT, DataError, ProgressFn, ScanReport, file_sha256, load_image
 from pipeline.data import scan as data_scan
+from pipeline.data.scanning import not_a_regular_file
 from pipeline.host.disk import full_disk_is_a_message
 from pipeline.runfolder import atomic_write_json
 
@@ -89,31 +92,104 @@ class Revision:
 
     def exclude(self, report: ScanReport, path: str) -> dict[str, Any]:
         """Records that the dataset file ``path`` is left out of training and evaluation."""
-        return self._append({"op": "exclude", "path": self._dataset_file(report, path)})
+        return self.exclude_all(report, [path])[0]
 
-    def add(self, report: ScanReport, cls: str, image: str | Path, name: str | None = None) -> dict[str, Any]:
-        """Copies the image file ``image`` into the revision and records it as an example of ``cls``.
+    def exclude_all(self, report: ScanReport, paths_: list[str]) -> list[dict[str, Any]]:
+        """Leaves every file of ``paths_`` out, or none of them: all are checked before any is recorded.
 
         Raises:
-            DataError: the class does not exist, or the file is not a readable image.
+            DataError: naming every path that is not a file of the dataset; nothing was recorded.
+        """
+        checked, problems = [], []
+        for path in paths_:
+            try:
+                checked.append(self._dataset_file(report, path))
+            except DataError as exc:
+                problems.append(str(exc).rstrip("."))
+        if problems:
+            raise DataError(f"nothing was excluded: {'; '.join(problems)}.")
+        return self._append_all([{"op": "exclude", "path": rel} for rel in checked])
+
+    def add(self, report: ScanReport, cls: str, image: str | Path, name: str | None = None, *,
+            force: bool = False) -> dict[str, Any]:
+        """Copies the image file ``image`` into the revision and records it as an example of ``cls``."""
+        return self.add_all(report, cls, [(image, name)], force=force)[0]
+
+    def add_all(self, report: ScanReport, cls: str, images: list[tuple[str | Path, str | None]], *,
+                force: bool = False) -> list[dict[str, Any]]:
+        """Copies every image of ``images`` ((file, the name the user knows it by)) into the revision as an
+        example of ``cls``, or none: all are checked before any is recorded (one write records them all).
+
+        An image whose bytes are already in the dataset (any split: a copy of a validation image trained on
+        is a leak), already added, or given twice is refused unless ``force``.
+
+        Raises:
+            DataError: the class does not exist, or naming every file that is not a readable image or is a
+                copy; nothing was recorded.
         """
         cls = _known_class(report, cls)
-        src = Path(image)
-        if not src.is_file():
-            raise DataError(f"{name or src} is not a file; give an image file to add.")
-        load_image(src, 32)  # refuses what is not a readable image, naming the file
-        digest = hashlib.sha256(src.read_bytes()).hexdigest()[:16]
-        stored = self.dir / "added" / digest / _safe(name or src.name)
-        if not stored.exists():
-            part = stored.with_name(stored.name + ".part")
+        problems, ready = [], []
+        for image, name in images:
+            src = Path(image)
+            shown = name or src.name
+            if not src.exists() and not src.is_symlink():
+                problems.append(f"{shown} does not exist")
+                continue
+            if why := not_a_regular_file(src):
+                problems.append(f"{shown} cannot be added ({why.split(';')[0]})")
+                continue
             try:
-                with full_disk_is_a_message(self.dir, src.stat().st_size, then="add it again"):
-                    stored.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(src, part)
-                    part.replace(stored)
-            finally:
-                part.unlink(missing_ok=True)
-        return self._append({"op": "add", "path": str(stored), "class": cls})
+                load_image(src, 32)  # refuses what is not a readable image
+            except DataError as exc:
+                problems.append(str(exc).rstrip(".").replace(str(src), shown))
+                continue
+            ready.append((src, shown, file_sha256(src)))
+        if problems:
+            raise DataError(f"nothing was added: {'; '.join(problems)}.")
+        copies = [] if force else self._copies(report, ready)
+        if copies:
+            raise DataError(f"nothing was added: {'; '.join(copies)}. Add only new images, or add them anyway "
+                            "(`--force`; on the page, tick \"Add copies anyway\").")
+        entries = []
+        for src, shown, digest in ready:
+            stored = self.dir / "added" / digest[:16] / _safe(shown)
+            if not stored.exists():
+                part = stored.with_name(stored.name + ".part")
+                try:
+                    with full_disk_is_a_message(self.dir, src.stat().st_size, then="add them again"):
+                        stored.parent.mkdir(parents=True, exist_ok=True)
+                        shutil.copyfile(src, part)
+                        part.replace(stored)
+                finally:
+                    part.unlink(missing_ok=True)
+            entries.append({"op": "add", "path": str(stored), "class": cls})
+        return self._append_all(entries)
+
+    def _copies(self, report: ScanReport, ready: list[tuple[Path, str, str]]) -> list[str]:
+        """Why each image of ``ready`` is a copy: of a dataset file, of an image added before, of another one given."""
+        out, seen = [], {}
+        added = {Path(e["path"]).parent.name: Path(e["path"]).name for e in self.active() if e["op"] == "add"}
+        by_size: dict[int, list[tuple[str, str]]] = {}
+        for split, items in report.items.items():
+            for rel, _ in items:
+                with contextlib.suppress(OSError):
+                    by_size.setdefault(os.stat(Path(report.root) / rel).st_size, []).append((split, rel))
+        for src, shown, digest in ready:
+            if digest in seen:
+                out.append(f"{shown} is the same image as {seen[digest]}, given twice")
+                continue
+            seen[digest] = shown
+            if digest[:16] in added:
+                out.append(f"{shown} was added before (as {added[digest[:16]]})")
+                continue
+            for split, rel in by_size.get(src.stat().st_size, []):
+                if file_sha256(Path(report.root) / rel) == digest:
+                    where = {"val": "validation", "test": "test", "train": "training"}.get(split, "the dataset")
+                    leak = (f": trained on, it would leak {where} into training" if split in ("val", "test")
+                            else ": it could land in training and validation at once")
+                    out.append(f"{shown} is a copy of {rel} (in {where}){leak}")
+                    break
+        return out
 
     def undo(self) -> dict[str, Any]:
         """Undoes the latest correction still in effect (recorded as an ``undo`` entry; nothing is erased).
@@ -127,11 +203,16 @@ class Revision:
         return self._append({"op": "undo", "undoes": active[-1]["id"]})
 
     def _append(self, entry: dict[str, Any]) -> dict[str, Any]:
+        return self._append_all([entry])[0]
+
+    def _append_all(self, new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Records ``new`` in one atomic write of the log (all or none), numbered after what is there."""
         with self._locked():
             entries = self.entries()
-            entry = {"id": len(entries) + 1, **entry, "time": round(time.time(), 3)}
-            atomic_write_json(self.file, {"folder": str(self.folder), "entries": [*entries, entry]})
-        return entry
+            now = round(time.time(), 3)
+            new = [{"id": len(entries) + i + 1, **entry, "time": now} for i, entry in enumerate(new)]
+            atomic_write_json(self.file, {"folder": str(self.folder), "entries": [*entries, *new]})
+        return new
 
     @contextmanager
     def _locked(self) -> Iterator[None]:

@@ -125,6 +125,44 @@ def test_revision_refuses_bad_input(shapes_dir, tmp_path):
     assert rev.number == 0
 
 
+def test_corrections_are_all_or_nothing_and_copies_of_another_splits_image_are_refused(tmp_path, capsys):
+    """`add DATA ants good.jpg note.jpg` exited 2 yet recorded the good one (same for `exclude`); adding an image
+    twice, or a copy of a validation image, put duplicates in train with no warning (a leak)."""
+    from pipeline.__main__ import main
+    from tests.conftest import write_shapes_dataset
+
+    data = tmp_path / "ds"
+    for split in ("train", "val"):
+        write_shapes_dataset(data / split, per_class=3, seed={"train": 0, "val": 1}[split])
+    good = tmp_path / "good.png"
+    Image.fromarray(np.full((40, 40, 3), 123, np.uint8)).save(good)
+    note = tmp_path / "note.jpg"
+    note.write_text("not an image")
+    rev = revision.Revision(data)
+
+    assert main(["add", str(data), "bar", str(good), str(note)]) == 2
+    err = capsys.readouterr().err
+    assert "nothing was added" in err and "note.jpg" in err and rev.number == 0
+    assert main(["exclude", str(data), "train/bar/bar_00.png", "train/bar/missing.png"]) == 2
+    assert "nothing was excluded" in capsys.readouterr().err and rev.number == 0
+
+    val_copy = tmp_path / "from_val.png"
+    shutil.copy(data / "val" / "disc" / "disc_01.png", val_copy)
+    assert main(["add", str(data), "disc", str(good), str(val_copy)]) == 2
+    err = capsys.readouterr().err
+    assert "from_val.png is a copy of val/disc/disc_01.png (in validation)" in err and "--force" in err
+    assert rev.number == 0
+    twice = tmp_path / "again.png"
+    shutil.copy(good, twice)
+    assert main(["add", str(data), "bar", str(good), str(twice)]) == 2
+    assert "given twice" in capsys.readouterr().err and rev.number == 0
+
+    assert main(["add", str(data), "bar", str(good)]) == 0 and rev.number == 1
+    assert main(["add", str(data), "bar", str(twice)]) == 2 and "was added before" in capsys.readouterr().err
+    assert main(["exclude", str(data), "train/bar/bar_00.png", "train/bar/bar_01.png"]) == 0 and rev.number == 3
+    assert main(["add", str(data), "disc", str(val_copy), "--force"]) == 0 and rev.number == 4  # asked for
+
+
 def test_excluding_one_copy_brings_back_an_image_found_in_two_classes(shapes_dir):
     shutil.copy(shapes_dir / "bar" / "bar_00.png", shapes_dir / "disc" / "copy.png")
     report = data_mod.scan(shapes_dir)
