@@ -25,11 +25,21 @@ from pipeline.exitcodes import UserError
 
 
 class ConfigError(UserError, ValueError):
-    """A configuration value is invalid; the message names the field and what is allowed."""
+    """A configuration value is invalid; the message names the field and what is allowed.
+
+    Attributes:
+        field: The dotted key at fault (``data.val_fraction``), when one is.
+        reason: What is allowed, without the key (a form shows it beside its own label).
+    """
+
+    def __init__(self, message: str, *, field: str | None = None, reason: str | None = None):
+        super().__init__(message)
+        self.field = field
+        self.reason = reason or message
 
 
 def _fail(key: str, value: Any, allowed: str) -> None:
-    raise ConfigError(f"{key}={value!r} is not allowed: {allowed}.")
+    raise ConfigError(f"{key}={value!r} is not allowed: {allowed}.", field=key, reason=allowed)
 
 
 def _check_choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -91,13 +101,11 @@ class DataConfig:
     def __post_init__(self) -> None:
         _check_range("data.val_fraction", self.val_fraction, 0.0, 1.0, lo_open=True, hi_open=True)
         _check_range("data.test_fraction", self.test_fraction, 0.0, 1.0, hi_open=True)
-        if self.val_fraction + self.test_fraction >= 0.9:
-            _fail(
-                "data.val_fraction",
-                self.val_fraction,
-                f"val_fraction + test_fraction ({self.test_fraction}) must stay below 0.9 "
-                "so that something is left to train on",
-            )
+        if (held := self.val_fraction + self.test_fraction) >= 0.9:
+            reason = (f"val_fraction + test_fraction = {self.val_fraction:g} + {self.test_fraction:g} = {held:.3g} must "
+                      "stay below 0.9 so that something is left to train on; lower one of them")
+            raise ConfigError(f"data.val_fraction and data.test_fraction are not allowed together: {reason}.",
+                              field="data.test_fraction", reason=reason)
         _check_int("data.cache_memory_mb", self.cache_memory_mb, 0)
         _check_int("data.max_image_pixels", self.max_image_pixels, 1)
         _check_int("data.max_zip_bytes", self.max_zip_bytes, 1)

@@ -43,7 +43,7 @@ import numpy as np
 
 from pipeline.atomic import atomic_write, atomic_write_json, atomic_write_text  # noqa: F401 - re-exported
 from pipeline.exitcodes import UserError
-from pipeline.host.disk import full_disk_is_a_message
+from pipeline.host.disk import full_disk_is_a_message, is_full
 
 
 class TrainingCancelled(Exception):
@@ -408,7 +408,20 @@ def load_run(run_dir: str | Path):
 
 
 def load_model(run: RunFolder):
-    """The run's inference model (model.keras), uncompiled."""
+    """The run's inference model (model.keras), uncompiled.
+
+    Raises:
+        DamagedFileError: model.keras cannot be read (cut short, overwritten): naming it and the way on.
+    """
     import keras
 
-    return keras.saving.load_model(run.model, compile=False)
+    try:
+        return keras.saving.load_model(run.model, compile=False)
+    except Exception as exc:
+        if is_full(exc):
+            raise
+        cut = "" if zipfile.is_zipfile(run.model) else " (it is not a whole .keras file: cut short or overwritten)"
+        raise DamagedFileError(
+            f"{run.model} cannot be read{cut}: {type(exc).__name__}: {exc}. Train into a new run folder "
+            f"(`python -m pipeline train SOURCE --run-dir NEW --from {run.root}` starts from this run's best weights)."
+        ) from exc

@@ -96,8 +96,15 @@ def prepare_run(source: str, run_dir: str | Path, cfg: RunConfig, on_event: Even
         data_mod.DataError: the data cannot be used.
     """
     run = RunFolder(Path(run_dir).expanduser().resolve())
+    if run.root.exists() and not run.root.is_dir():
+        raise RunFolderError(f"--run-dir {run.root} is a file, not a folder; give the name of a new folder (or of "
+                             "a run folder to resume).")
     if run.config.exists():
-        saved = config_mod.load(run.config)
+        try:
+            saved = config_mod.load(run.config)
+        except config_mod.ConfigError as exc:
+            raise RunFolderError(f"{run.root} holds a config.json that is not a Transfer Studio run's ({exc}); give "
+                                 "--run-dir a new folder.") from exc
         if saved != cfg:
             raise RunFolderError(
                 f"{run.root} already holds a run with a different configuration; "
@@ -142,9 +149,13 @@ def _parent_run(cfg: RunConfig, splits: data_mod.Splits) -> RunFolder:
     parent = RunFolder(Path(cfg.train.init_from).expanduser().resolve())
     if not parent.config.exists() or not parent.dataset.exists():
         raise RunFolderError(f"--from {parent.root}: not a run folder (no config.json or dataset.json).")
-    best = parent.best_weights if parent.state.exists() else None
+    if not parent.finished():
+        status = parent.read_state().get("status", "not started") if parent.state.exists() else "not started"
+        raise RunFolderError(f"--from {parent.root}: the run has not finished ({status}); a retrain starts from a "
+                             "finished run's best weights: let it finish (or resume it) first.")
+    best = parent.best_weights
     if best is None or not best.exists():
-        raise RunFolderError(f"--from {parent.root}: the run has no best weights yet; let it finish (or resume it) first.")
+        raise RunFolderError(f"--from {parent.root}: the run has no best weights file; train into a new run folder.")
     theirs = config_mod.load(parent.config).model
     for key in ("backbone", "alpha", "image_size"):
         if getattr(theirs, key) != getattr(cfg.model, key):

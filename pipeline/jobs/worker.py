@@ -20,7 +20,7 @@ import sys
 import threading
 from pathlib import Path
 
-from pipeline.exitcodes import EXIT_CANCELLED
+from pipeline.exitcodes import EXIT_CANCELLED, EXIT_USER_ERROR
 from pipeline.host.devices import DeviceError, DevicePool, child_device_env, jobs_at_once, visible_gpu_ids
 from pipeline.host.disk import DiskFullError, free_bytes
 from pipeline.jobs.store import FULL_BELOW, HEARTBEAT_SECONDS, JobStore
@@ -76,8 +76,9 @@ class Worker:
     def run(self) -> int:
         lock = WorkerLock(self.store.home)
         if not lock.acquire():
-            print("a worker is already running for this TRANSFER_STUDIO_HOME", file=sys.stderr)
-            return 0
+            print(f"error: a worker is already running for this TRANSFER_STUDIO_HOME ({self.store.home}); it runs "
+                  "every queued job: stop it first to start another (one worker per home).", file=sys.stderr)
+            return EXIT_USER_ERROR
         self.id = self.store.register_worker(self.concurrency)
         beat = threading.Thread(target=self._heartbeat, daemon=True)
         beat.start()
