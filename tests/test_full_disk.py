@@ -154,3 +154,49 @@ def test_a_healthy_job_database_on_a_full_disk_is_not_called_damaged(disk):
     disk.free()
     done = _cli("pipeline", "jobs", home=home)
     assert done.returncode == 0 and {line.split()[0] for line in done.stdout.splitlines()} == set(ids)
+
+
+def test_a_job_on_a_full_disk_fails_with_the_message_and_resumes_once_there_is_room(disk, tmp_path):
+    """The whole home full (the job database too): the worker waits instead of dying, records the failure once
+    it can, and `resume` finishes the run with every epoch trained once."""
+    import time
+
+    from pipeline.jobs.store import JobStore
+
+    home = disk.path / "home"
+    data = write_shapes_dataset(tmp_path / "shapes", per_class=10)
+    store = JobStore(home)
+    job_id = store.add(str(data), tiny_config(**QUICK).to_dict())
+    disk.fill(leave=150_000)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRANSFER_STUDIO_HOME": str(home)}
+    worker = subprocess.Popen([sys.executable, "-m", "pipeline", "worker"], cwd=ROOT, env=env,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        def child_gone() -> bool:
+            import psutil
+
+            return not psutil.Process(worker.pid).children()
+
+        deadline = time.monotonic() + 300
+        started = False
+        while time.monotonic() < deadline and not (started and child_gone()):
+            started = started or not child_gone()
+            time.sleep(0.2)
+        assert started, "the child never started"
+        disk.free()
+        while time.monotonic() < deadline and store.get(job_id).state == "running":
+            time.sleep(0.2)
+        job = store.get(job_id)
+        assert job.state == "failed" and "the disk holding" in job.error and "resume" in job.error, job.error
+        assert worker.poll() is None  # still serving
+        store.resume(job_id)
+        while time.monotonic() < deadline and store.get(job_id).state in ("queued", "running"):
+            time.sleep(0.2)
+        assert store.get(job_id).state == "done", store.get(job_id).error
+    finally:
+        worker.terminate()
+        _, err = worker.communicate(timeout=120)
+    assert "Traceback" not in err, err
+    run = home / "runs" / job_id
+    epochs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"event": "epoch"' in x]
+    assert [(e["phase"], e["epoch"]) for e in epochs] == [("scratch", 1), ("scratch", 2)]

@@ -23,7 +23,7 @@ from pathlib import Path
 from pipeline.exitcodes import EXIT_CANCELLED, EXIT_USER_ERROR
 from pipeline.host.devices import DeviceError, DevicePool, child_device_env, jobs_at_once, visible_gpu_ids
 from pipeline.host.disk import DiskFullError, free_bytes
-from pipeline.jobs.store import FULL_BELOW, HEARTBEAT_SECONDS, JobStore
+from pipeline.jobs.store import FULL_BELOW, HEARTBEAT_SECONDS, JobError, JobStore
 from pipeline.launch import start_python
 from pipeline.runfolder import RunFolder
 
@@ -70,6 +70,8 @@ class Worker:
         self.children: dict[str, subprocess.Popen] = {}
         self.devices = DevicePool(visible_gpu_ids())
         self.given: dict[str, list[str]] = {}
+        self.outcomes: dict[str, tuple[str, str | None]] = {}  # a gone child's result, until the store has it
+        self.unrecorded: set[str] = set()
         self.stopping = threading.Event()
         self.id = ""
 
@@ -92,13 +94,17 @@ class Worker:
         try:
             while not self.stopping.is_set():
                 self._reap()
-                while len(self.children) < self.concurrency and not self.stopping.is_set():
-                    job = self.store.claim(self.id, fits=lambda j: self.devices.fits(j.config.get("train", {})))
-                    if job is None:
+                try:
+                    while len(self.children) < self.concurrency and not self.stopping.is_set():
+                        job = self.store.claim(self.id, fits=lambda j: self.devices.fits(j.config.get("train", {})))
+                        if job is None:
+                            break
+                        self._spawn(job)
+                    if self.once and not self.children and not any(j.state == "queued" for j in self.store.list()):
                         break
-                    self._spawn(job)
-                if self.once and not self.children and not any(j.state == "queued" for j in self.store.list()):
-                    break
+                except JobError as exc:  # the database cannot be used for now (a full disk): the worker waits
+                    print(f"waiting: {exc}", file=sys.stderr, flush=True)
+                    self.stopping.wait(max(self.poll, 5.0))
                 self.stopping.wait(self.poll)
         finally:
             self._shutdown()
@@ -141,27 +147,38 @@ class Worker:
             rc = proc.poll()
             if rc is None:
                 continue
+            try:
+                if job_id not in self.outcomes:  # decided once, when the child is seen gone
+                    self.outcomes[job_id] = self._outcome(job_id, rc)
+                self.store.finish(job_id, *self.outcomes[job_id])
+            except JobError as exc:  # the job database cannot be written now (a full disk): again at the next poll
+                if job_id not in self.unrecorded:
+                    print(f"job {job_id} ended; recording it waits: {exc}", file=sys.stderr, flush=True)
+                self.unrecorded.add(job_id)
+                continue
+            self.unrecorded.discard(job_id)
             del self.children[job_id]
             self.devices.give_back(self.given.pop(job_id, []))
-            job = self.store.get(job_id)
-            error_file = Path(job.run_dir) / "error.txt"
-            if rc == 0 or RunFolder(Path(job.run_dir)).finished():  # killed after the run was done: it is done
-                self.store.finish(job_id, "done")
-            elif rc == EXIT_CANCELLED and job.cancel_requested:
-                self.store.finish(job_id, "cancelled")
-            elif error_file.exists():
-                self.store.finish(job_id, "failed", error_file.read_text(encoding="utf-8").strip())
-            elif rc < 0:
-                self.store.finish(job_id, "failed", f"the training process was killed by signal {-rc} "
-                                  f"(out of memory?); resume it from its last finished epoch with "
-                                  f"`python -m pipeline resume {job_id}` or the Resume button on the Runs page")
-            elif (free := free_bytes(job.run_dir)) is not None and free < FULL_BELOW:  # not even error.txt fitted
-                self.store.finish(job_id, "failed", str(DiskFullError(
-                    job.run_dir, then=f"resume it with `python -m pipeline resume {job_id}`")))
-            else:
-                self.store.finish(job_id, "failed", f"the training process exited with code {rc} (see train.log "
-                                  f"in the run folder); resume it with `python -m pipeline resume {job_id}`")
-            print(f"job {job_id} {self.store.get(job_id).state}", file=sys.stderr, flush=True)
+            print(f"job {job_id} {self.outcomes.pop(job_id)[0]}", file=sys.stderr, flush=True)
+
+    def _outcome(self, job_id: str, rc: int) -> tuple[str, str | None]:
+        """The state (and error) a child that exited with ``rc`` leaves its job in."""
+        job = self.store.get(job_id)
+        error_file = Path(job.run_dir) / "error.txt"
+        if rc == 0 or RunFolder(Path(job.run_dir)).finished():  # killed after the run was done: it is done
+            return "done", None
+        if rc == EXIT_CANCELLED and job.cancel_requested:
+            return "cancelled", None
+        if error_file.exists():
+            return "failed", error_file.read_text(encoding="utf-8").strip()
+        if rc < 0:
+            return "failed", (f"the training process was killed by signal {-rc} (out of memory?); resume it from its "
+                              f"last finished epoch with `python -m pipeline resume {job_id}` or the Resume button on "
+                              "the Runs page")
+        if (free := free_bytes(job.run_dir)) is not None and free < FULL_BELOW:  # not even error.txt fitted
+            return "failed", str(DiskFullError(job.run_dir, then=f"resume it with `python -m pipeline resume {job_id}`"))
+        return "failed", (f"the training process exited with code {rc} (see train.log in the run folder); resume it "
+                          f"with `python -m pipeline resume {job_id}`")
 
     def _shutdown(self) -> None:
         """Stopping the worker stops its children at their next batch; their jobs wait in the queue."""
