@@ -174,7 +174,7 @@ class RayBackend:
 
     def delete(self, job_id: str) -> Job:
         """Removes a stopped job, every attempt of it, from the cluster's job list, then its run folder."""
-        import shutil
+        from pipeline.runfolder import remove_folder
 
         job = self.status(job_id)
         if job.state in ("queued", "running"):
@@ -189,7 +189,7 @@ class RayBackend:
             for attempt, _ in attempts:
                 self._ray("delete the job", self.client.delete_job, submission_id(job_id, attempt))
             time.sleep(2.5)
-        shutil.rmtree(job.run_dir, ignore_errors=True)
+        remove_folder(Path(job.run_dir))
         return job
 
     def list(self) -> list[Job]:
