@@ -87,8 +87,11 @@ def publish_dir(tmp: Path, dest: Path) -> bool:
 
 
 def atomic_write_text(path: Path, text: str, *, fault: str | None = None) -> None:
-    """Writes ``text`` (UTF-8) to ``path`` so that readers see the old or the new file, never half of one."""
-    data = text.encode("utf-8")
+    """Writes ``text`` (UTF-8) to ``path`` so that readers see the old or the new file, never half of one.
+
+    A file name that is not UTF-8 (its bytes kept as lone surrogates) is written as ``\\udcff``: the file
+    reads back as UTF-8, and a message quoting such a name cannot fail to be written."""
+    data = text.encode("utf-8", "backslashreplace")
     atomic_write(path, lambda fh: fh.write(data), fault=fault, size=len(data))
 
 
