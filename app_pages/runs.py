@@ -10,6 +10,7 @@ from plotly.subplots import make_subplots
 
 from app_pages import loop, shared
 from app_pages.stages import stage
+from pipeline import config as config_mod
 from pipeline import estimate, quiet
 from pipeline.runfolder import RunFolder
 
@@ -76,8 +77,6 @@ def delete_button(current) -> None:
 
 
 def _config(raw: dict):
-    from pipeline import config as config_mod
-
     try:
         return config_mod.from_dict(raw)
     except (config_mod.ConfigError, TypeError):
@@ -89,12 +88,25 @@ def _time_left(current, run: RunFolder, cfg, done: dict) -> str:
         return "none" if current.state == "done" else "stopped"
     if done["seconds_left"] is not None:
         return estimate.describe(done["seconds_left"])
+    est = _estimate(cfg, run)
+    if est is None:
+        return "after the first epoch"
+    return estimate.describe(est.seconds) + ("" if est.measured else " (first guess)")
+
+
+def _estimate(cfg, run: RunFolder):
+    """The Train page's estimate for this run (None before its dataset.json is written)."""
     try:
         splits = json.loads(run.dataset.read_text(encoding="utf-8"))["splits"]
     except (OSError, ValueError, KeyError):
-        return "after the first epoch"
-    est = estimate.estimate(cfg, len(splits["train"]), len(splits["val"]), shared.runs_dir())
-    return estimate.describe(est.seconds) + ("" if est.measured else " (first guess)")
+        return None
+    return _estimate_for(cfg.to_json(), len(splits["train"]), len(splits["val"]), len(splits.get("test") or []),
+                         str(shared.runs_dir()))
+
+
+@st.cache_data(ttl=30, max_entries=64, show_spinner=False)  # the live panel redraws every second
+def _estimate_for(cfg_json: str, train: int, val: int, test: int, runs_dir: str):
+    return estimate.estimate(config_mod.from_dict(json.loads(cfg_json)), train, val, Path(runs_dir), test_images=test)
 
 
 @st.fragment(run_every=1.0)
@@ -111,7 +123,7 @@ def live(job_id: str) -> None:
     c1, c2, c3, c4 = st.columns([1, 1, 1, 3])
     c1.metric("State", current.state)
     if cfg is not None:
-        done = estimate.progress(lines, cfg)
+        done = estimate.progress(lines, cfg, _estimate(cfg, run) if current.state == "running" else None)
         c2.metric("Epochs", f"{done['epochs_done']} / {done['epochs_total']}",
                   help="Epochs finished of those planned (early stopping can end a phase sooner).")
         c3.metric("Time left", _time_left(current, run, cfg, done),

@@ -1,9 +1,9 @@
-"""Benchmark: the epoch-time estimate (pipeline.estimate) against epochs measured on this machine.
+"""Benchmark: the run-time estimate (pipeline.estimate) against whole runs measured on this machine.
 
 For each backbone/width/size pair, on ../shared/data/hymenoptera with real ImageNet weights: the estimate
 before any run (the first guess), run A (``python -m pipeline train``, its own process, as a job's child),
-the estimate from run A, then run B (another seed) measured. The table compares the estimate from A with
-B's median steady epoch and first epoch per phase, and the whole-run estimate with B's epochs summed.
+the estimate from run A, then run B (another seed) measured launch to done (the wall time of its process).
+The table compares both estimates with B's wall time, and per phase the estimate from A with B's epochs.
 Also times ``python -m pipeline train sample:digits`` end to end (the README's figure).
 
 Usage: ``python bench/bench_estimate.py [--out bench/results_estimate.json] [--skip-digits]``.
@@ -74,17 +74,20 @@ def main() -> None:
         cfg = config_mod.apply_overrides(config_mod.RunConfig(), sets)
         report = data_mod.scan(DATA, cfg.data)
         splits = data_mod.make_splits(report, cfg.data, cfg.train.seed)
-        n_train, n_val = len(splits.train), len(splits.val)
-        guess = estimate.estimate(cfg, n_train, n_val, runs)
+        n_train, n_val, n_test = len(splits.train), len(splits.val), len(splits.test)
+        guess = estimate.estimate(cfg, n_train, n_val, runs, test_images=n_test)
         name = f"{backbone} {alpha}@{size}"
         a_seconds = _train(env, str(DATA), runs / f"{backbone}-{alpha}-{size}-a", sets)
-        est = estimate.estimate(cfg, n_train, n_val, runs)
+        est = estimate.estimate(cfg, n_train, n_val, runs, test_images=n_test)
         b_dir = runs / f"{backbone}-{alpha}-{size}-b"
         b_seconds = _train(env, str(DATA), b_dir, sets + ["train.seed=7"])
         measured = _epochs(b_dir)
         row = {"pair": name, "load_average_1min": round(os.getloadavg()[0], 2), "train_images": n_train, "val_images": n_val, "run_a_wall": round(a_seconds, 1),
                "run_b_wall": round(b_seconds, 1), "measured_flag": est.measured,
                "guess_run_seconds": round(guess.seconds, 1), "estimate_run_seconds": round(est.seconds, 1),
+               "guess_over_measured": round(guess.seconds / b_seconds, 2),
+               "estimate_over_measured": round(est.seconds / b_seconds, 2),
+               "estimate_startup": est.startup_seconds, "estimate_finish": est.finish_seconds,
                "measured_run_epoch_seconds": round(sum(sum(v) for v in measured.values()), 1), "phases": []}
         for g, p in zip(guess.phases, est.phases, strict=True):
             secs = measured.get(p.name, [])

@@ -74,7 +74,8 @@ def cmd_train(args) -> int:
                              parent=getattr(args, "from_run", None), head_only=getattr(args, "head_only", False))
     for w in cfg.warnings():
         print(f"warning: {w}", file=sys.stderr)
-    run = train_mod.train(args.data, args.run_dir, cfg, on_event=_progress_printer(), evaluate_after=True)
+    run = train_mod.train(args.data, args.run_dir, cfg, on_event=_progress_printer(), evaluate_after=True,
+                          launched_at=train_mod.process_started())
     result = json.loads(run.eval.read_text())
     print(eval_mod.summary(result))
     print(f"run folder: {run.root}")

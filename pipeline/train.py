@@ -211,6 +211,7 @@ def train(
     *,
     on_event: EventFn | None = None,
     evaluate_after: bool = True,
+    launched_at: float | None = None,
 ) -> RunFolder:
     """Trains ``source`` into ``run_dir``, resuming a run folder that was interrupted at any point.
 
@@ -220,6 +221,8 @@ def train(
         cfg: The configuration (defaults if None).
         on_event: Called with every record written to metrics.jsonl (for terminal or UI progress).
         evaluate_after: Write eval.json when training finishes (the run is "done" only after it).
+        launched_at: When the process that trains started, for a process started to train this run (the CLI,
+            a job's child: :func:`process_started`); the estimate measures start-up from it. None in-process.
 
     Raises:
         TrainingCancelled: a cancel was requested; re-running the same call resumes.
@@ -245,7 +248,7 @@ def train(
         if state.get("status") == "evaluating" and not evaluate_after:
             return run
         if state.get("status") != "evaluating":
-            _train_phases(run, cfg, splits, state, emit, cancel)
+            _train_phases(run, cfg, splits, state, emit, cancel, launched_at)
             state["status"] = "evaluating" if evaluate_after else "done"
             run.write_state(state)
         if evaluate_after:
@@ -266,6 +269,13 @@ def train(
         writer.close()
         restore()
     return run
+
+
+def process_started() -> float:
+    """When this process started (the estimate counts a run from there: imports, scan and cache are part of it)."""
+    import psutil
+
+    return round(psutil.Process().create_time(), 3)
 
 
 def _record(writer: MetricsWriter, on_event: EventFn | None, record: dict[str, Any]) -> None:
@@ -306,7 +316,7 @@ def _reconcile_metrics(run: RunFolder, state: dict[str, Any], emit: EventFn) -> 
 
 
 def _train_phases(run: RunFolder, cfg: RunConfig, splits: data_mod.Splits, state: dict[str, Any], emit: EventFn,
-                  cancel: threading.Event) -> None:
+                  cancel: threading.Event, launched_at: float | None = None) -> None:
     """Trains every phase not yet done (resuming a started one) and writes model.keras from the best weights."""
     _reconcile_metrics(run, state, emit)
     resumed = any(p["epochs_done"] or p["done"] for p in state["phases"].values())
@@ -323,6 +333,7 @@ def _train_phases(run: RunFolder, cfg: RunConfig, splits: data_mod.Splits, state
     run.write_state(state)
     try:
         emit({"event": "resumed" if resumed else "start", "phases": [p.name for p in phases_for(cfg)],
+              **({"process_started": launched_at} if launched_at and not resumed else {}),
               **placement.describe(), "batch_size": cfg.train.batch_size,
               "global_batch_size": cfg.train.batch_size * placement.replicas, "notes": placement.notes})
         with placement.scope():

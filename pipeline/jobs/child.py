@@ -65,7 +65,7 @@ def main(argv: list[str]) -> int:
     from pipeline.exitcodes import UserError
     from pipeline.jobs.store import JobStore
     from pipeline.runfolder import RunFolder, RunFolderError, TrainingCancelled
-    from pipeline.train import train
+    from pipeline.train import process_started, train
 
     if argv[0] == "--run-dir":
         run_dir = Path(argv[1])
@@ -89,7 +89,7 @@ def main(argv: list[str]) -> int:
 
     try:
         cfg = config_mod.from_dict(raw_config)
-        train(source, run_dir, cfg, on_event=show)
+        train(source, run_dir, cfg, on_event=show, launched_at=process_started())
     except TrainingCancelled:
         print("cancelled", flush=True)
         return EXIT_CANCELLED
