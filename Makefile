@@ -25,9 +25,10 @@ $(RAY_STAMP): $(STAMP) requirements-ray.txt
 
 setup: $(STAMP)
 
-# The app, on the embedded sample set by default (no network needed).
+# The app, on the embedded sample set by default (no network needed): app_server.py serves the pages
+# (streamlit_app.py) plus the route large uploads stream to disk through.
 run: $(STAMP)
-	$(PY) -m streamlit run streamlit_app.py $(STREAMLIT_ARGS)
+	$(PY) -m streamlit run app_server.py $(STREAMLIT_ARGS)
 
 # Whole suite: fast tests plus the slow real-photo / real-weights ones.
 # Debian's chromium for the end-to-end browser test (Playwright drives it; no browser download).

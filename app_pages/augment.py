@@ -1,6 +1,7 @@
 """Augment: the training-time transforms, previewed on one of your images (the layers training uses)."""
 
 import dataclasses
+import os
 from pathlib import Path
 
 import streamlit as st
@@ -12,11 +13,13 @@ from pipeline.config import from_dict as config_from_dict
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def _grid(path: str, stamp: int, settings: dict, seed: int):
-    """Nine augmentations of one image, kept per (file version, settings, seed): a rerun redraws nothing."""
+def _grid(path: bytes, stamp: int, settings: dict, seed: int):
+    """Nine augmentations of one image, kept per (file version, settings, seed): a rerun redraws nothing.
+
+    ``path``: bytes (shared.fs_key), so a file name that is not UTF-8 can be a cache key."""
     from pipeline.augment import preview  # imports TensorFlow: only on this page
 
-    return preview(data.load_image(path, 224), AugmentConfig(**settings), count=9, seed=seed)
+    return preview(data.load_image(os.fsdecode(path), 224), AugmentConfig(**settings), count=9, seed=seed)
 
 
 st.title("Augment")
@@ -59,7 +62,7 @@ with right:
     if not files:
         st.info("The dataset has no usable images yet (see the Data page).")
         st.stop()
-    pick = st.selectbox("Image", files[:500])
+    pick = st.selectbox("Image", files[:500], format_func=shared.readable)  # the real name stays the value
     if st.button("Re-roll", icon=":material/casino:"):
         st.session_state["aug_seed"] = st.session_state.get("aug_seed", 0) + 1
     # The preview shows the settings even while augmentation is off, so they can be tried before switching on.
@@ -72,7 +75,7 @@ with right:
     path = Path(report["root"]) / pick
     try:
         with st.spinner("Drawing nine augmentations (the first time loads TensorFlow, a few seconds)..."):
-            grid = _grid(str(path), path.stat().st_mtime_ns, dataclasses.asdict(shown),
+            grid = _grid(shared.fs_key(path), path.stat().st_mtime_ns, dataclasses.asdict(shown),
                          st.session_state.get("aug_seed", 0))
     except (data.DataError, OSError) as exc:
         shared.error(f"{pick} could not be read ({exc}); pick another image, or re-scan on the Data page.")

@@ -34,6 +34,14 @@ def welcome() -> None:
             st.rerun()
 
 
+def skipped_table(skipped: list[dict]) -> None:
+    """The skipped files and why, names as shared.readable shows them (a DataFrame cannot hold a non-UTF-8 one)."""
+    import pandas as pd
+
+    st.dataframe(pd.DataFrame([{k: shared.readable(s[k]) for k in ("path", "reason")} for s in skipped]),
+                 hide_index=True, width="stretch")
+
+
 welcome()
 shared.source_note()
 current = shared.source()  # what this visitor already chose: coming back to this page must not reset it
@@ -43,23 +51,24 @@ choice = st.radio("Source", SOURCES, index=kind, horizontal=True)
 # Imported after the first widgets are drawn: on a cold start the page is usable while these load.
 import pandas as pd  # noqa: E402
 
-from app_pages import loop  # noqa: E402
+from app_pages import loop, uploads  # noqa: E402
 from pipeline import data, revision  # noqa: E402
 
+pending = None  # a zip just uploaded: the source once it unpacks and holds images, else refused (and removed)
 try:
     if choice.startswith("Sample"):
         shared.set_source("sample:digits")
     elif choice == "Upload a zip":
-        upload = st.file_uploader("Zip of class folders", type=["zip"], max_upload_size=shared.max_upload_mb())
+        # Streamed to disk as it arrives (app_pages/uploads.py), never whole in the server's memory
+        upload = uploads.file_input("Zip of class folders", "uploads", [".zip"], key="dataset-zip")
         if upload is not None:
             import zipfile
 
-            kept = shared.saved_upload(upload, "uploads")
-            if not zipfile.is_zipfile(kept):  # a .zip name on something else: say so in the user's own terms
-                shared.error(f"{upload.name} is not a zip archive (its contents are not a zip, whatever the name "
-                             "says). Zip the folder of class folders and upload that .zip.")
+            if not zipfile.is_zipfile(upload.path):  # a .zip name on something else: say so in the user's terms
+                uploads.refuse(upload, f"{upload.name} is not a zip archive (its contents are not a zip, whatever "
+                               "the name says). Zip the folder of class folders and upload that .zip.")
                 st.stop()
-            shared.set_source(kept)
+            pending = upload
         elif kind == 1:
             st.caption(f"Using {shared.plain(Path(current).name)}, uploaded before. Upload another zip to replace it.")
         else:
@@ -78,24 +87,33 @@ try:
             picked = st.selectbox(f"Folder under {root}", folders, index=folders.index(chosen) if chosen else 0)
             shared.set_source(str((root / picked).resolve()))
 
-    src = shared.source()
+    src = pending.path if pending else shared.source()
     folder, scanned = shared.resolve_and_scan(src)  # progress bars: unpacking, then decoding every image
     rev = revision.Revision(folder)
     report = revision.apply(data.ScanReport.from_dict(scanned), rev.active()).to_dict()  # as training sees it
 except data.DataError as exc:
-    shared.error(shared.user_words(exc, shared.source()))
+    if pending:  # a zip that cannot be unpacked: said with the name the user gave it, and removed
+        uploads.refuse(pending, shared.user_words(exc, pending.path).replace(Path(pending.path).name, pending.name))
+    else:
+        shared.error(shared.user_words(exc, shared.source()))
     st.stop()
 
 counts = {c: sum(v.values()) for c, v in report["counts"].items()}
 total = sum(counts.values())
 if total == 0:
-    name = Path(src).name if not data.is_sample(src) else src
-    shared.error(f"{name} holds no images Transfer Studio can read"
-                 + (f" ({len(report['skipped'])} file(s) skipped, listed below)" if report["skipped"] else "")
-                 + ". Put each class's images (JPEG, PNG, BMP, GIF or WebP) in its own folder and try again.")
+    name = pending.name if pending else Path(src).name if not data.is_sample(src) else src
+    message = (f"{name} holds no images Transfer Studio can read"
+               + (f" ({len(report['skipped'])} file(s) skipped, listed below)" if report["skipped"] else "")
+               + ". Put each class's images (JPEG, PNG, BMP, GIF or WebP) in its own folder and try again.")
+    if pending:
+        uploads.refuse(pending, message, extracted=folder)  # removed, with what was unpacked from it
+    else:
+        shared.error(message)
     if report["skipped"]:
-        st.dataframe(pd.DataFrame(report["skipped"])[["path", "reason"]], hide_index=True, width="stretch")
+        skipped_table(report["skipped"])
     st.stop()
+if pending:
+    shared.set_source(pending.path)  # usable: the source from now on (a reload, the other pages)
 cols = st.columns(4)
 cols[0].metric("Classes", len(report["classes"]))
 cols[1].metric("Images", total)
@@ -126,7 +144,7 @@ st.dataframe(pd.DataFrame({c: {"min": f"{s['min'][0]}x{s['min'][1]}", "median": 
 
 if report["skipped"]:
     st.subheader("Skipped files")
-    st.dataframe(pd.DataFrame(report["skipped"])[["path", "reason"]], hide_index=True, width="stretch")
+    skipped_table(report["skipped"])
 
 st.subheader("Corrections")
 loop.revision_summary(folder)
@@ -137,12 +155,14 @@ with add_left:
     target = st.selectbox("Add images to class", report["classes"], key="add-class") if report["classes"] else None
     new_files = st.file_uploader("Image files", type=["jpg", "jpeg", "png", "bmp", "gif", "webp"],
                                  accept_multiple_files=True, key=f"add-files-{st.session_state.get('added', 0)}")
+    force = st.checkbox("Add copies anyway", key="add-force", help="An image whose bytes the dataset already holds "
+                        "(in validation or test it would leak into training) is refused unless this is ticked.")
     if target and new_files and st.button(f"Add {len(new_files)} image(s) to {shared.plain(target)}", key="add-go"):
-        loop.add_images(folder, scanned, target, new_files)
+        loop.add_images(folder, scanned, target, new_files, force=force)
 with add_right:
     shot = st.camera_input("Or take a photo", key=f"camera-{st.session_state.get('added', 0)}")
     if target and shot is not None and st.button(f"Add the photo to {shared.plain(target)}", key="add-shot"):
-        loop.add_images(folder, scanned, target, [shot])
+        loop.add_images(folder, scanned, target, [shot], force=force)
 loop.undo_button(folder, key="undo-data")
 
 run_job = loop.latest_finished_run(src)

@@ -27,7 +27,9 @@ editable = shared.can_control(job)
 st.metric(f"Accuracy on the {result['split']} split ({result['images']} images)", f"{result['accuracy']:.2%}")
 if result.get("split_chose_checkpoint", result["split"] == "val"):
     st.warning("This run has no test split, so it is measured on the validation split, which also chose the best "
-               "checkpoint: the figure is optimistic. Set a test fraction on the Train page for an unbiased one.")
+               "checkpoint: the figure is optimistic. For an unbiased one, retrain with a test split: on the Train page, "
+               + ("choose where to carve it from (Test split from: train/ or val/)."
+                  if dataset.get("scan", {}).get("layout") == "splits" else "set a test fraction."))
 
 labels = result["labels"]
 left, right = st.columns(2)

@@ -8,13 +8,14 @@ label-error search and training run as their own processes, never in the app's.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from app_pages import shared
+from app_pages import shared, uploads
 from pipeline import data, revision
 
 GRID_COLUMNS = 4
@@ -73,8 +74,8 @@ def confused_pairs(result: dict, key: str) -> tuple[str, str] | None:
 
 
 @st.cache_data(max_entries=512, show_spinner=False)
-def _thumb(path: str, size: int = 160):
-    return data.load_image(path, size)
+def _thumb(path: bytes, size: int = 160):  # path: bytes (shared.fs_key), a cache key any file name can be
+    return data.load_image(os.fsdecode(path), size)
 
 
 def _report(folder: str) -> data.ScanReport:
@@ -112,7 +113,7 @@ def image_grid(rows: list[dict], *, folder: str, classes: list[str], editable: b
         prob = r.get("probability", r.get("suggested_probability", 0.0))
         with cols[i % GRID_COLUMNS]:
             try:
-                st.image(_thumb(r["file"]), width="stretch")
+                st.image(_thumb(shared.fs_key(r["file"])), width="stretch")
             except data.DataError:
                 st.caption("(image no longer available)")
             st.caption(f"labelled **{shared.plain(label)}**, looks like **{shared.plain(guess)}** ({prob:.0%})"
@@ -144,22 +145,20 @@ def revision_summary(folder: str, used: int | None = None) -> int:
     return number
 
 
-def add_images(folder: str, scanned: dict, cls: str, files: list) -> None:
-    """Adds uploaded or camera images to class ``cls`` of the dataset's revision (copied beside the dataset)."""
+def add_images(folder: str, scanned: dict, cls: str, files: list, *, force: bool = False) -> None:
+    """Adds uploaded or camera images to class ``cls`` of the dataset's revision (copied beside the dataset):
+    all of them or, when one is not an image or is a copy of one the dataset has (unless ``force``), none."""
     report = data.ScanReport.from_dict(scanned)
     rev = revision.Revision(folder)
-    added = 0
-    for upload in files:
-        saved = shared.saved_upload(upload, "uploads")
-        try:
-            rev.add(report, cls, saved, name=getattr(upload, "name", None) or "photo.jpg")
-            added += 1
-        except data.DataError as exc:
-            shared.error(exc)
-    if added:
-        st.session_state["added"] = st.session_state.get("added", 0) + 1  # new keys: the pickers start empty
-        st.toast(shared.plain(f"Added {added} image(s) to {cls}."))
-        st.rerun()
+    given = [(uploads.saved_upload(u, "uploads"), getattr(u, "name", None) or "photo.jpg") for u in files]
+    try:
+        added = rev.add_all(report, cls, given, force=force)
+    except data.DataError as exc:
+        shared.error(exc)
+        return
+    st.session_state["added"] = st.session_state.get("added", 0) + 1  # new keys: the pickers start empty
+    st.toast(shared.plain(f"Added {len(added)} image(s) to {cls}."))
+    st.rerun()
 
 
 def latest_finished_run(source: str):

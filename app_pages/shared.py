@@ -17,10 +17,38 @@ DEFAULT_SOURCE = "sample:digits"
 # === Names are text ===
 # Class names, file names, run sources and error messages quoting them come from uploads and links: they are
 # shown literally, never as Markdown or HTML (an image in a folder name must not make a browser fetch a URL).
+# A file name is bytes: one that is not UTF-8 is shown with those bytes escaped (readable), and opened by its
+# real name.
 
 _MD_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")  # every ASCII punctuation mark: CommonMark escapes them all
 _AUTOLINK = re.compile(r"(?i)(www)(?=\\\.)|(\\:)(?=\\/\\/)|(?=\\@)")
 WORD_JOINER = "\u2060"  # invisible: breaks the autolinks GFM finds after parsing (www., https://, a@b)
+
+
+def readable(value: object) -> str:
+    """``value`` as text every element can show: the bytes of a file name that are not UTF-8 as ``\\xNN``.
+
+    Linux keeps a file name's bytes as they are, and Python holds the ones that are not UTF-8 as lone surrogates
+    (``os.fsdecode(b"bad_\\xff.jpg") == "bad_\\udcff.jpg"``), which cannot be encoded as UTF-8: Streamlit cannot
+    send such a string to the browser. Shown here as ``bad_\\xff.jpg``; the real name (the path that opens the
+    file) is kept where it was. Every helper below passes what it shows through this one.
+    """
+    words = str(value)
+    try:
+        words.encode("utf-8")
+        return words
+    except UnicodeEncodeError:
+        pass
+    try:
+        return words.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no file name makes (e.g. a \ud800 escape in a JSON file)
+        return words.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def fs_key(path: object) -> bytes:
+    """A path as bytes, for the argument of a cached function: Streamlit hashes a str argument as UTF-8, which a
+    non-UTF-8 file name is not (``os.fsdecode`` gives the path back inside the function)."""
+    return os.fsencode(str(path))
 
 
 def plain(text: object) -> str:
@@ -30,13 +58,13 @@ def plain(text: object) -> str:
     every ASCII punctuation mark is backslash-escaped, and the autolinks GitHub Markdown would still find
     (``www.``, ``scheme://``, ``name@host``) get an invisible word joiner.
     """
-    escaped = _MD_PUNCTUATION.sub(r"\\\1", str(text))
+    escaped = _MD_PUNCTUATION.sub(r"\\\1", readable(text))
     return _AUTOLINK.sub(lambda m: (m.group(1) or m.group(2) or "") + WORD_JOINER, escaped)
 
 
 def text(value: object) -> None:
     """Shows a user-controlled string as plain text (``st.text``: no Markdown, no HTML)."""
-    st.text(str(value))
+    st.text(readable(value))
 
 
 def error(message: object) -> None:
@@ -70,7 +98,7 @@ def user_words(message: object, src: str) -> str:
 
 def chart_label(value: object) -> str:
     """A label for Plotly, which reads a few HTML tags (links among them) in its text: entities keep it literal."""
-    return str(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return readable(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def data_root() -> Path:
@@ -197,9 +225,13 @@ def scan_folder(folder: str, stamp: str, progress=None) -> dict:
     return cache[key]
 
 
-@st.cache_data(max_entries=256, show_spinner=False)
 def thumbnail_strip(root: str, files: tuple[str, ...], size: int = 96, gap: int = 4):
     """One image of up to six examples side by side: one element per class instead of six (faster pages)."""
+    return _thumbnail_strip(fs_key(root), tuple(fs_key(rel) for rel in files), size, gap)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _thumbnail_strip(root: bytes, files: tuple[bytes, ...], size: int, gap: int):
     import numpy as np
 
     from pipeline import data
@@ -207,7 +239,7 @@ def thumbnail_strip(root: str, files: tuple[str, ...], size: int = 96, gap: int 
     tiles = []
     for rel in files:
         try:
-            tiles.append(data.load_image(Path(root) / rel, size))
+            tiles.append(data.load_image(Path(os.fsdecode(root)) / os.fsdecode(rel), size))
         except data.DataError:
             continue  # the scan already lists it as skipped
     if not tiles:
@@ -234,28 +266,6 @@ def resolve_and_scan(src: str) -> tuple[str, dict]:
     report = scan_folder(str(folder), paths.tree_stamp(folder), progress=scanning)  # a photo added to a class
     bar.empty()
     return str(folder), report
-
-
-def saved_upload(upload, kind: str) -> str | None:
-    """The path an uploaded file is kept at (``paths.store_upload``), written once per upload, not per rerun."""
-    if upload is None:
-        return None
-    saved = st.session_state.setdefault("uploads", {})  # file_id -> kept path
-    if upload.file_id not in saved:
-        from pipeline import quota
-
-        # The UploadedFile itself, copied 1 MB at a time (getvalue() would copy the whole upload once more)
-        kept = paths.store_upload(upload, upload.name, kind)
-        quota.enforce(keep=(kept,))  # least recently used uploads and datasets no run refers to make room
-        saved[upload.file_id] = str(kept)
-    return saved[upload.file_id]
-
-
-def max_upload_mb() -> int:
-    """The upload limit: TRANSFER_STUDIO_MAX_UPLOAD_MB, never above the server's ``server.maxUploadSize``."""
-    from pipeline.limits import Limits
-
-    return min(Limits.from_env().max_upload_mb, int(st.get_option("server.maxUploadSize")))
 
 
 def backend():

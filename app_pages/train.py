@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app_pages import shared, state
+from app_pages import shared, state, uploads
 from pipeline import advisor, backbones, data, estimate, revision
 from pipeline import config as config_mod
 from pipeline.config import CLASS_WEIGHTS, STRATEGIES, ConfigError, RunConfig
@@ -80,7 +80,7 @@ def check(label: str, section, field: str, value) -> None:
     try:
         dataclasses.replace(section, **{field: value})
     except ConfigError as exc:
-        problems.append(f"{label}: {str(exc).split(' is not allowed: ')[-1]}")
+        problems.append(f"{label}: {exc.reason}")
 
 
 c1, c2, c3 = st.columns(3)
@@ -108,9 +108,10 @@ with c1:
         st.session_state[P + "weights"] = weight_choices[0]
     weights = st.selectbox("Weights", weight_choices, key=P + "weights", help=helps["model.weights"])
     if weights == UPLOAD_WEIGHTS:  # the way forward on a server that cannot download ImageNet weights
-        weights = shared.saved_upload(
-            st.file_uploader("Weights file (.h5)", type=["h5"], max_upload_size=shared.max_upload_mb(), help="The notop .h5 file Keras names when its "
-                             "download fails, or weights saved from the same backbone, size and width"), "weights")
+        upload = uploads.file_input("Weights file (.h5)", "weights", [".h5"], key="weights-h5", help=(
+            "The notop .h5 file Keras names when its download fails, or weights saved from the same backbone, size "
+            "and width"))  # streamed to disk as it arrives (app_pages/uploads.py)
+        weights = upload.path if upload else None
         if weights is None:
             st.info(f"Upload the weights file for {spec.title}, or choose imagenet or none.")
             st.stop()
@@ -143,11 +144,26 @@ with c3:
                    "~99 s to compile. The model you export is float32 either way.")
 
 st.subheader("Data split and class balance")
-d1, d2, d3 = st.columns(3)
-val_fraction = d1.number_input("Validation fraction", format="%.2f", step=0.05,
-                               key=seed("val_fraction", base.data.val_fraction), help=helps["data.val_fraction"])
-test_fraction = d2.number_input("Test fraction", format="%.2f", step=0.05,
-                                key=seed("test_fraction", base.data.test_fraction), help=helps["data.test_fraction"])
+# Only what this dataset allows: a val/ or test/ folder is that split (its fraction does not apply); with
+# train/ and val/ folders and no test/, a test split is carved from one of them where the visitor says so.
+folders = report.layout == "splits"
+has_val, has_test = folders and bool(report.items.get("val")), folders and bool(report.items.get("test"))
+d0, d1, d2, d3 = st.columns(4) if folders and not has_test else (None, *st.columns(3))
+test_from = base.data.test_from
+if d0 is not None:
+    test_from = d0.selectbox("Test split from", config_mod.TEST_FROM, key=seed("test_from", base.data.test_from),
+                             format_func={"none": "none (evaluate on val)", "train": "train/ folder",
+                                          "val": "val/ folder"}.get, help=helps["data.test_from"])
+val_fraction = d1.number_input(
+    "Validation fraction", format="%.2f", step=0.05, key=seed("val_fraction", base.data.val_fraction),
+    disabled=has_val, help="Your data has a val/ folder: it is the validation split." if has_val
+    else helps["data.val_fraction"])
+test_fraction = d2.number_input(
+    "Test fraction", format="%.2f", step=0.05, key=seed("test_fraction", base.data.test_fraction),
+    disabled=has_test or (folders and test_from == "none"),
+    help="Your data has a test/ folder: it is the test split." if has_test
+    else "Choose where the test split is carved from first (Test split from)." if folders and test_from == "none"
+    else helps["data.test_fraction"])
 class_weight = d3.selectbox("Class weights", CLASS_WEIGHTS, key=seed("class_weight", base.train.class_weight),
                             help=helps["train.class_weight"])
 
@@ -177,7 +193,8 @@ cfg = None
 if not problems:
     try:
         cfg = RunConfig(
-            data=dataclasses.replace(base.data, val_fraction=float(val_fraction), test_fraction=float(test_fraction)),
+            data=dataclasses.replace(base.data, val_fraction=float(val_fraction), test_fraction=float(test_fraction),
+                                     test_from=test_from),
             augment=augment_cfg,
             model=dataclasses.replace(base.model, backbone=backbone, alpha=float(alpha), image_size=int(image_size),
                                       weights=weights),
@@ -209,9 +226,10 @@ if splits is not None:
     st.dataframe(table, width="stretch")
     if not splits.test:
         st.caption("No test split: Evaluate will measure the validation split, which also chooses the best "
-                   "checkpoint (an optimistic figure). Set a test fraction for an unbiased one.")
+                   "checkpoint (an optimistic figure). " + ("Carve one from train/ or val/ (Test split from) for an "
+                   "unbiased one." if folders else "Set a test fraction for an unbiased one."))
 
-    est = estimate.estimate(cfg, len(splits.train), len(splits.val), shared.runs_dir())
+    est = estimate.estimate(cfg, len(splits.train), len(splits.val), shared.runs_dir(), test_images=len(splits.test))
     guess = "" if est.measured else " (first guess)"
     cols = st.columns(len(est.phases) + 1)
     for col, phase in zip(cols, est.phases, strict=False):
@@ -220,7 +238,9 @@ if splits is not None:
                    help=f"The first epoch of the phase takes about {estimate.describe(phase.first_epoch_seconds)} "
                         "(the graph is traced and compiled).")
     cols[-1].metric(f"Whole run{guess}", estimate.describe(est.seconds),
-                    help="Epochs only; loading the images and the final evaluation come on top.")
+                    help=f"Launch to done: start-up (the process, loading and decoding the images, building the "
+                         f"model) about {estimate.describe(est.startup_seconds)}, the epochs, then the evaluation "
+                         f"about {estimate.describe(est.finish_seconds)}.")
     st.caption(f"Estimate: {est.basis}.")
 
 for problem in problems:

@@ -180,9 +180,10 @@ def cmd_delete(args) -> int:
     import re
 
     from pipeline import paths
+    from pipeline.atomic import remove_folder
     from pipeline.jobs.backends import get_backend
     from pipeline.jobs.store import JobError
-    from pipeline.runfolder import RunFolder, remove_folder
+    from pipeline.runfolder import RunFolder
 
     target = args.target
     backend = get_backend()

@@ -105,3 +105,14 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
+
+
+def remove_folder(folder: Path) -> None:
+    """Deletes ``folder`` and everything in it, renamed to a hidden name first so that a half-deleted folder
+    never looks like a run (a kill during the removal leaves ``.deleting-NAME``, which nothing lists)."""
+    folder = Path(folder)
+    if folder.exists():
+        trash = folder.with_name(f".deleting-{folder.name}")
+        shutil.rmtree(trash, ignore_errors=True)  # what an earlier, killed removal left
+        folder.replace(trash)
+        shutil.rmtree(trash, ignore_errors=True)

@@ -73,6 +73,7 @@ FLIPS = ("none", "horizontal", "vertical", "horizontal_and_vertical")
 CLASS_WEIGHTS = ("auto", "balanced", "none")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 BACKENDS = ("", "tensorflow", "jax")
+TEST_FROM = ("none", "train", "val")
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,11 @@ class DataConfig:
 
     Attributes:
         val_fraction: Share of each class held out for validation when the data has no val split.
-        test_fraction: Share of each class held out for the final test when the data has no test split.
+        test_fraction: Share of each class held out for the final test when the data has no test split (with
+            train/ and val/ folders, only where ``test_from`` says to carve it from).
+        test_from: With train/ and val/ folders and no test/: none (no test split: evaluation measures val/,
+            which also chose the best checkpoint), train (test_fraction of each class carved out of train/) or
+            val (carved out of val/).
         cache_memory_mb: Memory for the resized images, halved between the train and val caches: a split that
             fits its half is kept in the process; otherwise (and by default, 0) it is a flat file under
             ``TRANSFER_STUDIO_HOME/scratch`` read a batch at a time, whose pages sit in the kernel's page
@@ -93,6 +98,7 @@ class DataConfig:
 
     val_fraction: float = 0.2
     test_fraction: float = 0.1
+    test_from: str = "none"
     cache_memory_mb: int = 0
     max_image_pixels: int = 89_478_485
     max_zip_bytes: int = 4 * 1024**3
@@ -106,6 +112,7 @@ class DataConfig:
                       "stay below 0.9 so that something is left to train on; lower one of them")
             raise ConfigError(f"data.val_fraction and data.test_fraction are not allowed together: {reason}.",
                               field="data.test_fraction", reason=reason)
+        _check_choice("data.test_from", self.test_from, TEST_FROM)
         _check_int("data.cache_memory_mb", self.cache_memory_mb, 0)
         _check_int("data.max_image_pixels", self.max_image_pixels, 1)
         _check_int("data.max_zip_bytes", self.max_zip_bytes, 1)

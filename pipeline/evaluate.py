@@ -137,7 +137,8 @@ def summary(result: dict[str, Any]) -> str:
         lines.append(f"{c:<20} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['f1']:>6.3f} {m['support']:>5}")
     if result.get("split_chose_checkpoint"):
         lines.append("note: there is no test split; the validation split also chose the best checkpoint, so this "
-                     "accuracy is optimistic (set data.test_fraction or add a test/ folder)")
+                     "accuracy is optimistic (add a test/ folder, or carve a test split: data.test_fraction, and "
+                     "with train/ and val/ folders data.test_from=train or val)")
     for pair in result.get("confused_pairs", [])[:3]:
         lines.append(f"most confused: {pair['true']} taken for {pair['predicted']} ({pair['images']} images)")
     if result["mistakes"]:

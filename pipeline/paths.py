@@ -58,6 +58,63 @@ def make_temp_dir(parent: Path, prefix: str) -> Path:
 CHUNK = 1 << 20
 
 
+class UploadWriter:
+    """An upload being kept, written piece by piece as it arrives (a web route streaming a request body).
+
+    ``write()`` each piece, then ``keep()`` names it ``<home>/<kind>/<content hash>/<its name, made safe>`` and
+    returns that path; until then it is a temporary ``.upload-*.part`` file in ``<home>/<kind>``, so a file under
+    its final name is always whole. ``discard()`` (or leaving the ``with`` block without ``keep()``, an error
+    included) removes the partial file. Only the piece being written is held in memory.
+    """
+
+    def __init__(self, name: str, kind: str) -> None:
+        import hashlib
+        import re
+        import tempfile
+
+        original = Path(name)
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "_", original.stem).strip("._")[:60] or "upload"
+        suffix = re.sub(r"[^A-Za-z0-9.]+", "", original.suffix.lower())[:10]
+        self.filename = f"{stem}{suffix}"
+        self.parent = home() / kind
+        self.parent.mkdir(parents=True, exist_ok=True)
+        fd, part_name = tempfile.mkstemp(prefix=".upload-", suffix=".part", dir=self.parent)
+        self.part = Path(part_name)
+        self._out = os.fdopen(fd, "wb")
+        self._digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, chunk: bytes | bytearray | memoryview) -> None:
+        self._digest.update(chunk)
+        self._out.write(chunk)
+        self.size += len(chunk)
+
+    def keep(self) -> Path:
+        """The kept path (one copy per content: an existing copy is marked used, this one removed)."""
+        try:
+            self._out.close()
+            self.part.chmod(0o666 & ~umask())  # mkstemp makes 0600
+            target = self.parent / self._digest.hexdigest()[:16] / self.filename
+            if target.exists():
+                os.utime(target.parent)
+            else:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self.part.replace(target)
+            return target
+        finally:
+            self.part.unlink(missing_ok=True)
+
+    def discard(self) -> None:
+        self._out.close()
+        self.part.unlink(missing_ok=True)
+
+    def __enter__(self) -> UploadWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.discard()  # after keep(): nothing left to remove
+
+
 def store_upload(payload, name: str, kind: str) -> Path:
     """Keeps an uploaded file as ``<home>/<kind>/<content hash>/<its name, made safe>``; returns that path.
 
@@ -67,42 +124,33 @@ def store_upload(payload, name: str, kind: str) -> Path:
         name: The name the user gave it (runs list it).
         kind: The folder under home (``uploads``, ``weights``).
 
-    One copy per content, written to a temporary name and renamed, so a crash never leaves a half-written file
-    under the final name. Keeping an existing copy marks it used (its folder's mtime: the disk quota removes
-    the least recently used first).
+    One copy per content, written to a temporary name and renamed (``UploadWriter``), so a crash never leaves a
+    half-written file under the final name. Keeping an existing copy marks it used (its folder's mtime: the disk
+    quota removes the least recently used first).
     """
-    import hashlib
-    import re
-    import tempfile
-
-    original = Path(name)
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", original.stem).strip("._")[:60] or "upload"
-    suffix = re.sub(r"[^A-Za-z0-9.]+", "", original.suffix.lower())[:10]
-    parent = home() / kind
-    parent.mkdir(parents=True, exist_ok=True)
-    fd, part_name = tempfile.mkstemp(prefix=".upload-", suffix=".part", dir=parent)
-    part = Path(part_name)
-    digest = hashlib.sha256()
-    try:
-        with os.fdopen(fd, "wb") as out:
-            if isinstance(payload, bytes | bytearray | memoryview):
-                digest.update(payload)
-                out.write(payload)
-            else:
-                payload.seek(0)
-                while chunk := payload.read(CHUNK):
-                    digest.update(chunk)
-                    out.write(chunk)
-        part.chmod(0o666 & ~umask())  # mkstemp makes 0600
-        target = parent / digest.hexdigest()[:16] / f"{stem}{suffix}"
-        if target.exists():
-            os.utime(target.parent)
+    with UploadWriter(name, kind) as writer:
+        if isinstance(payload, bytes | bytearray | memoryview):
+            writer.write(payload)
         else:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            part.replace(target)
-    finally:
-        part.unlink(missing_ok=True)
-    return target
+            payload.seek(0)
+            while chunk := payload.read(CHUNK):
+                writer.write(chunk)
+        return writer.keep()
+
+
+def remove_upload(path: str | os.PathLike, kind: str) -> bool:
+    """Removes a kept upload (``<home>/<kind>/<hash>/<name>``), and its folder once empty; False when ``path``
+    is not a kept upload of that kind (nothing else is ever removed)."""
+    target = Path(path)
+    folder = target.parent.resolve()
+    if folder.parent != home() / kind or folder.name.startswith(".") or target.name.startswith("."):
+        return False
+    (folder / target.name).unlink(missing_ok=True)
+    try:
+        folder.rmdir()
+    except OSError:
+        pass  # another name for the same content is kept there
+    return True
 
 
 def tree_stamp(folder: str | os.PathLike) -> str:
@@ -117,5 +165,5 @@ def tree_stamp(folder: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     for dirpath, dirnames, _ in os.walk(folder, followlinks=True):
         dirnames.sort()
-        digest.update(f"{dirpath}\0{os.stat(dirpath).st_mtime_ns}\n".encode())
+        digest.update(os.fsencode(dirpath) + f"\0{os.stat(dirpath).st_mtime_ns}\n".encode())  # any name's bytes
     return digest.hexdigest()[:16]

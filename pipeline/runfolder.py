@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.atomic import atomic_write, atomic_write_json, atomic_write_text  # noqa: F401 - re-exported
+from pipeline.atomic import atomic_write, atomic_write_json, atomic_write_text, remove_folder  # noqa: F401 - re-exported
 from pipeline.exitcodes import UserError
 from pipeline.host.disk import full_disk_is_a_message, is_full
 
@@ -354,19 +354,6 @@ class RunFolder:
             elif m.get("event") == "rollback":
                 out = [e for e in out if e.get("phase") != m["phase"] or e.get("epoch", 0) <= m["epoch"]]
         return out
-
-
-def remove_folder(folder: Path) -> None:
-    """Deletes ``folder`` and everything in it, renamed to a hidden name first so that a half-deleted folder
-    never looks like a run (a kill during the removal leaves ``.deleting-NAME``, which nothing lists)."""
-    import shutil
-
-    folder = Path(folder)
-    if folder.exists():
-        trash = folder.with_name(f".deleting-{folder.name}")
-        shutil.rmtree(trash, ignore_errors=True)  # what an earlier, killed removal left
-        folder.replace(trash)
-        shutil.rmtree(trash, ignore_errors=True)
 
 
 def _read_json_object(path: Path) -> dict[str, Any]:

@@ -270,3 +270,30 @@ def test_a_crafted_run_id_in_the_link_is_refused():
     at = _page("runs.py", run="../../etc")
     _no_exception(at)
     assert any("is not a job id" in e.value for e in at.error)
+
+
+def test_train_page_offers_only_the_splits_a_train_val_dataset_allows(tmp_path):
+    """With train/ and val/ folders, Test fraction changed nothing (the test column stayed 0) while the caption
+    said to set it: now the page asks where to carve the test split from, and the fractions that cannot apply
+    are disabled, saying why."""
+    from tests.conftest import write_shapes_dataset
+
+    root = tmp_path / "given"
+    write_shapes_dataset(root / "train", per_class=10)
+    write_shapes_dataset(root / "val", per_class=5, seed=3)
+    at = AppTest.from_file(ENTRY, default_timeout=120)
+    at.session_state["owner_key"] = BROWSER_KEY
+    at.session_state["source"] = str(root)
+    at.run()
+    at.switch_page("app_pages/train.py").run()
+    _no_exception(at)
+    fractions = {n.label: n for n in at.number_input}
+    assert fractions["Validation fraction"].disabled and fractions["Test fraction"].disabled
+    assert any("Carve one from train/ or val/" in c.value for c in at.caption)
+    test_column = at.dataframe[0].value["test"]
+    assert test_column["all classes"] == 0
+    next(s for s in at.selectbox if s.label == "Test split from").set_value("train").run()
+    _no_exception(at)
+    assert not next(n for n in at.number_input if n.label == "Test fraction").disabled
+    table = at.dataframe[0].value
+    assert table["test"]["all classes"] == 3 and table["train"]["all classes"] == 27  # 10% of each train/ class

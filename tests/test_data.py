@@ -151,6 +151,28 @@ def test_splits_are_stratified_seeded_and_disjoint(tmp_path):
     assert data.Splits.from_dict(a.to_dict()) == a
 
 
+def test_a_test_split_is_carved_from_train_or_val_folders_only_where_asked(tmp_path):
+    """With train/ and val/ folders a test fraction changed nothing (the test column stayed 0): now
+    ``data.test_from`` says where it is carved from, and ``none`` says there is none."""
+    root = tmp_path / "given"
+    write_shapes_dataset(root / "train", per_class=10)
+    write_shapes_dataset(root / "val", per_class=5, seed=3)
+    report = data.scan(root)
+    counts = {}
+    for source in ("none", "train", "val"):
+        s = data.make_splits(report, DataConfig(test_fraction=0.2, test_from=source), 0)
+        counts[source] = [np.bincount(s.labels(x), minlength=3).tolist() for x in ("train", "val", "test")]
+        names = [set(s.paths(x)) for x in ("train", "val", "test")]
+        assert not (names[0] & names[1] or names[0] & names[2] or names[1] & names[2])
+        assert data.test_from(report, DataConfig(test_fraction=0.2, test_from=source)) == \
+            {"none": None, "train": "train", "val": "val"}[source]
+    assert counts["none"] == [[10] * 3, [5] * 3, [0] * 3]
+    assert counts["train"] == [[8] * 3, [5] * 3, [2] * 3]  # 20% of train/ per class
+    assert counts["val"] == [[10] * 3, [4] * 3, [1] * 3]  # 20% of val/ per class
+    assert all(p.startswith(str(root / "val")) for p in data.make_splits(
+        report, DataConfig(test_fraction=0.2, test_from="val"), 0).paths("test"))
+
+
 def test_given_split_folders_are_used_and_missing_val_is_carved(tmp_path):
     root = tmp_path / "given"
     write_shapes_dataset(root / "train", per_class=10)

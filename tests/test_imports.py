@@ -17,12 +17,13 @@ ALLOWED = {
     "export": {"export", "pipeline"},
     "app_pages": {"app_pages", "export", "pipeline"},
     "streamlit_app": {"app_pages", "export", "pipeline"},
+    "app_server": {"app_pages"},
 }
 
 
 def project_modules() -> dict[str, Path]:
     """Every project module by dotted name (package ``__init__`` files under the package's own name)."""
-    modules = {"streamlit_app": ROOT / "streamlit_app.py"}
+    modules = {"streamlit_app": ROOT / "streamlit_app.py", "app_server": ROOT / "app_server.py"}
     for package in PACKAGES:
         for path in (ROOT / package).rglob("*.py"):
             parts = path.relative_to(ROOT).with_suffix("").parts

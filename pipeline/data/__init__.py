@@ -16,7 +16,7 @@ One concern per module, each importing only the ones before it (no cycle):
 - ``sources``: what a source is and its absolute form, safe unzipping, the embedded samples;
 - ``decode``: one image to RGB uint8 within the decode budget, and many files on every core;
 - ``scanning``: :class:`ScanReport` and :func:`scan` (bad files, duplicates, conflicts, sizes, warnings);
-- ``splits``: :class:`Splits`, :func:`make_splits`, :func:`class_weights`;
+- ``splits``: :class:`Splits`, :func:`make_splits`, :func:`test_from`, :func:`class_weights`;
 - ``cache``: :class:`ImageCache`, the split's images as uint8 in memory or on disk;
 - ``tfdata``: :func:`make_dataset`, the only place that imports TensorFlow (when it runs).
 
@@ -49,7 +49,7 @@ from pipeline.data.sources import (
     sample_preset,
     unwrap_single_folder,
 )
-from pipeline.data.splits import Splits, class_weights, make_splits
+from pipeline.data.splits import Splits, class_weights, make_splits, test_from
 from pipeline.data.tfdata import image_batches, make_dataset
 
 __all__ = [
@@ -79,6 +79,7 @@ __all__ = [
     "image_batches",
     "make_dataset",
     "make_splits",
+    "test_from",
     "materialize_sample",
     "pool_kind",
     "resolve_source",

@@ -74,12 +74,14 @@ def make_splits(report: ScanReport, data_cfg: DataConfig, seed: int) -> Splits:
         )
     index = {c: i for i, c in enumerate(report.classes)}
     rng = np.random.default_rng(seed)
+    given_val = report.items.get("val") or []
+    carve = test_from(report, data_cfg)
     if report.layout == "classes":
         val_f, test_f = data_cfg.val_fraction, data_cfg.test_fraction
         pool = report.items["all"]
     else:
-        val_f = 0.0 if report.items.get("val") else data_cfg.val_fraction
-        test_f = 0.0
+        val_f = 0.0 if given_val else data_cfg.val_fraction
+        test_f = data_cfg.test_fraction if carve == "train" else 0.0
         pool = report.items["train"]
     per_class: dict[str, list[str]] = defaultdict(list)
     for rel, cls in pool:
@@ -104,11 +106,39 @@ def make_splits(report: ScanReport, data_cfg: DataConfig, seed: int) -> Splits:
         test += [(f, index[cls]) for f in shuffled[n_val : n_val + n_test]]
         train += [(f, index[cls]) for f in shuffled[n_val + n_test :]]
     if report.layout == "splits":
-        for split, target in (("val", val), ("test", test)):
-            target += [(rel, index[cls]) for rel, cls in report.items.get(split, []) if cls in index]
+        if carve == "val":  # test_fraction of each class of val/ becomes the test split
+            by_class: dict[str, list[str]] = defaultdict(list)
+            for rel, cls in given_val:
+                by_class[cls].append(rel)
+            for cls in report.classes:
+                files = sorted(by_class.get(cls, []))
+                n_test = max(1, round(len(files) * data_cfg.test_fraction)) if files else 0
+                if files and len(files) - n_test < 1:
+                    raise DataError(f"class {cls!r} has {len(files)} image(s) in val/: too few to carve a test split "
+                                    "from; carve it from train/ (data.test_from=train) or add images to val/.")
+                shuffled = [files[i] for i in rng.permutation(len(files))]
+                test += [(f, index[cls]) for f in shuffled[:n_test]]
+                val += [(f, index[cls]) for f in shuffled[n_test:]]
+        else:
+            val += [(rel, index[cls]) for rel, cls in given_val if cls in index]
+        test += [(rel, index[cls]) for rel, cls in report.items.get("test", []) if cls in index]
     if not val:
         raise DataError(f"{report.root} leaves no validation images; add a val/ folder or images to train/.")
     return Splits(report.root, tuple(report.classes), tuple(train), tuple(val), tuple(test))
+
+
+def test_from(report: ScanReport, data_cfg: DataConfig) -> str | None:
+    """Where this dataset's test split comes from: "all" (carved from class folders), "folder" (its test/),
+    "train" or "val" (carved from that folder, ``data.test_from``), or None (no test split)."""
+    if report.layout == "classes":
+        return "all" if data_cfg.test_fraction > 0 else None
+    if report.items.get("test"):
+        return "folder"
+    if data_cfg.test_from == "none" or data_cfg.test_fraction <= 0:
+        return None
+    if data_cfg.test_from == "val" and not report.items.get("val"):
+        return "train"  # no val/ folder: validation is carved from train/ too
+    return data_cfg.test_from
 
 
 def class_weights(labels: Sequence[int], num_classes: int, mode: str) -> dict[int, float] | None:

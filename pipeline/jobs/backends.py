@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 from pipeline.config import RunConfig
 from pipeline.data import absolute_source
@@ -18,6 +19,7 @@ from pipeline.jobs.contract import Backend
 from pipeline.jobs.store import Job, JobStore
 from pipeline.jobs.worker import WorkerLock
 from pipeline.launch import start_python
+from pipeline.runfolder import RunFolder
 
 
 class LocalBackend:
@@ -42,13 +44,17 @@ class LocalBackend:
 
     def resume(self, job_id: str) -> Job:
         """Queues a failed or cancelled job again (it continues from its last finished epoch); a job left
-        running by a dead worker is put back in the queue by the worker this starts."""
+        running by a dead worker is put back in the queue by the worker this starts. A job whose run folder
+        holds a finished run is done: it becomes so (its worker died before recording it)."""
         job = self.store.get(job_id)
         if job.state == "running" and not self.worker_alive():
             self.ensure_worker()
             return self.store.get(job_id)
+        if job.state in ("failed", "cancelled") and RunFolder(Path(job.run_dir)).finished():
+            self.store.finish(job_id, "done")  # its run finished; what failed was recording it (a dead worker)
+            return self.store.get(job_id)
         job = self.store.resume(job_id)
-        if self.autostart and job.state == "queued":  # not when it turned out done (its run had finished)
+        if self.autostart:
             self.ensure_worker()
         return job
 

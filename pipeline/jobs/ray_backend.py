@@ -174,7 +174,7 @@ class RayBackend:
 
     def delete(self, job_id: str) -> Job:
         """Removes a stopped job, every attempt of it, from the cluster's job list, then its run folder."""
-        from pipeline.runfolder import remove_folder
+        from pipeline.atomic import remove_folder
 
         job = self.status(job_id)
         if job.state in ("queued", "running"):

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import paths
+from pipeline.atomic import remove_folder
 from pipeline.exitcodes import UserError
 from pipeline.host.disk import free_bytes, is_full, size_text
 
@@ -217,8 +218,6 @@ class JobStore:
         job = self.get(job_id)
         if job.state in ("queued", "running"):
             raise JobError(f"job {job_id} is {job.state}; cancel it first, then delete it once it has stopped.")
-        from pipeline.runfolder import remove_folder
-
         remove_folder(Path(job.run_dir))
         with self._transaction() as db:
             db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
@@ -279,8 +278,7 @@ class JobStore:
         return self.get(job_id)
 
     def resume(self, job_id: str) -> Job:
-        """Queues a failed or cancelled job again; its training continues from its last finished epoch. A job
-        whose run folder holds a finished run is done (its worker died before recording it): it becomes done.
+        """Queues a failed or cancelled job again; its training continues from its last finished epoch.
 
         Raises:
             JobError: the job is queued, running or done.
@@ -288,12 +286,6 @@ class JobStore:
         job = self.get(job_id)
         if job.state not in ("failed", "cancelled"):
             raise JobError(f"job {job_id} is {job.state}; only a failed or cancelled job can be resumed.")
-        from pipeline.runfolder import RunFolder
-
-        if RunFolder(Path(job.run_dir)).finished():  # its run finished; the failure was the recording of it
-            with self._transaction() as db:
-                db.execute("UPDATE jobs SET state = 'done', error = NULL WHERE id = ?", (job_id,))
-            return self.get(job_id)
         (Path(job.run_dir) / "CANCEL").unlink(missing_ok=True)
         with self._transaction() as db:
             db.execute("UPDATE jobs SET state = 'queued', worker = NULL, finished = NULL, error = NULL, "
