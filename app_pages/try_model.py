@@ -12,6 +12,7 @@ import io
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 import streamlit.components.v1 as components
@@ -36,7 +37,14 @@ shot = st.file_uploader("Photo", type=["jpg", "jpeg", "png", "bmp", "gif", "webp
 if shot is None:
     st.stop()
 try:
-    pixels = data.decode_image_bytes(shot.getvalue(), size, name=shot.name)
+    if source == "Camera":  # a camera frame: its centre square (as MediaPipe's classifier crops), not squashed
+        frame = data.decode_image_bytes(shot.getvalue(), None, name=shot.name)
+        side = min(frame.shape[:2])
+        top, left = (frame.shape[0] - side) // 2, (frame.shape[1] - side) // 2
+        square = Image.fromarray(frame[top:top + side, left:left + side])
+        pixels = np.asarray(square.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+    else:
+        pixels = data.decode_image_bytes(shot.getvalue(), size, name=shot.name)
 except data.DataError as exc:
     shared.error(exc)  # quotes the photo's file name: text, never Markdown
     st.stop()

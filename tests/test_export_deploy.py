@@ -325,14 +325,31 @@ def test_web_demo_in_the_bundle_classifies_a_picked_photo_like_the_savedmodel(se
     embedded = np.array(json.loads(out.get_attribute("data-probs")), dtype=np.float32)
     assert np.abs(embedded - expected).max() <= 1e-4
     assert page.locator("#top").inner_text().startswith("Browser (TF.js, ")
+    # The next photo changes only the fragment (as the Try page does): the same page, TF.js loaded once, classifies
+    # it, and never shows the previous photo's result meanwhile (it did, on every other photo).
+    images, truth = _test_images(trained_run)
+    other = next(i for i in range(len(images)) if int(fn(images[i:i + 1].astype(np.float32))[0].argmax())
+                 != int(expected.argmax()))
+    second = tmp_path / "second.png"
+    Image.fromarray(images[other]).save(second)
+    page.evaluate("window.sameDocument = true")
+    page.evaluate("h => { location.hash = h; }", "image=data:image/png;base64," + base64.b64encode(
+        second.read_bytes()).decode())
+    expected2 = fn(images[other:other + 1].astype(np.float32))[0]
+    out = page.wait_for_selector(f"#out[data-top1='{labels[int(expected2.argmax())]}']")
+    assert np.abs(np.array(json.loads(out.get_attribute("data-probs")), dtype=np.float32) - expected2).max() <= 1e-4
+    assert page.evaluate("window.sameDocument === true")  # no reload: TF.js and the model stayed loaded
     # The webcam: Chromium's fake camera (a test pattern) through getUserMedia, classified frame by frame.
     page.goto(f"{url}/web/")
     page.wait_for_selector("#status:has-text('Model loaded')")
     page.click("#camera")
     out = page.wait_for_selector("#out[data-top1]:not([data-top1=''])")
     assert out.get_attribute("data-top1") in labels
-    assert page.locator("#video").is_visible() and page.locator("#snap").is_visible()
+    assert page.locator("#video").is_visible() and page.locator("#snap").inner_text() == "Pause"
+    first = out.get_attribute("data-probs")  # the fake camera's pattern moves: frame after frame, new results
+    page.wait_for_function("p => document.getElementById('out').dataset.probs !== p", arg=first, timeout=30_000)
     page.click("#snap")
+    assert page.locator("#snap").inner_text() == "Resume"
     assert not errors, errors
 
 

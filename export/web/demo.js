@@ -1,8 +1,12 @@
 // Transfer Studio web demo: loads the bundle's TF.js graph model (../tfjs/ by default) and labels.txt, and
 // classifies a picked photo or a webcam frame, showing the top classes as bars.
-// The model takes raw RGB pixels 0..255 resized to its input size (bilinear, no crop): no normalisation.
+// The model takes raw RGB pixels 0..255 resized to its input size (bilinear): no normalisation. A photo is
+// resized whole, as training saw it; a webcam frame is first cropped to its centre square (as MediaPipe's image
+// classifier does), so it is not squashed. The webcam is classified continuously (Pause stops it).
 // URL options: ?model=../tfjs-float16/ (another graph-model folder of the bundle), ?labels=../labels.txt,
-// ?embedded=1 (only the result; used by the Transfer Studio app), #image=<data: URL> (classify that image).
+// ?embedded=1 (only the result; used by the Transfer Studio app), #image=<data: URL> (classify that image; a new
+// fragment classifies the new image with the model already loaded, and the old result is cleared first, so a
+// result is never shown beside another image than the one it is for).
 (function () {
   'use strict';
   const params = new URLSearchParams(location.search);
@@ -13,6 +17,7 @@
   let labels = [];
   let size = 224;
   let stream = null;
+  let latest = 0;  // the newest image asked for: an older classification finishing late is not drawn
 
   if (params.get('embedded')) document.body.classList.add('embedded');
 
@@ -38,10 +43,23 @@
     return row;
   }
 
+  function clear() {
+    $('top').textContent = '';
+    $('bars').replaceChildren();
+    delete $('out').dataset.probs;
+    $('out').dataset.top1 = '';
+  }
+
   // Classifies an <img>, <video> or <canvas>: resized to the model's size, raw 0..255 pixels.
-  async function classify(source) {
+  async function classify(source, ticket, crop = false) {
     const x = tf.tidy(() => {
       let pixels = tf.browser.fromPixels(source);
+      if (crop && pixels.shape[0] !== pixels.shape[1]) {
+        const side = Math.min(pixels.shape[0], pixels.shape[1]);
+        const top = Math.floor((pixels.shape[0] - side) / 2);
+        const left = Math.floor((pixels.shape[1] - side) / 2);
+        pixels = pixels.slice([top, left, 0], [side, side, 3]);
+      }
       if (pixels.shape[0] !== size || pixels.shape[1] !== size) {
         pixels = tf.image.resizeBilinear(pixels, [size, size]);
       }
@@ -51,6 +69,7 @@
     const probs = Array.from(await y.data());
     x.dispose();
     y.dispose();
+    if (ticket !== undefined && ticket !== latest) return probs;  // another image was asked for meanwhile
     const order = probs.map((p, i) => i).sort((a, b) => probs[b] - probs[a]);
     const prefix = params.get('embedded') ? 'Browser (TF.js, ' + tf.getBackend() + '): ' : '';
     $('top').textContent = prefix + labels[order[0]] + ' (' + (probs[order[0]] * 100).toFixed(1) + '%)';
@@ -62,11 +81,21 @@
   }
 
   async function showImage(url) {
+    const ticket = ++latest;
+    clear();
+    show('Classifying...');
     const img = $('photo');
     img.src = url;
     img.hidden = false;
     await img.decode();
-    return classify(img);
+    return classify(img, ticket);
+  }
+
+  // The image the page's fragment names (the app changes only the fragment for each new photo).
+  async function fromFragment() {
+    // Not URLSearchParams: it would turn the '+' of base64 into spaces.
+    const image = location.hash.match(/^#image=(.+)$/);
+    if (image && model) await showImage(decodeURIComponent(image[1]));
   }
 
   async function start() {
@@ -76,9 +105,8 @@
     const shape = model.inputs[0].shape;  // [-1, size, size, 3]
     if (shape && shape[1] > 0) size = shape[1];
     show('Model loaded (' + labels.length + ' classes, ' + size + 'x' + size + ' input). Choose a photo or use the webcam.');
-    // Not URLSearchParams: it would turn the '+' of base64 into spaces.
-    const image = location.hash.match(/^#image=(.+)$/);
-    if (image) await showImage(decodeURIComponent(image[1]));
+    window.addEventListener('hashchange', () => fromFragment().catch(e => show('Classification failed: ' + e.message)));
+    await fromFragment();
   }
 
   $('file').addEventListener('change', async event => {
@@ -94,6 +122,18 @@
     }
   });
 
+  let live = false;
+
+  // Classifies the webcam's frames one after the other (the next once the previous is drawn) until paused.
+  async function watch() {
+    const video = $('video');
+    while (live && stream) {
+      const ticket = ++latest;
+      await classify(video, ticket, true);
+      await new Promise(resolve => requestAnimationFrame(resolve));
+    }
+  }
+
   $('camera').addEventListener('click', async () => {
     if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
       show('This browser gives no camera access here (it needs https or localhost).');
@@ -106,14 +146,20 @@
       video.hidden = false;
       $('photo').hidden = true;
       $('snap').hidden = false;
+      $('snap').textContent = 'Pause';
       await video.play();
-      await classify(video);
+      live = true;
+      watch().catch(e => show('Classification failed: ' + e.message));
     } catch (e) {
       show('The webcam could not start: ' + e.message);
     }
   });
 
-  $('snap').addEventListener('click', () => classify($('video')).catch(e => show('Classification failed: ' + e.message)));
+  $('snap').addEventListener('click', () => {
+    live = !live;
+    $('snap').textContent = live ? 'Pause' : 'Resume';
+    if (live) watch().catch(e => show('Classification failed: ' + e.message));
+  });
 
-  window.transferStudioDemo = { classify, ready: start().catch(e => show('The model could not load: ' + e.message)) };
+  window.transferStudioDemo = { classify, showImage, ready: start().catch(e => show('The model could not load: ' + e.message)) };
 })();
