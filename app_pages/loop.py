@@ -262,19 +262,22 @@ def compare_view(jobs: list, key: str) -> None:
     names = [labels[i] for i in chosen]
     fig = go.Figure()
     for name, curve in zip(names, result["curves"], strict=True):
-        if curve:
+        if curve:  # a retrain's epochs counted on from its parent's (x), on whole-number ticks
             df = pd.DataFrame(curve)
-            fig.add_trace(go.Scatter(x=df["global_epoch"] if "global_epoch" in df else df.index + 1,
-                                     y=df["val_accuracy"], name=shared.chart_label(name), mode="lines+markers"))
-    fig.update_layout(title="Validation accuracy", height=320, margin=dict(t=40, b=20), xaxis_title="epoch",
-                      xaxis=dict(tickformat="d"))
+            fig.add_trace(go.Scatter(x=df["x"], y=df["val_accuracy"], name=shared.chart_label(name),
+                                     mode="lines+markers"))
+    fig.update_layout(title="Validation accuracy", height=320, margin=dict(t=40, b=20),
+                      xaxis_title="epoch (a retrain continues after its parent's)", xaxis=dict(tickformat="d", dtick=1))
     st.plotly_chart(fig, width="stretch", key=f"{key}-curves")
     for run, name in zip(result["runs"], names, strict=True):
         if run["parent"]:
             parent = next((labels[j.id] for j in jobs if str(Path(j.run_dir).resolve()) == run["parent"]),
                           Path(run["parent"]).name)
             st.caption(f"{shared.plain(name)} was retrained from {shared.plain(parent)}")
-    summary = pd.DataFrame({"run": names, "epochs": [r["epochs"] for r in result["runs"]],
+    if result.get("val_differs"):
+        st.warning(f"Not like for like: {result['val_differs']}.")
+    summary = pd.DataFrame({"run": names, "data revision": [r["revision"] for r in result["runs"]],
+                            "epochs": [r["epochs"] for r in result["runs"]],
                             "best val accuracy": [r["best_val_accuracy"] for r in result["runs"]],
                             "accuracy": [r["accuracy"] for r in result["runs"]],
                             "measured on": [r["eval_split"] for r in result["runs"]]})
