@@ -148,6 +148,7 @@ if report["skipped"]:
 
 st.subheader("Corrections")
 loop.revision_summary(folder)
+loop.corrections_list(folder, True, key="corrections-data")
 st.caption("Relabel or exclude images on the Evaluate page; add more examples here. Corrections are kept beside "
            "the dataset (its files are never changed) and every training run after them uses them.")
 add_left, add_right = st.columns(2)

@@ -42,12 +42,18 @@ with right:
                  width="stretch")
     picked = loop.confused_pairs(result, key=f"pairs-{job.id}")
 
-selected = clicked or picked
+choice = loop.newest(f"selected-{job.id}", cell=clicked, pair=picked)  # the widget used last wins
+selected = choice[1] if choice else None
 if selected and "predictions" in result:
     true, predicted = selected
     rows = cell(result, true, predicted)
     what = "correct" if true == predicted else "mistakes"
     st.subheader(f"True {shared.plain(true)}, predicted {shared.plain(predicted)}: {len(rows)} image(s), {what}")
+    st.caption(("Selected in the confusion matrix" if choice[0] == "cell" else "Selected in Most confused pairs")
+               + "; selecting in either shows that one instead.")
+    if st.button("Back to the most confident mistakes", key=f"unselect-{job.id}"):
+        loop.clear_selection(f"selected-{job.id}")
+        st.rerun()
     if rows:
         loop.image_grid(rows[:48], folder=folder, classes=labels, editable=editable, key=f"cell-{job.id}")
 else:
@@ -61,6 +67,7 @@ loop.label_issues_panel(job.run_dir, folder, labels, editable, key=f"issues-{job
 st.subheader("Corrections and retraining")
 used = dataset.get("revision", {}).get("number")
 loop.revision_summary(folder, used)
+loop.corrections_list(folder, editable, key=f"corrections-{job.id}")
 if editable:
     loop.undo_button(folder, key=f"undo-{job.id}")
     loop.retrain_button(job, key=f"retrain-{job.id}")

@@ -70,6 +70,26 @@ def confused_pairs(result: dict, key: str) -> tuple[str, str] | None:
     return (pairs[rows[0]]["true"], pairs[rows[0]]["predicted"]) if rows else None
 
 
+def newest(key: str, **selections):
+    """One selection model for several widgets that select the same thing: the one changed last wins.
+
+    Each keyword is a widget's current selection (None when it has none). Returns (name, value) of the newest
+    selection still held, or None. :func:`clear_selection` forgets it until a widget changes again.
+    """
+    before = st.session_state.get(key, {"values": {}, "chosen": None})
+    changed = [n for n, v in selections.items() if v != before["values"].get(n) and v is not None]
+    chosen = changed[-1] if changed else before["chosen"]
+    if chosen is not None and selections.get(chosen) is None:  # that widget was deselected
+        chosen = None
+    st.session_state[key] = {"values": selections, "chosen": chosen}
+    return (chosen, selections[chosen]) if chosen else None
+
+
+def clear_selection(key: str) -> None:
+    if key in st.session_state:
+        st.session_state[key]["chosen"] = None
+
+
 # === Corrections ===
 
 
@@ -95,6 +115,8 @@ def _correct(folder: str, action: str, path: str, cls: str | None = None) -> Non
             st.toast(shared.plain(f"Recorded: {path} is left out. Retrain to use it."))
     except data.DataError as exc:
         shared.error(exc)
+        return
+    st.rerun()  # the cards above were drawn before the correction: drawn again, they show it
 
 
 def image_grid(rows: list[dict], *, folder: str, classes: list[str], editable: bool, key: str,
@@ -107,8 +129,10 @@ def image_grid(rows: list[dict], *, folder: str, classes: list[str], editable: b
         suggested_key: The key of the class a relabel defaults to (the prediction or the suggestion).
     """
     cols = st.columns(GRID_COLUMNS)
+    effect = corrections_in_effect(folder)
     for i, r in enumerate(rows):
         label = r.get("true", r.get("label"))
+        now = effect.get(r["path"])  # a correction recorded since this evaluation
         guess = r.get("predicted", r.get("suggested"))
         prob = r.get("probability", r.get("suggested_probability", 0.0))
         with cols[i % GRID_COLUMNS]:
@@ -118,6 +142,10 @@ def image_grid(rows: list[dict], *, folder: str, classes: list[str], editable: b
                 st.caption("(image no longer available)")
             st.caption(f"labelled **{shared.plain(label)}**, looks like **{shared.plain(guess)}** ({prob:.0%})"
                        + (f", score {r['score']:.2f}" if "score" in r else ""))
+            if now == EXCLUDED:
+                st.caption(":orange[**excluded** since (retrain to use it)]")
+            elif now:
+                st.caption(f":orange[**relabelled {shared.plain(now)}** since (retrain to use it)]")
             shared.text(Path(r["path"]).name)
             if not editable or Path(r["path"]).is_absolute():
                 continue
@@ -129,6 +157,42 @@ def image_grid(rows: list[dict], *, folder: str, classes: list[str], editable: b
                     _correct(folder, "relabel", r["path"], choice)
                 if st.button("Exclude from the data", key=f"{key}-exclude-{i}"):
                     _correct(folder, "exclude", r["path"])
+
+
+EXCLUDED = object()
+
+
+def corrections_in_effect(folder: str) -> dict:
+    """Dataset path -> the class a relabel in effect gives it, or EXCLUDED."""
+    out: dict = {}
+    for e in revision.Revision(folder).active():
+        if e["op"] == "relabel":
+            out[e["path"]] = e["class"]
+        elif e["op"] == "exclude":
+            out[e["path"]] = EXCLUDED
+    return out
+
+
+def corrections_list(folder: str, editable: bool, key: str) -> None:
+    """Every correction in effect, newest first, each with its own Undo (the owner's)."""
+    rev = revision.Revision(folder)
+    active = rev.active()
+    if not active:
+        return
+    with st.expander(f"The {len(active)} correction(s) in effect", expanded=False):
+        for e in reversed(active):
+            what = {"relabel": lambda e: f"relabelled {Path(e['path']).name} as {e['class']}",
+                    "exclude": lambda e: f"excluded {Path(e['path']).name}",
+                    "add": lambda e: f"added {Path(e['path']).name} to {e['class']}"}[e["op"]](e)
+            left, right = st.columns([5, 1])
+            left.text(shared.readable(f"#{e['id']} {what}"))
+            if editable and right.button("Undo", key=f"{key}-undo-{e['id']}"):
+                try:
+                    rev.undo(e["id"])
+                except data.DataError as exc:
+                    shared.error(exc)
+                else:
+                    st.rerun()
 
 
 def revision_summary(folder: str, used: int | None = None) -> int:

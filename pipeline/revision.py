@@ -191,23 +191,28 @@ class Revision:
                     break
         return out
 
-    def undo(self) -> dict[str, Any]:
-        """Undoes the latest correction still in effect (recorded as an ``undo`` entry; nothing is erased).
+    def undo(self, entry_id: int | None = None) -> dict[str, Any]:
+        """Undoes correction ``entry_id`` (default: the latest still in effect), recorded as an ``undo`` entry;
+        nothing is erased.
 
         Raises:
-            DataError: there is nothing to undo.
+            DataError: there is nothing to undo, or ``entry_id`` is not a correction in effect.
         """
-        active = self.active()
-        if not active:
-            raise DataError(f"the dataset {self.folder} has no correction to undo.")
-        return self._append({"op": "undo", "undoes": active[-1]["id"]})
+        with self._locked():  # checked and recorded under one lock: two tabs cannot undo the same one twice
+            active = self.active()
+            if not active:
+                raise DataError(f"the dataset {self.folder} has no correction to undo.")
+            if entry_id is not None and entry_id not in {e["id"] for e in active}:
+                raise DataError(f"correction #{entry_id} of the dataset {self.folder} is not in effect (undone "
+                                "already, or not one of its corrections).")
+            return self._append_all([{"op": "undo", "undoes": entry_id or active[-1]["id"]}], locked=True)[0]
 
     def _append(self, entry: dict[str, Any]) -> dict[str, Any]:
         return self._append_all([entry])[0]
 
-    def _append_all(self, new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _append_all(self, new: list[dict[str, Any]], *, locked: bool = False) -> list[dict[str, Any]]:
         """Records ``new`` in one atomic write of the log (all or none), numbered after what is there."""
-        with self._locked():
+        with contextlib.nullcontext() if locked else self._locked():
             entries = self.entries()
             now = round(time.time(), 3)
             new = [{"id": len(entries) + i + 1, **entry, "time": now} for i, entry in enumerate(new)]

@@ -46,6 +46,36 @@ def test_cell_selection_correction_retrain_and_compare(finished_job):  # noqa: F
     _no_exception(at)
     rev = revision.Revision(folder)
     assert [e["op"] for e in rev.active()] == ["relabel"] and rev.active()[0]["class"] == predicted
+    # the card says so (it kept the old label, only a toast confirmed), and the correction is listed
+    assert any(f"relabelled {predicted}" in c.value and "since" in c.value for c in at.caption)
+    assert any(t.value.startswith("#1 relabelled ") for t in at.text)
+
+    # one selection model: a row of "Most confused pairs" chosen after the cell shows that pair (the cell's
+    # images stayed until the chart was double-clicked); the button goes back to the mistakes
+    pairs = result["confused_pairs"]
+    row = len(pairs) - 1
+    at.session_state[f"pairs-{finished_job}"] = {"selection": {"rows": [row], "columns": [], "cells": []}}
+    at.run()
+    _no_exception(at)
+    heading = next(s.value for s in at.subheader if s.value.startswith("True "))
+    assert heading.startswith(f"True {pairs[row]['true']}, predicted {pairs[row]['predicted']}"), heading
+    assert any(c.value.startswith("Selected in Most confused pairs") for c in at.caption)
+    next(b for b in at.button if b.label == "Back to the most confident mistakes").click().run()
+    assert any(s.value.startswith("Most confident mistakes") for s in at.subheader)
+
+    # each correction has its own Undo: exclude one more image, undo the relabel only
+    next(b for b in at.button if b.label == "Exclude from the data").click().run()
+    assert [e["op"] for e in revision.Revision(folder).active()] == ["relabel", "exclude"]
+    next(b for b in at.button if b.key == f"corrections-{finished_job}-undo-1").click().run()
+    _no_exception(at)
+    assert [e["op"] for e in revision.Revision(folder).active()] == ["exclude"]
+    next(b for b in at.button if b.key == f"corrections-{finished_job}-undo-2").click().run()
+    at = _page("evaluate.py", run=finished_job)
+    at.session_state[f"cm-{finished_job}"] = {"selection": {"points": [{"customdata": [true, predicted, n]}],
+                                                             "point_indices": [0], "box": [], "lasso": []}}
+    at.run()
+    next(b for b in at.button if b.label == "Relabel").click().run()
+    assert [e["op"] for e in revision.Revision(folder).active()] == ["relabel"]
 
     # retrain from the run: a new job whose config links back, trained on revision 1
     at = _page("evaluate.py", run=finished_job)
@@ -56,7 +86,7 @@ def test_cell_selection_correction_retrain_and_compare(finished_job):  # noqa: F
     assert child.config["train"]["init_from"] == str(run_dir)
     _wait(child.id)
     child_dataset = json.loads((Path(child.run_dir) / "dataset.json").read_text())
-    assert child_dataset["revision"]["number"] == 1
+    assert child_dataset["revision"]["number"] == revision.Revision(folder).number == 5  # 3 corrections, 2 undos
 
     # compare the two on the Runs page
     at = _page("runs.py", run=child.id)
