@@ -53,6 +53,7 @@ import pandas as pd  # noqa: E402
 
 from app_pages import loop, uploads  # noqa: E402
 from pipeline import data, revision  # noqa: E402
+from pipeline.exitcodes import UserError  # noqa: E402
 
 pending = None  # a zip just uploaded: the source once it unpacks and holds images, else refused (and removed)
 try:
@@ -76,7 +77,11 @@ try:
             st.stop()
     else:
         root = shared.data_root()
-        folders = sorted(str(p.relative_to(root)) for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        every = sorted(str(p.relative_to(root)) for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        folders = [f for f in every if shared.readable(f) == f]  # a name that is not UTF-8 cannot be a job's source
+        if len(folders) < len(every):
+            st.caption(shared.plain("Not offered (their names are not UTF-8 text; rename them): "
+                                    + ", ".join(shared.readable(f) for f in every if f not in folders)))
         if not folders:
             shared.info(f"No folders under {root}. Put datasets there, or set TRANSFER_STUDIO_DATA_ROOT.")
             st.stop()
@@ -91,7 +96,7 @@ try:
     folder, scanned = shared.resolve_and_scan(src)  # progress bars: unpacking, then decoding every image
     rev = revision.Revision(folder)
     report = revision.apply(data.ScanReport.from_dict(scanned), rev.active()).to_dict()  # as training sees it
-except data.DataError as exc:
+except UserError as exc:  # DataError, or a full disk (DiskFullError) while unpacking or writing the sample
     if pending:  # a zip that cannot be unpacked: said with the name the user gave it, and removed
         uploads.refuse(pending, shared.user_words(exc, pending.path).replace(Path(pending.path).name, pending.name))
     else:

@@ -16,7 +16,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app_pages import shared, uploads
-from pipeline import data, revision
+from pipeline import data, paths, revision
+from pipeline.exitcodes import UserError
 
 GRID_COLUMNS = 4
 
@@ -113,7 +114,7 @@ def _correct(folder: str, action: str, path: str, cls: str | None = None) -> Non
         else:
             rev.exclude(_report(folder), path)
             st.toast(shared.plain(f"Recorded: {path} is left out. Retrain to use it."))
-    except data.DataError as exc:
+    except UserError as exc:  # DataError, or a full disk
         shared.error(exc)
         return
     st.rerun()  # the cards above were drawn before the correction: drawn again, they show it
@@ -189,7 +190,7 @@ def corrections_list(folder: str, editable: bool, key: str) -> None:
             if editable and right.button("Undo", key=f"{key}-undo-{e['id']}"):
                 try:
                     rev.undo(e["id"])
-                except data.DataError as exc:
+                except UserError as exc:
                     shared.error(exc)
                 else:
                     st.rerun()
@@ -214,11 +215,20 @@ def add_images(folder: str, scanned: dict, cls: str, files: list, *, force: bool
     all of them or, when one is not an image or is a copy of one the dataset has (unless ``force``), none."""
     report = data.ScanReport.from_dict(scanned)
     rev = revision.Revision(folder)
-    given = [(uploads.saved_upload(u, "uploads"), getattr(u, "name", None) or "photo.jpg") for u in files]
+    given = []
     try:
+        for u in files:
+            given.append((uploads.saved_upload(u, "uploads"), getattr(u, "name", None) or "photo.jpg"))
         added = rev.add_all(report, cls, given, force=force)
-    except data.DataError as exc:
+    except UserError as exc:  # DataError, or a full disk: nothing was added, and the uploads are not kept
         shared.error(exc)
+        from pipeline import quota
+
+        referenced = quota.referenced()
+        for path, _ in given:
+            if Path(path).resolve() not in referenced:
+                paths.remove_upload(path, "uploads")
+        st.session_state.get("uploads", {}).clear()  # saved_upload's record of them: they are gone
         return
     st.session_state["added"] = st.session_state.get("added", 0) + 1  # new keys: the pickers start empty
     st.toast(shared.plain(f"Added {len(added)} image(s) to {cls}."))
@@ -237,7 +247,11 @@ def latest_finished_run(source: str):
 def undo_button(folder: str, key: str) -> None:
     rev = revision.Revision(folder)
     if rev.active() and st.button("Undo the last correction", key=key, icon=":material/undo:"):
-        rev.undo()
+        try:
+            rev.undo()
+        except UserError as exc:  # undone meanwhile in another tab, or a full disk
+            shared.error(exc)
+            return
         st.rerun()
 
 

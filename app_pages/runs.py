@@ -8,7 +8,7 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from app_pages import loop, shared
+from app_pages import estimates, loop, shared
 from app_pages.stages import stage
 from pipeline import config as config_mod
 from pipeline import estimate, quiet
@@ -22,7 +22,7 @@ def all_jobs() -> None:
     jobs = shared.my_jobs(shared.backend().list())  # your runs (every run with the host's admin key)
     if jobs:
         st.subheader("All runs" if shared.visitor().admin else "Your runs")
-        st.dataframe(pd.DataFrame([{"id": j.id[:8], "state": j.state, "source": Path(j.source).name,
+        st.dataframe(pd.DataFrame([{"id": j.id[:8], "state": j.state, "source": shared.readable(Path(j.source).name),
                                     "created": pd.Timestamp(j.created, unit="s"), "error": j.error or ""}
                                    for j in jobs]), hide_index=True, width="stretch")
 
@@ -100,13 +100,7 @@ def _estimate(cfg, run: RunFolder):
         splits = json.loads(run.dataset.read_text(encoding="utf-8"))["splits"]
     except (OSError, ValueError, KeyError):
         return None
-    return _estimate_for(cfg.to_json(), len(splits["train"]), len(splits["val"]), len(splits.get("test") or []),
-                         str(shared.runs_dir()))
-
-
-@st.cache_data(ttl=30, max_entries=64, show_spinner=False)  # the live panel redraws every second
-def _estimate_for(cfg_json: str, train: int, val: int, test: int, runs_dir: str):
-    return estimate.estimate(config_mod.from_dict(json.loads(cfg_json)), train, val, Path(runs_dir), test_images=test)
+    return estimates.for_run(cfg, len(splits["train"]), len(splits["val"]), len(splits.get("test") or []))
 
 
 @st.fragment(run_every=1.0)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app_pages import shared, state, uploads
+from app_pages import estimates, shared, state, uploads
 from pipeline import advisor, backbones, data, estimate, revision
 from pipeline import config as config_mod
 from pipeline.config import CLASS_WEIGHTS, STRATEGIES, ConfigError, RunConfig
@@ -151,7 +151,11 @@ has_val, has_test = folders and bool(report.items.get("val")), folders and bool(
 d0, d1, d2, d3 = st.columns(4) if folders and not has_test else (None, *st.columns(3))
 test_from = base.data.test_from
 if d0 is not None:
-    test_from = d0.selectbox("Test split from", config_mod.TEST_FROM, key=seed("test_from", base.data.test_from),
+    offered = [c for c in config_mod.TEST_FROM if c != "val" or has_val]  # carving from val/ needs a val/ folder
+    key = seed("test_from", base.data.test_from)
+    if st.session_state.get(key) not in offered:  # kept from a dataset that had a val/ folder
+        st.session_state[key] = "none"
+    test_from = d0.selectbox("Test split from", offered, key=key,
                              format_func={"none": "none (evaluate on val)", "train": "train/ folder",
                                           "val": "val/ folder"}.get, help=helps["data.test_from"])
 val_fraction = d1.number_input(
@@ -229,7 +233,7 @@ if splits is not None:
                    "checkpoint (an optimistic figure). " + ("Carve one from train/ or val/ (Test split from) for an "
                    "unbiased one." if folders else "Set a test fraction for an unbiased one."))
 
-    est = estimate.estimate(cfg, len(splits.train), len(splits.val), shared.runs_dir(), test_images=len(splits.test))
+    est = estimates.for_run(cfg, len(splits.train), len(splits.val), len(splits.test))
     guess = "" if est.measured else " (first guess)"
     cols = st.columns(len(est.phases) + 1)
     for col, phase in zip(cols, est.phases, strict=False):

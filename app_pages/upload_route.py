@@ -23,6 +23,7 @@ this server has them (a bare ``streamlit run streamlit_app.py`` or an AppTest do
 from __future__ import annotations
 
 import dataclasses
+import re
 import secrets
 import threading
 import time
@@ -126,7 +127,7 @@ async def receive(request):
         return JSONResponse({"error": "no such upload ticket (or it was used): reload the page"}, status_code=403)
     ticket.name = unquote(request.headers.get(NAME_HEADER, ""), errors="replace")[:255] or "upload"
     declared = request.headers.get("content-length")
-    if declared is not None and not declared.isdigit():
+    if declared is not None and not re.fullmatch(r"[0-9]+", declared):
         _finish(ticket, problem=FAILED)
         return JSONResponse({"error": "invalid Content-Length"}, status_code=400)
     if declared is not None and int(declared) > ticket.limit_bytes:

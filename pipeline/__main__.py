@@ -190,7 +190,7 @@ def cmd_delete(args) -> int:
     if not re.fullmatch(r"[0-9a-f]{32}", target):
         given = Path(target).expanduser().absolute()
         folder = given.parent.resolve() / given.name  # a link itself is not followed (not_a_run refuses it)
-        job = next((j for j in backend.list() if Path(j.run_dir).resolve() == given.resolve()), None)
+        job = _job_of_folder(backend, given)
         if job is None:
             runs = paths.home() / "runs"
             if folder.parent != runs:
@@ -205,6 +205,22 @@ def cmd_delete(args) -> int:
     job = backend.delete(target)
     print(f"deleted job {job.id} and its run folder {job.run_dir}")
     return 0
+
+
+def _job_of_folder(backend, folder: Path):
+    """The job whose run folder ``folder`` is (looked up by its name, a job id, then in the whole list), or None."""
+    import re
+
+    from pipeline.jobs.store import JobError
+
+    if re.fullmatch(r"[0-9a-f]{32}", folder.name):
+        try:
+            job = backend.status(folder.name)
+        except JobError:
+            job = None
+        if job is not None and Path(job.run_dir).resolve() == folder.resolve():
+            return job
+    return next((j for j in backend.list() if Path(j.run_dir).resolve() == folder.resolve()), None)
 
 
 def cmd_resume(args) -> int:

@@ -109,10 +109,13 @@ def remove_stale_temporaries(folder: Path) -> list[Path]:
 
 def remove_folder(folder: Path) -> None:
     """Deletes ``folder`` and everything in it, renamed to a hidden name first so that a half-deleted folder
-    never looks like a run (a kill during the removal leaves ``.deleting-NAME``, which nothing lists)."""
+    never looks like a run (a kill during the removal leaves ``.deleting-NAME-*``, which nothing lists)."""
+    import secrets
+
     folder = Path(folder)
+    for left in folder.parent.glob(f".deleting-{folder.name}-*"):  # what an earlier, killed removal left
+        shutil.rmtree(left, ignore_errors=True)
     if folder.exists():
-        trash = folder.with_name(f".deleting-{folder.name}")
-        shutil.rmtree(trash, ignore_errors=True)  # what an earlier, killed removal left
+        trash = folder.with_name(f".deleting-{folder.name}-{secrets.token_hex(4)}")
         folder.replace(trash)
         shutil.rmtree(trash, ignore_errors=True)

@@ -122,8 +122,15 @@ def timings(runs_dir: Path) -> list[RunTiming]:
 
     if not runs_dir.is_dir():
         return []
-    folders = sorted((p for p in runs_dir.iterdir() if (p / "metrics.jsonl").exists()),
-                     key=lambda p: (p / "metrics.jsonl").stat().st_mtime, reverse=True)[:MAX_RUNS_READ]
+    stamped = []
+    for p in runs_dir.iterdir():
+        if p.name.startswith("."):  # a folder being deleted (.deleting-*), a temporary one
+            continue
+        try:
+            stamped.append(((p / "metrics.jsonl").stat().st_mtime, p))
+        except OSError:  # no metrics yet, or deleted meanwhile
+            continue
+    folders = [p for _, p in sorted(stamped, key=lambda sp: sp[0], reverse=True)[:MAX_RUNS_READ]]
     out = []
     for folder in folders:
         try:

@@ -128,7 +128,10 @@ def store_upload(payload, name: str, kind: str) -> Path:
     half-written file under the final name. Keeping an existing copy marks it used (its folder's mtime: the disk
     quota removes the least recently used first).
     """
-    with UploadWriter(name, kind) as writer:
+    from pipeline.host.disk import full_disk_is_a_message
+
+    size = len(payload) if isinstance(payload, bytes | bytearray | memoryview) else getattr(payload, "size", None)
+    with full_disk_is_a_message(home() / kind, size, then="upload it again"), UploadWriter(name, kind) as writer:
         if isinstance(payload, bytes | bytearray | memoryview):
             writer.write(payload)
         else:
@@ -163,7 +166,7 @@ def tree_stamp(folder: str | os.PathLike) -> str:
     import hashlib
 
     digest = hashlib.sha256()
-    for dirpath, dirnames, _ in os.walk(folder, followlinks=True):
+    for dirpath, dirnames, _ in os.walk(folder):  # links are not followed, as the scan does not follow them
         dirnames.sort()
         digest.update(os.fsencode(dirpath) + f"\0{os.stat(dirpath).st_mtime_ns}\n".encode())  # any name's bytes
     return digest.hexdigest()[:16]

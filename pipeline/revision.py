@@ -152,7 +152,7 @@ class Revision:
                             "(`--force`; on the page, tick \"Add copies anyway\").")
         entries = []
         for src, shown, digest in ready:
-            stored = self.dir / "added" / digest[:16] / _safe(shown)
+            stored = self.dir / "added" / digest[:16] / _safe(PurePosixPath(shown).name)
             if not stored.exists():
                 part = stored.with_name(stored.name + ".part")
                 try:

@@ -279,7 +279,8 @@ class RunFolder:
                 raise ValueError("no splits")
         except (OSError, ValueError, KeyError, config_mod.ConfigError) as exc:
             return f"{self.root} holds no run's config.json and dataset.json ({type(exc).__name__}: {exc})"
-        foreign = sorted(p.name for p in self.root.iterdir() if p.name not in RUN_ENTRIES and not p.name.startswith("."))
+        foreign = sorted(p.name for p in self.root.iterdir() if p.name not in RUN_ENTRIES
+                         and not (p.name.startswith(".") and p.name.endswith((".tmp", ".lock", ".tmp.keras"))))
         if foreign:
             return f"{self.root} holds what a run does not write ({', '.join(foreign[:5])})"
         return None

@@ -1,5 +1,6 @@
 import io
 import os
+import shutil
 import stat
 import zipfile
 from pathlib import Path
@@ -105,6 +106,12 @@ def test_scan_skips_pipes_and_links_by_name_without_opening_them(tmp_path):
     (root / "linked").symlink_to(outside / "disc", target_is_directory=True)
     (root / "square" / "nested").symlink_to(outside / "bar", target_is_directory=True)
     (root / "disc" / "link.png").symlink_to(outside / "disc" / "disc_00.png")
+    (root / "square" / "loop").symlink_to(root, target_is_directory=True)  # a link back up: walked for ever
+    odd = root / os.fsdecode(b"caf\xe9")  # a class folder whose name is not UTF-8: its name would be a label
+    shutil.copytree(root / "disc", odd, ignore=shutil.ignore_patterns("link.png"))
+    from pipeline import paths
+
+    paths.tree_stamp(root)  # the app's scan-cache key walks the tree too: it must not follow the links
     # in a child process with a deadline: on the old code the scan blocks in open() forever
     done = subprocess.run([sys.executable, "-m", "pipeline", "scan", str(root), "--json"], capture_output=True,
                           text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
@@ -115,7 +122,8 @@ def test_scan_skips_pipes_and_links_by_name_without_opening_them(tmp_path):
     reasons = {s["path"]: s["reason"] for s in report["skipped"]}
     assert "named pipe" in reasons["bar/x.jpg"]
     assert "symbolic link" in reasons["linked"] and "symbolic link" in reasons["square/nested"]
-    assert "symbolic link" in reasons["disc/link.png"]
+    assert "symbolic link" in reasons["disc/link.png"] and "symbolic link" in reasons["square/loop"]
+    assert "not UTF-8 text" in reasons[os.fsdecode(b"caf\xe9")]
     assert report["classes"] == ["bar", "disc", "square"]
     assert {cls: n["all"] for cls, n in data.ScanReport.from_dict(report).counts().items()} == \
         {"bar": 4, "disc": 4, "square": 4}

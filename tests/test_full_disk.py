@@ -133,7 +133,8 @@ def test_corrections_on_a_full_disk_record_nothing(disk, tmp_path):
     before = revision.read_text()
     disk.fill()
     _refused(_cli("pipeline", "relabel", data, "bar/bar_01.png", "disc", home=home), revision.parent)
-    _refused(_cli("pipeline", "add", data, "disc", data / "square" / "square_00.png", home=home), revision.parent)
+    fresh = write_shapes_dataset(tmp_path / "more", per_class=1, seed=9) / "disc" / "disc_00.png"  # a new image
+    _refused(_cli("pipeline", "add", data, "disc", fresh, home=home), revision.parent)
     assert revision.read_text() == before and not _leftovers(home)
     disk.free()
     done = _cli("pipeline", "relabel", data, "bar/bar_01.png", "disc", home=home)
@@ -200,3 +201,17 @@ def test_a_job_on_a_full_disk_fails_with_the_message_and_resumes_once_there_is_r
     run = home / "runs" / job_id
     epochs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if '"event": "epoch"' in x]
     assert [(e["phase"], e["epoch"]) for e in epochs] == [("scratch", 1), ("scratch", 2)]
+
+
+def test_the_data_page_on_a_full_disk_shows_the_message(disk, monkeypatch):
+    """The pages caught only DataError: a full disk while setting up the sample set was a traceback there."""
+    from streamlit.testing.v1 import AppTest
+
+    home = disk.path / "home"
+    monkeypatch.setenv("TRANSFER_STUDIO_HOME", str(home))
+    home.mkdir()
+    disk.fill(leave=200_000)
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("the disk holding" in e.value and "free some space there" in e.value for e in at.error), \
+        [e.value for e in at.error]

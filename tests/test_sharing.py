@@ -5,6 +5,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -253,3 +254,20 @@ def test_cli_delete_removes_only_what_its_layout_proves_is_a_run(ts_home, tmp_pa
     inside = run_layout(ts_home / "runs" / "trained-by-the-cli")
     assert main(["delete", str(inside)]) == 0 and not inside.exists()
     assert not list((ts_home / "runs").glob(".deleting-*"))
+
+
+def test_cli_delete_of_an_old_jobs_folder_deletes_the_job_not_just_the_folder(ts_home, capsys):
+    """`delete PATH` looked the job up among the 500 newest: an older job's folder looked jobless."""
+    from pipeline.__main__ import main
+
+    store = JobStore()
+    old = finished_job_with_eval(store, ["cat", "dog"])
+    for _ in range(501):
+        store.add("sample:digits", {})
+    assert old not in [j.id for j in store.list()]  # past the list's limit
+    assert main(["delete", str(store.runs / old)]) == 0
+    assert "deleted job" in capsys.readouterr().out
+    from pipeline.jobs.store import JobError
+
+    with pytest.raises(JobError, match="no job"):
+        store.get(old)

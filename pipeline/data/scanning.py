@@ -165,6 +165,9 @@ def _collect_classes(root: Path, folder: Path, split: str, probes: list[_Probe],
             continue
         if entry.is_symlink():
             skipped.append({"path": _rel(root, entry), "reason": LINK_REASON})
+        elif entry.is_dir() and not _is_text(entry.name):
+            skipped.append({"path": _rel(root, entry), "reason": "a class folder whose name is not UTF-8 text: the "
+                            "class name goes into the model's labels; rename the folder"})
         elif entry.is_dir():
             for dirpath, dirnames, filenames in os.walk(entry):  # os.walk never descends into a linked folder
                 here = Path(dirpath)
@@ -182,6 +185,15 @@ def _collect_classes(root: Path, folder: Path, split: str, probes: list[_Probe],
                         probes.append(_Probe(_rel(root, full), entry.name, split))
         else:
             skipped.append({"path": _rel(root, entry), "reason": "not inside a class folder"})
+
+
+def _is_text(name: str) -> bool:
+    """Whether a file name is UTF-8 text (a name with other bytes arrives with lone surrogates)."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 LINK_REASON = "a symbolic link (links are not followed); copy the real file or folder into the dataset"

@@ -30,6 +30,7 @@ class DiskFullError(UserError):
 
     def __init__(self, folder: str | Path, needed: int | None = None, then: str = "run the same command again"):
         self.folder = Path(folder)
+        self.needed = needed
         free = free_bytes(self.folder)
         have = f"{size_text(free)} free" if free is not None else "no space left"
         want = f", about {size_text(needed)} needed" if needed else ""

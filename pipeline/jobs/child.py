@@ -94,7 +94,7 @@ def main(argv: list[str]) -> int:
         print("cancelled", flush=True)
         return EXIT_CANCELLED
     except DiskFullError as exc:  # the job goes on from its last finished epoch once there is room
-        _say_why(run_dir, str(DiskFullError(exc.folder, then=f"resume the job ({resume})")))
+        _say_why(run_dir, str(DiskFullError(exc.folder, exc.needed, then=f"resume the job ({resume})")))
         return EXIT_USER_ERROR
     except (config_mod.ConfigError, DataError, WeightsUnavailableError, RunFolderError, UserError) as exc:
         _say_why(run_dir, str(exc))

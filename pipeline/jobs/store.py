@@ -164,19 +164,28 @@ class JobStore:
         )
 
     def _integrity(self) -> str | None:
-        """SQLite's integrity check of jobs.sqlite3, read without locks or a journal (it needs no disk space):
-        "ok", what it found wrong, or None when the file cannot even be opened to be checked."""
-        try:
-            db = sqlite3.connect(f"{self.path.as_uri()}?immutable=1", uri=True)
+        """SQLite's integrity check of jobs.sqlite3: "ok", what it found wrong, or None when it cannot be told.
+
+        Read-only with its write-ahead log first (the database as it stands); where that cannot open (a full
+        disk cannot create the shared-memory file) and the log is empty, the main file alone, without locks or
+        a journal. With a log that cannot be read, the main file alone may be mid-checkpoint: no verdict.
+        """
+        wal = self.path.with_name(self.path.name + "-wal")
+        for query in ("mode=ro", "immutable=1"):
+            if query == "immutable=1" and wal.exists() and wal.stat().st_size > 0:
+                return None
             try:
-                rows = db.execute("PRAGMA integrity_check").fetchall()
-            finally:
-                db.close()
-        except sqlite3.OperationalError:  # cannot open or read it: no verdict
-            return None
-        except sqlite3.DatabaseError as exc:  # not a database, malformed
-            return str(exc)
-        return "ok" if rows == [("ok",)] else "; ".join(str(r[0]) for r in rows[:3])
+                db = sqlite3.connect(f"{self.path.as_uri()}?{query}", uri=True)
+                try:
+                    rows = db.execute("PRAGMA integrity_check").fetchall()
+                finally:
+                    db.close()
+            except sqlite3.OperationalError:  # cannot open or read it this way
+                continue
+            except sqlite3.DatabaseError as exc:  # not a database, malformed
+                return str(exc)
+            return "ok" if rows == [("ok",)] else "; ".join(str(r[0]) for r in rows[:3])
+        return None
 
     @contextmanager
     def _transaction(self):
@@ -200,6 +209,11 @@ class JobStore:
         Args:
             owner: Who launched it (the app's visitor or signed-in user); None for the host (CLI).
         """
+        try:
+            str(source).encode("utf-8")
+        except UnicodeEncodeError:
+            raise JobError(f"the data's path {os.fsencode(str(source))!r} is not UTF-8 text; rename its folder (or "
+                           "the zip) to a UTF-8 name and choose it again.") from None
         job_id = secrets.token_hex(16)
         with self._transaction() as db:
             db.execute(

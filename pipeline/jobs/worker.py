@@ -108,7 +108,10 @@ class Worker:
                 self.stopping.wait(self.poll)
         finally:
             self._shutdown()
-            self.store.stop_worker(self.id)
+            try:
+                self.store.stop_worker(self.id)
+            except JobError as exc:  # its heartbeat goes stale instead: the next worker knows it is gone
+                print(f"the worker's stop could not be recorded: {exc}", file=sys.stderr, flush=True)
         return 0
 
     def _heartbeat(self) -> None:
@@ -124,8 +127,8 @@ class Worker:
         try:
             ids = self.devices.take(job.config.get("train", {}))
         except DeviceError as exc:
-            self.store.finish(job.id, "failed", str(exc))
             print(f"job {job.id} failed: {exc}", file=sys.stderr, flush=True)
+            self.store.finish(job.id, "failed", str(exc))  # a JobError here: the loop waits, requeued on restart
             return
         try:
             self.children[job.id] = start_python("pipeline.jobs.child", job.id, log=run_dir / "train.log",
@@ -190,10 +193,18 @@ class Worker:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-            if not self.store.get(job_id).cancel_requested:
-                self.store.requeue(job_id)
-            else:
-                self.store.finish(job_id, "cancelled")
+            try:
+                if job_id in self.outcomes:  # it had ended before the stop: its outcome, not a retry
+                    self.store.finish(job_id, *self.outcomes.pop(job_id))
+                elif RunFolder(Path(self.store.get(job_id).run_dir)).finished():
+                    self.store.finish(job_id, "done")
+                elif not self.store.get(job_id).cancel_requested:
+                    self.store.requeue(job_id)
+                else:
+                    self.store.finish(job_id, "cancelled")
+            except JobError as exc:  # the database cannot be written (a full disk): the next worker requeues it
+                print(f"job {job_id}: its state could not be recorded ({exc}); the next worker takes it up",
+                      file=sys.stderr, flush=True)
         self.children.clear()
         for ids in self.given.values():
             self.devices.give_back(ids)
