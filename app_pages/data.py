@@ -24,8 +24,9 @@ def welcome() -> None:
                     "mislabelled images, and exports the model for servers, phones and browsers.\n\n"
                     "The flow: **Data** -> **Augment** -> **Train** -> **Runs** -> **Evaluate** -> **Export** -> "
                     "**Try**. Everything you choose is kept: switching pages or reloading loses nothing.")
-        go, hide = st.columns([1, 4])
-        if go.button("Start with the sample digits", type="primary", icon=":material/rocket_launch:"):
+        go, hide = st.columns([2, 3])  # wide enough for the whole label on a laptop screen
+        if go.button("Start with the sample digits", type="primary", icon=":material/rocket_launch:",
+                     width="content"):
             state.put("welcomed", True)
             shared.set_source("sample:digits")
             st.switch_page("app_pages/train.py")
@@ -141,7 +142,7 @@ for split_items in report["items"].values():
 left, right = st.columns(2)
 for i, cls in enumerate(report["classes"][:20]):
     strip = shared.thumbnail_strip(str(root), tuple(by_class.get(cls, [])[:6]))
-    (left if i % 2 == 0 else right).image(strip, caption=shared.plain(f"{cls} ({counts.get(cls, 0)} images)"))
+    (left if i % 2 == 0 else right).image(strip, caption=shared.plain(f"{cls} ({shared.count(counts.get(cls, 0), 'image')})"))
 
 st.subheader("Image sizes")
 st.dataframe(pd.DataFrame({c: {"min": f"{s['min'][0]}x{s['min'][1]}", "median": f"{s['median'][0]}x{s['median'][1]}",

@@ -25,6 +25,11 @@ _AUTOLINK = re.compile(r"(?i)(www)(?=\\\.)|(\\:)(?=\\/\\/)|(?=\\@)")
 WORD_JOINER = "\u2060"  # invisible: breaks the autolinks GFM finds after parsing (www., https://, a@b)
 
 
+def count(n: int, one: str, many: str | None = None) -> str:
+    """``n`` and the noun in the number it takes: "1 class", "2 classes", "1,797 images"."""
+    return f"{n:,} {one if n == 1 else many or one + 's'}"
+
+
 def readable(value: object) -> str:
     """``value`` as text every element can show: the bytes of a file name that are not UTF-8 as ``\\xNN``.
 

@@ -30,7 +30,8 @@ except data.DataError as exc:
     st.stop()
 counts = {c: sum(v.values()) for c, v in report.to_dict()["counts"].items()}
 shown_name = src if data.is_sample(src) else (shared.address_source(src) or "").removeprefix("folder:") or Path(src).name
-st.caption(shared.plain(f"Data: {shown_name} ({len(counts)} classes, {sum(counts.values())} images). "
+st.caption(shared.plain(f"Data: {shown_name} ({shared.count(len(counts), 'class', 'classes')}, "
+                        f"{shared.count(sum(counts.values()), 'image')}). "
                         "Change it on the Data page."))
 
 base = shared.base_config(src)
