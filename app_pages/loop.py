@@ -105,18 +105,22 @@ def _report(folder: str) -> data.ScanReport:
     return data.ScanReport.from_dict(report)
 
 
+TOAST = "loop-correction-toast"
+
+
 def _correct(folder: str, action: str, path: str, cls: str | None = None) -> None:
     rev = revision.Revision(folder)
     try:
         if action == "relabel":
             rev.relabel(_report(folder), path, cls)
-            st.toast(shared.plain(f"Recorded: {path} is {cls}. Retrain to use it."))
+            said = f"Recorded: {path} is {cls}. Retrain to use it."
         else:
             rev.exclude(_report(folder), path)
-            st.toast(shared.plain(f"Recorded: {path} is left out. Retrain to use it."))
+            said = f"Recorded: {path} is left out. Retrain to use it."
     except UserError as exc:  # DataError, or a full disk
         shared.error(exc)
         return
+    st.session_state[TOAST] = shared.plain(said)  # shown by the rerun: a toast before st.rerun() is lost
     st.rerun()  # the cards above were drawn before the correction: drawn again, they show it
 
 
@@ -129,6 +133,8 @@ def image_grid(rows: list[dict], *, folder: str, classes: list[str], editable: b
             and a prediction under ``predicted``/``probability`` or ``suggested``/``suggested_probability``.
         suggested_key: The key of the class a relabel defaults to (the prediction or the suggestion).
     """
+    if said := st.session_state.pop(TOAST, None):
+        st.toast(said)
     cols = st.columns(GRID_COLUMNS)
     effect = corrections_in_effect(folder)
     for i, r in enumerate(rows):

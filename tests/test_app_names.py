@@ -23,6 +23,7 @@ from pipeline import label_issues, revision
 from pipeline.jobs.store import JobStore
 from tests.conftest import write_shapes_dataset
 from tests.test_app import _no_exception, _page, shown
+from tests.test_app_loop import _wait
 
 TRAIN_NAME = os.fsdecode(b"bad_\xff.jpg")  # a real JPEG, used for training
 TEST_NAME = os.fsdecode(b"odd_\xfe.jpg")  # a real JPEG in the test split: evaluated, verified by the export
@@ -60,15 +61,6 @@ def odd_root(tmp_path, monkeypatch) -> Path:
     assert os.fsencode(TRAIN_NAME) == b"bad_\xff.jpg"
     monkeypatch.setenv("TRANSFER_STUDIO_DATA_ROOT", str(root))
     return odd
-
-
-def _wait(job_id: str) -> None:
-    store = JobStore()
-    t0 = time.monotonic()
-    while store.get(job_id).state in ("queued", "running"):
-        assert time.monotonic() - t0 < 300
-        time.sleep(0.5)
-    assert store.get(job_id).state == "done", store.get(job_id).error
 
 
 def _cells(at) -> list[str]:

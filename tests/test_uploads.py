@@ -18,7 +18,7 @@ import pytest
 
 from app_pages import upload_route
 from tests.conftest import ROOT, write_shapes_dataset
-from tests.test_e2e_browser import CHROMIUM, app_url  # noqa: F401 - the fixture
+from tests.test_e2e_browser import app_url, open_page  # noqa: F401 - the fixture
 
 MB = 1024 * 1024
 
@@ -220,11 +220,7 @@ def test_in_a_browser_a_zip_streams_to_disk_and_refused_uploads_are_removed(one_
     with zipfile.ZipFile(big, "w") as zf:  # 2 MB, stored: over the 1 MB limit
         zf.writestr("cats/noise.bin", os.urandom(2 * MB))
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(90_000)
-        expect.set_options(timeout=90_000)
+        browser, page = open_page(pw)
         requests: list[str] = []
         page.on("request", lambda r: requests.append(f"{r.method} {r.url}"))
         page.goto(app_url)
