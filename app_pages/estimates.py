@@ -15,9 +15,13 @@ from pipeline import estimate
 
 def for_run(cfg: config_mod.RunConfig, train: int, val: int, test: int) -> estimate.Estimate:
     """``pipeline.estimate.estimate`` for ``cfg`` on this many images, measured on the backend's runs."""
-    return _cached(cfg.to_json(), train, val, test, str(shared.runs_dir()))
+    runs = shared.runs_dir()
+    # a run that finished since (its eval.json) is a new measurement: a new cache key
+    newest = max((p.stat().st_mtime for p in Path(runs).glob("*/eval.json")), default=0.0)
+    return _cached(cfg.to_json(), train, val, test, str(runs), newest)
 
 
-@st.cache_data(ttl=30, max_entries=64, show_spinner=False)  # a run finishing shows within 30 s
-def _cached(cfg_json: str, train: int, val: int, test: int, runs_dir: str) -> estimate.Estimate:
+@st.cache_data(ttl=300, max_entries=64, show_spinner=False)
+def _cached(cfg_json: str, train: int, val: int, test: int, runs_dir: str,
+            newest: float) -> estimate.Estimate:  # newest: part of the cache key only
     return estimate.estimate(config_mod.from_dict(json.loads(cfg_json)), train, val, Path(runs_dir), test_images=test)
