@@ -231,10 +231,11 @@ def add_images(folder: str, scanned: dict, cls: str, files: list, *, force: bool
         from pipeline import quota
 
         referenced = quota.referenced()
-        for path, _ in given:
-            if Path(path).resolve() not in referenced:
-                paths.remove_upload(path, "uploads")
-        st.session_state.get("uploads", {}).clear()  # saved_upload's record of them: they are gone
+        removed = {path for path, _ in given if Path(path).resolve() not in referenced
+                   and paths.remove_upload(path, "uploads")}
+        saved = st.session_state.get("uploads", {})  # saved_upload's record: forget only the files removed
+        for file_id in [f for f, kept in saved.items() if kept in removed]:
+            del saved[file_id]
         return
     st.session_state["added"] = st.session_state.get("added", 0) + 1  # new keys: the pickers start empty
     st.toast(shared.plain(f"Added {len(added)} image(s) to {cls}."))
