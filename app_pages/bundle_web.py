@@ -12,9 +12,11 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def demo_url(run_id: str, bundle: Path, fragment: str = "") -> str:
-    """The relative URL of the bundle's web demo, embedded (result only), with ``#fragment`` when given."""
+def demo_url(run_id: str, bundle: Path, fragment: str = "", *, webcam: bool = False) -> str:
+    """The relative URL of the bundle's web demo, embedded: the result only, with ``#fragment`` when given; or, with
+    ``webcam``, the webcam classified continuously (its Pause button and its result)."""
     import streamlit.components.v1 as components
 
     served = components.declare_component(f"bundle_{run_id}", path=str(bundle))
-    return f"component/{served.name}/web/index.html?embedded=1" + (f"#{fragment}" if fragment else "")
+    mode = "webcam" if webcam else "1"
+    return f"component/{served.name}/web/index.html?embedded={mode}" + (f"#{fragment}" if fragment else "")

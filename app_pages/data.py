@@ -144,6 +144,36 @@ for i, cls in enumerate(report["classes"][:20]):
     strip = shared.thumbnail_strip(str(root), tuple(by_class.get(cls, [])[:6]))
     (left if i % 2 == 0 else right).image(strip, caption=shared.plain(f"{cls} ({shared.count(counts.get(cls, 0), 'image')})"))
 
+PAGE = 24  # thumbnails a page of the class browser shows
+
+
+def browse(root: Path, report: dict) -> None:
+    """Every image of one class, a page at a time, with its per-split counts and a split filter."""
+    classes = report["classes"]
+    if not classes:
+        return
+    st.subheader("Browse a class")
+    pick, where = st.columns([2, 3])
+    cls = pick.selectbox("Class", classes, key="browse-class", format_func=shared.readable)
+    per_split = {split: n for split, n in report["counts"].get(cls, {}).items() if n}
+    options = ["all"] + list(per_split)
+    split = where.radio("Split", options, horizontal=True, key=f"browse-split-{cls}", format_func=lambda o: (
+        f"all ({sum(per_split.values())})" if o == "all" else f"{o} ({per_split[o]})"))
+    files = [(sp, rel) for sp, items in report["items"].items() if split in ("all", sp)
+             for rel, c in items if c == cls]
+    if not files:
+        st.caption("No images in this split.")
+        return
+    pages = (len(files) + PAGE - 1) // PAGE
+    page = st.number_input(f"Page (of {pages})", 1, pages, 1, key=f"browse-page-{cls}-{split}") if pages > 1 else 1
+    shown = files[(page - 1) * PAGE:page * PAGE]
+    st.image([shared.thumbnail(str(root), rel) for _, rel in shown], width=112,
+             caption=[shared.plain(f"{sp}: {shared.readable(Path(rel).name)}") for sp, rel in shown])
+    st.caption(f"Images {(page - 1) * PAGE + 1}-{(page - 1) * PAGE + len(shown)} of {len(files)}.")
+
+
+browse(root, report)
+
 st.subheader("Image sizes")
 st.dataframe(pd.DataFrame({c: {"min": f"{s['min'][0]}x{s['min'][1]}", "median": f"{s['median'][0]}x{s['median'][1]}",
                                "max": f"{s['max'][0]}x{s['max'][1]}"} for c, s in report["sizes"].items()}).T)
@@ -166,10 +196,11 @@ with add_left:
                         "(in validation or test it would leak into training) is refused unless this is ticked.")
     if target and new_files and st.button(f"Add {len(new_files)} image(s) to {shared.plain(target)}", key="add-go"):
         loop.add_images(folder, scanned, target, new_files, force=force)
-with add_right:
-    shot = st.camera_input("Or take a photo", key=f"camera-{st.session_state.get('added', 0)}")
-    if target and shot is not None and st.button(f"Add the photo to {shared.plain(target)}", key="add-shot"):
-        loop.add_images(folder, scanned, target, [shot], force=force)
+with add_right:  # the camera starts (and the browser asks for it) only when asked for, not on every visit
+    if st.toggle("Take photos with the camera", key="add-camera"):
+        shot = st.camera_input("Photo", key=f"camera-{st.session_state.get('added', 0)}")
+        if target and shot is not None and st.button(f"Add the photo to {shared.plain(target)}", key="add-shot"):
+            loop.add_images(folder, scanned, target, [shot], force=force)
 loop.undo_button(folder, key="undo-data")
 
 run_job = loop.latest_finished_run(src)

@@ -32,17 +32,18 @@ if result.get("split_chose_checkpoint", result["split"] == "val"):
                   if dataset.get("scan", {}).get("layout") == "splits" else "set a test fraction."))
 
 labels = result["labels"]
+selection = f"selected-{job.id}"  # one selection model: a cell or a row, the newest wins
 left, right = st.columns(2)
 with left:
-    clicked = loop.confusion_matrix(result, key=f"cm-{job.id}")
+    clicked = loop.confusion_matrix(result, key=loop.widget_key(f"cm-{job.id}", selection, "cell"))
 with right:
     per_class = pd.DataFrame(result["per_class"]).T.rename_axis("class")
     per_class["support"] = per_class["support"].astype(int)
     st.dataframe(per_class.style.format({"precision": "{:.3f}", "recall": "{:.3f}", "f1": "{:.3f}"}),
                  width="stretch")
-    picked = loop.confused_pairs(result, key=f"pairs-{job.id}")
+    picked = loop.confused_pairs(result, key=loop.widget_key(f"pairs-{job.id}", selection, "pair"))
 
-choice = loop.newest(f"selected-{job.id}", cell=clicked, pair=picked)  # the widget used last wins
+choice = loop.newest(selection, cell=clicked, pair=picked)  # the widget used last wins
 selected = choice[1] if choice else None
 if selected and "predictions" in result:
     true, predicted = selected
@@ -52,7 +53,7 @@ if selected and "predictions" in result:
     st.caption(("Selected in the confusion matrix" if choice[0] == "cell" else "Selected in Most confused pairs")
                + "; selecting in either shows that one instead.")
     if st.button("Back to the most confident mistakes", key=f"unselect-{job.id}"):
-        loop.clear_selection(f"selected-{job.id}")
+        loop.clear_selection(selection)
         st.rerun()
     if rows:
         loop.image_grid(rows[:48], folder=folder, classes=labels, editable=editable, key=f"cell-{job.id}")

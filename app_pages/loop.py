@@ -71,24 +71,52 @@ def confused_pairs(result: dict, key: str) -> tuple[str, str] | None:
     return (pairs[rows[0]]["true"], pairs[rows[0]]["predicted"]) if rows else None
 
 
-def newest(key: str, **selections):
-    """One selection model for several widgets that select the same thing: the one changed last wins.
+def widget_key(base: str, selection: str, name: str) -> str:
+    """The key of widget ``name`` of the selection model ``selection``: ``base``, then a new one each time
+    :func:`newest` drops the widget's selection (a new widget is drawn without it)."""
+    generation = st.session_state.get(f"{selection}-generations", {}).get(name, 0)
+    return base if not generation else f"{base}-{generation}"
 
-    Each keyword is a widget's current selection (None when it has none). Returns (name, value) of the newest
-    selection still held, or None. :func:`clear_selection` forgets it until a widget changes again.
+
+def newest(key: str, **selections):
+    """One selection model for several widgets that select the same thing: the one changed last wins, and the
+    others are drawn again without theirs (a highlighted cell beside another row's images would mislead).
+
+    Each keyword is a widget's current selection (None when it has none), drawn with the key
+    :func:`widget_key` gives it. Returns (name, value) of the newest selection still held, or None.
+    :func:`clear_selection` forgets it (and clears every widget) until a widget changes again.
     """
     before = st.session_state.get(key, {"values": {}, "chosen": None})
     changed = [n for n, v in selections.items() if v != before["values"].get(n) and v is not None]
     chosen = changed[-1] if changed else before["chosen"]
     if chosen is not None and selections.get(chosen) is None:  # that widget was deselected
         chosen = None
-    st.session_state[key] = {"values": selections, "chosen": chosen}
+    stale = [n for n, v in selections.items() if n != chosen and v is not None]
+    st.session_state[key] = {"values": {n: None if n in stale else v for n, v in selections.items()},
+                             "chosen": chosen}
+    if stale:
+        _redraw_without_selection(key, stale)
     return (chosen, selections[chosen]) if chosen else None
 
 
+def _redraw_without_selection(key: str, names: list[str]) -> None:
+    generations = st.session_state.setdefault(f"{key}-generations", {})
+    for name in names:
+        generations[name] = generations.get(name, 0) + 1
+    st.rerun()
+
+
 def clear_selection(key: str) -> None:
-    if key in st.session_state:
-        st.session_state[key]["chosen"] = None
+    """No selection, and no widget of the model shows one (called before a rerun)."""
+    state = st.session_state.get(key)
+    if state is None:
+        return
+    held = [n for n, v in state["values"].items() if v is not None]
+    state["chosen"] = None
+    state["values"] = dict.fromkeys(state["values"])
+    generations = st.session_state.setdefault(f"{key}-generations", {})
+    for name in held:
+        generations[name] = generations.get(name, 0) + 1
 
 
 # === Corrections ===
@@ -337,7 +365,7 @@ def compare_view(jobs: list, key: str) -> None:
 
     if len(jobs) < 2:
         return
-    labels = {j.id: f"{j.id[:8]}  {Path(j.source).name}" for j in jobs}
+    labels = shared.run_titles(jobs)
     chosen = st.multiselect("Compare runs (2 to 4)", [j.id for j in jobs], format_func=labels.get,
                             max_selections=compare.MAX_RUNS, key=key)
     if len(chosen) < 2:

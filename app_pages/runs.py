@@ -12,6 +12,7 @@ from app_pages import estimates, loop, shared
 from app_pages.stages import stage
 from pipeline import config as config_mod
 from pipeline import estimate, quiet
+from pipeline.jobs.store import NAME_MAX
 from pipeline.runfolder import RunFolder
 
 st.title("Runs")
@@ -22,7 +23,9 @@ def all_jobs() -> None:
     jobs = shared.my_jobs(shared.backend().list())  # your runs (every run with the host's admin key)
     if jobs:
         st.subheader("All runs" if shared.visitor().admin else "Your runs")
-        st.dataframe(pd.DataFrame([{"id": j.id[:8], "state": j.state, "source": shared.readable(Path(j.source).name),
+        titles = shared.run_titles(jobs)
+        st.dataframe(pd.DataFrame([{"name": titles[j.id], "id": j.id[:8], "state": j.state,
+                                    "source": shared.readable(Path(j.source).name),
                                     "created": pd.Timestamp(j.created, unit="s"), "error": j.error or ""}
                                    for j in jobs]), hide_index=True, width="stretch")
 
@@ -31,11 +34,35 @@ all_jobs()
 job = shared.pick_run()
 if job is None:
     st.stop()
-st.caption("Share this run: whoever opens this link sees its curves, evaluation and finished exports; only you "
-           "can cancel, resume, export or delete it. Copy it with the button at the right of the box.")
+def rename(current) -> None:
+    """The run's name, editable by its owner (Enter saves it, before the page is drawn again: every title on it
+    is the new one)."""
+    key, said_key = f"name-{current.id}", f"name-said-{current.id}"
+
+    def save() -> None:
+        try:
+            job = shared.backend().rename(current.id, st.session_state[key])
+            st.session_state[said_key] = ("toast", shared.plain(f"Renamed to {job.title}."))
+        except ValueError as exc:  # JobError: empty, too long, a line break
+            st.session_state[said_key] = ("error", str(exc))
+
+    st.text_input("Name", value=current.title, key=key, max_chars=NAME_MAX, on_change=save,
+                  help="What this run is called on every page; its id stays as it is. Press Enter to save.")
+    kind, text = st.session_state.pop(said_key, (None, None))
+    if kind == "toast":
+        st.toast(text)
+    elif kind == "error":
+        shared.error(text)
+
+
+if shared.can_control(job):
+    rename(job)
+    st.caption("Share this run: whoever opens this link sees its curves, evaluation and finished exports; only you "
+               "can cancel, resume, export or delete it. Copy it with the button at the right of the box.")
+else:  # a visitor on a share link: what they can do, in their own words
+    st.info("A run shared with you: you can follow its curves and see its evaluation and exports; only whoever "
+            "launched it can change it. Pass the link on with the button at the right of the box.")
 st.code(shared.share_url(job.id), language=None, wrap_lines=True)  # st.code draws a copy button
-if not shared.can_control(job):
-    st.info("A shared run: you can follow it, but not change it.")
 
 
 def curves(epochs: list[dict]) -> go.Figure:
@@ -133,9 +160,12 @@ def live(job_id: str) -> None:
                     "**upload a weights file** and give it the file named above, or ask whoever runs the server "
                     "to copy it into the Keras cache.")
     mine = shared.can_control(current)  # cancel, resume and delete: the owner (or the admin) only
-    resume = mine and current.state in ("failed", "cancelled") and st.button(
-        "Resume", icon=":material/play_circle:", key=f"resume-{job_id}",
-        help="Queue the job again: training continues from its last finished epoch.")
+    if mine and current.state in ("failed", "cancelled"):  # said beside it, not in a tooltip: the button takes
+        act, why = st.columns([1, 4], vertical_alignment="center")  # Cancel's place, under the pointer
+        resume = act.button("Resume", icon=":material/play_circle:", key=f"resume-{job_id}")
+        why.caption("Resume queues the job again: training continues from its last finished epoch.")
+    else:
+        resume = False
     if resume:
         try:
             shared.backend().resume(job_id)

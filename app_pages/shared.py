@@ -235,7 +235,12 @@ def thumbnail_strip(root: str, files: tuple[str, ...], size: int = 96, gap: int 
     return _thumbnail_strip(fs_key(root), tuple(fs_key(rel) for rel in files), size, gap)
 
 
-@st.cache_data(max_entries=256, show_spinner=False)
+def thumbnail(root: str, rel: str, size: int = 112):
+    """One image, square at ``size`` (white when it cannot be read: the scan lists it as skipped)."""
+    return _thumbnail_strip(fs_key(root), (fs_key(rel),), size, 0)
+
+
+@st.cache_data(max_entries=600, show_spinner=False)  # the class browser's pages too (~40 KB each)
 def _thumbnail_strip(root: bytes, files: tuple[bytes, ...], size: int, gap: int):
     import numpy as np
 
@@ -387,6 +392,14 @@ def share_url(job_id: str, page: str = "runs") -> str:
     return f"{base}{prefix}/{page}?run={job_id}"
 
 
+def run_titles(jobs: list) -> dict[str, str]:
+    """Each job's name for a table or a chart legend: its title, with its short id where two share one."""
+    seen: dict[str, int] = {}
+    for j in jobs:
+        seen[j.title] = seen.get(j.title, 0) + 1
+    return {j.id: readable(j.title if seen[j.title] == 1 else f"{j.title} ({j.id[:8]})") for j in jobs}
+
+
 def pick_run(label: str = "Run", finished_only: bool = False):
     """A select box of this visitor's jobs (newest first) plus the one a link names; returns the Job or None.
 
@@ -428,8 +441,8 @@ def pick_run(label: str = "Run", finished_only: bool = False):
         if problem:  # your last run is still going: say which one this page shows instead
             st.caption(plain(f"{problem} Showing your newest finished run."))
     # No state in the label: the page's live parts update the state, a select box label would go stale.
-    job = st.selectbox(label, jobs, index=index, placeholder="Choose a run", format_func=lambda j: (
-        f"{j.id[:8]}  {Path(j.source).name}  {time.strftime('%Y-%m-%d %H:%M', time.localtime(j.created))}"))
+    job = st.selectbox(label, jobs, index=index, placeholder="Choose a run", format_func=lambda j: readable(
+        f"{j.title}  ({j.id[:8]}, {time.strftime('%Y-%m-%d %H:%M', time.localtime(j.created))})"))
     if job is not None:
         select_run(job.id)  # the other pages open on it too
     return job

@@ -31,7 +31,16 @@ cfg = json.loads(run.config.read_text())
 size = cfg["model"]["image_size"]
 labels = json.loads(run.dataset.read_text())["splits"]["classes"]
 
-source = st.radio("Image", ["Upload", "Camera"], horizontal=True)
+source = st.radio("Image", ["Upload", "Camera", "Live webcam"], horizontal=True, captions=[
+    "", "one photo, on the server and in the browser", "every frame, in the browser (TF.js)"])
+if source == "Live webcam":  # the bundle's demo in continuous mode: frames centre-cropped, classified one by one
+    if not (run.exports / "tfjs" / "model.json").exists() or not (run.exports / "web" / "index.html").exists():
+        st.info("Export the model with the tfjs format (Export page) to classify the webcam live in the browser.")
+        st.stop()
+    st.caption("Your browser asks to use the camera; the frames stay in this browser (nothing is sent to the "
+               "server). Each frame's centre square is classified, as the exported model will be in an app.")
+    components.iframe(bundle_web.demo_url(job.id, run.exports, webcam=True), height=560)
+    st.stop()
 shot = st.file_uploader("Photo", type=["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"]) \
     if source == "Upload" else st.camera_input("Take a photo")
 if shot is None:

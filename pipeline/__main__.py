@@ -135,8 +135,16 @@ def cmd_submit(args) -> int:
                              parent=getattr(args, "from_run", None), head_only=getattr(args, "head_only", False))
     for w in cfg.warnings():
         print(f"warning: {w}", file=sys.stderr)
-    job_id = get_backend().submit(args.data, cfg)
+    job_id = get_backend().submit(args.data, cfg, name=args.name)
     print(job_id)
+    return 0
+
+
+def cmd_rename(args) -> int:
+    from pipeline.jobs.backends import get_backend
+
+    job = get_backend().rename(args.job, args.name)
+    print(f"{job.id} is now called {job.title!r}")
     return 0
 
 
@@ -145,7 +153,7 @@ def _job_line(job) -> str:
 
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.created))
     extra = f"  {job.error}" if job.error else ""
-    return f"{job.id}  {job.state:<9}  {when}  {job.source}{extra}"
+    return f"{job.id}  {job.state:<9}  {when}  {job.title}  {job.source}{extra}"
 
 
 def cmd_status(args) -> int:
@@ -338,8 +346,14 @@ def parser() -> argparse.ArgumentParser:
     j.add_argument("data", help="folder, .zip, or sample:digits")
     j.add_argument("--config", help="TOML or JSON config file")
     j.add_argument("--set", action="append", metavar="KEY=VALUE")
+    j.add_argument("--name", help="what to call the run (default: the dataset's name and a number)")
     _from_arguments(j)
     j.set_defaults(func=cmd_submit)
+
+    rn = sub.add_parser("rename", help="give a job another name")
+    rn.add_argument("job")
+    rn.add_argument("name")
+    rn.set_defaults(func=cmd_rename)
 
     st = sub.add_parser("status", help="show one job")
     st.add_argument("job")

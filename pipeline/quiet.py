@@ -26,6 +26,13 @@ _NOISE = re.compile(
     r"|This TensorFlow binary is optimized to use available CPU instructions"
     r"|^To enable the following instructions: .* rebuild TensorFlow"
     r"|TF-TRT Warning: Could not find TensorRT"
+    # The converters' own chatter, once per conversion (the export's progress lines say what is converted):
+    r"|tf_tfl_flatbuffer_helpers\.cc:\d+\] Ignored (output_format|drop_control_dependency)\."
+    r"|mlir_graph_optimization_pass\.cc:\d+\] MLIR V1 optimization pass is not enabled"
+    r"|^INFO: Created TensorFlow Lite XNNPACK delegate for CPU\."
+    r"|^fully_quantize: \d+, inference_type: \d+, input_inference_type: \w+, output_inference_type: \w+"
+    r"|devices\.cc:\d+\] Number of eligible GPUs \(core count >= \d+, compute capability >= [\d.]+\): \d+"
+    r"|single_machine\.cc:\d+\] Starting new session$"
 )
 
 

@@ -60,6 +60,14 @@ def test_cell_selection_correction_retrain_and_compare(finished_job):  # noqa: F
     heading = next(s.value for s in at.subheader if s.value.startswith("True "))
     assert heading.startswith(f"True {pairs[row]['true']}, predicted {pairs[row]['predicted']}"), heading
     assert any(c.value.startswith("Selected in Most confused pairs") for c in at.caption)
+    # the chart was drawn again without its cell (a new key); a click on it there wins again
+    assert f"cm-{finished_job}-1" in at.session_state and f"cm-{finished_job}" not in at.session_state
+    at.session_state[f"cm-{finished_job}-1"] = {"selection": {"points": [{"customdata": [true, predicted, n]}],
+                                                               "point_indices": [0], "box": [], "lasso": []}}
+    at.run()
+    heading = next(s.value for s in at.subheader if s.value.startswith("True "))
+    assert heading.startswith(f"True {true}, predicted {predicted}"), heading
+    assert f"pairs-{finished_job}-1" in at.session_state  # and the table, without its row
     next(b for b in at.button if b.label == "Back to the most confident mistakes").click().run()
     assert any(s.value.startswith("Most confident mistakes") for s in at.subheader)
 

@@ -97,6 +97,11 @@ def test_submit_runs_to_done_with_metrics_in_the_run_folder(backend, tmp_path):
     assert [e["epoch"] for e in run.epochs()] == [1, 2] and run.model.exists() and run.eval.exists()
     assert job_id in {j.id for j in backend.list()}
     assert job.finished and job.finished >= job.created
+    assert job.name == "shapes #1"  # named after its dataset, numbered
+    assert backend.rename(job_id, " the first shapes ").name == "the first shapes"
+    assert backend.status(job_id).title == "the first shapes" and backend.status(job_id).state == "done"
+    with pytest.raises(ValueError, match="one line"):
+        backend.rename(job_id, "a\nb")
 
 
 def test_cancel_while_running_keeps_the_checkpoint(backend, tmp_path):

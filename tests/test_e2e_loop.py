@@ -43,20 +43,37 @@ def test_train_click_a_cell_relabel_retrain_compare(app_url, ts_home, tmp_path):
         parent = JobStore(ts_home).list()[0]
         result = json.loads((JobStore(ts_home).runs / parent.id / "eval.json").read_text())
         pair = result["confused_pairs"][0]
-        k = len(result["labels"])
-        index = result["labels"].index(pair["true"]) * k + result["labels"].index(pair["predicted"])
 
-        # Evaluate: click the most confused cell of the confusion matrix
+        # Evaluate: click a cell of the confusion matrix (the first class's correct ones), then a row of "Most
+        # confused pairs": the row's images replace the cell's (one selection model: the newest wins, issue 22)
         page.get_by_role("link", name="Evaluate").first.click()
         expect(page.get_by_text("Confusion matrix (click a cell")).to_be_visible()
-        point = page.locator(".js-plotly-plot .scatterlayer .point").nth(index)
+        first = result["labels"][0]
+        point = page.locator(".js-plotly-plot .scatterlayer .point").nth(0)  # row 0, column 0: true = predicted
         expect(point).to_be_attached()
         box = point.bounding_box()
         page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+        cell_heading = page.get_by_role("heading", name=re.compile(
+            rf"True {re.escape(first)}, predicted {re.escape(first)}: \d+ image\(s\), correct"))
+        expect(cell_heading).to_be_visible()
+        expect(page.get_by_text("Selected in the confusion matrix")).to_be_visible()
+        page.screenshot(path=SCREENS / "loop-1-cell.png", full_page=True)
+        dim = "points => points.filter(p => parseFloat(getComputedStyle(p).opacity) < 1).length"
+        cells = page.locator(".js-plotly-plot .scatterlayer .point")
+        assert cells.evaluate_all(dim) > 0  # the clicked cell is highlighted: the others are dimmed
+        grid = page.get_by_test_id("stDataFrame").nth(1)  # per-class metrics first, then the confused pairs
+        gbox = grid.bounding_box()
+        page.mouse.click(gbox["x"] + 18, gbox["y"] + 35 + 35 // 2)  # the first row's selection box
         heading = page.get_by_role("heading", name=re.compile(
             rf"True {re.escape(pair['true'])}, predicted {re.escape(pair['predicted'])}: {pair['images']} image"))
         expect(heading).to_be_visible()
-        page.screenshot(path=SCREENS / "loop-1-cell.png", full_page=True)
+        expect(cell_heading).to_have_count(0)
+        expect(page.get_by_text("Selected in Most confused pairs")).to_be_visible()
+        # and the chart shows no selected cell beside the row's images (Plotly dims the unselected points)
+        page.wait_for_timeout(1000)
+        dimmed = cells.evaluate_all(dim)
+        assert dimmed == 0, f"{dimmed} cells still dimmed by the cell selection"
+        page.screenshot(path=SCREENS / "loop-1-row.png", full_page=True)
 
         # relabel its first image to the predicted class
         page.get_by_role("button", name="Fix this label").first.click()
@@ -74,6 +91,23 @@ def test_train_click_a_cell_relabel_retrain_compare(app_url, ts_home, tmp_path):
         from PIL import Image, ImageOps
 
         ImageOps.mirror(Image.open(sorted((Path(folder) / "3").iterdir())[0])).save(extra)
+        # first a truncated photo: refused, named as the user named it; no server path reaches the page
+        import io
+
+        whole = io.BytesIO()
+        Image.open(extra).convert("RGB").resize((64, 64)).save(whole, "JPEG")
+        broken = tmp_path / "truncated_bee.jpg"
+        broken.write_bytes(whole.getvalue()[: len(whole.getvalue()) // 2])
+        picker = page.locator("[data-testid=stFileUploader] input[type=file]").last
+        picker.set_input_files(str(broken))
+        page.get_by_role("button", name=re.compile(r"^Add 1 image\(s\) to ")).click()
+        alert = page.get_by_role("alert").filter(has_text="truncated_bee.jpg")
+        expect(alert).to_be_visible()
+        said = alert.inner_text()
+        assert str(ts_home) not in said and "/uploads/" not in said and "truncated" in said, said
+        assert [e["op"] for e in revision.Revision(folder).active()] == ["relabel"]  # nothing recorded
+        page.get_by_test_id("stFileChipDeleteBtn").last.locator("button").click()  # the user takes the bad file out
+        expect(page.get_by_role("button", name=re.compile(r"^Add \d+ image\(s\) to "))).to_have_count(0)
         page.locator("[data-testid=stFileUploader] input[type=file]").last.set_input_files(str(extra))
         page.get_by_role("button", name=re.compile(r"^Add 1 image\(s\) to ")).click()
         expect(page.get_by_text(re.compile(r"^Added 1 image"))).to_be_visible()
@@ -96,8 +130,8 @@ def test_train_click_a_cell_relabel_retrain_compare(app_url, ts_home, tmp_path):
         page.wait_for_timeout(700)  # the expander's opening animation: a click during it opens no list
         for job in (parent, child):
             picker.click()
-            picker.press_sequentially(job.id[:8], delay=50)  # typing opens the list, filtered to this run
-            option = page.get_by_role("option").filter(has_text=job.id[:8])
+            picker.press_sequentially(job.title, delay=50)  # typing opens the list, filtered to this run
+            option = page.get_by_role("option").filter(has_text=job.title)
             try:
                 expect(option).to_be_visible(timeout=20_000)
             except AssertionError:

@@ -122,7 +122,8 @@ def test_two_visitors_a_share_link_is_read_only(app_url):  # noqa: F811
         expect(a.get_by_role("button", name="Cancel")).to_be_visible()  # A owns it: Cancel while it runs
 
         b.goto(f"{app_url}/runs?run={job_id}")  # B opens A's share link
-        expect(b.get_by_text("A shared run: you can follow it, but not change it.")).to_be_visible()
+        expect(b.get_by_text("A run shared with you: you can follow its curves")).to_be_visible()
+        assert b.get_by_text("only you can").count() == 0  # the owner's wording is not shown to a visitor
         expect(b.locator(".js-plotly-plot").first).to_be_visible(timeout=240_000)  # B sees the curves
         for _ in range(3):  # while it runs, B has no widget that changes it
             assert b.get_by_role("button", name=re.compile("Cancel|Resume|Delete")).count() == 0

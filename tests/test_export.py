@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -144,6 +145,11 @@ def test_cli_exports_chosen_formats_and_reverifies(trained_run, tmp_path):
                            "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "tflite-float32" in proc.stdout and "tfjs" in proc.stdout
+    # Only the export's own lines: none of TensorFlow's C++ log lines ("W0000 00:00:... tf_tfl_flatbuffer_...")
+    # nor the converters' prints (issue 22); progress lines ("converting tfjs ...") stay.
+    assert "converting tfjs" in proc.stderr
+    chatter = [ln for ln in proc.stderr.splitlines() if re.match(r"[IWE]\d{4} |INFO: |fully_quantize", ln)]
+    assert not chatter, chatter
     assert set(json.loads((out / "manifest.json").read_text())["formats"]) == {"savedmodel", "tflite-float32", "tfjs"}
     proc = subprocess.run([sys.executable, "-m", "export", str(trained_run.root), "--out", str(out), "--verify"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)

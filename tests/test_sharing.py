@@ -148,7 +148,9 @@ def test_a_share_link_is_read_only_and_runs_lists_show_your_runs(monkeypatch):
     _no_exception(b)
     assert any(m.label == "State" and m.value == "queued" for m in b.metric)
     assert not {"Cancel", "Resume", "Delete this run..."} & _labels(b)
-    assert any("A shared run" in i.value for i in b.info)
+    assert any("A run shared with you" in i.value for i in b.info)
+    assert not any("only you" in c.value for c in b.caption)  # the owner's wording is not a visitor's
+    assert not [t for t in b.text_input if t.label == "Name"]  # a visitor cannot rename it
     assert store.get(queued).state == "queued"
 
     monkeypatch.setenv("TRANSFER_STUDIO_ADMIN_KEY", "the-host-key")
@@ -206,8 +208,37 @@ def test_owner_column_is_added_to_an_existing_job_store(ts_home):
     db.close()
     store = JobStore(ts_home)
     assert store.get("f" * 32).owner is None  # from before owners: the host's
+    assert store.get("f" * 32).name is None and store.get("f" * 32).title == "s ffffffff"  # before names
     new = store.add("sample:digits", {}, owner="key:x")
-    assert store.get(new).owner == "key:x"
+    assert store.get(new).owner == "key:x" and store.get(new).name == "digits #1"
+
+
+def test_runs_have_names_numbered_per_dataset_that_the_cli_and_the_owner_change(ts_home, capsys):
+    from pipeline.__main__ import main
+
+    store = JobStore()
+    ids = [store.add(src, {}) for src in ("/data/hymenoptera", "/data/hymenoptera", "sample:digits",
+                                          "/up/3f/flowers.zip")]
+    assert [store.get(i).title for i in ids] == ["hymenoptera #1", "hymenoptera #2", "digits #1", "flowers #1"]
+    assert main(["rename", ids[0], "  bees, cleaned labels "]) == 0
+    assert store.get(ids[0]).name == "bees, cleaned labels"
+    for bad, said in (("   ", "cannot be empty"), ("x" * 81, "at most 80 characters"), ("two\nlines", "one line")):
+        capsys.readouterr()
+        assert main(["rename", ids[0], bad]) == 2 and said in capsys.readouterr().err
+    assert store.get(ids[0]).name == "bees, cleaned labels"
+    capsys.readouterr()
+    assert main(["jobs"]) == 0 and "bees, cleaned labels" in capsys.readouterr().out
+
+    job_id = finished_job_with_eval(store, ["cat", "dog"], owner=owner_of(KEY_A))
+    a = _visitor(KEY_A, "runs.py", run=job_id)
+    _no_exception(a)
+    assert "digits #2" in a.dataframe[0].value["name"].tolist()
+    a.text_input(key=f"name-{job_id}").input("first try").run()  # Enter in the browser
+    _no_exception(a)
+    assert store.get(job_id).name == "first try"
+    assert "first try" in a.selectbox[0].value.title and "first try" in a.dataframe[0].value["name"].tolist()
+    a.text_input(key=f"name-{job_id}").input("").run()
+    assert any("cannot be empty" in e.value for e in a.error) and store.get(job_id).name == "first try"
 
 
 def test_cli_deletes_a_job_or_a_run_folder(ts_home, capsys):

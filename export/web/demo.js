@@ -4,7 +4,8 @@
 // resized whole, as training saw it; a webcam frame is first cropped to its centre square (as MediaPipe's image
 // classifier does), so it is not squashed. The webcam is classified continuously (Pause stops it).
 // URL options: ?model=../tfjs-float16/ (another graph-model folder of the bundle), ?labels=../labels.txt,
-// ?embedded=1 (only the result; used by the Transfer Studio app), #image=<data: URL> (classify that image; a new
+// ?embedded=1 (only the result; used by the Transfer Studio app), ?embedded=webcam (the webcam, started at once, and
+// its result: the app's live mode), #image=<data: URL> (classify that image; a new
 // fragment classifies the new image with the model already loaded, and the old result is cleared first, so a
 // result is never shown beside another image than the one it is for).
 (function () {
@@ -20,6 +21,7 @@
   let latest = 0;  // the newest image asked for: an older classification finishing late is not drawn
 
   if (params.get('embedded')) document.body.classList.add('embedded');
+  if (params.get('embedded') === 'webcam') document.body.classList.add('webcam');
 
   function show(text) { $('status').textContent = text; }
 
@@ -134,7 +136,7 @@
     }
   }
 
-  $('camera').addEventListener('click', async () => {
+  async function startWebcam() {
     if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
       show('This browser gives no camera access here (it needs https or localhost).');
       return;
@@ -153,7 +155,9 @@
     } catch (e) {
       show('The webcam could not start: ' + e.message);
     }
-  });
+  }
+
+  $('camera').addEventListener('click', startWebcam);
 
   $('snap').addEventListener('click', () => {
     live = !live;
@@ -161,5 +165,8 @@
     if (live) watch().catch(e => show('Classification failed: ' + e.message));
   });
 
-  window.transferStudioDemo = { classify, showImage, ready: start().catch(e => show('The model could not load: ' + e.message)) };
+  const ready = start().then(() => {
+    if (document.body.classList.contains('webcam')) return startWebcam();
+  }).catch(e => show('The model could not load: ' + e.message));
+  window.transferStudioDemo = { classify, showImage, ready };
 })();

@@ -29,9 +29,9 @@ class LocalBackend:
         self.store = store or JobStore()
         self.autostart = autostart
 
-    def submit(self, source: str, config: RunConfig, owner: str | None = None) -> str:
+    def submit(self, source: str, config: RunConfig, owner: str | None = None, name: str | None = None) -> str:
         """Queues a training job for ``owner`` (the config is validated already: it is a RunConfig)."""
-        job_id = self.store.add(absolute_source(source), config.to_dict(), owner=owner)
+        job_id = self.store.add(absolute_source(source), config.to_dict(), owner=owner, name=name)
         if self.autostart:
             self.ensure_worker()
         return job_id
@@ -41,6 +41,9 @@ class LocalBackend:
 
     def cancel(self, job_id: str) -> Job:
         return self.store.cancel(job_id)
+
+    def rename(self, job_id: str, name: str) -> Job:
+        return self.store.rename(job_id, name)
 
     def resume(self, job_id: str) -> Job:
         """Queues a failed or cancelled job again (it continues from its last finished epoch); a job left

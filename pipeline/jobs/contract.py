@@ -14,9 +14,13 @@ from pipeline.jobs.store import Job
 
 
 class Backend(Protocol):
-    def submit(self, source: str, config: RunConfig, owner: str | None = None) -> str:
+    def submit(self, source: str, config: RunConfig, owner: str | None = None, name: str | None = None) -> str:
         """Queues a training job on ``source`` (a folder, a .zip or ``sample:NAME``) for ``owner`` (None: the
-        host); returns its id."""
+        host), called ``name`` (default: the dataset's name and a number); returns its id."""
+        ...
+
+    def rename(self, job_id: str, name: str) -> Job:
+        """Gives a job another name (1 to 80 characters of one line)."""
         ...
 
     def status(self, job_id: str) -> Job: ...

@@ -12,6 +12,7 @@ Ray is an optional extra (``requirements-ray.txt``); it is imported only here.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -23,7 +24,7 @@ from typing import Any
 
 from pipeline.config import RunConfig
 from pipeline.data import absolute_source
-from pipeline.jobs.store import Job, JobError, validate_job_id
+from pipeline.jobs.store import NAME_MAX, Job, JobError, dataset_name, validate_job_id, validate_run_name
 from pipeline.launch import ROOT, child_env
 from pipeline.runfolder import atomic_write_json
 
@@ -52,6 +53,14 @@ def child_env_vars() -> dict[str, str]:
 _STATES = {"PENDING": "queued", "RUNNING": "running", "SUCCEEDED": "done", "FAILED": "failed", "STOPPED": "cancelled"}
 
 
+def _read_spec(path: Path) -> dict:
+    """A run folder's job.json ({} when it is missing or unreadable)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 class RayBackend:
     """Jobs as Ray jobs: one Ray job per attempt, ``ts-<job id>`` then ``ts-<job id>-2``, ... (:func:`submission_id`)."""
 
@@ -73,12 +82,17 @@ class RayBackend:
     def run_dir(self, job_id: str) -> Path:
         return self.runs / validate_job_id(job_id)
 
-    def submit(self, source: str, config: RunConfig, owner: str | None = None) -> str:
+    def submit(self, source: str, config: RunConfig, owner: str | None = None, name: str | None = None) -> str:
+        source = absolute_source(source)
+        if name is None:
+            same = sum(1 for p in self.runs.glob("*/job.json") if _read_spec(p).get("source") == source)
+            name = f"{dataset_name(source)[:NAME_MAX - 8]} #{same + 1}"
+        name = validate_run_name(name)
         job_id = secrets.token_hex(16)
         run_dir = self.run_dir(job_id)
         run_dir.mkdir(parents=True)
-        atomic_write_json(run_dir / "job.json", {"source": absolute_source(source), "config": config.to_dict(),
-                                                   "owner": owner, "created": time.time()})
+        atomic_write_json(run_dir / "job.json", {"source": source, "config": config.to_dict(),
+                                                   "owner": owner, "created": time.time(), "name": name})
         try:
             self._ray("submit the job", self._start, job_id, 1, config.train.gpus)
         except JobError:
@@ -100,8 +114,14 @@ class RayBackend:
         )
 
     def _spec(self, job_id: str) -> dict:
-        path = self.run_dir(job_id) / "job.json"
-        return json.loads(path.read_text()) if path.exists() else {}
+        return _read_spec(self.run_dir(job_id) / "job.json")
+
+    def rename(self, job_id: str, name: str) -> Job:
+        """Gives a job another name (kept in its run folder's job.json)."""
+        name = validate_run_name(name)
+        job = self.status(job_id)
+        atomic_write_json(self.run_dir(job_id) / "job.json", {**self._spec(job_id), "name": name})
+        return dataclasses.replace(job, name=name)
 
     def _ray(self, what: str, call, *args):
         """One call to the cluster; its failures become a :class:`JobError` saying what could not be done."""
@@ -144,6 +164,7 @@ class RayBackend:
             started=(info.start_time or 0) / 1000 if state != "queued" else None,
             finished=(info.end_time / 1000) if info.end_time else None, error=error,
             worker=f"ray:{self.address}", attempts=attempt, cancel_requested=cancel, owner=spec.get("owner"),
+            name=spec.get("name"),
         )
 
     def cancel(self, job_id: str) -> Job:

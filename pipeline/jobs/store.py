@@ -12,6 +12,7 @@ import re
 import secrets
 import sqlite3
 import time
+import unicodedata
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -61,6 +62,30 @@ class JobError(UserError, ValueError):
     """A job request cannot be served (unknown or malformed id, wrong state)."""
 
 
+NAME_MAX = 80
+
+
+def dataset_name(source: str) -> str:
+    """What a run's data is called in its default name: the folder's or zip's name, or the sample's."""
+    source = str(source)
+    if source.startswith("sample:"):
+        return source.split(":", 1)[1]
+    path = Path(source)
+    return path.stem if path.suffix.lower() == ".zip" else path.name or source
+
+
+def validate_run_name(name: str) -> str:
+    """``name`` without surrounding spaces, if it can name a run (1 to 80 characters of one line), else JobError."""
+    text = str(name).strip()
+    if not text:
+        raise JobError("a run's name cannot be empty; type a few words that say what the run is.")
+    if len(text) > NAME_MAX:
+        raise JobError(f"a run's name is at most {NAME_MAX} characters; this one has {len(text)}. Shorten it.")
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in text):
+        raise JobError("a run's name is one line of text; remove the line breaks and control characters from it.")
+    return text
+
+
 def validate_job_id(job_id: str) -> str:
     """Returns ``job_id`` if it is a well-formed id (32 hex digits), else raises JobError.
 
@@ -88,6 +113,12 @@ class Job:
     attempts: int
     cancel_requested: bool
     owner: str | None = None  # who launched it (None: the host, e.g. the CLI)
+    name: str | None = None  # what people call it ("hymenoptera #3" unless renamed); None for jobs made before names
+
+    @property
+    def title(self) -> str:
+        """Its name, or (a job made before runs had names) its dataset's name and short id."""
+        return self.name or f"{dataset_name(self.source)} {self.id[:8]}"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,7 +151,7 @@ class JobStore:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
-            _migrate_owner(db)
+            _migrate(db)
 
     @contextmanager
     def _connect(self):
@@ -203,12 +234,14 @@ class JobStore:
     def run_dir(self, job_id: str) -> Path:
         return self.runs / validate_job_id(job_id)
 
-    def add(self, source: str, config: dict[str, Any], owner: str | None = None) -> str:
+    def add(self, source: str, config: dict[str, Any], owner: str | None = None, name: str | None = None) -> str:
         """Queues a job; returns its id (128 random bits).
 
         Args:
             owner: Who launched it (the app's visitor or signed-in user); None for the host (CLI).
+            name: What to call it; default: the dataset's name and a number (``hymenoptera #3``).
         """
+        name = validate_run_name(name) if name is not None else None
         try:
             str(source).encode("utf-8")
         except UnicodeEncodeError:
@@ -216,12 +249,23 @@ class JobStore:
                            "the zip) to a UTF-8 name and choose it again.") from None
         job_id = secrets.token_hex(16)
         with self._transaction() as db:
+            if name is None:  # numbered in the same transaction: two launches at once get two numbers
+                same = db.execute("SELECT COUNT(*) FROM jobs WHERE source = ?", (str(source),)).fetchone()[0]
+                name = f"{dataset_name(source)[:NAME_MAX - 8]} #{same + 1}"
             db.execute(
-                "INSERT INTO jobs (id, state, source, config, run_dir, created, owner) "
-                "VALUES (?, 'queued', ?, ?, ?, ?, ?)",
-                (job_id, str(source), json.dumps(config), str(self.runs / job_id), time.time(), owner),
+                "INSERT INTO jobs (id, state, source, config, run_dir, created, owner, name) "
+                "VALUES (?, 'queued', ?, ?, ?, ?, ?, ?)",
+                (job_id, str(source), json.dumps(config), str(self.runs / job_id), time.time(), owner, name),
             )
         return job_id
+
+    def rename(self, job_id: str, name: str) -> Job:
+        """Gives a job (in any state) another name."""
+        name = validate_run_name(name)
+        self.get(job_id)  # an unknown id: said
+        with self._transaction() as db:
+            db.execute("UPDATE jobs SET name = ? WHERE id = ?", (name, job_id))
+        return self.get(job_id)
 
     def delete(self, job_id: str) -> Job:
         """Removes a finished, failed or cancelled job: its row and its run folder (model, exports, logs).
@@ -357,12 +401,15 @@ class JobStore:
         return [WorkerInfo(**dict(r)) for r in rows]
 
 
-def _migrate_owner(db: sqlite3.Connection) -> None:
-    """Adds the ``owner`` column to a job store made before runs had owners (those jobs belong to the host)."""
+def _migrate(db: sqlite3.Connection) -> None:
+    """Adds the columns later versions brought to a job store made before them: ``owner`` (such jobs belong to the
+    host) and ``name`` (such jobs are called by their dataset and id, :attr:`Job.title`)."""
     columns = {r[1] for r in db.execute("PRAGMA table_info(jobs)").fetchall()}
-    if "owner" not in columns:
+    for column in ("owner", "name"):
+        if column in columns:
+            continue
         try:
-            db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")
+            db.execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT")
         except sqlite3.OperationalError as exc:  # another process added it first
             if "duplicate column" not in str(exc):
                 raise
