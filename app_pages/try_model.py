@@ -41,9 +41,34 @@ if source == "Live webcam":  # the bundle's demo in continuous mode: frames cent
                "server). Each frame's centre square is classified, as the exported model will be in an app.")
     components.iframe(bundle_web.demo_url(job.id, run.exports, webcam=True), height=560)
     st.stop()
+
+
+@st.cache_resource(max_entries=3, show_spinner=False)
+def _server_model(run_dir: str, stamp: float):
+    from pipeline.runfolder import load_model
+
+    return load_model(RunFolder(Path(run_dir)))
+
+
+def server_model():
+    """The run's Keras model (loaded once per file version), or a message and the page stops."""
+    from pipeline.exitcodes import UserError
+
+    try:
+        return _server_model(str(run.root), run.model.stat().st_mtime)
+    except (OSError, UserError) as exc:  # missing, cut short, overwritten: said without the server's paths
+        reason = (str(exc).split(": ", 1)[-1] if isinstance(exc, UserError) else str(exc.strerror)).replace(
+            str(run.root), "the run folder")
+        shared.error(f"This run's model file cannot be read ({reason.split('. Train into')[0]}). Delete the run "
+                     "and train it again.")
+        st.stop()
+
+
 shot = st.file_uploader("Photo", type=["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"]) \
     if source == "Upload" else st.camera_input("Take a photo")
-if shot is None:
+if shot is None:  # the server model loads while the visitor picks a photo (Keras and the model: ~20-40 s cold)
+    with st.spinner("Loading the model for the server column..."):
+        server_model()
     st.stop()
 try:
     if source == "Camera":  # a camera frame: its centre square (as MediaPipe's classifier crops), not squashed
@@ -59,17 +84,10 @@ except data.DataError as exc:
     st.stop()
 
 
-@st.cache_resource(max_entries=3)
-def server_model(path: str, stamp: float):
-    import keras
-
-    return keras.saving.load_model(path, compile=False)
-
-
 left, right = st.columns(2)
 with left:
     st.image(pixels, caption=f"model input ({size}x{size}, raw RGB)", width=256)
-    model = server_model(str(run.model), run.model.stat().st_mtime)
+    model = server_model()
     probs = model.predict(pixels[None].astype("float32"), verbose=0)[0]
     top = probs.argsort()[::-1][:5]
     st.subheader(f"Server: {shared.plain(labels[top[0]])} ({probs[top[0]]:.1%})")

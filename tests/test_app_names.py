@@ -227,3 +227,11 @@ def _walk(odd: Path) -> None:
     at.file_uploader[0].set_value((escaped(TEST_NAME), photo.read_bytes(), "image/jpeg")).run()
     _no_exception(at)
     assert any(s.value.startswith("Server: ") for s in at.subheader)
+
+    # the model file cut short afterwards: Try says so in one message, without the server's paths
+    model_file = run_dir / "model.keras"
+    model_file.write_bytes(model_file.read_bytes()[:1000])
+    at = _page("try_model.py", run=job_id)
+    _no_exception(at)
+    said = [e.value for e in at.error]
+    assert len(said) == 1 and "model file cannot be read" in said[0] and str(run_dir) not in said[0], said

@@ -86,7 +86,8 @@ def open_page(pw, height: int = 1000):
     browser = pw.chromium.launch(
         executable_path=CHROMIUM, headless=True,
         args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-              "--disable-sync", "--no-first-run", "--disable-quic"],
+              "--disable-sync", "--no-first-run", "--disable-quic",
+              "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"],  # a test-pattern camera
     )
     page = browser.new_page(viewport={"width": 1400, "height": height})
     page.set_default_timeout(120_000)
@@ -113,7 +114,9 @@ def test_sample_to_training_to_export_to_in_browser_classification(app_url, tmp_
         page.goto(app_url)
         expect(page.get_by_text("Images per class")).to_be_visible()
         expect(page.get_by_text("1797")).to_be_visible()
-        expect(page.locator("[data-testid=stImage] img")).to_have_count(10)  # one strip of examples per class
+        # one strip of examples per class, then the class browser's first page (24 of the first class's images)
+        expect(page.locator("[data-testid=stImage] img")).to_have_count(10 + 24)
+        expect(page.get_by_text(re.compile(r"^Images 1-24 of 178\.$"))).to_be_visible()
         expect(page.locator("[data-testid=stVegaLiteChart] canvas, [data-testid=stVegaLiteChart] svg").first).to_be_visible()
         page.screenshot(path=SCREENS / "1-data.png", full_page=True)
 
@@ -178,6 +181,18 @@ def test_sample_to_training_to_export_to_in_browser_classification(app_url, tmp_
         probs = np.array(json.loads(result.get_attribute("data-probs")), dtype=np.float32)
         assert np.abs(probs - expected).max() <= 1e-4, (probs, expected)
         page.screenshot(path=SCREENS / "7-try-second.png", full_page=True)
+
+        # Live webcam: the bundle's demo classifies the (fake) camera's frames one after another, in the browser
+        page.get_by_text("Live webcam", exact=True).click()
+        live = page.frame_locator("iframe").first
+        out = live.locator("#out[data-top1]:not([data-top1=''])")
+        expect(out).to_be_visible(timeout=120_000)
+        assert out.get_attribute("data-top1") in labels
+        expect(live.locator("#video")).to_be_visible()
+        expect(live.locator("#snap")).to_have_text("Pause")
+        first = out.get_attribute("data-probs")  # the test pattern moves: each frame, a new result
+        expect(live.locator("#out")).not_to_have_attribute("data-probs", first, timeout=60_000)
+        page.screenshot(path=SCREENS / "7-try-webcam.png", full_page=True)
         browser.close()
 
 
