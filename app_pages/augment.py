@@ -17,7 +17,7 @@ def _grid(path: bytes, stamp: int, settings: dict, seed: int):
     """Nine augmentations of one image, kept per (file version, settings, seed): a rerun redraws nothing.
 
     ``path``: bytes (shared.fs_key), so a file name that is not UTF-8 can be a cache key."""
-    from pipeline.augment import preview  # imports TensorFlow: only on this page
+    from pipeline.training.augment import preview  # imports TensorFlow: only on this page
 
     return preview(data.load_image(os.fsdecode(path), 224), AugmentConfig(**settings), count=9, seed=seed)
 

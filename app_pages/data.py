@@ -53,8 +53,9 @@ choice = st.radio("Source", SOURCES, index=kind, horizontal=True)
 import pandas as pd  # noqa: E402
 
 from app_pages import loop, uploads  # noqa: E402
-from pipeline import data, revision  # noqa: E402
-from pipeline.exitcodes import UserError  # noqa: E402
+from pipeline import data  # noqa: E402
+from pipeline.data import revision  # noqa: E402
+from pipeline.host.exitcodes import UserError  # noqa: E402
 
 pending = None  # a zip just uploaded: the source once it unpacks and holds images, else refused (and removed)
 try:

@@ -10,11 +10,11 @@ import streamlit as st
 
 from app_pages import shared
 from pipeline import config as config_mod
-from pipeline import estimate
+from pipeline.quality import estimate
 
 
 def for_run(cfg: config_mod.RunConfig, train: int, val: int, test: int) -> estimate.Estimate:
-    """``pipeline.estimate.estimate`` for ``cfg`` on this many images, measured on the backend's runs."""
+    """``pipeline.quality.estimate.estimate`` for ``cfg`` on this many images, measured on the backend's runs."""
     runs = shared.runs_dir()
     # a run that finished since (its eval.json) is a new measurement: a new cache key
     newest = max((p.stat().st_mtime for p in Path(runs).glob("*/eval.json")), default=0.0)

@@ -8,8 +8,8 @@ import pandas as pd
 import streamlit as st
 
 from app_pages import loop, shared
-from pipeline.evaluate import cell
-from pipeline.runfolder import RunFolder
+from pipeline.runs.folder import RunFolder
+from pipeline.training.evaluate import cell
 
 st.title("Evaluate")
 job = shared.pick_run(finished_only=True)

@@ -11,7 +11,7 @@ import streamlit as st
 
 from app_pages import shared
 from export import bundle, task
-from pipeline.runfolder import RunFolder
+from pipeline.runs.folder import RunFolder
 
 st.title("Export")
 job = shared.pick_run(finished_only=True)

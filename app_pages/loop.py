@@ -2,7 +2,7 @@
 
 Find what is wrong (a confusion cell's images, suspected label errors), record corrections as the dataset's
 revision (relabel, exclude, add; the original files are never touched), retrain from a run, compare runs.
-The work itself is in pipeline.evaluate, pipeline.label_issues, pipeline.revision and pipeline.compare;
+The work itself is in pipeline.training.evaluate, pipeline.quality.label_issues, pipeline.data.revision and pipeline.quality.compare;
 label-error search and training run as their own processes, never in the app's.
 """
 
@@ -16,8 +16,10 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from app_pages import shared, uploads
-from pipeline import data, paths, revision
-from pipeline.exitcodes import UserError
+from pipeline import data
+from pipeline.data import revision
+from pipeline.host import paths
+from pipeline.host.exitcodes import UserError
 
 GRID_COLUMNS = 4
 
@@ -256,7 +258,7 @@ def add_images(folder: str, scanned: dict, cls: str, files: list, *, force: bool
         added = rev.add_all(report, cls, given, force=force)
     except UserError as exc:  # DataError, or a full disk: nothing was added, and the uploads are not kept
         shared.error(exc)
-        from pipeline import quota
+        from pipeline.jobs import quota
 
         referenced = quota.referenced()
         removed = {path for path, _ in given if Path(path).resolve() not in referenced
@@ -296,7 +298,7 @@ def undo_button(folder: str, key: str) -> None:
 @st.fragment(run_every=2.0)
 def label_issue_search(run_dir: str) -> None:
     """Progress of a running label-error search; reruns the page once it finishes."""
-    from pipeline import label_issues
+    from pipeline.quality import label_issues
 
     status = label_issues.background_status(run_dir)
     if status["state"] == "running":
@@ -309,7 +311,7 @@ def label_issue_search(run_dir: str) -> None:
 
 def label_issues_panel(run_dir: str, folder: str, classes: list[str], editable: bool, key: str) -> None:
     """Suspected label errors of a run's train/val images, with a button to look for them (owners)."""
-    from pipeline import label_issues
+    from pipeline.quality import label_issues
 
     st.subheader("Suspected label errors")
     status = label_issues.background_status(run_dir)
@@ -342,9 +344,9 @@ def label_issues_panel(run_dir: str, folder: str, classes: list[str], editable: 
 
 def retrain_button(job, key: str) -> None:
     """Submits a retrain from this run on the dataset's current revision (fine-tune phase) and opens it."""
-    from pipeline import presets
     from pipeline.config import ConfigError
-    from pipeline.runfolder import RunFolderError
+    from pipeline.runs.folder import RunFolderError
+    from pipeline.training import presets
 
     if not st.button("Retrain with these fixes", key=key, type="primary", icon=":material/replay:"):
         return
@@ -361,7 +363,7 @@ def retrain_button(job, key: str) -> None:
 
 def compare_view(jobs: list, key: str) -> None:
     """Pick 2-4 runs: validation curves overlaid, the settings they differ in, results and export sizes."""
-    from pipeline import compare
+    from pipeline.quality import compare
 
     if len(jobs) < 2:
         return

@@ -9,11 +9,13 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from app_pages import estimates, loop, shared
-from app_pages.stages import stage
 from pipeline import config as config_mod
-from pipeline import estimate, quiet
+from pipeline.host import quiet
 from pipeline.jobs.store import NAME_MAX
-from pipeline.runfolder import RunFolder
+from pipeline.quality import estimate
+from pipeline.runs import events
+from pipeline.runs.events import stage
+from pipeline.runs.folder import RunFolder
 
 st.title("Runs")
 
@@ -103,15 +105,15 @@ def delete_button(current) -> None:
         st.rerun(scope="app")
 
 
-def _config(raw: dict):
+def _config(job):
     try:
-        return config_mod.from_dict(raw)
+        return job.run_config
     except (config_mod.ConfigError, TypeError):
         return None
 
 
 def _time_left(current, run: RunFolder, cfg, done: dict) -> str:
-    if current.state not in ("queued", "running"):
+    if not current.active:
         return "none" if current.state == "done" else "stopped"
     if done["seconds_left"] is not None:
         return estimate.describe(done["seconds_left"])
@@ -140,7 +142,7 @@ def live(job_id: str) -> None:
     run = RunFolder(Path(current.run_dir))
     lines = run.metrics_lines()
     epochs = run.epochs()  # trained epochs (a rollback line voids the ones trained again)
-    cfg = _config(current.config)
+    cfg = _config(current)
     c1, c2, c3, c4 = st.columns([1, 1, 1, 3])
     c1.metric("State", current.state)
     if cfg is not None:
@@ -151,7 +153,7 @@ def live(job_id: str) -> None:
                   help="From this run's own measured epochs; before its first epoch, the Train page's estimate.")
     else:
         c2.metric("Epochs", len(epochs))
-    for note in [m for m in lines if m.get("event") == "warning"][-3:]:  # a damaged file fallen back from, etc.
+    for note in [m for m in lines if m.get("event") == events.WARNING][-3:]:  # a damaged file fallen back from, etc.
         shared.warning(note.get("message", ""))
     if current.state == "failed":
         shared.error(f"Training failed: {current.error}")
@@ -172,7 +174,7 @@ def live(job_id: str) -> None:
             st.toast("Queued again: training continues from its last finished epoch.")
         except ValueError as exc:  # JobError: the job changed state meanwhile
             shared.error(str(exc))
-    if current.state in ("queued", "running"):
+    if current.active:
         text, fraction = stage(current.state, lines, cfg)
         if fraction is None:
             c4.info(text, icon=":material/hourglass_top:")  # a stage with no count: no bar to sit full

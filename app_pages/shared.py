@@ -10,7 +10,7 @@ from pathlib import Path
 import streamlit as st
 
 from app_pages.visitor import OWNER_COOKIE, visitor
-from pipeline import paths
+from pipeline.host import paths
 
 DEFAULT_SOURCE = "sample:digits"
 
@@ -202,8 +202,8 @@ def keep_in_address() -> None:
 
 
 def base_config(src: str):
-    """Defaults for a source (pipeline.presets.config_for: a sample set's own preset, else the defaults)."""
-    from pipeline import presets
+    """Defaults for a source (pipeline.training.presets.config_for: a sample set's own preset, else the defaults)."""
+    from pipeline.training import presets
 
     return presets.config_for(src)
 
@@ -262,7 +262,7 @@ def _thumbnail_strip(root: bytes, files: tuple[bytes, ...], size: int, gap: int)
 
 def resolve_and_scan(src: str) -> tuple[str, dict]:
     """Resolves (unzipping safely) and scans a source, with a progress bar while it unpacks and decodes."""
-    from pipeline import data
+    from pipeline.jobs import quota
 
     bar = st.empty()
 
@@ -272,7 +272,7 @@ def resolve_and_scan(src: str) -> tuple[str, dict]:
     def scanning(done: int, total: int) -> None:
         bar.progress(done / max(total, 1), text=f"Scanning: {done}/{total} images decoded")
 
-    folder = data.resolve_source(src, progress=unpacking)
+    folder = quota.resolve(src, progress=unpacking)
     report = scan_folder(str(folder), paths.tree_stamp(folder), progress=scanning)  # a photo added to a class
     bar.empty()
     return str(folder), report
@@ -284,9 +284,8 @@ def backend():
 
 
 def runs_dir() -> Path:
-    """The folder of the backend's run folders (where pipeline.estimate finds this machine's measured epochs)."""
-    b = backend()
-    return Path(getattr(b, "runs", None) or b.store.runs)
+    """The folder of the backend's run folders (where pipeline.quality.estimate finds this machine's measured epochs)."""
+    return backend().runs
 
 
 @st.cache_resource
@@ -334,11 +333,11 @@ def my_jobs(jobs: list) -> list:
 def launch(src: str, cfg) -> str | None:
     """Submits a job owned by this visitor, unless they already have the most queued or running jobs allowed
     (TRANSFER_STUDIO_MAX_ACTIVE_JOBS), which is said as an error; returns the job id or None."""
-    from pipeline.limits import Limits
+    from pipeline.host.limits import Limits
 
     me = visitor()
     limit = Limits.from_env().max_active_jobs
-    active = [j for j in backend().list() if j.owner == me.owner and j.state in ("queued", "running")]
+    active = [j for j in backend().list() if j.owner == me.owner and j.active]
     if len(active) >= limit and not me.admin:
         st.error(f"You already have {len(active)} run(s) queued or running, the most this server allows per "
                  f"visitor ({limit}). Wait for one to finish, or cancel one on the Runs page.")

@@ -19,7 +19,7 @@ from typing import Any
 
 import streamlit as st
 
-from pipeline import paths
+from pipeline.host import paths
 
 _SESSION = "visitor_prefs"
 
@@ -54,7 +54,7 @@ def put(name: str, value: Any) -> None:
     if current.get(name) == value:
         return
     current[name] = value
-    from pipeline.atomic import atomic_write_text
+    from pipeline.host.atomic import atomic_write_text
 
     try:
         atomic_write_text(_file(), json.dumps(current, indent=1, sort_keys=True))

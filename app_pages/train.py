@@ -12,9 +12,11 @@ import pandas as pd
 import streamlit as st
 
 from app_pages import estimates, shared, state, uploads
-from pipeline import advisor, backbones, data, estimate, revision
+from pipeline import backbones, data
 from pipeline import config as config_mod
 from pipeline.config import CLASS_WEIGHTS, STRATEGIES, ConfigError, RunConfig
+from pipeline.data import revision
+from pipeline.quality import advisor, estimate
 
 UPLOAD_WEIGHTS = "upload a weights file"
 P = "train:"  # widget keys

@@ -20,7 +20,7 @@ from PIL import Image
 
 from app_pages import bundle_web, shared
 from pipeline import data
-from pipeline.runfolder import RunFolder
+from pipeline.runs.folder import RunFolder
 
 st.title("Try")
 job = shared.pick_run(finished_only=True)
@@ -45,14 +45,14 @@ if source == "Live webcam":  # the bundle's demo in continuous mode: frames cent
 
 @st.cache_resource(max_entries=3, show_spinner=False)
 def _server_model(run_dir: str, stamp: float):
-    from pipeline.runfolder import load_model
+    from pipeline.runs.folder import load_model
 
     return load_model(RunFolder(Path(run_dir)))
 
 
 def server_model():
     """The run's Keras model (loaded once per file version), or a message and the page stops."""
-    from pipeline.exitcodes import UserError
+    from pipeline.host.exitcodes import UserError
 
     try:
         return _server_model(str(run.root), run.model.stat().st_mtime)

@@ -30,7 +30,7 @@ import time
 from contextlib import asynccontextmanager
 from urllib.parse import unquote
 
-from pipeline import paths
+from pipeline.host import paths
 from pipeline.host.disk import FULL_ERRNOS
 
 PATH = "api/upload"

@@ -20,7 +20,7 @@ from pathlib import Path
 import streamlit as st
 
 from app_pages import shared, upload_route
-from pipeline import paths
+from pipeline.host import paths
 
 _HTML = """
 <div class="ts-upload">
@@ -139,7 +139,7 @@ class Upload:
 
 def max_upload_mb() -> int:
     """The upload limit: TRANSFER_STUDIO_MAX_UPLOAD_MB, never above the server's ``server.maxUploadSize``."""
-    from pipeline.limits import Limits
+    from pipeline.host.limits import Limits
 
     return min(Limits.from_env().max_upload_mb, int(st.get_option("server.maxUploadSize")))
 
@@ -188,7 +188,7 @@ def _arrived(key: str, kind: str, suffixes: list[str], limit_mb: int) -> None:
             paths.remove_upload(ticket.path, kind)
             record = {"name": name, "error": _wrong_type(name, suffixes)}
         else:
-            from pipeline import quota
+            from pipeline.jobs import quota
 
             quota.enforce(keep=(Path(ticket.path),))  # least recently used unreferenced uploads make room
             record = {"name": name, "path": ticket.path}
@@ -251,7 +251,7 @@ def refuse(upload: Upload, message: str, extracted: str | None = None) -> None:
     next reruns, until another file is uploaded."""
     import shutil
 
-    from pipeline import quota
+    from pipeline.jobs import quota
 
     referenced = quota.referenced()
     if Path(upload.path).resolve() not in referenced:
@@ -276,7 +276,7 @@ def saved_upload(upload, kind: str) -> str | None:
         return None
     saved = st.session_state.setdefault("uploads", {})  # file_id -> kept path
     if upload.file_id not in saved or not Path(saved[upload.file_id]).is_file():
-        from pipeline import quota
+        from pipeline.jobs import quota
 
         # The UploadedFile itself, copied 1 MB at a time (getvalue() would copy the whole upload once more)
         kept = paths.store_upload(upload, upload.name, kind)

@@ -28,7 +28,7 @@ def visitor() -> Visitor:
     import hmac
     import secrets
 
-    from pipeline.limits import Limits
+    from pipeline.host.limits import Limits
 
     admin_key = Limits.from_env().admin_key
     given = st.query_params.get("admin")

@@ -32,8 +32,8 @@ def main() -> int:
     sys.path.insert(0, str(ROOT))
     from pipeline.data import materialize_sample
     from pipeline.jobs.backends import LocalBackend
-    from pipeline.presets import config_for
-    from pipeline.runfolder import RunFolder
+    from pipeline.runs.folder import RunFolder
+    from pipeline.training.presets import config_for
 
     materialize_sample("digits")
     with socket.socket() as s:

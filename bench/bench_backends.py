@@ -25,7 +25,7 @@ from _common import ROOT, seeded_keras_home
 
 def run(checkout: Path, backend: str = "tensorflow") -> dict:
     sys.path.insert(0, str(ROOT))
-    from pipeline import launch
+    from pipeline.host import launch
 
     env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
     env.update(KERAS_HOME=str(seeded_keras_home()), TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND=backend,

@@ -1,4 +1,4 @@
-"""Benchmark: the run-time estimate (pipeline.estimate) against whole runs measured on this machine.
+"""Benchmark: the run-time estimate (pipeline.quality.estimate) against whole runs measured on this machine.
 
 For each backbone/width/size pair, on ../shared/data/hymenoptera with real ImageNet weights: the estimate
 before any run (the first guess), run A (``python -m pipeline train``, its own process, as a job's child),
@@ -39,7 +39,7 @@ def _train(env: dict, source: str, run_dir: Path, sets: list[str]) -> float:
 
 
 def _epochs(run_dir: Path) -> dict[str, list[float]]:
-    from pipeline.runfolder import read_jsonl
+    from pipeline.runs.folder import read_jsonl
 
     out: dict[str, list[float]] = {}
     for rec in read_jsonl(run_dir / "metrics.jsonl"):
@@ -56,7 +56,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     from pipeline import config as config_mod
     from pipeline import data as data_mod
-    from pipeline import estimate
+    from pipeline.quality import estimate
 
     env = {**os.environ, "KERAS_HOME": str(seeded_keras_home()), "PYTHONPATH": str(ROOT),
            "TF_CPP_MIN_LOG_LEVEL": "2"}

@@ -2,7 +2,7 @@
 
 ``python bench/bench_gpu.py [--out FILE]`` trains MobileNetV2 alpha 0.35 at 224 (the real ImageNet weights from
 ../shared/weights) on a few thousand images made from ../shared/data/hymenoptera (random crops and flips of
-the real photos, written as JPEGs), through ``pipeline.train`` itself: the head on cached features, then
+the real photos, written as JPEGs), through ``pipeline.training.train`` itself: the head on cached features, then
 fine-tuning, for each of batch 32 and 256 in float32 and mixed_bfloat16. Each configuration runs in its own
 process (its own compile, its own peak device memory) and prints one JSON line:
 
@@ -123,10 +123,10 @@ def peak_device_memory_mb(backend: str) -> float | None:
 
 
 def child(spec: dict) -> dict:
-    """One configuration, in this process: ``pipeline.train`` on the prepared images."""
+    """One configuration, in this process: ``pipeline.training.train`` on the prepared images."""
     sys.path.insert(0, str(ROOT))
     from pipeline import config as config_mod
-    from pipeline import train as train_mod
+    from pipeline.training import train as train_mod
 
     cfg = config_mod.from_dict({
         "model": {"backbone": "mobilenet_v2", "alpha": 0.35, "image_size": spec["size"], "weights": spec["weights"]},

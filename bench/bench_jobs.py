@@ -34,7 +34,7 @@ def free_port() -> int:
 
 
 def time_job(backend, cfg) -> dict:
-    from pipeline.runfolder import RunFolder
+    from pipeline.runs.folder import RunFolder
 
     t0 = time.monotonic()
     job_id = backend.submit("sample:digits", cfg)
@@ -56,7 +56,7 @@ def main() -> int:
     from pipeline.data import materialize_sample
     from pipeline.jobs.backends import LocalBackend
     from pipeline.jobs.store import JobStore
-    from pipeline.presets import config_for
+    from pipeline.training.presets import config_for
 
     materialize_sample("digits")  # written once per home; not part of the latency
     cfg = config_for("sample:digits", overrides=["train.head_epochs=3"])

@@ -2,7 +2,7 @@
 
 A copy of ../shared/data/hymenoptera (train + val, as class folders) with the labels of a seeded 10% of its
 images flipped to the other class (the file is copied into the other class's folder; the originals are
-untouched), scanned and split as a run would be (no test split), then ``pipeline.label_issues.find_in_splits``
+untouched), scanned and split as a run would be (no test split), then ``pipeline.quality.label_issues.find_in_splits``
 with MobileNetV2 0.35 at 224 and real ImageNet weights.
 
 Usage: ``python bench/bench_label_issues.py [--fraction 0.1] [--seed 0] [--out bench/results_label_issues.json]``.
@@ -59,7 +59,7 @@ def main() -> int:
 
     from pipeline import config as config_mod
     from pipeline import data as data_mod
-    from pipeline import label_issues
+    from pipeline.quality import label_issues
 
     folder = Path(tempfile.mkdtemp(prefix="bench-flipped-"))
     flipped = planted_copy(folder, args.fraction, args.seed)

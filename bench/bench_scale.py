@@ -5,7 +5,7 @@ a temporary folder: variant 0 of every photo, then variants 1, 2, ... (a seeded 
 side, mirrored on odd variants, resized back to 128 px, JPEG quality 90), round-robin until the largest size is
 reached, so 20,000 distinct JPEGs sit on disk; each size is the first N of that sequence (hard links into its own
 class folders). Each size runs in its own process with its own fresh ``TRANSFER_STUDIO_HOME`` (cold decoded-image
-cache): ``pipeline.train.train`` with MobileNetV2 alpha 0.35 at 160 px, ``model.weights`` set to the path of
+cache): ``pipeline.training.train.train`` with MobileNetV2 alpha 0.35 at 160 px, ``model.weights`` set to the path of
 ``../shared/weights``' 224 file (see BENCHMARKS.md for why), augmentation off (so the head phase is feature
 extraction: features computed once), 1 head epoch on those features + 2 fine-tune epochs (the first one's time
 includes tracing the train step, a fixed 5-8 s that no per-image figure should carry), batch 32, the default
@@ -100,7 +100,7 @@ def run_one(data_dir: Path, run_dir: Path) -> dict:
     import psutil
 
     from pipeline import config as config_mod
-    from pipeline import train as train_mod
+    from pipeline.training import train as train_mod
 
     cfg = config_mod.from_dict({
         "model": {"backbone": "mobilenet_v2", "alpha": 0.35, "image_size": SIZE, "weights": str(WEIGHTS)},

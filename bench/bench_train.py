@@ -6,8 +6,8 @@ that peak memory (ru_maxrss) is its own. Variants:
 
 - ``recipe``: image_dataset_from_directory, map(resize), .cache() of float32 images, batch 32,
   prefetch(10), augmentation layers in the model, base called with training=False.
-- ``studio``: ``pipeline.train`` with augmentation on (flip + rotation, like the recipe).
-- ``studio_cached``: ``pipeline.train`` with augmentation off, so the head phase runs on cached features.
+- ``studio``: ``pipeline.training.train`` with augmentation on (flip + rotation, like the recipe).
+- ``studio_cached``: ``pipeline.training.train`` with augmentation off, so the head phase runs on cached features.
 - ``floor`` / ``floor_8``: import TensorFlow, build the model, run one fine-tune step on a batch of 32 (or 8) zeros (base
   trainable, BatchNorm frozen as in ``pipeline``): the least peak memory any pipeline can have.
 - ``data_recipe`` / ``data_studio``: only the image cache of each (the recipe's ``.cache()`` filled by
@@ -167,7 +167,7 @@ def run_studio(augment: bool) -> dict:
         import tensorflow  # noqa: F401
 
     from pipeline import config as config_mod
-    from pipeline import train as train_mod
+    from pipeline.training import train as train_mod
 
     t0 = time.perf_counter()
     cfg = config_mod.apply_overrides(config_mod.RunConfig(), [
@@ -265,7 +265,7 @@ MEMORY_OVERRIDES = [x for x in os.environ.get("BENCH_MEMORY_SET", "").split(",")
 
 def run_memory_studio(data: Path) -> dict:
     from pipeline import config as config_mod
-    from pipeline import train as train_mod
+    from pipeline.training import train as train_mod
 
     t0 = time.perf_counter()
     cfg = config_mod.apply_overrides(config_mod.RunConfig(), [
@@ -379,7 +379,7 @@ def main() -> int:
            "TRANSFER_STUDIO_HOME": tempfile.mkdtemp(prefix="bench-home-"), "PYTHONPATH": str(ROOT)}
 
     sys.path.insert(0, str(ROOT))
-    from pipeline import launch
+    from pipeline.host import launch
 
     def run_child(variant: str, **extra: str) -> dict | None:
         # Our runs get the environment the product gives its training child (launch.child_env: malloc arenas

@@ -1,6 +1,6 @@
 """Command line: ``python -m export RUN_DIR [--formats LIST|all] [--out DIR] [--verify] [--no-verify]
 [--verify-images N] [--status-file FILE]`` (the status file is how the app follows an export it started:
-export.task). Exit codes: pipeline.exitcodes (0 done, 2 bad input, 4 a verification gate failed)."""
+export.task). Exit codes: pipeline.host.exitcodes (0 done, 2 bad input, 4 a verification gate failed)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from pipeline.exitcodes import EXIT_FAILED, EXIT_GATE_FAILED, EXIT_OK, EXIT_USER_ERROR, UserError  # noqa: E402
+from pipeline.host.exitcodes import EXIT_FAILED, EXIT_GATE_FAILED, EXIT_OK, EXIT_USER_ERROR, UserError  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args, on_step) -> tuple[int, str | None]:
     """The export or verification; returns (exit code, one-line reason when it is not 0)."""
     from export import bundle, verify
-    from pipeline.runfolder import load_model, load_run
+    from pipeline.runs.folder import load_model, load_run
 
     def say(msg: str) -> None:
         on_step(msg)
@@ -74,7 +74,7 @@ def _run(args, on_step) -> tuple[int, str | None]:
             with bundle.export_lock(run.root, dest, say), tempfile.TemporaryDirectory(prefix="verify-cache-") as scratch, \
                     bundle.held_out(run.root, args.verify_images, scratch=Path(scratch)) as (images, labels, _):
                 result = verify.verify(dest, formats, load_model(run), images, labels, progress=say)
-            from pipeline.runfolder import atomic_write_json
+            from pipeline.host.atomic import atomic_write_json
 
             atomic_write_json(dest / "verify.json", result)
         else:
@@ -82,7 +82,7 @@ def _run(args, on_step) -> tuple[int, str | None]:
             dest, result = bundle.export_run(args.run_dir, formats, args.out, run_verify=not args.no_verify,
                                              verify_limit=args.verify_images, progress=say)
             print(f"bundle: {dest}")
-    except (UserError, PermissionError) as exc:  # UserError: pipeline.exitcodes' family (export's errors too)
+    except (UserError, PermissionError) as exc:  # UserError: pipeline.host.exitcodes' family (export's errors too)
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR, str(exc).splitlines()[0]
     except Exception as exc:
@@ -102,7 +102,7 @@ def _run(args, on_step) -> tuple[int, str | None]:
 
 
 if __name__ == "__main__":
-    from pipeline.quiet import filter_stderr
+    from pipeline.host.quiet import filter_stderr
 
     filter_stderr()  # TensorFlow's start-up noise is not the user's business
     sys.exit(main())

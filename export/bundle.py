@@ -26,10 +26,11 @@ import numpy as np
 from export import mediapipe_tasks, onnx_export, savedmodel, tfjs, tflite, verify, web
 from export.tflite import ConversionError
 from pipeline import data as data_mod
-from pipeline import paths
-from pipeline.exitcodes import UserError
+from pipeline.host import paths
+from pipeline.host.atomic import atomic_write_json
 from pipeline.host.disk import full_disk_is_a_message
-from pipeline.runfolder import atomic_write_json, load_model, load_run
+from pipeline.host.exitcodes import UserError
+from pipeline.runs.folder import load_model, load_run
 
 FORMATS = ("savedmodel", "tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8", "tfjs", "tfjs-float16",
            "onnx")
@@ -284,7 +285,7 @@ def build_manifest(run, cfg, splits, formats, int8_params, bundle: Path,
                      "weights": cfg.model.weights, "strategy": cfg.train.strategy},
         "formats": {f: verify.artifact_path(bundle, f).relative_to(bundle).as_posix() for f in formats},
         "training": {
-            "best": run.read_state().get("best"),
+            "best": None if (best := run.read_state().best) is None else best.to_dict(),
             "eval": {k: eval_result[k] for k in ("split", "images", "accuracy")} if eval_result else None,
         },
         "files": files,

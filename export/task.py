@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.launch import start_python
-from pipeline.runfolder import atomic_write_json
+from pipeline.host.atomic import atomic_write_json
+from pipeline.host.launch import start_python
 
 STATUS_NAME = "export_status.json"
 LOG_NAME = "export.log"

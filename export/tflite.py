@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.exitcodes import UserError
+from pipeline.host.exitcodes import UserError
 
 
 class ConversionError(UserError, RuntimeError):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from pipeline.exitcodes import UserError
+from pipeline.host.exitcodes import UserError
 
 SOURCE = Path(__file__).with_name("web")
 TFJS_LIB = Path(__file__).resolve().parents[1] / "node_modules" / "@tensorflow" / "tfjs" / "dist" / "tf.min.js"

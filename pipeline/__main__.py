@@ -1,6 +1,6 @@
 """Command line: ``python -m pipeline scan|train|evaluate|submit|status|cancel|resume|jobs|worker|doctor|backbones|config``.
 
-Failures print one line starting with ``error:`` and exit non-zero (the codes: pipeline.exitcodes); no
+Failures print one line starting with ``error:`` and exit non-zero (the codes: pipeline.host.exitcodes); no
 tracebacks for user errors.
 """
 
@@ -12,50 +12,34 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.exitcodes import EXIT_CANCELLED, EXIT_INTERRUPTED
+from pipeline.host.exitcodes import EXIT_CANCELLED, EXIT_INTERRUPTED
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def _progress_printer():
-    def show(rec: dict) -> None:
-        ev = rec.get("event")
-        if ev in ("scan", "cache") and (sys.stderr.isatty() or rec["done"] == rec["total"]):
-            what = "scanning" if ev == "scan" else f"decoding {rec['split']}"
-            end = "\n" if rec["done"] == rec["total"] else "\r"
-            print(f"{what}: {rec['done']}/{rec['total']}", end=end, file=sys.stderr, flush=True)
-        elif ev == "phase":
-            mode = ", cached features" if rec["cached_features"] else ""
-            start = f", going on from epoch {rec['first_epoch']}" if rec.get("first_epoch", 1) > 1 else ""
-            print(f"phase {rec['phase']}: {rec['epochs']} epochs at lr {rec['learning_rate']:g}, "
-                  f"{rec['trainable_params']:,} trainable parameters{mode}{start}", file=sys.stderr)
-        elif ev == "features":
-            print(f"features computed once: {rec['images']} images in {rec['seconds']:.1f}s", file=sys.stderr)
-        elif ev == "progress" and sys.stderr.isatty():
-            print(f"  {rec['phase']} epoch {rec['epoch']} batch {rec['batch']}/{rec['steps']} "
-                  f"loss {rec['loss']:.4f}", end="\r", file=sys.stderr, flush=True)
-        elif ev == "epoch":
-            print(f"  {rec['phase']} epoch {rec['epoch']}/{rec['epochs']}: loss {rec['loss']:.4f} "
-                  f"acc {rec['accuracy']:.4f} val_loss {rec['val_loss']:.4f} val_acc {rec['val_accuracy']:.4f} "
-                  f"lr {rec['lr']:.2g} {rec['seconds']:.1f}s ({rec['images_per_second']:.0f} img/s)",
-                  file=sys.stderr, flush=True)
-        elif ev in ("start", "resumed"):
-            from pipeline.jobs.child import where
+    """Prints training's records on stderr: each as its line (pipeline.runs.events.describe); counts on one
+    changing line on a terminal (only the finished count otherwise)."""
+    from pipeline.runs import events
 
-            print(f"{'resuming' if ev == 'resumed' else 'training'}: phases {', '.join(rec['phases'])}{where(rec)}",
-                  file=sys.stderr)
-        elif ev in ("warning", "rollback"):
-            print(f"warning: {rec.get('message') or rec.get('reason')}", file=sys.stderr)
-        elif ev == "evaluate" and "done" not in rec:
-            print("evaluating", file=sys.stderr)
+    def show(rec: dict) -> None:
+        count = events.progress(rec)
+        if count is not None:
+            text, finished = count
+            if sys.stderr.isatty() or (finished and rec.get("event") != events.PROGRESS):
+                print(text, end="\n" if finished else "\r", file=sys.stderr, flush=True)
+            return
+        line = events.describe(rec)
+        if line is not None and rec.get("event") != events.DONE:  # the summary follows the run
+            print(("  " if rec.get("event") == events.EPOCH else "") + line, file=sys.stderr, flush=True)
     return show
 
 
 def cmd_scan(args) -> int:
-    from pipeline import data as data_mod
-    from pipeline import revision
+    from pipeline.data import revision
+    from pipeline.jobs import quota
 
-    folder = data_mod.resolve_source(args.data)
+    folder = quota.resolve(args.data)
     report, rev = revision.scan(folder)
     if args.json:
         print(json.dumps({**report.to_dict(), "revision": rev.number}, indent=2))
@@ -66,10 +50,12 @@ def cmd_scan(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from pipeline import evaluate as eval_mod
-    from pipeline import presets
-    from pipeline import train as train_mod
+    from pipeline.jobs import quota
+    from pipeline.training import evaluate as eval_mod
+    from pipeline.training import presets
+    from pipeline.training import train as train_mod
 
+    quota.resolve(args.data)  # a zip is unpacked once, within the disk quota
     cfg = presets.config_for(args.data, config_file=args.config, overrides=args.set or [],
                              parent=getattr(args, "from_run", None), head_only=getattr(args, "head_only", False))
     for w in cfg.warnings():
@@ -83,7 +69,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from pipeline import evaluate as eval_mod
+    from pipeline.training import evaluate as eval_mod
 
     result = eval_mod.evaluate(args.run_dir)
     print(json.dumps(result, indent=2) if args.json else eval_mod.summary(result))
@@ -91,7 +77,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_label_issues(args) -> int:
-    from pipeline import label_issues
+    from pipeline.quality import label_issues
 
     result = label_issues.find_for_run(args.run_dir, progress=lambda msg: print(f"{msg} ...", file=sys.stderr, flush=True))
     print(json.dumps(result, indent=2) if args.json else label_issues.table(result, args.limit))
@@ -101,9 +87,10 @@ def cmd_label_issues(args) -> int:
 def cmd_correct(args) -> int:
     """relabel / exclude / add / undo / revision: the dataset's corrections (its originals stay as they are)."""
     from pipeline import data as data_mod
-    from pipeline import revision
+    from pipeline.data import revision
+    from pipeline.jobs import quota
 
-    folder = data_mod.resolve_source(args.data)
+    folder = quota.resolve(args.data)
     rev = revision.Revision(folder)
     if args.command in ("relabel", "exclude", "add"):
         report = data_mod.scan(folder)
@@ -120,7 +107,7 @@ def cmd_correct(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from pipeline import compare
+    from pipeline.quality import compare
 
     result = compare.compare(args.run_dirs)
     print(json.dumps(result, indent=2) if args.json else compare.table(result))
@@ -128,9 +115,11 @@ def cmd_compare(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    from pipeline import presets
+    from pipeline.jobs import quota
     from pipeline.jobs.backends import get_backend
+    from pipeline.training import presets
 
+    quota.resolve(args.data)  # a zip is unpacked once, within the disk quota
     cfg = presets.config_for(args.data, config_file=args.config, overrides=args.set or [],
                              parent=getattr(args, "from_run", None), head_only=getattr(args, "head_only", False))
     for w in cfg.warnings():
@@ -158,7 +147,7 @@ def _job_line(job) -> str:
 
 def cmd_status(args) -> int:
     from pipeline.jobs.backends import get_backend
-    from pipeline.runfolder import RunFolder
+    from pipeline.runs.folder import RunFolder
 
     job = get_backend().status(args.job)
     epochs = RunFolder(Path(job.run_dir)).epochs()
@@ -187,11 +176,11 @@ def cmd_delete(args) -> int:
     and it lies in ``TRANSFER_STUDIO_HOME/runs``; a run folder elsewhere is the user's to remove."""
     import re
 
-    from pipeline import paths
-    from pipeline.atomic import remove_folder
+    from pipeline.host import paths
+    from pipeline.host.atomic import remove_folder
     from pipeline.jobs.backends import get_backend
     from pipeline.jobs.store import JobError
-    from pipeline.runfolder import RunFolder
+    from pipeline.runs.folder import RunFolder
 
     target = args.target
     backend = get_backend()
@@ -275,7 +264,7 @@ def cmd_backbones(args) -> int:
 
 def cmd_config(args) -> int:
     from pipeline import config as config_mod
-    from pipeline import presets
+    from pipeline.training import presets
 
     cfg = presets.config_for(args.data or "", config_file=args.config, overrides=args.set or [])
     if args.help_fields:
@@ -406,8 +395,8 @@ def _from_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.exitcodes import UserError
-    from pipeline.runfolder import TrainingCancelled
+    from pipeline.host.exitcodes import UserError
+    from pipeline.runs.folder import TrainingCancelled
 
     args = parser().parse_args(argv)
     try:
@@ -416,14 +405,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ncancelled: the last finished epoch is kept; run the same command to resume ({args.run_dir}).",
               file=sys.stderr)
         return EXIT_CANCELLED
-    except UserError as exc:  # every error a user can act on (pipeline.exitcodes)
+    except UserError as exc:  # every error a user can act on (pipeline.host.exitcodes)
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:
-        from pipeline import paths
+        from pipeline.host import paths
         from pipeline.host.disk import full_disk_error, is_full
 
         if not is_full(exc):
@@ -434,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from pipeline.quiet import filter_stderr
+    from pipeline.host.quiet import filter_stderr
 
     filter_stderr()  # TensorFlow's start-up noise is not the user's business
     sys.exit(main())

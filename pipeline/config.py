@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import backbones
-from pipeline.atomic import atomic_write_text
-from pipeline.exitcodes import UserError
+from pipeline.host.atomic import atomic_write_text
+from pipeline.host.exitcodes import UserError
 
 
 class ConfigError(UserError, ValueError):
@@ -343,6 +343,30 @@ SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "train": TrainConfig,
 }
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One phase of training: its name (``head``, ``fine_tune`` or ``scratch``), epochs and learning rate."""
+
+    name: str
+    epochs: int
+    learning_rate: float
+
+
+def phases_for(cfg: RunConfig) -> list[Phase]:
+    """The phases a strategy trains, in order."""
+    t = cfg.train
+    if t.strategy == "from_scratch":
+        return [Phase("scratch", t.head_epochs, t.learning_rate)]
+    if t.init_from and t.two_phase and t.from_phase == "fine_tune":
+        return [Phase("fine_tune", t.fine_tune_epochs, t.fine_tune_learning_rate)]  # the parent trained the head
+    out = [Phase("head", t.head_epochs, t.learning_rate)]
+    if t.init_from:
+        return out
+    if t.two_phase:
+        out.append(Phase("fine_tune", t.fine_tune_epochs, t.fine_tune_learning_rate))
+    return out
 
 
 def field_help() -> dict[str, str]:

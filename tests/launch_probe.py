@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline import launch
+from pipeline.host import launch
 
 if __name__ == "__main__":
     mode = sys.argv[1]

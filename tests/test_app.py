@@ -246,7 +246,7 @@ def _try_a_photo(at: AppTest, run_dir: Path) -> None:
     import numpy as np
 
     from pipeline.data import load_image
-    from pipeline.runfolder import RunFolder, load_model
+    from pipeline.runs.folder import RunFolder, load_model
 
     run = RunFolder(run_dir)
     splits = json.loads(run.dataset.read_text())["splits"]

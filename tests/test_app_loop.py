@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from pipeline import revision
+from pipeline.data import revision
 from pipeline.jobs.store import JobStore
 from tests.test_app import _no_exception, _page, finished_job  # noqa: F401 - finished_job is a fixture
 

@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import label_issues, revision
+from pipeline.data import revision
 from pipeline.jobs.store import JobStore
+from pipeline.quality import label_issues
 from tests.conftest import write_shapes_dataset
 from tests.test_app import _no_exception, _page, shown
 from tests.test_app_loop import _wait

@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.jobs.backends import LocalBackend
 from pipeline.jobs.store import JobError, JobStore
-from pipeline.runfolder import RunFolder
+from pipeline.runs.folder import RunFolder
 from tests.conftest import tiny_config, write_shapes_dataset
 
 QUICK = {"model": {"backbone": "small_cnn"}, "train": {"strategy": "from_scratch", "head_epochs": 2}}

@@ -1,4 +1,4 @@
-"""pipeline.compare: runs side by side from their folders (real config files, metrics and eval records)."""
+"""pipeline.quality.compare: runs side by side from their folders (real config files, metrics and eval records)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import compare
 from pipeline import config as config_mod
 from pipeline.__main__ import main as cli
+from pipeline.quality import compare
 
 
 def _run(root: Path, name: str, overrides: list[str], accs: list[float], f1: dict[str, float],

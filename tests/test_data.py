@@ -109,7 +109,7 @@ def test_scan_skips_pipes_and_links_by_name_without_opening_them(tmp_path):
     (root / "square" / "loop").symlink_to(root, target_is_directory=True)  # a link back up: walked for ever
     odd = root / os.fsdecode(b"caf\xe9")  # a class folder whose name is not UTF-8: its name would be a label
     shutil.copytree(root / "disc", odd, ignore=shutil.ignore_patterns("link.png"))
-    from pipeline import paths
+    from pipeline.host import paths
 
     paths.tree_stamp(root)  # the app's scan-cache key walks the tree too: it must not follow the links
     # in a child process with a deadline: on the old code the scan blocks in open() forever
@@ -278,7 +278,7 @@ def test_two_tabs_extracting_the_same_zip_at_once_both_get_the_folder(tmp_path):
 
 
 def test_publish_dir_reports_who_won_and_keeps_real_errors(tmp_path):
-    from pipeline import atomic
+    from pipeline.host import atomic
 
     dest = tmp_path / "dest"
     first, second = tmp_path / "a", tmp_path / "b"
@@ -355,7 +355,7 @@ def test_zip_extraction_reports_progress(tmp_path):
 
 
 def test_store_upload_keeps_uploads_by_content_under_a_safe_name(ts_home):
-    from pipeline import paths
+    from pipeline.host import paths
 
     first = paths.store_upload(b"PK-bytes", "../../My Flowers (v2).ZIP", "uploads")
     again = paths.store_upload(b"PK-bytes", "other name.zip", "uploads")

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline.runfolder import RunFolder, read_variables
+from pipeline.runs.folder import RunFolder, read_variables
 from tests.conftest import ROOT, write_shapes_dataset
 
 # A base that really trains in the fine-tune phase; no dropout (its random mask differs per device) and no

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import data, decoded
-from pipeline.data import decode
+from pipeline import data
+from pipeline.data import decode, decoded
 from tests.conftest import open_files_in
 
 
@@ -181,7 +181,7 @@ def test_the_store_is_bounded_least_recently_used_first(tmp_path, monkeypatch):
 
 
 def test_training_from_the_disk_cache_matches_training_from_memory(shapes_dir, tmp_path):
-    from pipeline import train as train_mod
+    from pipeline.training import train as train_mod
     from tests.conftest import tiny_config
 
     keys = ("loss", "accuracy", "val_loss", "val_accuracy")

@@ -11,7 +11,7 @@ import pytest
 from pipeline.host.devices import DeviceError, DevicePool, child_device_env, visible_gpu_ids
 from pipeline.jobs.backends import LocalBackend
 from pipeline.jobs.store import JobStore
-from pipeline.runfolder import RunFolder
+from pipeline.runs.folder import RunFolder
 from tests.conftest import ROOT, tiny_config, write_shapes_dataset
 
 
@@ -93,8 +93,8 @@ def test_a_run_trains_on_one_device_unless_it_asks_for_more():
 
 
 def test_a_run_resumed_on_another_backend_or_device_count_is_refused(tmp_path):
-    from pipeline import train as train_mod
-    from pipeline.runfolder import RunFolderError
+    from pipeline.runs.folder import RunFolderError
+    from pipeline.training import train as train_mod
 
     shapes = write_shapes_dataset(tmp_path / "shapes", per_class=8)
     cfg = tiny_config(model={"backbone": "small_cnn"}, train={"strategy": "from_scratch", "head_epochs": 3})
@@ -108,8 +108,8 @@ def test_a_run_resumed_on_another_backend_or_device_count_is_refused(tmp_path):
     assert killed.returncode == -9, killed.stderr[-2000:]
     run = RunFolder(tmp_path / "run")
     state = run.read_state()
-    assert state["placement"] == {"backend": "tensorflow", "replicas": 1}
-    run.write_state({**state, "placement": {"backend": "jax", "replicas": 2}})
+    assert state.placement == {"backend": "tensorflow", "replicas": 1}
+    run.write_state(state.copy(placement={"backend": "jax", "replicas": 2}))
     with pytest.raises(RunFolderError, match=r"was trained on jax with 2 device\(s\) and this process has tensorflow "
                                              r"with 1; resume it as it started"):
         train_mod.train(str(shapes), run.root, cfg)

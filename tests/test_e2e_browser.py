@@ -198,7 +198,7 @@ def test_sample_to_training_to_export_to_in_browser_classification(app_url, tmp_
 
 def _only_run():
     from pipeline.jobs.store import JobStore
-    from pipeline.runfolder import RunFolder
+    from pipeline.runs.folder import RunFolder
 
     (job,) = JobStore().list()
     return RunFolder(Path(job.run_dir))
@@ -207,7 +207,7 @@ def _only_run():
 def _server_probabilities(photo: Path) -> np.ndarray:
     """What the Try page's server column computes for ``photo``: the run's model on the same pixels."""
     from pipeline import data
-    from pipeline.runfolder import load_model
+    from pipeline.runs.folder import load_model
 
     run = _only_run()
     size = json.loads(run.config.read_text())["model"]["image_size"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import revision
+from pipeline.data import revision
 from pipeline.jobs.store import JobStore
 from tests.test_e2e_browser import SCREENS, app_url, open_page  # noqa: F401 - app_url is a fixture
 

@@ -1,4 +1,4 @@
-"""pipeline.estimate: epoch and run times from measured epochs, and time left of a running run."""
+"""pipeline.quality.estimate: epoch and run times from measured epochs, and time left of a running run."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import sys
 import time
 
 from pipeline import data as data_mod
-from pipeline import estimate
-from pipeline.runfolder import read_jsonl
+from pipeline.quality import estimate
+from pipeline.runs.folder import read_jsonl
 from tests.conftest import ROOT, tiny_config, write_shapes_dataset
 
 

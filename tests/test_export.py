@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from export import bundle, task, tfjs, tflite, verify
-from pipeline import train as train_mod
-from pipeline.runfolder import RunFolder, RunNotReadyError, load_model
+from pipeline.runs.folder import RunFolder, RunNotReadyError, load_model
+from pipeline.training import train as train_mod
 from tests.conftest import ROOT, tiny_config, write_shapes_dataset
 
 

@@ -14,8 +14,8 @@ import pytest
 
 from export import bundle, mediapipe_tasks, tflite, verify
 from pipeline import data as data_mod
-from pipeline import train as train_mod
-from pipeline.runfolder import load_model
+from pipeline.runs.folder import load_model
+from pipeline.training import train as train_mod
 from tests.conftest import ROOT, tiny_config, write_shapes_dataset
 
 TFLITE = ("tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8")

@@ -8,7 +8,7 @@ Two ways to kill at a chosen point, both a real SIGKILL of the process (group):
   an epoch: its first progress line; right after an epoch: its epoch line);
 - for moments too short to hit from outside (between a complete temporary file and its rename, between
   the state.json commit and the epoch's line, in the middle of evaluation), the documented test hook
-  ``TRANSFER_STUDIO_FAULT=<point>`` (pipeline.atomic.fault_point): the child SIGKILLs itself there.
+  ``TRANSFER_STUDIO_FAULT=<point>`` (pipeline.host.atomic.fault_point): the child SIGKILLs itself there.
 
 The runs use ``train.deterministic=true`` (TensorFlow op determinism) and the same seed, so a killed and
 resumed run must end with exactly the weights of the uninterrupted one.
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.runfolder import RunFolder, read_variables
+from pipeline.runs.folder import RunFolder, read_variables
 from tests.conftest import ROOT, write_shapes_dataset
 
 pytestmark = pytest.mark.slow  # about 2-3 minutes on 2 cores (14 training processes)

@@ -111,7 +111,7 @@ def test_training_on_a_full_disk_stops_with_a_message_and_resumes_once_there_is_
 
 
 def test_export_and_its_zip_on_a_full_disk(disk, tmp_path):
-    from pipeline import train as train_mod
+    from pipeline.training import train as train_mod
 
     data = write_shapes_dataset(tmp_path / "shapes", per_class=10)
     run = train_mod.train(str(data), tmp_path / "run", tiny_config(**QUICK))

@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from pipeline.runfolder import RunFolder
+from pipeline.runs.folder import RunFolder
 from tests.conftest import ROOT
 
 BLOCKER = ROOT / "tests" / "without_tensorflow.py"

@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.jobs.backends import LocalBackend
 from pipeline.jobs.store import JobError, JobStore
-from pipeline.runfolder import RunFolder
+from pipeline.runs.folder import RunFolder
 from tests.conftest import ROOT, tiny_config, write_shapes_dataset
 
 QUICK = {"model": {"backbone": "small_cnn"}, "train": {"strategy": "from_scratch", "head_epochs": 2}}
@@ -218,7 +218,7 @@ def test_a_child_killed_alone_fails_with_a_way_forward_and_resumes(backend, tmp_
 def test_a_job_whose_run_finished_is_done_however_its_worker_or_child_died(backend, shapes, ts_home):
     """A finished run is the job's result. Before: the worker dying after the run finished but before recording
     it left the job failed for ever ("holds a finished run; use a new --run-dir"), and `resume` failed the same."""
-    from pipeline.atomic import FAULT_ENV
+    from pipeline.host.atomic import FAULT_ENV
 
     # 1. The child is SIGKILLed once state.json says done (before it exits): the worker records done.
     killed = backend.submit(str(shapes), tiny_config(**QUICK))

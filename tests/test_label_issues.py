@@ -1,4 +1,4 @@
-"""Suspected label errors (pipeline.label_issues) and dataset revisions (pipeline.revision)."""
+"""Suspected label errors (pipeline.quality.label_issues) and dataset revisions (pipeline.data.revision)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from pipeline import data as data_mod
-from pipeline import label_issues, revision
-from pipeline.data import DataError
+from pipeline.data import DataError, revision
+from pipeline.quality import label_issues
 from tests.conftest import tiny_config
 
 

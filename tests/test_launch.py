@@ -1,4 +1,4 @@
-"""pipeline.launch: children are reaped, find this checkout from anywhere, and die with their parent."""
+"""pipeline.host.launch: children are reaped, find this checkout from anywhere, and die with their parent."""
 
 import os
 import signal
@@ -8,7 +8,7 @@ import time
 
 import psutil
 
-from pipeline import launch
+from pipeline.host import launch
 
 
 def _status(pid: int) -> str:

@@ -16,8 +16,10 @@ import psutil
 import pytest
 from PIL import Image
 
-from pipeline import data, paths, quota
+from pipeline import data
 from pipeline.data import DataError
+from pipeline.host import paths
+from pipeline.jobs import quota
 from pipeline.jobs.store import JobError, JobStore, validate_job_id
 
 MB = 1024 * 1024
@@ -199,7 +201,7 @@ def test_created_folders_and_files_follow_the_umask(tmp_path):
         kept = paths.store_upload(io.BytesIO(zpath.read_bytes()), "shapes.zip", "uploads")
         assert stat.S_IMODE(kept.stat().st_mode) == 0o644 and kept.read_bytes() == zpath.read_bytes()
         assert paths.store_upload(zpath.read_bytes(), "shapes.zip", "uploads") == kept  # one copy per content
-        from pipeline.atomic import atomic_write_text
+        from pipeline.host.atomic import atomic_write_text
 
         atomic_write_text(tmp_path / "state.json", "{}")  # every run-folder file goes through it
         assert stat.S_IMODE((tmp_path / "state.json").stat().st_mode) == 0o644

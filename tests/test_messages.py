@@ -11,9 +11,9 @@ import time
 import pytest
 
 from pipeline import config
-from pipeline import train as train_mod
 from pipeline.__main__ import main
-from pipeline.runfolder import RunFolder
+from pipeline.runs.folder import RunFolder
+from pipeline.training import train as train_mod
 from tests.conftest import ROOT, tiny_config, write_shapes_dataset
 
 QUICK = {"model": {"backbone": "small_cnn"}, "train": {"strategy": "from_scratch", "head_epochs": 1},
@@ -79,7 +79,7 @@ def test_a_retrain_from_an_unfinished_run_is_refused(finished, tmp_path, capsys)
     data, parent = finished
     unfinished = RunFolder(tmp_path / "parent")
     shutil.copytree(parent.root, unfinished.root)
-    unfinished.write_state({**unfinished.read_state(), "status": "cancelled"})
+    unfinished.write_state(unfinished.read_state().copy(status="cancelled"))
     assert main(["train", str(data), "--run-dir", str(tmp_path / "child"), "--from", str(unfinished.root)]) == 2
     line = _error(capsys)
     assert "has not finished (cancelled)" in line, line

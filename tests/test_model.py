@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from pipeline import model as model_mod
 from pipeline.config import ConfigError
+from pipeline.training import model as model_mod
 from tests.conftest import tiny_config
 
 

@@ -7,8 +7,8 @@ import pytest
 
 from export import bundle, tflite, verify
 from pipeline import config as config_mod
-from pipeline import train as train_mod
-from pipeline.runfolder import load_model
+from pipeline.runs.folder import load_model
+from pipeline.training import train as train_mod
 from tests.conftest import tiny_config, write_shapes_dataset
 
 

@@ -1,14 +1,14 @@
-"""pipeline.quiet: TensorFlow's start-up noise dropped from a real process's stderr, real messages kept."""
+"""pipeline.host.quiet: TensorFlow's start-up noise dropped from a real process's stderr, real messages kept."""
 
 import subprocess
 import sys
 
-from pipeline import launch, quiet
+from pipeline.host import launch, quiet
 
 SCRIPT = """
 import os, sys
 if sys.argv[1] == "filtered":
-    from pipeline import quiet
+    from pipeline.host import quiet
     quiet.filter_stderr()
 import tensorflow as tf
 tf.constant(1) + 1

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import compare, revision
 from pipeline import data as data_mod
-from pipeline import train as train_mod
 from pipeline.__main__ import main as cli
-from pipeline.presets import config_for
-from pipeline.runfolder import RunFolderError
+from pipeline.data import revision
+from pipeline.quality import compare
+from pipeline.runs.folder import RunFolderError
+from pipeline.training import train as train_mod
+from pipeline.training.presets import config_for
 from tests.conftest import tiny_config
 
 

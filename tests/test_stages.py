@@ -1,12 +1,12 @@
 """The Runs page's stage line, replayed over a real tiny run's metrics.jsonl one record at a time."""
 
-from pipeline.runfolder import read_jsonl
-from pipeline.train import train
+from pipeline.runs.folder import read_jsonl
+from pipeline.training.train import train
 from tests.conftest import tiny_config, write_shapes_dataset
 
 
 def test_every_stage_is_named_in_order_and_no_bar_sits_full(tmp_path):
-    from app_pages.stages import stage
+    from pipeline.runs.events import stage
 
     shapes = write_shapes_dataset(tmp_path / "shapes", per_class=8)
     cfg = tiny_config(train={"head_epochs": 2, "fine_tune_epochs": 1, "progress_every": 1},

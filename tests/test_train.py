@@ -12,11 +12,11 @@ import pytest
 
 from pipeline import config as config_mod
 from pipeline import data as data_mod
-from pipeline import model as model_mod
-from pipeline import train as train_mod
-from pipeline.callbacks import EpochCommit, FeatureValidation, checkpoint_variables
-from pipeline.evaluate import evaluate
-from pipeline.runfolder import CheckpointMismatchError, RunFolder, RunNotReadyError, load_variables, read_variables
+from pipeline.runs.folder import CheckpointMismatchError, RunFolder, RunNotReadyError, load_variables, read_variables
+from pipeline.training import model as model_mod
+from pipeline.training import train as train_mod
+from pipeline.training.callbacks import EpochCommit, FeatureValidation, checkpoint_variables
+from pipeline.training.evaluate import evaluate
 from pipeline.training.optimizer import fused_adam_class
 from pipeline.training.placement import place
 from tests.conftest import ROOT, tiny_config, write_shapes_dataset
@@ -117,7 +117,7 @@ def test_evaluation_writes_a_complete_eval_json(shapes_dir, tmp_path):
     for m in result["mistakes"]:
         assert os.path.exists(m["file"]) and m["true"] != m["predicted"]
     # every image's prediction, each confusion cell's images most confident first, the confused pairs
-    from pipeline.evaluate import cell
+    from pipeline.training.evaluate import cell
 
     assert len(result["predictions"]) == 9 and not result["split_chose_checkpoint"]
     matrix = np.array(result["confusion_matrix"])
@@ -130,8 +130,8 @@ def test_evaluation_writes_a_complete_eval_json(shapes_dir, tmp_path):
     assert sum(n for *_, n in pairs) == 9 - correct and [n for *_, n in pairs] == sorted((n for *_, n in pairs), reverse=True)
 
     # streamed in batches of 8 (the last one holds 1 image): the same probabilities as one predict over the split
-    from pipeline.evaluate import predict_split
-    from pipeline.runfolder import load_model
+    from pipeline.runs.folder import load_model
+    from pipeline.training.evaluate import predict_split
 
     out = predict_split(run.root)
     images = np.stack([data_mod.load_image(f, cfg.model.image_size) for f in out["files"]]).astype(np.float32)
@@ -139,7 +139,7 @@ def test_evaluation_writes_a_complete_eval_json(shapes_dir, tmp_path):
     assert json.loads(run.state.read_text())["status"] == "done"
 
     # `pipeline evaluate` completes a run whose evaluation was interrupted
-    run.write_state({**json.loads(run.state.read_text()), "status": "evaluating"})
+    run.write_state(run.read_state().copy(status="evaluating"))
     evaluate(run.root)
     assert json.loads(run.state.read_text())["status"] == "done"
 
@@ -164,7 +164,7 @@ def test_a_run_folder_refuses_a_different_config(shapes_dir, tmp_path):
 
 def test_sample_set_trains_to_95_percent_with_its_defaults(tmp_path):
     """The embedded sample with its preset (small CNN, from scratch): a learnable task, measured on test."""
-    from pipeline.presets import config_for
+    from pipeline.training.presets import config_for
 
     cfg = config_for("sample:digits")
     run = train_mod.train("sample:digits", tmp_path / "run", cfg)
@@ -364,7 +364,7 @@ def test_epoch_commit_then_resume_restores_weights_optimizer_state_and_steps(tmp
 def test_a_checkpoint_of_another_model_is_refused_with_a_message(tmp_path):
     path = tmp_path / "c.npz"
     model = _tiny_fit_model()
-    from pipeline.runfolder import save_variables
+    from pipeline.runs.folder import save_variables
 
     save_variables(path, checkpoint_variables(model))
     with pytest.raises(CheckpointMismatchError, match="does not match this model.*hidden/kernel"):
@@ -377,7 +377,7 @@ def test_checkpoints_are_keyed_by_variable_path_not_position(tmp_path):
     Layers listed in another order load by name into the right variables."""
     import keras
 
-    from pipeline.runfolder import save_variables
+    from pipeline.runs.folder import save_variables
 
     def square(names):
         return keras.Sequential([keras.Input((4,)), *(keras.layers.Dense(4, name=n) for n in names)], name="sq")
@@ -400,7 +400,7 @@ def test_checkpoint_names_are_unique_with_a_loss_scale_optimizer_and_a_second_op
     new optimizer whose name Keras numbers (adam_1): neither may change or collide the checkpoint's names."""
     import keras
 
-    from pipeline.runfolder import save_variables
+    from pipeline.runs.folder import save_variables
 
     model = _tiny_fit_model()
     first, second = (keras.optimizers.LossScaleOptimizer(keras.optimizers.Adam()) for _ in range(2))
@@ -416,7 +416,7 @@ def test_checkpoint_names_are_unique_with_a_loss_scale_optimizer_and_a_second_op
 
 
 def test_a_damaged_checkpoint_is_named(tmp_path):
-    from pipeline.runfolder import DamagedFileError, save_variables
+    from pipeline.runs.folder import DamagedFileError, save_variables
 
     model = _tiny_fit_model()
     path = tmp_path / "c.npz"
@@ -513,7 +513,7 @@ def test_fused_adam_follows_keras_adam_and_runs_one_kernel_per_variable():
 
 
 def test_metrics_writer_starts_on_a_new_line_after_a_torn_one_and_readers_skip_it(tmp_path):
-    from pipeline.runfolder import MetricsWriter
+    from pipeline.runs.folder import MetricsWriter
 
     run = RunFolder(tmp_path)
     run.metrics.write_text('{"event": "epoch", "phase": "head", "epoch": 1}\n{"event": "epo')
@@ -533,17 +533,18 @@ def test_a_rollback_line_voids_the_later_epochs_of_its_phase(tmp_path):
 
 
 def test_a_damaged_state_file_is_named_with_the_way_forward(tmp_path):
-    from pipeline.runfolder import DamagedFileError
+    from pipeline.runs.folder import DamagedFileError
+    from pipeline.runs.ledger import Ledger
 
     run = RunFolder(tmp_path)
-    run.write_state({"status": "running", "phases": {}})
-    run.write_state({"status": "running", "phases": {"head": {"epochs_done": 1}}})
+    run.write_state(Ledger(status="running"))
+    run.write_state(Ledger.from_dict({"status": "running", "phases": {"head": {"epochs_done": 1}}}))
     assert json.loads(run.previous_state.read_text())["phases"] == {}
     run.state.write_text("{")
     with pytest.raises(DamagedFileError, match="state.json is damaged .*it goes on from state.prev.json"):
         run.read_state()
     state, note = run.recover_state()
-    assert state["phases"] == {} and "resumed from state.prev.json" in note
+    assert state.phases == {} and "resumed from state.prev.json" in note
     assert (tmp_path / "state.json.damaged").read_text() == "{"
 
     run.state.write_text("[]")

@@ -6,7 +6,7 @@ embedded sample (``sample:digits``). Everything is resolved to a folder, scanned
 hashed and decoded, every skip named with its reason), split, and gathered at the model's input size
 into a uint8 cache that the tf.data pipeline shuffles and batches. Each file is decoded once per
 (content, size): the scan, given the model's size, leaves it in the decoded-image cache
-(:mod:`pipeline.decoded`), where the training cache, a retrain, evaluation and the label-error search find
+(:mod:`pipeline.data.decoded`), where the training cache, a retrain, evaluation and the label-error search find
 it (photos; a thumbnail is decoded again, which is cheaper). Many files are decoded on every core
 (:func:`decode_many`).
 
@@ -48,6 +48,7 @@ from pipeline.data.sources import (
     safe_extract_zip,
     sample_preset,
     unwrap_single_folder,
+    zip_folder,
 )
 from pipeline.data.splits import Splits, class_weights, make_splits, test_from
 from pipeline.data.tfdata import image_batches, make_dataset
@@ -83,6 +84,7 @@ __all__ = [
     "materialize_sample",
     "pool_kind",
     "resolve_source",
+    "zip_folder",
     "safe_extract_zip",
     "sample_preset",
     "scan",

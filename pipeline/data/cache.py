@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import paths
 from pipeline.data.decode import Decoded, decode_many
 from pipeline.data.errors import DataError, ProgressFn
+from pipeline.host import paths
 
 
 def _nameless_file(folder: Path, nbytes: int) -> int:
@@ -61,7 +61,7 @@ class ImageCache:
     evaluation) already decoded a file at this size, else decoded on every core and cached for next time.
     The disk file is written and read with ``pwrite``/``preadv`` rather than memory-mapped: its pages then
     sit in the kernel's page cache, not in this process's RSS, so a 20,000-image run's memory stays near a
-    1,000-image run's. The file lives in ``disk_dir`` (default: :func:`pipeline.paths.scratch_dir`, this
+    1,000-image run's. The file lives in ``disk_dir`` (default: :func:`pipeline.host.paths.scratch_dir`, this
     machine's disk, never a run folder that may be a shared mount) and has no name (unlinked once open): a
     killed run leaves nothing behind. :attr:`array` maps it read-only for callers that want the whole split.
 
@@ -110,7 +110,7 @@ class ImageCache:
         except BaseException:
             self.close()
             raise
-        from pipeline import decoded
+        from pipeline.data import decoded
 
         if (store := decoded.store()) is not None:
             store.prune()

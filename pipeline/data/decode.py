@@ -1,6 +1,6 @@
 """Image decoding: one image from a file or bytes to RGB uint8 pixels, within the process's decode budget; and
 many files at once, on every core, each (content, size) decoded once through the decoded-image cache
-(:mod:`pipeline.decoded`).
+(:mod:`pipeline.data.decoded`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from PIL import Image, ImageFile, ImageOps
 
 from pipeline.data.errors import DataError, DecodeBudgetError, ProgressFn
 from pipeline.data.sources import file_sha256
-from pipeline.limits import MB, Limits
+from pipeline.host.limits import MB, Limits
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file must fail, not decode half-grey
 
@@ -111,7 +111,7 @@ _BUDGETS_LOCK = threading.Lock()
 
 def decode_budget() -> DecodeBudget:
     """The process's decode budget: ``TRANSFER_STUDIO_DECODE_MEMORY_MB``, by default derived from the memory
-    available (an eighth, 128 to 512 MB; see pipeline.limits) rather than Pillow's global pixel limit."""
+    available (an eighth, 128 to 512 MB; see pipeline.host.limits) rather than Pillow's global pixel limit."""
     limit = Limits.from_env().decode_memory_mb * MB
     with _BUDGETS_LOCK:
         return _BUDGETS.setdefault(limit, DecodeBudget(limit))
@@ -227,7 +227,7 @@ CHUNK_FILES = 32
 
 
 def load_image_cached(path: str | Path, size: int, *, max_pixels: int = 89_478_485) -> np.ndarray:
-    """:func:`load_image` at ``size`` through the decoded-image cache (:mod:`pipeline.decoded`): the same pixels,
+    """:func:`load_image` at ``size`` through the decoded-image cache (:mod:`pipeline.data.decoded`): the same pixels,
     decoded only when this content has not been decoded at this size before.
 
     Raises:
@@ -243,7 +243,7 @@ def decode_file(path: str, size: int | None, max_pixels: int, name: str, *, want
     """Hashes ``path`` and checks it decodes; with ``size``, its pixels at ``size`` come from (or go to) the
     decoded-image cache, so each (content, size) is decoded once. Without ``size`` (a scan before the model's
     size is known), JPEGs are decoded drafted small, as a check only."""
-    from pipeline import decoded
+    from pipeline.data import decoded
 
     try:
         digest = file_sha256(Path(path))
@@ -339,7 +339,7 @@ def decode_many(files: Sequence[str], size: int | None, max_pixels: int, *, name
     sets go to a pool of processes (:func:`pool_kind`; started with ``spawn``: the caller may run TensorFlow's threads, which ``fork`` would copy mid-lock), each
     with ``1/workers`` of the decode budget; an image too big for that share is decoded here afterwards under
     the whole budget. Pixels come back by pickling (a 224 px image is 150 KB); with ``size``, each
-    (content, size) is decoded once ever, through :mod:`pipeline.decoded`.
+    (content, size) is decoded once ever, through :mod:`pipeline.data.decoded`.
     """
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -370,7 +370,7 @@ def decode_many(files: Sequence[str], size: int | None, max_pixels: int, *, name
         return
 
     todo = list(range(n))
-    from pipeline import decoded
+    from pipeline.data import decoded
 
     if want_pixels and size is not None and (store := decoded.store()) is not None:
         # Hits are a hash and a read: served here on threads, since pickling pixels back from a worker

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from pipeline.exitcodes import UserError
+from pipeline.host.exitcodes import UserError
 
 ProgressFn = Callable[[int, int], None]  # called with (done, total) while a slow step runs
 

@@ -111,7 +111,7 @@ def scan(source_dir: str | Path, data_cfg: DataConfig | None = None, progress: P
     """Scans a folder of class sub-folders or split folders; decodes every file to find the bad ones.
 
     With ``size`` (the model's input size, when known) every good file is also left decoded at that size in
-    the decoded-image cache (:mod:`pipeline.decoded`): the scan and the training cache decode each file once.
+    the decoded-image cache (:mod:`pipeline.data.decoded`): the scan and the training cache decode each file once.
 
     Raises:
         DataError: the folder holds no class folders.
@@ -231,7 +231,7 @@ def _probe_all(root: Path, probes: list[_Probe], max_pixels: int, progress: Prog
     decode_many([str(root / p.rel) for p in probes], size, max_pixels, names=[p.rel for p in probes],
                 want_pixels=False, on_result=keep, progress=progress)
     if size is not None:
-        from pipeline import decoded
+        from pipeline.data import decoded
 
         if (store := decoded.store()) is not None:
             store.prune()

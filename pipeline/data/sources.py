@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pipeline import atomic, paths
 from pipeline.config import DataConfig
 from pipeline.data.errors import DataError, ProgressFn
+from pipeline.host import atomic, paths
 from pipeline.host.disk import FULL_ERRNOS, DiskFullError, full_disk_is_a_message
-from pipeline.limits import Limits
+from pipeline.host.limits import Limits
 
 SAMPLES = ("digits",)
 
@@ -51,7 +51,7 @@ def resolve_source(source: str | os.PathLike, data_cfg: DataConfig | None = None
     if path.is_file():
         if not zipfile.is_zipfile(path):
             raise DataError(f"{path} is a file but not a zip archive; give a folder or a .zip of class folders.")
-        dest = paths.datasets_dir() / f"zip-{_zip_digest(path)[:16]}"
+        dest = zip_folder(path)
         if dest.exists():
             os.utime(dest)  # used now: the disk quota removes the least recently used first
         else:
@@ -59,11 +59,13 @@ def resolve_source(source: str | os.PathLike, data_cfg: DataConfig | None = None
             safe_extract_zip(path, dest, max_bytes=data_cfg.max_zip_bytes, max_files=data_cfg.max_zip_files,
                              max_ratio=limits.zip_max_ratio, max_total_ratio=limits.zip_max_total_ratio,
                              progress=progress)
-            from pipeline import quota
-
-            quota.enforce(keep=(dest, path))
         return unwrap_single_folder(dest)
     return unwrap_single_folder(path.resolve())
+
+
+def zip_folder(path: Path) -> Path:
+    """Where a zip's images are extracted to (one folder per zip content, shared by every run of it)."""
+    return paths.datasets_dir() / f"zip-{_zip_digest(path)[:16]}"
 
 
 _ZIP_DIGESTS: dict[tuple[str, int, int], str] = {}

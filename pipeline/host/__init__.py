@@ -1,1 +1,1 @@
-"""Host concerns: this machine's devices and what each child process is given."""
+"""This machine: the home and its folders, limits, the disk, devices, atomic writes, child processes, exit codes."""

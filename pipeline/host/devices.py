@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pipeline.exitcodes import UserError
+from pipeline.host.exitcodes import UserError
 
 # TensorFlow reserves nearly all memory of every GPU it sees, JAX 75% of each, unless told otherwise.
 GROWTH_ENV = {"TF_FORCE_GPU_ALLOW_GROWTH": "true", "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}

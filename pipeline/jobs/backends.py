@@ -15,11 +15,11 @@ from pathlib import Path
 
 from pipeline.config import RunConfig
 from pipeline.data import absolute_source
+from pipeline.host.launch import start_python
 from pipeline.jobs.contract import Backend
 from pipeline.jobs.store import Job, JobStore
 from pipeline.jobs.worker import WorkerLock
-from pipeline.launch import start_python
-from pipeline.runfolder import RunFolder
+from pipeline.runs.folder import RunFolder
 
 
 class LocalBackend:
@@ -35,6 +35,11 @@ class LocalBackend:
         if self.autostart:
             self.ensure_worker()
         return job_id
+
+    @property
+    def runs(self) -> Path:
+        """The folder holding its jobs' run folders."""
+        return self.store.runs
 
     def status(self, job_id: str) -> Job:
         return self.store.get(job_id)
@@ -69,7 +74,7 @@ class LocalBackend:
         Try page serves from it) and a copy an older version served from the repository's static/ folder."""
         import shutil
 
-        from pipeline.launch import ROOT
+        from pipeline.host.launch import ROOT
 
         job = self.store.delete(job_id)
         shutil.rmtree(ROOT / "static" / "models" / job.id, ignore_errors=True)

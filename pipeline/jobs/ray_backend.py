@@ -24,9 +24,9 @@ from typing import Any
 
 from pipeline.config import RunConfig
 from pipeline.data import absolute_source
+from pipeline.host.atomic import atomic_write_json
+from pipeline.host.launch import ROOT, child_env
 from pipeline.jobs.store import NAME_MAX, Job, JobError, dataset_name, validate_job_id, validate_run_name
-from pipeline.launch import ROOT, child_env
-from pipeline.runfolder import atomic_write_json
 
 PREFIX = "ts-"
 
@@ -69,7 +69,7 @@ class RayBackend:
             from ray.job_submission import JobSubmissionClient
         except ImportError as exc:
             raise JobError("the Ray backend needs the optional extra: pip install -r requirements-ray.txt") from exc
-        from pipeline import paths
+        from pipeline.host import paths
 
         self.address = address
         self.runs = Path(runs or os.environ.get("TRANSFER_STUDIO_RUNS") or paths.home() / "runs")
@@ -169,7 +169,7 @@ class RayBackend:
 
     def cancel(self, job_id: str) -> Job:
         job = self.status(job_id)
-        if job.state not in ("queued", "running"):
+        if not job.active:
             raise JobError(f"job {job_id} is already {job.state}; nothing to cancel.")
         (Path(job.run_dir) / "CANCEL").touch()  # stops at the next batch, checkpoint kept
         self._ray("stop the job", self.client.stop_job, submission_id(job_id, job.attempts))  # Ray's SIGTERM too
@@ -195,10 +195,10 @@ class RayBackend:
 
     def delete(self, job_id: str) -> Job:
         """Removes a stopped job, every attempt of it, from the cluster's job list, then its run folder."""
-        from pipeline.atomic import remove_folder
+        from pipeline.host.atomic import remove_folder
 
         job = self.status(job_id)
-        if job.state in ("queued", "running"):
+        if job.active:
             raise JobError(f"job {job_id} is {job.state}; cancel it first, then delete it once it has stopped.")
         # Ray's job monitor (a 1 s loop) that has not yet seen its job end writes a record again when it finds
         # the record gone ("failed to get job supervisor"), which puts the job back in the list: delete until

@@ -16,15 +16,19 @@ import unicodedata
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from pipeline import paths
-from pipeline.atomic import remove_folder
-from pipeline.exitcodes import UserError
+from pipeline import config as config_mod
+from pipeline.config import RunConfig
+from pipeline.host import paths
+from pipeline.host.atomic import remove_folder
 from pipeline.host.disk import free_bytes, is_full, size_text
+from pipeline.host.exitcodes import UserError
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
+ACTIVE = ("queued", "running")  # a job in these states may still train; it is cancelled, not deleted
 JOB_ID = re.compile(r"[0-9a-f]{32}")  # used with fullmatch: "$" would let a trailing newline through
 HEARTBEAT_SECONDS = 2.0
 STALE_AFTER = 10.0
@@ -119,6 +123,20 @@ class Job:
     def title(self) -> str:
         """Its name, or (a job made before runs had names) its dataset's name and short id."""
         return self.name or f"{dataset_name(self.source)} {self.id[:8]}"
+
+    @property
+    def active(self) -> bool:
+        """Queued or running: it may still train."""
+        return self.state in ACTIVE
+
+    @cached_property
+    def run_config(self) -> RunConfig:
+        """Its settings as a RunConfig (``config`` is the document the store keeps).
+
+        Raises:
+            ConfigError: the document is not a valid RunConfig (written by another version).
+        """
+        return config_mod.from_dict(self.config)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -274,7 +292,7 @@ class JobStore:
             JobError: the job is queued or running (cancel it first), or unknown.
         """
         job = self.get(job_id)
-        if job.state in ("queued", "running"):
+        if job.active:
             raise JobError(f"job {job_id} is {job.state}; cancel it first, then delete it once it has stopped.")
         remove_folder(Path(job.run_dir))
         with self._transaction() as db:

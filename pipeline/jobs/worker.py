@@ -6,7 +6,7 @@ list, ``train.gpus`` of them, default one; the oldest queued job waits while few
 one job runs at a time. On start it puts every
 job left ``running`` by a dead worker back in the queue; the child then resumes it from its last
 finished epoch (state.json in its run folder). Children die with the worker (PR_SET_PDEATHSIG, set by
-the child itself: pipeline.launch.die_with_parent). A child that dies alone (the OOM killer) leaves
+the child itself: pipeline.host.launch.die_with_parent). A child that dies alone (the OOM killer) leaves
 its job failed with a message naming ``python -m pipeline resume JOB``.
 """
 
@@ -20,12 +20,12 @@ import sys
 import threading
 from pathlib import Path
 
-from pipeline.exitcodes import EXIT_CANCELLED, EXIT_USER_ERROR
 from pipeline.host.devices import DeviceError, DevicePool, child_device_env, jobs_at_once, visible_gpu_ids
 from pipeline.host.disk import DiskFullError, free_bytes
+from pipeline.host.exitcodes import EXIT_CANCELLED, EXIT_USER_ERROR
+from pipeline.host.launch import start_python
 from pipeline.jobs.store import FULL_BELOW, HEARTBEAT_SECONDS, JobError, JobStore
-from pipeline.launch import start_python
-from pipeline.runfolder import RunFolder
+from pipeline.runs.folder import RunFolder
 
 
 def default_concurrency() -> int:

@@ -1,1 +1,1 @@
-"""Training parts that do not depend on TensorFlow: device placement, the optimizer, the batch feed."""
+"""A run's training: the model, augmentation, optimizer, placement, the batch feed, the phases and evaluation."""
