@@ -4,7 +4,7 @@ import numpy as np
 import streamlit as st
 from PIL import Image
 
-from app_pages import shared
+from app_pages import access, sources
 
 # The tab icon is drawn here: a ":material/..." page icon makes every visitor's browser fetch it from Google's
 # font server, and a shared demo contacts no other host.
@@ -21,7 +21,7 @@ pages = [
     st.Page("app_pages/export_page.py", title="Export", icon=":material/download:"),
     st.Page("app_pages/try_model.py", title="Try", icon=":material/photo_camera:"),
 ]
-shared.remember_visitor()  # the owner key in a cookie: a refresh or a new tab is the same owner
-shared.source()  # this visitor's data source: the link's, this session's, or the one kept from their last visit
-shared.keep_in_address()  # ?source= on every page, so a reload or a copied address keeps it
+access.remember_visitor()  # the owner key in a cookie: a refresh or a new tab is the same owner
+sources.source()  # this visitor's data source: the link's, this session's, or the one kept from their last visit
+sources.keep_in_address()  # ?source= on every page, so a reload or a copied address keeps it
 st.navigation(pages).run()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app_pages import shared, state
+from app_pages import sources, state, wording
 from pipeline import data
 from pipeline.config import FLIPS, AugmentConfig, ConfigError
 from pipeline.config import from_dict as config_from_dict
@@ -16,7 +16,7 @@ from pipeline.config import from_dict as config_from_dict
 def _grid(path: bytes, stamp: int, settings: dict, seed: int):
     """Nine augmentations of one image, kept per (file version, settings, seed): a rerun redraws nothing.
 
-    ``path``: bytes (shared.fs_key), so a file name that is not UTF-8 can be a cache key."""
+    ``path``: bytes (wording.fs_key), so a file name that is not UTF-8 can be a cache key."""
     from pipeline.training.augment import preview  # imports TensorFlow: only on this page
 
     return preview(data.load_image(os.fsdecode(path), 224), AugmentConfig(**settings), count=9, seed=seed)
@@ -25,9 +25,9 @@ def _grid(path: bytes, stamp: int, settings: dict, seed: int):
 st.title("Augment")
 st.caption("Random transforms applied to training images only; exports never contain them.")
 
-shared.source_note()
-src = shared.source()
-base = shared.base_config(src)
+sources.source_note()
+src = sources.source()
+base = sources.base_config(src)
 kept = (state.get("augment") or {}).get(src)  # per dataset (digits must not be flipped by default), per visitor
 d = base.augment
 if kept:
@@ -48,21 +48,21 @@ try:
     cfg = AugmentConfig(enabled=enabled, flip=flip, rotation=rotation, zoom=zoom, translation=translation,
                         contrast=contrast, brightness=brightness)
 except ConfigError as exc:
-    shared.error(exc)
+    wording.error(exc)
     st.stop()
 state.put("augment", {**(state.get("augment") or {}), src: dataclasses.asdict(cfg)})
 
 with right:
     try:
-        folder, report = shared.resolve_and_scan(src)
+        folder, report = sources.resolve_and_scan(src)
     except data.DataError as exc:
-        shared.error(exc)
+        wording.error(exc)
         st.stop()
     files = [rel for items in report["items"].values() for rel, _ in items]
     if not files:
         st.info("The dataset has no usable images yet (see the Data page).")
         st.stop()
-    pick = st.selectbox("Image", files[:500], format_func=shared.readable)  # the real name stays the value
+    pick = st.selectbox("Image", files[:500], format_func=wording.readable)  # the real name stays the value
     if st.button("Re-roll", icon=":material/casino:"):
         st.session_state["aug_seed"] = st.session_state.get("aug_seed", 0) + 1
     # The preview shows the settings even while augmentation is off, so they can be tried before switching on.
@@ -75,10 +75,10 @@ with right:
     path = Path(report["root"]) / pick
     try:
         with st.spinner("Drawing nine augmentations (the first time loads TensorFlow, a few seconds)..."):
-            grid = _grid(shared.fs_key(path), path.stat().st_mtime_ns, dataclasses.asdict(shown),
+            grid = _grid(wording.fs_key(path), path.stat().st_mtime_ns, dataclasses.asdict(shown),
                          st.session_state.get("aug_seed", 0))
     except (data.DataError, OSError) as exc:
-        shared.error(f"{pick} could not be read ({exc}); pick another image, or re-scan on the Data page.")
+        wording.error(f"{pick} could not be read ({exc}); pick another image, or re-scan on the Data page.")
         st.stop()
     for row in range(3):
         cols = st.columns(3)

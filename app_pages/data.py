@@ -4,7 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app_pages import shared
+from app_pages import access, sources, wording
 
 st.title("Data")
 st.caption("Labelled images: one sub-folder per class (or train/ val/ test/ folders of class sub-folders).")
@@ -28,7 +28,7 @@ def welcome() -> None:
         if go.button("Start with the sample digits", type="primary", icon=":material/rocket_launch:",
                      width="content"):
             state.put("welcomed", True)
-            shared.set_source("sample:digits")
+            sources.set_source("sample:digits")
             st.switch_page("app_pages/train.py")
         if hide.button("Hide this", key="welcome-hide"):
             state.put("welcomed", True)
@@ -36,16 +36,16 @@ def welcome() -> None:
 
 
 def skipped_table(skipped: list[dict]) -> None:
-    """The skipped files and why, names as shared.readable shows them (a DataFrame cannot hold a non-UTF-8 one)."""
+    """The skipped files and why, names as wording.readable shows them (a DataFrame cannot hold a non-UTF-8 one)."""
     import pandas as pd
 
-    st.dataframe(pd.DataFrame([{k: shared.readable(s[k]) for k in ("path", "reason")} for s in skipped]),
+    st.dataframe(pd.DataFrame([{k: wording.readable(s[k]) for k in ("path", "reason")} for s in skipped]),
                  hide_index=True, width="stretch")
 
 
 welcome()
-shared.source_note()
-current = shared.source()  # what this visitor already chose: coming back to this page must not reset it
+sources.source_note()
+current = sources.source()  # what this visitor already chose: coming back to this page must not reset it
 kind = 0 if current.startswith("sample:") else 1 if current.endswith(".zip") else 2
 choice = st.radio("Source", SOURCES, index=kind, horizontal=True)
 
@@ -60,7 +60,7 @@ from pipeline.host.exitcodes import UserError  # noqa: E402
 pending = None  # a zip just uploaded: the source once it unpacks and holds images, else refused (and removed)
 try:
     if choice.startswith("Sample"):
-        shared.set_source("sample:digits")
+        sources.set_source("sample:digits")
     elif choice == "Upload a zip":
         # Streamed to disk as it arrives (app_pages/uploads.py), never whole in the server's memory
         upload = uploads.file_input("Zip of class folders", "uploads", [".zip"], key="dataset-zip")
@@ -73,36 +73,36 @@ try:
                 st.stop()
             pending = upload
         elif kind == 1:
-            st.caption(f"Using {shared.plain(Path(current).name)}, uploaded before. Upload another zip to replace it.")
+            st.caption(f"Using {wording.plain(Path(current).name)}, uploaded before. Upload another zip to replace it.")
         else:
             st.info("Upload a .zip with one folder per class (or train/ val/ test/ folders of class folders).")
             st.stop()
     else:
-        root = shared.data_root()
+        root = sources.data_root()
         every = sorted(str(p.relative_to(root)) for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-        folders = [f for f in every if shared.readable(f) == f]  # a name that is not UTF-8 cannot be a job's source
+        folders = [f for f in every if wording.readable(f) == f]  # a name that is not UTF-8 cannot be a job's source
         if len(folders) < len(every):
-            st.caption(shared.plain("Not offered (their names are not UTF-8 text; rename them): "
-                                    + ", ".join(shared.readable(f) for f in every if f not in folders)))
+            st.caption(wording.plain("Not offered (their names are not UTF-8 text; rename them): "
+                                    + ", ".join(wording.readable(f) for f in every if f not in folders)))
         if not folders:
-            shared.info(f"No folders under {root}. Put datasets there, or set TRANSFER_STUDIO_DATA_ROOT.")
+            wording.info(f"No folders under {root}. Put datasets there, or set TRANSFER_STUDIO_DATA_ROOT.")
             st.stop()
         else:
             # Only the folders listed here can be picked; a symlink among them was put there by whoever runs
             # the server (a shared dataset mounted elsewhere), so it is followed.
             chosen = next((f for f in folders if str((root / f).resolve()) == current), None)
             picked = st.selectbox(f"Folder under {root}", folders, index=folders.index(chosen) if chosen else 0)
-            shared.set_source(str((root / picked).resolve()))
+            sources.set_source(str((root / picked).resolve()))
 
-    src = pending.path if pending else shared.source()
-    folder, scanned = shared.resolve_and_scan(src)  # progress bars: unpacking, then decoding every image
+    src = pending.path if pending else sources.source()
+    folder, scanned = sources.resolve_and_scan(src)  # progress bars: unpacking, then decoding every image
     rev = revision.Revision(folder)
     report = revision.apply(data.ScanReport.from_dict(scanned), rev.active()).to_dict()  # as training sees it
 except UserError as exc:  # DataError, or a full disk (DiskFullError) while unpacking or writing the sample
     if pending:  # a zip that cannot be unpacked: said with the name the user gave it, and removed
-        uploads.refuse(pending, shared.user_words(exc, pending.path).replace(Path(pending.path).name, pending.name))
+        uploads.refuse(pending, sources.user_words(exc, pending.path).replace(Path(pending.path).name, pending.name))
     else:
-        shared.error(shared.user_words(exc, shared.source()))
+        wording.error(sources.user_words(exc, sources.source()))
     st.stop()
 
 counts = {c: sum(v.values()) for c, v in report["counts"].items()}
@@ -115,19 +115,19 @@ if total == 0:
     if pending:
         uploads.refuse(pending, message, extracted=folder)  # removed, with what was unpacked from it
     else:
-        shared.error(message)
+        wording.error(message)
     if report["skipped"]:
         skipped_table(report["skipped"])
     st.stop()
 if pending:
-    shared.set_source(pending.path)  # usable: the source from now on (a reload, the other pages)
+    sources.set_source(pending.path)  # usable: the source from now on (a reload, the other pages)
 cols = st.columns(4)
 cols[0].metric("Classes", len(report["classes"]))
 cols[1].metric("Images", total)
 cols[2].metric("Skipped files", len(report["skipped"]))
 cols[3].metric("Layout", report["layout"])
 for warning in report["warnings"]:
-    shared.warning(warning)
+    wording.warning(warning)
 if len(report["classes"]) < 2:
     st.error("A classifier needs at least 2 classes: put each class's images in its own sub-folder.")
 
@@ -142,8 +142,8 @@ for split_items in report["items"].values():
         by_class.setdefault(cls, []).append(rel)
 left, right = st.columns(2)
 for i, cls in enumerate(report["classes"][:20]):
-    strip = shared.thumbnail_strip(str(root), tuple(by_class.get(cls, [])[:6]))
-    (left if i % 2 == 0 else right).image(strip, caption=shared.plain(f"{cls} ({shared.count(counts.get(cls, 0), 'image')})"))
+    strip = sources.thumbnail_strip(str(root), tuple(by_class.get(cls, [])[:6]))
+    (left if i % 2 == 0 else right).image(strip, caption=wording.plain(f"{cls} ({wording.count(counts.get(cls, 0), 'image')})"))
 
 PAGE = 24  # thumbnails a page of the class browser shows
 
@@ -155,7 +155,7 @@ def browse(root: Path, report: dict) -> None:
         return
     st.subheader("Browse a class")
     pick, where = st.columns([2, 3])
-    cls = pick.selectbox("Class", classes, key="browse-class", format_func=shared.readable)
+    cls = pick.selectbox("Class", classes, key="browse-class", format_func=wording.readable)
     per_split = {split: n for split, n in report["counts"].get(cls, {}).items() if n}
     options = ["all"] + list(per_split)
     split = where.radio("Split", options, horizontal=True, key=f"browse-split-{cls}", format_func=lambda o: (
@@ -168,8 +168,8 @@ def browse(root: Path, report: dict) -> None:
     pages = (len(files) + PAGE - 1) // PAGE
     page = st.number_input(f"Page (of {pages})", 1, pages, 1, key=f"browse-page-{cls}-{split}") if pages > 1 else 1
     shown = files[(page - 1) * PAGE:page * PAGE]
-    st.image([shared.thumbnail(str(root), rel) for _, rel in shown], width=112,
-             caption=[shared.plain(f"{sp}: {shared.readable(Path(rel).name)}") for sp, rel in shown])
+    st.image([sources.thumbnail(str(root), rel) for _, rel in shown], width=112,
+             caption=[wording.plain(f"{sp}: {wording.readable(Path(rel).name)}") for sp, rel in shown])
     st.caption(f"Images {(page - 1) * PAGE + 1}-{(page - 1) * PAGE + len(shown)} of {len(files)}.")
 
 
@@ -195,17 +195,17 @@ with add_left:
                                  accept_multiple_files=True, key=f"add-files-{st.session_state.get('added', 0)}")
     force = st.checkbox("Add copies anyway", key="add-force", help="An image whose bytes the dataset already holds "
                         "(in validation or test it would leak into training) is refused unless this is ticked.")
-    if target and new_files and st.button(f"Add {len(new_files)} image(s) to {shared.plain(target)}", key="add-go"):
+    if target and new_files and st.button(f"Add {len(new_files)} image(s) to {wording.plain(target)}", key="add-go"):
         loop.add_images(folder, scanned, target, new_files, force=force)
 with add_right:  # the camera starts (and the browser asks for it) only when asked for, not on every visit
     if st.toggle("Take photos with the camera", key="add-camera"):
         shot = st.camera_input("Photo", key=f"camera-{st.session_state.get('added', 0)}")
-        if target and shot is not None and st.button(f"Add the photo to {shared.plain(target)}", key="add-shot"):
+        if target and shot is not None and st.button(f"Add the photo to {wording.plain(target)}", key="add-shot"):
             loop.add_images(folder, scanned, target, [shot], force=force)
 loop.undo_button(folder, key="undo-data")
 
 run_job = loop.latest_finished_run(src)
 if run_job is not None:
-    loop.label_issues_panel(run_job.run_dir, folder, report["classes"], shared.can_control(run_job),
+    loop.label_issues_panel(run_job.run_dir, folder, report["classes"], access.can_control(run_job),
                             key=f"data-issues-{run_job.id}")
 st.page_link("app_pages/augment.py", label="Next: preview augmentation", icon=":material/arrow_forward:")

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import streamlit as st
 
-from app_pages import shared
+from app_pages import access
 from pipeline import config as config_mod
 from pipeline.quality import estimate
 
 
 def for_run(cfg: config_mod.RunConfig, train: int, val: int, test: int) -> estimate.Estimate:
     """``pipeline.quality.estimate.estimate`` for ``cfg`` on this many images, measured on the backend's runs."""
-    runs = shared.runs_dir()
+    runs = access.runs_dir()
     # a run that finished since (its eval.json) is a new measurement: a new cache key
     newest = max((p.stat().st_mtime for p in Path(runs).glob("*/eval.json")), default=0.0)
     return _cached(cfg.to_json(), train, val, test, str(runs), newest)

@@ -1,28 +1,27 @@
 """Evaluate: accuracy, the confusion matrix (click a cell for its images), per-class metrics, suspected label
 errors, corrections, and a retrain with them."""
 
-import json
 from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from app_pages import loop, shared
+from app_pages import access, loop, picker, wording
 from pipeline.runs.folder import RunFolder
 from pipeline.training.evaluate import cell
 
 st.title("Evaluate")
-job = shared.pick_run(finished_only=True)
+job = picker.pick_run(finished_only=True)
 if job is None:
     st.stop()
 run = RunFolder(Path(job.run_dir))
-if not run.eval.exists():
+result = run.evaluation()
+if result is None:
     st.info("This run has no evaluation yet.")
     st.stop()
-result = json.loads(run.eval.read_text())
-dataset = json.loads(run.dataset.read_text())
+dataset = run.dataset_record()
 folder = dataset["scan"]["root"]
-editable = shared.can_control(job)
+editable = access.can_control(job)
 
 st.metric(f"Accuracy on the {result['split']} split ({result['images']} images)", f"{result['accuracy']:.2%}")
 if result.get("split_chose_checkpoint", result["split"] == "val"):
@@ -49,7 +48,7 @@ if selected and "predictions" in result:
     true, predicted = selected
     rows = cell(result, true, predicted)
     what = "correct" if true == predicted else "mistakes"
-    st.subheader(f"True {shared.plain(true)}, predicted {shared.plain(predicted)}: {len(rows)} image(s), {what}")
+    st.subheader(f"True {wording.plain(true)}, predicted {wording.plain(predicted)}: {len(rows)} image(s), {what}")
     st.caption(("Selected in the confusion matrix" if choice[0] == "cell" else "Selected in Most confused pairs")
                + "; selecting in either shows that one instead.")
     if st.button("Back to the most confident mistakes", key=f"unselect-{job.id}"):

@@ -1,7 +1,6 @@
 """Export: choose formats, export in the background with progress, see the format table, download each format."""
 
 import io
-import json
 import time
 import zipfile
 from pathlib import Path
@@ -9,12 +8,12 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app_pages import shared
+from app_pages import access, picker, wording
 from export import bundle, task
 from pipeline.runs.folder import RunFolder
 
 st.title("Export")
-job = shared.pick_run(finished_only=True)
+job = picker.pick_run(finished_only=True)
 if job is None:
     st.stop()
 run = RunFolder(Path(job.run_dir))
@@ -27,7 +26,7 @@ st.number_input("Verification images", min_value=10, max_value=5000, value=200, 
 
 def start_export(run_dir: Path) -> None:
     """Runs before the rerun draws the page, so the button is already disabled and progress shows."""
-    if not shared.can_control(job):  # a share link is read-only: the button is disabled, and refused here too
+    if not access.can_control(job):  # a share link is read-only: the button is disabled, and refused here too
         return
     try:
         task.start(run_dir, bundle.parse_formats(",".join(st.session_state["export_formats"])),
@@ -38,10 +37,10 @@ def start_export(run_dir: Path) -> None:
 
 status = task.read_status(run.root)
 running = bool(status and status["state"] == "running")
-st.button("Export and verify", type="primary", icon=":material/package_2:", disabled=running or not formats or not shared.can_control(job),
+st.button("Export and verify", type="primary", icon=":material/package_2:", disabled=running or not formats or not access.can_control(job),
           on_click=start_export, args=(run.root,),
           help="Runs in the background: you can leave this page, refresh, or share the link meanwhile.")
-if not shared.can_control(job):
+if not access.can_control(job):
     st.caption("Only this run's owner can export it; its finished exports can be downloaded below.")
 
 
@@ -58,22 +57,21 @@ def export_progress() -> None:
 
 
 if message := st.session_state.pop("export_start_error", None):
-    shared.error(message)
+    wording.error(message)
 if running:
     export_progress()
     st.stop()
 if status and status["state"] in ("failed", "interrupted"):
-    shared.error(f"The last export did not finish: {status.get('error')}")
+    wording.error(f"The last export did not finish: {status.get('error')}")
 elif status and status["state"] == "gate_failed":
     st.error("Exported, but a verification gate failed: do not ship the failing format (see the result column).")
 
-manifest = run.exports / "manifest.json"
-if not manifest.exists():
+manifest = bundle.read_manifest(run.exports)
+if manifest is None:
     st.info("No export yet for this run.")
     st.stop()
-verify_file = run.exports / "verify.json"
-if verify_file.exists():
-    result = json.loads(verify_file.read_text())
+result = bundle.read_verify(run.exports)
+if result is not None:
     formats = dict(result["formats"])
     reference = formats.pop("keras", None)  # the model every format is compared with: a caption, not a row
     rows = [{"format": f, "runtime": r.get("runtime", ""),
@@ -123,11 +121,11 @@ st.subheader("Download")
 zip_path = run.exports / bundle.ZIP_NAME
 st.download_button("Whole bundle (.zip)", _file_bytes(zip_path), file_name=f"transfer-studio-{job.id[:8]}.zip",
                    mime="application/zip", type="primary", on_click="ignore")
-manifest_formats = json.loads(manifest.read_text()).get("formats", {})
+manifest_formats = manifest.get("formats", {})
 items = [(fmt, run.exports / rel) for fmt, rel in manifest_formats.items()]
 listed = {path for _, path in items}
 items += [(p.name, p) for p in sorted(run.exports.iterdir())
-          if p.is_file() and p not in listed and p.name not in (bundle.ZIP_NAME, bundle.LOG_NAME)]
+          if p.is_file() and p not in listed and p.name not in (bundle.ZIP_NAME, bundle.TIMES_NAME)]
 if (run.exports / "web").is_dir():
     items.append(("web demo", run.exports / "web"))
 cols = st.columns(4)

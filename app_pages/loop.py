@@ -15,7 +15,7 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from app_pages import shared, uploads
+from app_pages import access, picker, sources, uploads, wording
 from pipeline import data
 from pipeline.data import revision
 from pipeline.host import paths
@@ -34,7 +34,7 @@ def confusion_matrix(result: dict, key: str) -> tuple[str, str] | None:
     (streamlit/streamlit#8760), and do on scatter points.
     """
     labels, matrix = result["labels"], result["confusion_matrix"]
-    names = [shared.chart_label(c) for c in labels]  # Plotly reads a few HTML tags: entities keep names literal
+    names = [wording.chart_label(c) for c in labels]  # Plotly reads a few HTML tags: entities keep names literal
     cells = [(t, p) for t in range(len(labels)) for p in range(len(labels))]
     counts = [matrix[t][p] for t, p in cells]
     top = max(max(counts), 1)
@@ -125,13 +125,13 @@ def clear_selection(key: str) -> None:
 
 
 @st.cache_data(max_entries=512, show_spinner=False)
-def _thumb(path: bytes, size: int = 160):  # path: bytes (shared.fs_key), a cache key any file name can be
+def _thumb(path: bytes, size: int = 160):  # path: bytes (wording.fs_key), a cache key any file name can be
     return data.load_image(os.fsdecode(path), size)
 
 
 def _report(folder: str) -> data.ScanReport:
     """The dataset as scanned (before corrections): what a correction is checked against."""
-    _, report = shared.resolve_and_scan(folder)
+    _, report = sources.resolve_and_scan(folder)
     return data.ScanReport.from_dict(report)
 
 
@@ -148,9 +148,9 @@ def _correct(folder: str, action: str, path: str, cls: str | None = None) -> Non
             rev.exclude(_report(folder), path)
             said = f"Recorded: {path} is left out. Retrain to use it."
     except UserError as exc:  # DataError, or a full disk
-        shared.error(exc)
+        wording.error(exc)
         return
-    st.session_state[TOAST] = shared.plain(said)  # shown by the rerun: a toast before st.rerun() is lost
+    st.session_state[TOAST] = wording.plain(said)  # shown by the rerun: a toast before st.rerun() is lost
     st.rerun()  # the cards above were drawn before the correction: drawn again, they show it
 
 
@@ -174,16 +174,16 @@ def image_grid(rows: list[dict], *, folder: str, classes: list[str], editable: b
         prob = r.get("probability", r.get("suggested_probability", 0.0))
         with cols[i % GRID_COLUMNS]:
             try:
-                st.image(_thumb(shared.fs_key(r["file"])), width="stretch")
+                st.image(_thumb(wording.fs_key(r["file"])), width="stretch")
             except data.DataError:
                 st.caption("(image no longer available)")
-            st.caption(f"labelled **{shared.plain(label)}**, looks like **{shared.plain(guess)}** ({prob:.0%})"
+            st.caption(f"labelled **{wording.plain(label)}**, looks like **{wording.plain(guess)}** ({prob:.0%})"
                        + (f", score {r['score']:.2f}" if "score" in r else ""))
             if now == EXCLUDED:
                 st.caption(":orange[**excluded** since (retrain to use it)]")
             elif now:
-                st.caption(f":orange[**relabelled {shared.plain(now)}** since (retrain to use it)]")
-            shared.text(Path(r["path"]).name)
+                st.caption(f":orange[**relabelled {wording.plain(now)}** since (retrain to use it)]")
+            wording.text(Path(r["path"]).name)
             if not editable or Path(r["path"]).is_absolute():
                 continue
             default = r.get(suggested_key or "predicted", guess)
@@ -222,12 +222,12 @@ def corrections_list(folder: str, editable: bool, key: str) -> None:
                     "exclude": lambda e: f"excluded {Path(e['path']).name}",
                     "add": lambda e: f"added {Path(e['path']).name} to {e['class']}"}[e["op"]](e)
             left, right = st.columns([5, 1])
-            left.text(shared.readable(f"#{e['id']} {what}"))
+            left.text(wording.readable(f"#{e['id']} {what}"))
             if editable and right.button("Undo", key=f"{key}-undo-{e['id']}"):
                 try:
                     rev.undo(e["id"])
                 except UserError as exc:
-                    shared.error(exc)
+                    wording.error(exc)
                 else:
                     st.rerun()
 
@@ -257,7 +257,7 @@ def add_images(folder: str, scanned: dict, cls: str, files: list, *, force: bool
             given.append((uploads.saved_upload(u, "uploads"), getattr(u, "name", None) or "photo.jpg"))
         added = rev.add_all(report, cls, given, force=force)
     except UserError as exc:  # DataError, or a full disk: nothing was added, and the uploads are not kept
-        shared.error(exc)
+        wording.error(exc)
         from pipeline.jobs import quota
 
         referenced = quota.referenced()
@@ -268,7 +268,7 @@ def add_images(folder: str, scanned: dict, cls: str, files: list, *, force: bool
             del saved[file_id]
         return
     st.session_state["added"] = st.session_state.get("added", 0) + 1  # new keys: the pickers start empty
-    st.toast(shared.plain(f"Added {len(added)} image(s) to {cls}."))
+    st.toast(wording.plain(f"Added {len(added)} image(s) to {cls}."))
     st.rerun()
 
 
@@ -277,7 +277,7 @@ def latest_finished_run(source: str):
     from pipeline.data import absolute_source
 
     wanted = absolute_source(source)
-    runs = [j for j in shared.my_jobs(shared.backend().list()) if j.state == "done" and j.source == wanted]
+    runs = [j for j in access.my_jobs(access.backend().list()) if j.state == "done" and j.source == wanted]
     return max(runs, key=lambda j: j.created, default=None)
 
 
@@ -287,7 +287,7 @@ def undo_button(folder: str, key: str) -> None:
         try:
             rev.undo()
         except UserError as exc:  # undone meanwhile in another tab, or a full disk
-            shared.error(exc)
+            wording.error(exc)
             return
         st.rerun()
 
@@ -319,7 +319,7 @@ def label_issues_panel(run_dir: str, folder: str, classes: list[str], editable: 
         label_issue_search(run_dir)
         return
     if status["state"] == "failed":
-        shared.error(f"The label-error search failed: {status['error']}")
+        wording.error(f"The label-error search failed: {status['error']}")
     if editable and st.button("Find suspected label errors" if status["state"] != "done" else "Search again",
                               key=f"{key}-start", icon=":material/search:"):
         label_issues.start_background(run_dir)
@@ -336,7 +336,7 @@ def label_issues_panel(run_dir: str, folder: str, classes: list[str], editable: 
     image_grid(issues[:24], folder=folder, classes=classes, editable=editable, key=f"{key}-issues",
                suggested_key="suggested")
     for c in result.get("in_two_classes", []):
-        shared.warning(f"In two classes: {c['path']} ({c['class']}); exclude the copy in the wrong class to use it.")
+        wording.warning(f"In two classes: {c['path']} ({c['class']}); exclude the copy in the wrong class to use it.")
 
 
 # === Retrain and compare ===
@@ -353,9 +353,9 @@ def retrain_button(job, key: str) -> None:
     try:
         cfg = presets.config_for(job.source, parent=job.run_dir)
     except (ConfigError, RunFolderError) as exc:
-        shared.error(exc)
+        wording.error(exc)
         return
-    new_id = shared.launch(job.source, cfg)
+    new_id = access.launch(job.source, cfg)
     if new_id:
         st.session_state["run"] = new_id
         st.switch_page("app_pages/runs.py", query_params={"run": new_id})
@@ -367,7 +367,7 @@ def compare_view(jobs: list, key: str) -> None:
 
     if len(jobs) < 2:
         return
-    labels = shared.run_titles(jobs)
+    labels = picker.run_titles(jobs)
     chosen = st.multiselect("Compare runs (2 to 4)", [j.id for j in jobs], format_func=labels.get,
                             max_selections=compare.MAX_RUNS, key=key)
     if len(chosen) < 2:
@@ -379,7 +379,7 @@ def compare_view(jobs: list, key: str) -> None:
     for name, curve in zip(names, result["curves"], strict=True):
         if curve:  # a retrain's epochs counted on from its parent's (x), on whole-number ticks
             df = pd.DataFrame(curve)
-            fig.add_trace(go.Scatter(x=df["x"], y=df["val_accuracy"], name=shared.chart_label(name),
+            fig.add_trace(go.Scatter(x=df["x"], y=df["val_accuracy"], name=wording.chart_label(name),
                                      mode="lines+markers"))
     fig.update_layout(title="Validation accuracy", height=320, margin=dict(t=40, b=20),
                       xaxis_title="epoch (a retrain continues after its parent's)", xaxis=dict(tickformat="d", dtick=1))
@@ -388,7 +388,7 @@ def compare_view(jobs: list, key: str) -> None:
         if run["parent"]:
             parent = next((labels[j.id] for j in jobs if str(Path(j.run_dir).resolve()) == run["parent"]),
                           Path(run["parent"]).name)
-            st.caption(f"{shared.plain(name)} was retrained from {shared.plain(parent)}")
+            st.caption(f"{wording.plain(name)} was retrained from {wording.plain(parent)}")
     if result.get("val_differs"):
         st.warning(f"Not like for like: {result['val_differs']}.")
     summary = pd.DataFrame({"run": names, "data revision": [r["revision"] for r in result["runs"]],

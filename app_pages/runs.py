@@ -1,6 +1,5 @@
 """Runs: every job with its status; for one run, live curves, an epoch table and cancel."""
 
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -8,32 +7,32 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from app_pages import estimates, loop, shared
+from app_pages import access, estimates, loop, picker, visitor, wording
 from pipeline import config as config_mod
 from pipeline.host import quiet
 from pipeline.jobs.store import NAME_MAX
 from pipeline.quality import estimate
 from pipeline.runs import events
 from pipeline.runs.events import stage
-from pipeline.runs.folder import RunFolder
+from pipeline.runs.folder import DamagedFileError, RunFolder
 
 st.title("Runs")
 
 
 @st.fragment(run_every=2.0)
 def all_jobs() -> None:
-    jobs = shared.my_jobs(shared.backend().list())  # your runs (every run with the host's admin key)
+    jobs = access.my_jobs(access.backend().list())  # your runs (every run with the host's admin key)
     if jobs:
-        st.subheader("All runs" if shared.visitor().admin else "Your runs")
-        titles = shared.run_titles(jobs)
+        st.subheader("All runs" if visitor.visitor().admin else "Your runs")
+        titles = picker.run_titles(jobs)
         st.dataframe(pd.DataFrame([{"name": titles[j.id], "id": j.id[:8], "state": j.state,
-                                    "source": shared.readable(Path(j.source).name),
+                                    "source": wording.readable(Path(j.source).name),
                                     "created": pd.Timestamp(j.created, unit="s"), "error": j.error or ""}
                                    for j in jobs]), hide_index=True, width="stretch")
 
 
 all_jobs()
-job = shared.pick_run()
+job = picker.pick_run()
 if job is None:
     st.stop()
 def rename(current) -> None:
@@ -43,8 +42,8 @@ def rename(current) -> None:
 
     def save() -> None:
         try:
-            job = shared.backend().rename(current.id, st.session_state[key])
-            st.session_state[said_key] = ("toast", shared.plain(f"Renamed to {job.title}."))
+            job = access.backend().rename(current.id, st.session_state[key])
+            st.session_state[said_key] = ("toast", wording.plain(f"Renamed to {job.title}."))
         except ValueError as exc:  # JobError: empty, too long, a line break
             st.session_state[said_key] = ("error", str(exc))
 
@@ -54,17 +53,17 @@ def rename(current) -> None:
     if kind == "toast":
         st.toast(text)
     elif kind == "error":
-        shared.error(text)
+        wording.error(text)
 
 
-if shared.can_control(job):
+if access.can_control(job):
     rename(job)
     st.caption("Share this run: whoever opens this link sees its curves, evaluation and finished exports; only you "
                "can cancel, resume, export or delete it. Copy it with the button at the right of the box.")
 else:  # a visitor on a share link: what they can do, in their own words
     st.info("A run shared with you: you can follow its curves and see its evaluation and exports; only whoever "
             "launched it can change it. Pass the link on with the button at the right of the box.")
-st.code(shared.share_url(job.id), language=None, wrap_lines=True)  # st.code draws a copy button
+st.code(picker.share_url(job.id), language=None, wrap_lines=True)  # st.code draws a copy button
 
 
 def curves(epochs: list[dict]) -> go.Figure:
@@ -94,14 +93,14 @@ def delete_button(current) -> None:
     if not st.toggle("Delete this run...", key=f"delete-ask-{current.id}"):
         return
     if st.button("Delete the run and its files", type="primary", icon=":material/delete:", key=f"delete-{current.id}"):
-        if not shared.can_control(shared.backend().status(current.id)):
+        if not access.can_control(access.backend().status(current.id)):
             return
         try:
-            shared.backend().delete(current.id)
+            access.backend().delete(current.id)
         except ValueError as exc:  # JobError: it was resumed meanwhile
-            shared.error(exc)
+            wording.error(exc)
             return
-        shared.select_run(None)
+        picker.select_run(None)
         st.rerun(scope="app")
 
 
@@ -125,17 +124,19 @@ def _time_left(current, run: RunFolder, cfg, done: dict) -> str:
 
 def _estimate(cfg, run: RunFolder):
     """The Train page's estimate for this run (None before its dataset.json is written)."""
-    try:
-        splits = json.loads(run.dataset.read_text(encoding="utf-8"))["splits"]
-    except (OSError, ValueError, KeyError):
+    if not run.dataset.exists():
         return None
-    return estimates.for_run(cfg, len(splits["train"]), len(splits["val"]), len(splits.get("test") or []))
+    try:
+        splits = run.splits()
+    except DamagedFileError:
+        return None
+    return estimates.for_run(cfg, len(splits.train), len(splits.val), len(splits.test))
 
 
 @st.fragment(run_every=1.0)
 def live(job_id: str) -> None:
     try:
-        current = shared.backend().status(job_id)
+        current = access.backend().status(job_id)
     except ValueError:  # JobError: deleted meanwhile (here or in another tab)
         st.info("This run was deleted.")
         return
@@ -154,14 +155,14 @@ def live(job_id: str) -> None:
     else:
         c2.metric("Epochs", len(epochs))
     for note in [m for m in lines if m.get("event") == events.WARNING][-3:]:  # a damaged file fallen back from, etc.
-        shared.warning(note.get("message", ""))
+        wording.warning(note.get("message", ""))
     if current.state == "failed":
-        shared.error(f"Training failed: {current.error}")
+        wording.error(f"Training failed: {current.error}")
         if "could not be downloaded" in (current.error or ""):
             st.info("This server cannot download pretrained weights. On the Train page, set Weights to "
                     "**upload a weights file** and give it the file named above, or ask whoever runs the server "
                     "to copy it into the Keras cache.")
-    mine = shared.can_control(current)  # cancel, resume and delete: the owner (or the admin) only
+    mine = access.can_control(current)  # cancel, resume and delete: the owner (or the admin) only
     if mine and current.state in ("failed", "cancelled"):  # said beside it, not in a tooltip: the button takes
         act, why = st.columns([1, 4], vertical_alignment="center")  # Cancel's place, under the pointer
         resume = act.button("Resume", icon=":material/play_circle:", key=f"resume-{job_id}")
@@ -170,10 +171,10 @@ def live(job_id: str) -> None:
         resume = False
     if resume:
         try:
-            shared.backend().resume(job_id)
+            access.backend().resume(job_id)
             st.toast("Queued again: training continues from its last finished epoch.")
         except ValueError as exc:  # JobError: the job changed state meanwhile
-            shared.error(str(exc))
+            wording.error(str(exc))
     if current.active:
         text, fraction = stage(current.state, lines, cfg)
         if fraction is None:
@@ -181,7 +182,7 @@ def live(job_id: str) -> None:
         else:
             c4.progress(fraction, text=text)
         if mine and st.button("Cancel", icon=":material/stop_circle:", key=f"cancel-{job_id}"):
-            shared.backend().cancel(job_id)
+            access.backend().cancel(job_id)
             st.toast("Stopping at the next batch; the last finished epoch is kept.")
     if epochs:
         st.plotly_chart(curves(epochs), width="stretch", key=f"curves-{job_id}")
@@ -199,7 +200,7 @@ def live(job_id: str) -> None:
 
 live(job.id)
 
-finished = [j for j in shared.my_jobs(shared.backend().list()) if j.state == "done"]
+finished = [j for j in access.my_jobs(access.backend().list()) if j.state == "done"]
 if len(finished) >= 2:
     with st.expander("Compare runs", expanded=bool(st.session_state.get("compare-runs"))):
         loop.compare_view(finished, key="compare-runs")

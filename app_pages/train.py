@@ -11,10 +11,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from app_pages import estimates, shared, state, uploads
+from app_pages import access, estimates, picker, sources, state, uploads, wording
 from pipeline import backbones, data
 from pipeline import config as config_mod
-from pipeline.config import CLASS_WEIGHTS, STRATEGIES, ConfigError, RunConfig
+from pipeline.config import CLASS_WEIGHTS, STRATEGIES, ConfigError
 from pipeline.data import revision
 from pipeline.quality import advisor, estimate
 
@@ -22,21 +22,21 @@ UPLOAD_WEIGHTS = "upload a weights file"
 P = "train:"  # widget keys
 
 st.title("Train")
-shared.source_note()
-src = shared.source()
+sources.source_note()
+src = sources.source()
 try:
-    folder, scanned = shared.resolve_and_scan(src)
+    folder, scanned = sources.resolve_and_scan(src)
     report = revision.apply(data.ScanReport.from_dict(scanned), revision.Revision(folder).active())
 except data.DataError as exc:
-    shared.error(shared.user_words(exc, src))
+    wording.error(sources.user_words(exc, src))
     st.stop()
 counts = {c: sum(v.values()) for c, v in report.to_dict()["counts"].items()}
-shown_name = src if data.is_sample(src) else (shared.address_source(src) or "").removeprefix("folder:") or Path(src).name
-st.caption(shared.plain(f"Data: {shown_name} ({shared.count(len(counts), 'class', 'classes')}, "
-                        f"{shared.count(sum(counts.values()), 'image')}). "
+shown_name = src if data.is_sample(src) else (sources.address_source(src) or "").removeprefix("folder:") or Path(src).name
+st.caption(wording.plain(f"Data: {shown_name} ({wording.count(len(counts), 'class', 'classes')}, "
+                        f"{wording.count(sum(counts.values()), 'image')}). "
                         "Change it on the Data page."))
 
-base = shared.base_config(src)
+base = sources.base_config(src)
 helps = config_mod.field_help()
 kept_all = state.get("train") or {}
 kept = kept_all.get(src, {}) if isinstance(kept_all, dict) else {}
@@ -76,14 +76,6 @@ with st.expander("Which strategy? (advisor)", expanded=False):
               help="Sets Strategy below to the recommendation (and ImageNet weights when the base starts pretrained).")
 
 problems: list[str] = []
-
-
-def check(label: str, section, field: str, value) -> None:
-    """One field checked on its own, so every invalid field is named (not only the first)."""
-    try:
-        dataclasses.replace(section, **{field: value})
-    except ConfigError as exc:
-        problems.append(f"{label}: {exc.reason}")
 
 
 c1, c2, c3 = st.columns(3)
@@ -174,15 +166,6 @@ test_fraction = d2.number_input(
 class_weight = d3.selectbox("Class weights", CLASS_WEIGHTS, key=seed("class_weight", base.train.class_weight),
                             help=helps["train.class_weight"])
 
-check("Head epochs" if strategy != "from_scratch" else "Epochs", base.train, "head_epochs", head_epochs)
-check("Fine-tune epochs", base.train, "fine_tune_epochs", fine_tune_epochs)
-check("Batch size", base.train, "batch_size", batch_size)
-check("Seed", base.train, "seed", seed_value)
-check("Learning rate", base.train, "learning_rate", learning_rate)
-check("Fine-tune learning rate", base.train, "fine_tune_learning_rate", fine_tune_lr)
-check("Validation fraction", base.data, "val_fraction", val_fraction)
-if not problems or not any(p.startswith("Validation fraction") for p in problems):
-    check("Test fraction", base.data, "test_fraction", test_fraction)
 
 # Kept for this visitor as shown, valid or not: a reload shows the same values (and the same reasons).
 state.put("train", {**kept_all, src: {k.removeprefix(P): v for k, v in st.session_state.items()
@@ -196,32 +179,32 @@ if kept_aug:
     except ConfigError:
         pass
 st.caption(f"Augmentation: {'on' if augment_cfg.active else 'off'} (set it on the Augment page).")
-cfg = None
-if not problems:
-    try:
-        cfg = RunConfig(
-            data=dataclasses.replace(base.data, val_fraction=float(val_fraction), test_fraction=float(test_fraction),
-                                     test_from=test_from),
-            augment=augment_cfg,
-            model=dataclasses.replace(base.model, backbone=backbone, alpha=float(alpha), image_size=int(image_size),
-                                      weights=weights),
-            train=dataclasses.replace(base.train, strategy=strategy, head_epochs=int(head_epochs),
-                                      fine_tune_epochs=int(fine_tune_epochs), batch_size=int(batch_size),
-                                      learning_rate=float(learning_rate), fine_tune_learning_rate=float(fine_tune_lr),
-                                      lr_schedule=schedule, seed=int(seed_value), class_weight=class_weight,
-                                      precision=precision),
-        )
-    except ConfigError as exc:
-        problems.append(shared.user_words(exc, src))  # may quote an uploaded weights file's name
+# The form's fields as config fields: pipeline.config checks each (its reasons are data, said beside the label).
+labels = {"train.head_epochs": "Head epochs" if strategy != "from_scratch" else "Epochs",
+          "train.fine_tune_epochs": "Fine-tune epochs", "train.batch_size": "Batch size", "train.seed": "Seed",
+          "train.learning_rate": "Learning rate", "train.fine_tune_learning_rate": "Fine-tune learning rate",
+          "data.val_fraction": "Validation fraction", "data.test_fraction": "Test fraction"}
+cfg, invalid = config_mod.build({
+    "train.head_epochs": head_epochs, "train.fine_tune_epochs": fine_tune_epochs, "train.batch_size": batch_size,
+    "train.seed": seed_value, "train.learning_rate": learning_rate, "train.fine_tune_learning_rate": fine_tune_lr,
+    "data.val_fraction": val_fraction, "data.test_fraction": test_fraction, "data.test_from": test_from,
+    "model.backbone": backbone, "model.alpha": float(alpha), "model.image_size": int(image_size),
+    "model.weights": weights, "train.strategy": strategy, "train.lr_schedule": schedule,
+    "train.class_weight": class_weight, "train.precision": precision,
+    **{f"augment.{f.name}": getattr(augment_cfg, f.name) for f in dataclasses.fields(augment_cfg)},
+}, base=base)
+for field_name, reason in invalid.items():  # a cross-field rule may quote an uploaded weights file's name
+    problems.append(sources.user_words(f"{labels[field_name]}: {reason}" if field_name in labels
+                                       else f"{field_name}: {reason}" if field_name else reason, src))
 
 splits = None
 if cfg is not None:
     for warning in cfg.warnings():
-        shared.warning(warning)
+        wording.warning(warning)
     try:
         splits = data.make_splits(report, cfg.data, cfg.train.seed)  # what training will split, exactly
     except data.DataError as exc:
-        problems.append(shared.user_words(exc, src))
+        problems.append(sources.user_words(exc, src))
 
 if splits is not None:
     per_split = {name: [0] * len(splits.classes) for name in ("train", "val", "test")}
@@ -251,12 +234,12 @@ if splits is not None:
     st.caption(f"Estimate: {est.basis}.")
 
 for problem in problems:
-    shared.error(problem)
+    wording.error(problem)
 launch = st.button("Launch training", type="primary", icon=":material/rocket_launch:", disabled=bool(problems),
                    help=("Fix first: " + " ".join(problems)) if problems else None)
 if launch and cfg is not None and splits is not None:
-    job_id = shared.launch(src, cfg)  # owned by this visitor; refused past the per-visitor job limit
+    job_id = access.launch(src, cfg)  # owned by this visitor; refused past the per-visitor job limit
     if job_id is None:
         st.stop()
-    shared.select_run(job_id)
+    picker.select_run(job_id)
     st.switch_page("app_pages/runs.py", query_params={"run": job_id})

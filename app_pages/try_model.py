@@ -9,27 +9,23 @@ fragment (``#image=data:...``), so the browser sees the same pixels as the serve
 
 import base64
 import io
-import json
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 import streamlit.components.v1 as components
 from PIL import Image
 
-from app_pages import bundle_web, shared
+from app_pages import bundle_web, picker, wording
 from pipeline import data
 from pipeline.runs.folder import RunFolder
 
 st.title("Try")
-job = shared.pick_run(finished_only=True)
+job = picker.pick_run(finished_only=True)
 if job is None:
     st.stop()
 run = RunFolder(Path(job.run_dir))
-cfg = json.loads(run.config.read_text())
-size = cfg["model"]["image_size"]
-labels = json.loads(run.dataset.read_text())["splits"]["classes"]
+size = run.settings().model.image_size
 
 source = st.radio("Image", ["Upload", "Camera", "Live webcam"], horizontal=True, captions=[
     "", "one photo, on the server and in the browser", "every frame, in the browser (TF.js)"])
@@ -45,13 +41,13 @@ if source == "Live webcam":  # the bundle's demo in continuous mode: frames cent
 
 @st.cache_resource(max_entries=3, show_spinner=False)
 def _server_model(run_dir: str, stamp: float):
-    from pipeline.runs.folder import load_model
+    from pipeline.runs.classifier import Classifier
 
-    return load_model(RunFolder(Path(run_dir)))
+    return Classifier.load(RunFolder(Path(run_dir)))
 
 
 def server_model():
-    """The run's Keras model (loaded once per file version), or a message and the page stops."""
+    """The run's classifier (its model loaded once per file version), or a message and the page stops."""
     from pipeline.host.exitcodes import UserError
 
     try:
@@ -59,7 +55,7 @@ def server_model():
     except (OSError, UserError) as exc:  # missing, cut short, overwritten: said without the server's paths
         reason = (str(exc).split(": ", 1)[-1] if isinstance(exc, UserError) else str(exc.strerror)).replace(
             str(run.root), "the run folder")
-        shared.error(f"This run's model file cannot be read ({reason.split('. Train into')[0]}). Delete the run "
+        wording.error(f"This run's model file cannot be read ({reason.split('. Train into')[0]}). Delete the run "
                      "and train it again.")
         st.stop()
 
@@ -72,26 +68,22 @@ if shot is None:  # the server model loads while the visitor picks a photo (Kera
     st.stop()
 try:
     if source == "Camera":  # a camera frame: its centre square (as MediaPipe's classifier crops), not squashed
-        frame = data.decode_image_bytes(shot.getvalue(), None, name=shot.name)
-        side = min(frame.shape[:2])
-        top, left = (frame.shape[0] - side) // 2, (frame.shape[1] - side) // 2
-        square = Image.fromarray(frame[top:top + side, left:left + side])
-        pixels = np.asarray(square.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
+        from pipeline.runs.classifier import centre_square
+
+        pixels = centre_square(data.decode_image_bytes(shot.getvalue(), None, name=shot.name), size)
     else:
         pixels = data.decode_image_bytes(shot.getvalue(), size, name=shot.name)
 except data.DataError as exc:
-    shared.error(exc)  # quotes the photo's file name: text, never Markdown
+    wording.error(exc)  # quotes the photo's file name: text, never Markdown
     st.stop()
 
 
 left, right = st.columns(2)
 with left:
     st.image(pixels, caption=f"model input ({size}x{size}, raw RGB)", width=256)
-    model = server_model()
-    probs = model.predict(pixels[None].astype("float32"), verbose=0)[0]
-    top = probs.argsort()[::-1][:5]
-    st.subheader(f"Server: {shared.plain(labels[top[0]])} ({probs[top[0]]:.1%})")
-    st.bar_chart(pd.DataFrame({"probability": {labels[i]: float(probs[i]) for i in top}}), horizontal=True,
+    top = server_model().top(pixels, k=5)
+    st.subheader(f"Server: {wording.plain(top[0][0])} ({top[0][1]:.1%})")
+    st.bar_chart(pd.DataFrame({"probability": dict(top)}), horizontal=True,
                  sort="-probability")  # most likely first, as in the browser column
 
 with right:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app_pages import shared, upload_route
+from app_pages import upload_route, wording
 from pipeline.host import paths
 
 _HTML = """
@@ -226,7 +226,7 @@ def _shown(record: dict | None, kind: str, key: str, ref: str | None) -> Upload 
     if record is None:
         return None
     if "error" in record:
-        shared.error(record["error"])
+        wording.error(record["error"])
         return None
     if not Path(record["path"]).is_file():
         return None  # removed since (the disk quota, or the same file refused in another tab)
@@ -266,7 +266,7 @@ def refuse(upload: Upload, message: str, extracted: str | None = None) -> None:
     for file_id in [f for f, kept in saved.items() if kept == upload.path]:
         del saved[file_id]
     _box(upload.key)["done"][upload.ref] = {"name": upload.name, "error": message}
-    shared.error(message)
+    wording.error(message)
 
 
 def saved_upload(upload, kind: str) -> str | None:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from export import formats as formats_mod
 from export import mediapipe_tasks, onnx_export, savedmodel, tfjs, tflite, verify, web
 from export.tflite import ConversionError
 from pipeline import data as data_mod
@@ -32,13 +33,10 @@ from pipeline.host.disk import full_disk_is_a_message
 from pipeline.host.exitcodes import UserError
 from pipeline.runs.folder import load_model, load_run
 
-FORMATS = ("savedmodel", "tflite-float32", "tflite-float16", "tflite-dynamic", "tflite-int8", "tfjs", "tfjs-float16",
-           "onnx")
-# tfjs-uint8 (affine uint8 weights) is on request only: on MobileNetV2 with real weights it agreed with
-# Keras on 57% of top-1 labels (depthwise kernels do not survive 8-bit affine weights), far below the gate.
-OPTIONAL_FORMATS = ("tfjs-uint8",)
+FORMATS = formats_mod.DEFAULT  # what ``all`` writes (export.formats.REGISTRY has every format)
+OPTIONAL_FORMATS = formats_mod.OPTIONAL
 ZIP_NAME = "model_bundle.zip"
-LOG_NAME = "export.log"  # seconds per step of the export that wrote the bundle (not in the manifest or the zip)
+TIMES_NAME = "export.log"  # seconds per step of the export that wrote the bundle (not in the manifest or the zip)
 ProgressFn = Callable[[str], None]
 README_TEMPLATE = Path(__file__).with_name("templates") / "bundle_readme.md"
 
@@ -52,7 +50,7 @@ def parse_formats(text: str | None) -> list[str]:
     if not text or text == "all":
         return list(FORMATS)
     wanted = [f.strip() for f in text.split(",") if f.strip()]
-    unknown = [f for f in wanted if f not in FORMATS + OPTIONAL_FORMATS]
+    unknown = [f for f in wanted if f not in formats_mod.REGISTRY]
     if unknown:
         raise ExportError(f"unknown format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS + OPTIONAL_FORMATS)} or all.")
     return ["savedmodel"] + [f for f in wanted if f != "savedmodel"]
@@ -146,7 +144,7 @@ def export_run(
         needed = run.model.stat().st_size * (len(formats) + 1)
         with full_disk_is_a_message(dest.parent, needed, then="export again"):
             tmp = paths.make_temp_dir(dest.parent, f".{dest.name}.tmp-")  # not mkdtemp's 0700: the umask's mode
-            timer = _Timer(tmp / LOG_NAME)
+            timer = _Timer(tmp / TIMES_NAME)
             try:
                 result = _build(run, cfg, splits, formats, tmp, timer, say, run_verify=run_verify,
                                 verify_limit=verify_limit, calibration_images=calibration_images)
@@ -201,9 +199,10 @@ def _build(run, cfg, splits, formats, tmp: Path, timer: _Timer, say: ProgressFn,
                      f"{cfg.model.backbone} at {size}x{size} px, fine-tuned with Transfer Studio."),
         image_size=size, labels=tuple(splits.classes))
     for fmt in (f for f in formats if f != "savedmodel"):
+        family = formats_mod.get(fmt).family
         say(f"converting {fmt}")
         with timer.step(f"convert {fmt}"):
-            if fmt.startswith("tflite"):
+            if family == "tflite":
                 q = tflite.PRESETS[fmt]
                 rep = _representative(splits, cfg, calibration_images) if q.full_integer else None
                 path = verify.artifact_path(tmp, fmt)
@@ -215,15 +214,15 @@ def _build(run, cfg, splits, formats, tmp: Path, timer: _Timer, say: ProgressFn,
                 int8_params = params or int8_params
                 with_meta, written_metadata[fmt] = mediapipe_tasks.write_metadata(path.read_bytes(), info, params)
                 path.write_bytes(with_meta)
-            elif fmt.startswith("tfjs"):
+            elif family == "tfjs":
                 tfjs.convert(tmp / "savedmodel", verify.artifact_path(tmp, fmt), fmt)
-            elif fmt == "onnx":
+            elif family == "onnx":
                 try:
                     onnx_export.convert(tmp / "savedmodel", verify.artifact_path(tmp, fmt), size)
                 except RuntimeError as exc:
                     raise ConversionError(str(exc)) from exc
-    if any(f.startswith("tfjs") for f in formats):
-        web.write_demo(tmp, "tfjs" if "tfjs" in formats else next(f for f in formats if f.startswith("tfjs")))
+    if tfjs_formats := formats_mod.of_family(formats, "tfjs"):
+        web.write_demo(tmp, "tfjs" if "tfjs" in tfjs_formats else tfjs_formats[0])
     (tmp / "README.md").write_text(bundle_readme(cfg, splits, formats, int8_params), encoding="utf-8")
     result = None
     if run_verify:
@@ -264,7 +263,7 @@ def build_manifest(run, cfg, splits, formats, int8_params, bundle: Path,
     files = {}
     for path in sorted(p for p in bundle.rglob("*") if p.is_file() and p.name != "manifest.json"):
         rel = path.relative_to(bundle).as_posix()
-        if rel not in (ZIP_NAME, LOG_NAME):
+        if rel not in (ZIP_NAME, TIMES_NAME):
             files[rel] = {"sha256": data_mod.file_sha256(path), "bytes": path.stat().st_size}
     size = cfg.model.image_size
     return {
@@ -296,7 +295,7 @@ def build_manifest(run, cfg, splits, formats, int8_params, bundle: Path,
 def _zip_bundle(bundle: Path) -> None:
     target = bundle / ZIP_NAME
     with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for path in sorted(p for p in bundle.rglob("*") if p.is_file() and p != target and p.name != LOG_NAME):
+        for path in sorted(p for p in bundle.rglob("*") if p.is_file() and p != target and p.name != TIMES_NAME):
             zf.write(path, path.relative_to(bundle).as_posix())
 
 
@@ -308,7 +307,7 @@ def is_bundle(folder: Path) -> bool:
         manifest["format_version"], manifest["formats"]  # noqa: B018 (keys every manifest has)
     except (OSError, ValueError, KeyError, TypeError):
         return False
-    own = {"manifest.json", ZIP_NAME, LOG_NAME}
+    own = {"manifest.json", ZIP_NAME, TIMES_NAME}
     return all(p.relative_to(folder).as_posix() in listed | own for p in folder.rglob("*") if not p.is_dir())
 
 
@@ -388,3 +387,21 @@ def bundle_readme(cfg, splits, formats, int8_params) -> str:
                        "FORMATS": ", ".join(formats), "INT8": int8, "CLASSES": str(len(splits.classes))}.items():
         text = text.replace(f"@{key}@", value)
     return text
+
+
+def read_verify(bundle: str | Path) -> dict[str, Any] | None:
+    """A bundle's verify.json (None when it was exported without verification, or it cannot be read)."""
+    try:
+        doc = json.loads((Path(bundle) / "verify.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) and isinstance(doc.get("formats"), dict) else None
+
+
+def read_manifest(bundle: str | Path) -> dict[str, Any] | None:
+    """A bundle's manifest.json (None when there is no bundle, or it cannot be read)."""
+    try:
+        doc = json.loads((Path(bundle) / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None

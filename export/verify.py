@@ -4,7 +4,7 @@ Runtimes: TensorFlow (SavedModel), onnxruntime (ONNX), LiteRT (TFLite), MediaPip
 file, with its metadata), and TF.js in Node (wasm backend; the pure-JS CPU backend as fallback).
 Images come from the run's uint8 cache, a batch at a time: never the whole split as float32.
 
-Gates (``GATES``):
+Gates (each format's ``gate`` in :mod:`export.formats`):
 - float32 formats (SavedModel, TFLite float32, TF.js, ONNX): 100% top-1 agreement with Keras and max |dp| <= 1e-4.
 - Reduced formats: a top-1 disagreement counts only on an image whose Keras top-1 margin (top-1 minus
   top-2 probability) is larger than ``2 * tolerance``, the most the format's numeric error
@@ -13,7 +13,7 @@ Gates (``GATES``):
   accuracy change on the decided images within the format's bounds; int8 warns past 2 points lost
   and fails past 5 or below 90%.
 - Order: a format never passes where a less lossy format of the same runtime family failed
-  (``LEVEL``: float32 < float16 < dynamic < 8-bit).
+  (each spec's ``level``: float32 < float16 < dynamic < 8-bit).
 - MediaPipe rows: the top-1 category name equals LiteRT's on 100% (float32 file) or >= 99% (the
   others) of the images LiteRT itself decides, and the category names equal labels.txt. An image whose two
   best LiteRT scores are within ``MEDIAPIPE_TIE_STEPS`` output quantization steps (the int8 file: its uint8
@@ -25,58 +25,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from export import savedmodel, tfjs, tflite
+from export import formats, savedmodel, tfjs, tflite
 
-FLOAT32_FORMATS = ("savedmodel", "tflite-float32", "tfjs", "onnx")
-LEVEL = {"savedmodel": 0, "tflite-float32": 0, "tfjs": 0, "onnx": 0, "tflite-float16": 1, "tfjs-float16": 1,
-         "tflite-dynamic": 2, "tflite-int8": 3, "tfjs-uint8": 3}
 BATCH = 32
 MEDIAPIPE_TIE_STEPS = 4  # LiteRT-vs-MediaPipe rounding on an int8 file: at most 3 output steps measured
 LATENCY_IMAGES = 20  # Keras reference latency: batch-1 calls on this many images
 ProgressFn = Callable[[str], None]
 
 
-@dataclass(frozen=True)
-class Gate:
-    """The bounds one reduced format must stay within.
-
-    Attributes:
-        tolerance: Error on one probability the format's numerics can cause (near-tie margin = 2x this).
-        min_agreement: Top-1 agreement with Keras on the decided images (margin above 2 x tolerance).
-        max_loss_points: Accuracy points the format may lose on the decided images.
-        warn_loss_points: Accuracy points lost (all images) past which the row carries a warning.
-    """
-
-    tolerance: float
-    min_agreement: float
-    max_loss_points: float
-    warn_loss_points: float | None = None
-
-
-GATES = {
-    "tflite-float16": Gate(tolerance=0.02, min_agreement=0.99, max_loss_points=2.0),
-    "tfjs-float16": Gate(tolerance=0.02, min_agreement=0.99, max_loss_points=2.0),
-    "tflite-dynamic": Gate(tolerance=0.05, min_agreement=0.99, max_loss_points=2.0),
-    "tflite-int8": Gate(tolerance=0.10, min_agreement=0.90, max_loss_points=5.0, warn_loss_points=2.0),
-    "tfjs-uint8": Gate(tolerance=0.10, min_agreement=0.90, max_loss_points=5.0, warn_loss_points=2.0),
-}
-
-
 def artifact_path(bundle: Path, fmt: str) -> Path:
-    """Where a format lives inside a bundle."""
-    if fmt == "savedmodel":
-        return bundle / "savedmodel"
-    if fmt.startswith("tflite"):
-        return bundle / f"model-{fmt.removeprefix('tflite-')}.tflite"
-    if fmt == "onnx":
-        return bundle / "model.onnx"
-    return bundle / fmt  # tfjs, tfjs-uint8, tfjs-float16: graph-model folders
+    """Where a format lives inside a bundle (its spec's file)."""
+    return formats.get(fmt).path(bundle)
 
 
 def size_bytes(path: Path) -> int:
@@ -93,8 +57,9 @@ def _batches(images, batch: int = BATCH):
 
 def run_format(bundle: Path, fmt: str, images) -> tuple[np.ndarray, float, str]:
     """Probabilities, mean latency (ms per image at batch 1) and a runtime note for one artifact."""
-    path = artifact_path(bundle, fmt)
-    if fmt == "savedmodel":
+    spec = formats.get(fmt)
+    path = spec.path(bundle)
+    if spec.family == "savedmodel":
         _, fn = savedmodel.load_signature(path)
         fn(np.zeros((1, *images.shape[1:]), np.float32))  # warm-up
         out, elapsed = [], 0.0
@@ -103,8 +68,8 @@ def run_format(bundle: Path, fmt: str, images) -> tuple[np.ndarray, float, str]:
                 t0 = time.perf_counter()
                 out.append(fn(x[i : i + 1]))
                 elapsed += time.perf_counter() - t0
-        return np.concatenate(out), elapsed * 1000 / len(images), "TensorFlow SavedModel"
-    if fmt.startswith("tflite"):
+        return np.concatenate(out), elapsed * 1000 / len(images), spec.runtime
+    if spec.family == "tflite":
         interp = tflite.interpreter(path)
         tflite.predict(interp, np.zeros((1, *images.shape[1:]), np.float32))
         out, elapsed = [], 0.0
@@ -112,8 +77,8 @@ def run_format(bundle: Path, fmt: str, images) -> tuple[np.ndarray, float, str]:
             t0 = time.perf_counter()
             out.append(tflite.predict(interp, x))
             elapsed += time.perf_counter() - t0
-        return np.concatenate(out), elapsed * 1000 / len(images), "LiteRT interpreter"
-    if fmt == "onnx":
+        return np.concatenate(out), elapsed * 1000 / len(images), spec.runtime
+    if spec.family == "onnx":
         from export import onnx_export
 
         sess = onnx_export.session(path)
@@ -124,7 +89,7 @@ def run_format(bundle: Path, fmt: str, images) -> tuple[np.ndarray, float, str]:
                 t0 = time.perf_counter()
                 out.append(onnx_export.predict(sess, x[i : i + 1]))
                 elapsed += time.perf_counter() - t0
-        return np.concatenate(out), elapsed * 1000 / len(images), "onnxruntime (CPU)"
+        return np.concatenate(out), elapsed * 1000 / len(images), spec.runtime
     result = tfjs.predict(path, images)
     note = f"TF.js {result.backend} backend in Node" + (f" ({result.note})" if result.note else "")
     return result.probs, float(np.mean(result.latency_ms)), note
@@ -159,12 +124,12 @@ def compare(fmt: str, probs: np.ndarray, keras_probs: np.ndarray, labels: np.nda
         "accuracy_change": round((accuracy - keras_acc) * 100, 4),
         "max_abs_diff": float(np.abs(probs - keras_probs).max()),
     }
-    if fmt in FLOAT32_FORMATS:
+    gate = formats.get(fmt).gate
+    if gate is None:  # float32: must agree exactly
         ok = row["agreement"] == 1.0 and row["max_abs_diff"] <= 1e-4
         row.update(passed=ok, note="" if ok else (f"needs 100% top-1 agreement and max |dp| <= 1e-4 (got "
                                                   f"{row['agreement']:.2%}, {row['max_abs_diff']:.2e})"))
         return row
-    gate = GATES[fmt]
     decided = margins(keras_probs) > 2 * gate.tolerance
     near_ties = int((~agree & ~decided).sum())
     counted = float(agree[decided].mean()) if decided.any() else 1.0
@@ -188,17 +153,14 @@ def compare(fmt: str, probs: np.ndarray, keras_probs: np.ndarray, labels: np.nda
     return row
 
 
-def _family(fmt: str) -> str:
-    return fmt.split("-")[0]
-
-
 def enforce_order(rows: dict[str, dict[str, Any]]) -> None:
     """A format never passes where a less lossy one of its runtime family (or the SavedModel) failed."""
+    specs = {f: formats.get(f) for f in rows if f in formats.REGISTRY}
     for fmt, row in rows.items():
-        if fmt not in LEVEL or not row.get("passed"):
+        if fmt not in specs or not row.get("passed"):
             continue
-        worse = [f for f, r in rows.items() if f in LEVEL and not r.get("passed") and LEVEL[f] < LEVEL[fmt]
-                 and (_family(f) == _family(fmt) or f == "savedmodel")]
+        worse = [f for f, s in specs.items() if not rows[f].get("passed") and s.level < specs[fmt].level
+                 and (s.family == specs[fmt].family or s.family == "savedmodel")]
         if worse:
             row["passed"] = False
             row["note"] = "; ".join(filter(None, [f"fails because {', '.join(worse)} (less lossy) failed",
@@ -242,19 +204,19 @@ def mediapipe_row(bundle: Path, fmt: str, images, litert_probs: np.ndarray, labe
 def mediapipe_tie(path: Path, fmt: str) -> float:
     """How close LiteRT's two best scores may be for MediaPipe to decide either way: on a file with a quantized
     output, :data:`MEDIAPIPE_TIE_STEPS` of its quantization steps; on float outputs, an exact tie only."""
-    if fmt != "tflite-int8":
+    if formats.get(fmt).level < 3:  # only the 8-bit file has a quantized output
         return 0.0
     scale = tflite.io_details(path)["output"]["quantization"]["scale"]
     return MEDIAPIPE_TIE_STEPS * scale
 
 
-def verify(bundle: Path, formats: list[str], keras_model, images, labels: np.ndarray, *,
+def verify(bundle: Path, names: list[str], keras_model, images, labels: np.ndarray, *,
            classes: list[str] | None = None, progress: ProgressFn | None = None) -> dict[str, Any]:
     """Verifies each format against the Keras model on ``images``; returns the verify.json content.
 
     Args:
         bundle: The bundle folder.
-        formats: Formats in the bundle to verify.
+        names: Formats in the bundle to verify.
         keras_model: The trained inference model (the reference).
         images: Raw RGB pixels [N, S, S, 3] (the uint8 cache, read a batch at a time).
         labels: True class index of each image.
@@ -273,7 +235,7 @@ def verify(bundle: Path, formats: list[str], keras_model, images, labels: np.nda
         "latency_ms": keras_latency, "size_bytes": None, "passed": True, "seconds": round(time.perf_counter() - t0, 2),
         "note": "reference (Keras, batch 1)"}}
     litert: dict[str, np.ndarray] = {}
-    for fmt in formats:
+    for fmt in names:
         say(f"verifying {fmt} on {n} images")
         t0 = time.perf_counter()
         try:
@@ -282,7 +244,7 @@ def verify(bundle: Path, formats: list[str], keras_model, images, labels: np.nda
             rows[fmt] = {"passed": False, "note": f"not verified: {exc}", "size_bytes": size_bytes(artifact_path(bundle, fmt)),
                          "seconds": round(time.perf_counter() - t0, 2)}
             continue
-        if fmt.startswith("tflite"):
+        if formats.get(fmt).mediapipe:
             litert[fmt] = probs
         rows[fmt] = {"runtime": runtime, **compare(fmt, probs, keras_probs, labels), "latency_ms": latency,
                      "size_bytes": size_bytes(artifact_path(bundle, fmt)), "seconds": round(time.perf_counter() - t0, 2)}

@@ -462,6 +462,41 @@ def from_dict(data: dict[str, Any], base: RunConfig | None = None) -> RunConfig:
     return RunConfig(**merged)
 
 
+def build(values: dict[str, Any], base: RunConfig | None = None) -> tuple[RunConfig | None, dict[str, str]]:
+    """A RunConfig from dotted ``{"train.seed": 1}`` values on ``base`` (a form's fields), with every invalid
+    field's reason as data.
+
+    Each field is checked on its own first, so every invalid one is named (not only the first); the test
+    fraction only once the validation fraction is valid (their sum is one rule). Then the whole config, for the
+    rules across fields.
+
+    Returns:
+        (the config, or None when a field is invalid; ``{field: reason}``, the key "" for an error that names
+        no field).
+    """
+    base = base or RunConfig()
+    errors: dict[str, str] = {}
+    changes: dict[str, dict[str, Any]] = {}
+    for key, value in values.items():
+        section, _, name = key.partition(".")
+        if section not in SECTIONS or name not in _field_types(SECTIONS[section]):
+            raise KeyError(f"{key} is not a config field")
+        changes.setdefault(section, {})[name] = value
+        if key == "data.test_fraction" and "data.val_fraction" in errors:
+            continue
+        try:
+            dataclasses.replace(getattr(base, section), **{name: value})
+        except ConfigError as exc:
+            errors[key] = exc.reason
+    if errors:
+        return None, errors
+    try:
+        return RunConfig(**{name: dataclasses.replace(getattr(base, name), **changes.get(name, {}))
+                            for name in SECTIONS}), {}
+    except ConfigError as exc:
+        return None, {exc.field or "": exc.reason if exc.field else str(exc)}
+
+
 def parse_override(text: str) -> tuple[str, str, str]:
     """Splits ``section.key=value`` into its parts, or raises ConfigError."""
     dotted, sep, value = text.partition("=")

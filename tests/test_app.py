@@ -33,7 +33,7 @@ def _page(name: str, owner_key: str = BROWSER_KEY, **query) -> AppTest:
 
 
 def shown(markdown: str) -> str:
-    """What a browser shows for shared.plain() text: the Markdown escapes and the invisible word joiners removed."""
+    """What a browser shows for wording.plain() text: the Markdown escapes and the invisible word joiners removed."""
     import re
 
     return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown).replace("\u2060", "")

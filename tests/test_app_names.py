@@ -92,14 +92,14 @@ def _stop_workers() -> None:
 
 
 def test_a_name_is_shown_with_the_bytes_that_are_not_utf8_escaped():
-    from app_pages import shared
+    from app_pages import wording
 
-    assert shared.readable(TRAIN_NAME) == "bad_\\xff.jpg" == escaped(TRAIN_NAME)
-    assert shared.readable("caf\u00e9/\u00fc.png") == "caf\u00e9/\u00fc.png"  # UTF-8 names as they are
-    assert shared.readable("x\ud800") == "x\\ud800"  # a surrogate no file name makes (a JSON escape)
-    assert shown(shared.plain(f"ants/{TRAIN_NAME}")) == "ants/bad_\\xff.jpg"
-    assert shared.chart_label(TRAIN_NAME) == "bad_\\xff.jpg"
-    assert os.fsdecode(shared.fs_key(f"/d/{TRAIN_NAME}")) == f"/d/{TRAIN_NAME}"
+    assert wording.readable(TRAIN_NAME) == "bad_\\xff.jpg" == escaped(TRAIN_NAME)
+    assert wording.readable("caf\u00e9/\u00fc.png") == "caf\u00e9/\u00fc.png"  # UTF-8 names as they are
+    assert wording.readable("x\ud800") == "x\\ud800"  # a surrogate no file name makes (a JSON escape)
+    assert shown(wording.plain(f"ants/{TRAIN_NAME}")) == "ants/bad_\\xff.jpg"
+    assert wording.chart_label(TRAIN_NAME) == "bad_\\xff.jpg"
+    assert os.fsdecode(wording.fs_key(f"/d/{TRAIN_NAME}")) == f"/d/{TRAIN_NAME}"
 
 
 def test_every_page_is_safe_on_non_utf8_file_names(odd_root):

@@ -214,7 +214,7 @@ def test_a_disk_cache_reads_the_images_it_was_filled_with(tmp_path):
 
 
 def test_a_large_scan_reports_progress_as_it_goes_on_the_process_pool(tmp_path, monkeypatch):
-    """The Data page's progress bar (app_pages/shared.resolve_and_scan) is driven by these calls."""
+    """The Data page's progress bar (app_pages/sources.resolve_and_scan) is driven by these calls."""
     for offset, cls in ((0, "a"), (128, "b")):
         (tmp_path / cls).mkdir()
         for i in range(120):

@@ -33,9 +33,25 @@ def trained_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def exported(trained_run):
-    dest, result = bundle.export_run(trained_run.root, list(bundle.FORMATS))
+def said() -> list[str]:
+    return []
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run, said):
+    dest, result = bundle.export_run(trained_run.root, list(bundle.FORMATS), progress=said.append)
     return dest, result
+
+
+def test_an_export_says_the_steps_its_formats_list_and_the_app_counts(exported, said):
+    """export.formats.progress_steps is what the app's progress bar counts (task.steps_total): a real export says
+    exactly those steps, in order."""
+    from export import formats, task, tflite
+
+    steps = formats.progress_steps(list(bundle.FORMATS))
+    assert len(said) == len(steps) == task.steps_total(list(bundle.FORMATS))
+    assert all(message.startswith(step) for message, step in zip(said, steps, strict=True)), (said, steps)
+    assert set(tflite.PRESETS) == {f for f, s in formats.REGISTRY.items() if s.family == "tflite"}
 
 
 def test_every_format_is_exported_and_verified_in_its_runtime(exported, trained_run):

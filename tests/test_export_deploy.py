@@ -103,7 +103,7 @@ def test_format_table_has_every_figure(exported):
     assert "wasm" in result["formats"]["tfjs"]["runtime"]
     text = verify.table(result)
     assert "acc chg" in text and "mediapipe-int8" in text
-    log = (dest / bundle.LOG_NAME).read_text()
+    log = (dest / bundle.TIMES_NAME).read_text()
     assert "convert tflite-int8:" in log and "verify tfjs (" in log and "total:" in log
 
 

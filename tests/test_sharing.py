@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from app_pages import shared
+from app_pages import wording
 from pipeline import config
 from pipeline.jobs.store import JobStore
 from tests.test_app import ENTRY, _no_exception, _page
@@ -32,7 +32,7 @@ def write_markdown_named_dataset(root: Path, per_class: int = 3) -> Path:
 
 def test_plain_escapes_every_markdown_construct_and_round_trips():
     for name in (*NAMES, "www.evil.example a@b.co https://x.y/z :smile: :material/home: $x$ <b>b</b> `c` *i*"):
-        shown = shared.plain(name)
+        shown = wording.plain(name)
         assert unescape(shown) == name
         assert not re.search(r"(?<!\\)[!\[\]()<>`*$:]", shown), shown  # no unescaped Markdown character left
         assert "www." not in shown and "://" not in shown
@@ -54,8 +54,8 @@ def test_data_page_shows_markdown_class_names_as_text(tmp_path, monkeypatch):
     assert {m.label: m.value for m in at.metric}["Classes"] == "2"
     captions = [c for img in at.image for c in img.captions]
     for name in NAMES:
-        assert shared.plain(f"{name} (3 images)") in captions
-        assert unescape(shared.plain(f"{name} (3 images)")) == f"{name} (3 images)"
+        assert wording.plain(f"{name} (3 images)") in captions
+        assert unescape(wording.plain(f"{name} (3 images)")) == f"{name} (3 images)"
     # the "few images" warning quotes both names: escaped, so no image or link can render
     warning = next(w.value for w in at.warning if "few images" in w.value)
     assert "![t](" not in warning and "[click](" not in warning

@@ -24,10 +24,10 @@ import numpy as np
 from pipeline import data as data_mod
 from pipeline.config import RunConfig
 from pipeline.host.atomic import atomic_write_json
+from pipeline.host.background import Background
 
 RESULT_NAME = "label_issues.json"
-STATUS_NAME = "label_issues.status.json"
-LOG_NAME = "label_issues.log"
+SEARCH = Background(status_name="label_issues.status.json", log_name="label_issues.log")
 MAX_FOLDS = 5
 HEAD_C = 1e-3
 
@@ -165,27 +165,17 @@ def table(result: dict[str, Any], limit: int = 30) -> str:
 
 def start_background(run_dir: str | Path) -> None:
     """Starts ``python -m pipeline label-issues RUN_DIR`` as its own process (the app never runs TensorFlow)."""
-    from pipeline.host.launch import start_python
-
-    run = Path(run_dir)
-    (run / LOG_NAME).unlink(missing_ok=True)
-    proc = start_python("pipeline", "label-issues", str(run), log=run / LOG_NAME)
-    atomic_write_json(run / STATUS_NAME, {"pid": proc.pid, "started": round(time.time(), 3)})
+    SEARCH.start(run_dir, "pipeline", "label-issues", str(Path(run_dir)))
 
 
 def background_status(run_dir: str | Path) -> dict[str, Any]:
     """``state``: none (never started), running, done (``result`` holds it) or failed (``error`` says why)."""
     import json
 
-    import psutil
-
     run = Path(run_dir)
-    try:
-        status = json.loads((run / STATUS_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        status = None
+    status = SEARCH.read(run)
     result_file = run / RESULT_NAME
-    fresh = result_file.exists() and (status is None or result_file.stat().st_mtime >= status["started"])
+    fresh = result_file.exists() and (status is None or result_file.stat().st_mtime >= status.get("started", 0))
     if fresh:
         try:
             return {"state": "done", "result": json.loads(result_file.read_text(encoding="utf-8"))}
@@ -193,12 +183,7 @@ def background_status(run_dir: str | Path) -> dict[str, Any]:
             pass  # being replaced right now
     if status is None:
         return {"state": "none"}
-    try:
-        alive = psutil.Process(status["pid"]).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        alive = False
-    if alive:
+    if status.get("state", "running") == "running":
         return {"state": "running", "seconds": time.time() - status["started"]}
-    log = (run / LOG_NAME).read_text(encoding="utf-8", errors="replace") if (run / LOG_NAME).exists() else ""
-    errors = [line.removeprefix("error: ") for line in log.splitlines() if line.startswith("error: ")]
-    return {"state": "failed", "error": errors[-1] if errors else f"the search stopped unexpectedly (see {run / LOG_NAME})"}
+    return {"state": "failed", "error": SEARCH.last_error(run)
+            or f"the search stopped unexpectedly (see {SEARCH.log_path(run)})"}

@@ -339,6 +339,55 @@ class RunFolder:
                 pass  # a damaged state.json is not worth keeping as "previous"
         atomic_write_json(self.state, state.to_dict(), fault="state-write")
 
+    # === readers (the pages and the CLI read a run through these) ===
+
+    def settings(self):
+        """Its RunConfig (config.json).
+
+        Raises:
+            ConfigError, OSError: config.json is missing or not a RunConfig.
+        """
+        from pipeline import config as config_mod
+
+        return config_mod.load(self.config)
+
+    def dataset_record(self) -> dict[str, Any]:
+        """dataset.json: source, revision, scan and splits.
+
+        Raises:
+            DamagedFileError: it is missing or not a JSON object.
+        """
+        try:
+            return _read_json_object(self.dataset)
+        except (OSError, ValueError) as exc:
+            raise DamagedFileError(f"{self.dataset} is damaged or missing ({exc}); train into a new run folder.") from exc
+
+    def splits(self):
+        """The exact train/val/test file lists (dataset.json's ``splits``), a ``data.Splits``.
+
+        Raises:
+            DamagedFileError: dataset.json is missing, damaged, or holds no splits.
+        """
+        from pipeline import data as data_mod
+
+        try:
+            return data_mod.Splits.from_dict(self.dataset_record()["splits"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DamagedFileError(f"{self.dataset} holds no usable splits ({exc}); train into a new run folder.") from exc
+
+    def evaluation(self) -> dict[str, Any] | None:
+        """eval.json (None before the run is evaluated).
+
+        Raises:
+            DamagedFileError: it exists but is not a JSON object.
+        """
+        try:
+            return _read_json_object(self.eval)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise DamagedFileError(f"{self.eval} is damaged ({exc}); run `python -m pipeline evaluate {self.root}`.") from exc
+
     # === metrics.jsonl ===
 
     def metrics_lines(self) -> list[dict[str, Any]]:
