@@ -55,41 +55,37 @@ def _batches(images, batch: int = BATCH):
         yield np.asarray(images[start : start + batch], dtype=np.float32)
 
 
+def _timed(predict, images, *, one_at_a_time: bool) -> tuple[np.ndarray, float]:
+    """Probabilities of ``images`` and ms per image: after a warm-up call, timed a batch at a time, or one image
+    at a time (the runtimes whose batch-1 call is what an app makes)."""
+    predict(np.zeros((1, *images.shape[1:]), np.float32))  # warm-up
+    out, elapsed = [], 0.0
+    for x in _batches(images):
+        for part in ([x[i : i + 1] for i in range(len(x))] if one_at_a_time else [x]):
+            t0 = time.perf_counter()
+            out.append(predict(part))
+            elapsed += time.perf_counter() - t0
+    return np.concatenate(out), elapsed * 1000 / len(images)
+
+
 def run_format(bundle: Path, fmt: str, images) -> tuple[np.ndarray, float, str]:
     """Probabilities, mean latency (ms per image at batch 1) and a runtime note for one artifact."""
     spec = formats.get(fmt)
     path = spec.path(bundle)
     if spec.family == "savedmodel":
         _, fn = savedmodel.load_signature(path)
-        fn(np.zeros((1, *images.shape[1:]), np.float32))  # warm-up
-        out, elapsed = [], 0.0
-        for x in _batches(images):
-            for i in range(len(x)):
-                t0 = time.perf_counter()
-                out.append(fn(x[i : i + 1]))
-                elapsed += time.perf_counter() - t0
-        return np.concatenate(out), elapsed * 1000 / len(images), spec.runtime
+        probs, ms = _timed(fn, images, one_at_a_time=True)
+        return probs, ms, spec.runtime
     if spec.family == "tflite":
         interp = tflite.interpreter(path)
-        tflite.predict(interp, np.zeros((1, *images.shape[1:]), np.float32))
-        out, elapsed = [], 0.0
-        for x in _batches(images):
-            t0 = time.perf_counter()
-            out.append(tflite.predict(interp, x))
-            elapsed += time.perf_counter() - t0
-        return np.concatenate(out), elapsed * 1000 / len(images), spec.runtime
+        probs, ms = _timed(lambda x: tflite.predict(interp, x), images, one_at_a_time=False)
+        return probs, ms, spec.runtime
     if spec.family == "onnx":
         from export import onnx_export
 
         sess = onnx_export.session(path)
-        onnx_export.predict(sess, np.zeros((1, *images.shape[1:]), np.float32))
-        out, elapsed = [], 0.0
-        for x in _batches(images):
-            for i in range(len(x)):
-                t0 = time.perf_counter()
-                out.append(onnx_export.predict(sess, x[i : i + 1]))
-                elapsed += time.perf_counter() - t0
-        return np.concatenate(out), elapsed * 1000 / len(images), spec.runtime
+        probs, ms = _timed(lambda x: onnx_export.predict(sess, x), images, one_at_a_time=True)
+        return probs, ms, spec.runtime
     result = tfjs.predict(path, images)
     note = f"TF.js {result.backend} backend in Node" + (f" ({result.note})" if result.note else "")
     return result.probs, float(np.mean(result.latency_ms)), note

@@ -49,17 +49,24 @@ def cmd_scan(args) -> int:
     return 0
 
 
-def cmd_train(args) -> int:
+def _run_config(args):
+    """train and submit: the run's config from the data, --config, --set, --from and --head-only (warnings said)."""
     from pipeline.jobs import quota
-    from pipeline.training import evaluate as eval_mod
     from pipeline.training import presets
-    from pipeline.training import train as train_mod
 
     quota.resolve(args.data)  # a zip is unpacked once, within the disk quota
     cfg = presets.config_for(args.data, config_file=args.config, overrides=args.set or [],
                              parent=getattr(args, "from_run", None), head_only=getattr(args, "head_only", False))
     for w in cfg.warnings():
         print(f"warning: {w}", file=sys.stderr)
+    return cfg
+
+
+def cmd_train(args) -> int:
+    from pipeline.training import evaluate as eval_mod
+    from pipeline.training import train as train_mod
+
+    cfg = _run_config(args)
     run = train_mod.train(args.data, args.run_dir, cfg, on_event=_progress_printer(), evaluate_after=True,
                           launched_at=train_mod.process_started())
     result = json.loads(run.eval.read_text())
@@ -115,15 +122,9 @@ def cmd_compare(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    from pipeline.jobs import quota
     from pipeline.jobs.backends import get_backend
-    from pipeline.training import presets
 
-    quota.resolve(args.data)  # a zip is unpacked once, within the disk quota
-    cfg = presets.config_for(args.data, config_file=args.config, overrides=args.set or [],
-                             parent=getattr(args, "from_run", None), head_only=getattr(args, "head_only", False))
-    for w in cfg.warnings():
-        print(f"warning: {w}", file=sys.stderr)
+    cfg = _run_config(args)
     job_id = get_backend().submit(args.data, cfg, name=args.name)
     print(job_id)
     return 0

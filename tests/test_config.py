@@ -156,3 +156,20 @@ def test_warnings_for_legal_but_odd_choices():
     cfg = config.apply_overrides(RunConfig(), ["model.weights=none"])
     assert any("transfers nothing" in w for w in cfg.warnings())
     assert RunConfig().warnings() == []
+
+
+def test_build_names_every_invalid_field_and_the_rules_across_fields_as_data():
+    """The Train page's fields go through config.build: each invalid field with its reason (not parsed text)."""
+    from pipeline import config
+
+    cfg, errors = config.build({"train.batch_size": 0, "train.head_epochs": -1, "train.seed": 3})
+    assert cfg is None and set(errors) == {"train.batch_size", "train.head_epochs"}
+    assert errors["train.batch_size"].startswith("must be at least 1")
+    cfg, errors = config.build({"data.val_fraction": 0.5, "data.test_fraction": 0.6})
+    assert cfg is None and list(errors) == ["data.test_fraction"] and "0.5 + 0.6 = 1.1" in errors["data.test_fraction"]
+    cfg, errors = config.build({"data.val_fraction": 1.5, "data.test_fraction": 0.6})  # the sum is not said twice
+    assert list(errors) == ["data.val_fraction"]
+    cfg, errors = config.build({"train.seed": 3, "model.image_size": 160})
+    assert errors == {} and cfg.train.seed == 3 and cfg.model.image_size == 160
+    with pytest.raises(KeyError, match="train.sede is not a config field"):
+        config.build({"train.sede": 3})
