@@ -38,7 +38,7 @@ $(BROWSER_STAMP): $(STAMP)
 	touch $(BROWSER_STAMP)
 
 test: $(STAMP) $(RAY_STAMP) $(BROWSER_STAMP)
-	$(PY) -m ruff check .
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 	$(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
 
 # Fast tests only (the default while developing).

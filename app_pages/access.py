@@ -17,7 +17,8 @@ def backend():
 
 
 def runs_dir() -> Path:
-    """The folder of the backend's run folders (where pipeline.quality.estimate finds this machine's measured epochs)."""
+    """The folder of the backend's run folders (where pipeline.quality.estimate finds this machine's measured
+    epochs)."""
     return backend().runs
 
 
@@ -41,8 +42,10 @@ def remember_visitor() -> None:
     if me.signed_in or key is None or st.context.cookies.get(OWNER_COOKIE) == key:
         return
     with st.sidebar:
-        st.html(f"<script>document.cookie = '{OWNER_COOKIE}={key}; path=/; max-age=31536000; SameSite=Strict';"
-                "</script>", unsafe_allow_javascript=True)  # key: 32 hex digits made here, nothing from outside
+        st.html(
+            f"<script>document.cookie = '{OWNER_COOKIE}={key}; path=/; max-age=31536000; SameSite=Strict';</script>",
+            unsafe_allow_javascript=True,
+        )  # key: 32 hex digits made here, nothing from outside
 
 
 def can_control(job) -> bool:
@@ -66,7 +69,9 @@ def launch(src: str, cfg) -> str | None:
     limit = Limits.from_env().max_active_jobs
     active = [j for j in backend().list() if j.owner == me.owner and j.active]
     if len(active) >= limit and not me.admin:
-        st.error(f"You already have {len(active)} run(s) queued or running, the most this server allows per "
-                 f"visitor ({limit}). Wait for one to finish, or cancel one on the Runs page.")
+        st.error(
+            f"You already have {len(active)} run(s) queued or running, the most this server allows per "
+            f"visitor ({limit}). Wait for one to finish, or cancel one on the Runs page."
+        )
         return None
     return backend().submit(src, cfg, owner=me.owner)

@@ -45,8 +45,15 @@ with left:
     contrast = st.slider("Contrast", 0.0, 0.9, d.contrast, 0.05, key=f"aug_contrast:{src}")
     brightness = st.slider("Brightness", 0.0, 0.9, d.brightness, 0.05, key=f"aug_brightness:{src}")
 try:
-    cfg = AugmentConfig(enabled=enabled, flip=flip, rotation=rotation, zoom=zoom, translation=translation,
-                        contrast=contrast, brightness=brightness)
+    cfg = AugmentConfig(
+        enabled=enabled,
+        flip=flip,
+        rotation=rotation,
+        zoom=zoom,
+        translation=translation,
+        contrast=contrast,
+        brightness=brightness,
+    )
 except ConfigError as exc:
     wording.error(exc)
     st.stop()
@@ -70,13 +77,19 @@ with right:
     if not shown.active:
         st.info("No transform is set: training sees the images as they are.")
     elif not cfg.enabled:
-        st.info("Augmentation is off: training sees the images as they are. The preview shows what these "
-                "settings would do; switch on **Augment while training** to use them.")
+        st.info(
+            "Augmentation is off: training sees the images as they are. The preview shows what these "
+            "settings would do; switch on **Augment while training** to use them."
+        )
     path = Path(report["root"]) / pick
     try:
         with st.spinner("Drawing nine augmentations (the first time loads TensorFlow, a few seconds)..."):
-            grid = _grid(wording.fs_key(path), path.stat().st_mtime_ns, dataclasses.asdict(shown),
-                         st.session_state.get("aug_seed", 0))
+            grid = _grid(
+                wording.fs_key(path),
+                path.stat().st_mtime_ns,
+                dataclasses.asdict(shown),
+                st.session_state.get("aug_seed", 0),
+            )
     except (data.DataError, OSError) as exc:
         wording.error(f"{pick} could not be read ({exc}); pick another image, or re-scan on the Data page.")
         st.stop()

@@ -19,14 +19,15 @@ def welcome() -> None:
     if state.get("welcomed"):
         return
     with st.container(border=True):
-        st.markdown("**Welcome to Transfer Studio.** Bring labelled images (one folder per class), and it fine-tunes "
-                    "a pretrained image model on them in the background, shows how well it does, helps you fix "
-                    "mislabelled images, and exports the model for servers, phones and browsers.\n\n"
-                    "The flow: **Data** -> **Augment** -> **Train** -> **Runs** -> **Evaluate** -> **Export** -> "
-                    "**Try**. Everything you choose is kept: switching pages or reloading loses nothing.")
+        st.markdown(
+            "**Welcome to Transfer Studio.** Bring labelled images (one folder per class), and it fine-tunes "
+            "a pretrained image model on them in the background, shows how well it does, helps you fix "
+            "mislabelled images, and exports the model for servers, phones and browsers.\n\n"
+            "The flow: **Data** -> **Augment** -> **Train** -> **Runs** -> **Evaluate** -> **Export** -> "
+            "**Try**. Everything you choose is kept: switching pages or reloading loses nothing."
+        )
         go, hide = st.columns([2, 3])  # wide enough for the whole label on a laptop screen
-        if go.button("Start with the sample digits", type="primary", icon=":material/rocket_launch:",
-                     width="content"):
+        if go.button("Start with the sample digits", type="primary", icon=":material/rocket_launch:", width="content"):
             state.put("welcomed", True)
             sources.set_source("sample:digits")
             st.switch_page("app_pages/train.py")
@@ -39,8 +40,11 @@ def skipped_table(skipped: list[dict]) -> None:
     """The skipped files and why, names as wording.readable shows them (a DataFrame cannot hold a non-UTF-8 one)."""
     import pandas as pd
 
-    st.dataframe(pd.DataFrame([{k: wording.readable(s[k]) for k in ("path", "reason")} for s in skipped]),
-                 hide_index=True, width="stretch")
+    st.dataframe(
+        pd.DataFrame([{k: wording.readable(s[k]) for k in ("path", "reason")} for s in skipped]),
+        hide_index=True,
+        width="stretch",
+    )
 
 
 welcome()
@@ -68,8 +72,11 @@ try:
             import zipfile
 
             if not zipfile.is_zipfile(upload.path):  # a .zip name on something else: say so in the user's terms
-                uploads.refuse(upload, f"{upload.name} is not a zip archive (its contents are not a zip, whatever "
-                               "the name says). Zip the folder of class folders and upload that .zip.")
+                uploads.refuse(
+                    upload,
+                    f"{upload.name} is not a zip archive (its contents are not a zip, whatever "
+                    "the name says). Zip the folder of class folders and upload that .zip.",
+                )
                 st.stop()
             pending = upload
         elif kind == 1:
@@ -82,8 +89,12 @@ try:
         every = sorted(str(p.relative_to(root)) for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         folders = [f for f in every if wording.readable(f) == f]  # a name that is not UTF-8 cannot be a job's source
         if len(folders) < len(every):
-            st.caption(wording.plain("Not offered (their names are not UTF-8 text; rename them): "
-                                    + ", ".join(wording.readable(f) for f in every if f not in folders)))
+            st.caption(
+                wording.plain(
+                    "Not offered (their names are not UTF-8 text; rename them): "
+                    + ", ".join(wording.readable(f) for f in every if f not in folders)
+                )
+            )
         if not folders:
             wording.info(f"No folders under {root}. Put datasets there, or set TRANSFER_STUDIO_DATA_ROOT.")
             st.stop()
@@ -109,9 +120,11 @@ counts = {c: sum(v.values()) for c, v in report["counts"].items()}
 total = sum(counts.values())
 if total == 0:
     name = pending.name if pending else Path(src).name if not data.is_sample(src) else src
-    message = (f"{name} holds no images Transfer Studio can read"
-               + (f" ({len(report['skipped'])} file(s) skipped, listed below)" if report["skipped"] else "")
-               + ". Put each class's images (JPEG, PNG, BMP, GIF or WebP) in its own folder and try again.")
+    message = (
+        f"{name} holds no images Transfer Studio can read"
+        + (f" ({len(report['skipped'])} file(s) skipped, listed below)" if report["skipped"] else "")
+        + ". Put each class's images (JPEG, PNG, BMP, GIF or WebP) in its own folder and try again."
+    )
     if pending:
         uploads.refuse(pending, message, extracted=folder)  # removed, with what was unpacked from it
     else:
@@ -143,7 +156,9 @@ for split_items in report["items"].values():
 left, right = st.columns(2)
 for i, cls in enumerate(report["classes"][:20]):
     strip = sources.thumbnail_strip(str(root), tuple(by_class.get(cls, [])[:6]))
-    (left if i % 2 == 0 else right).image(strip, caption=wording.plain(f"{cls} ({wording.count(counts.get(cls, 0), 'image')})"))
+    (left if i % 2 == 0 else right).image(
+        strip, caption=wording.plain(f"{cls} ({wording.count(counts.get(cls, 0), 'image')})")
+    )
 
 PAGE = 24  # thumbnails a page of the class browser shows
 
@@ -158,26 +173,43 @@ def browse(root: Path, report: dict) -> None:
     cls = pick.selectbox("Class", classes, key="browse-class", format_func=wording.readable)
     per_split = {split: n for split, n in report["counts"].get(cls, {}).items() if n}
     options = ["all"] + list(per_split)
-    split = where.radio("Split", options, horizontal=True, key=f"browse-split-{cls}", format_func=lambda o: (
-        f"all ({sum(per_split.values())})" if o == "all" else f"{o} ({per_split[o]})"))
-    files = [(sp, rel) for sp, items in report["items"].items() if split in ("all", sp)
-             for rel, c in items if c == cls]
+    split = where.radio(
+        "Split",
+        options,
+        horizontal=True,
+        key=f"browse-split-{cls}",
+        format_func=lambda o: f"all ({sum(per_split.values())})" if o == "all" else f"{o} ({per_split[o]})",
+    )
+    files = [(sp, rel) for sp, items in report["items"].items() if split in ("all", sp) for rel, c in items if c == cls]
     if not files:
         st.caption("No images in this split.")
         return
     pages = (len(files) + PAGE - 1) // PAGE
     page = st.number_input(f"Page (of {pages})", 1, pages, 1, key=f"browse-page-{cls}-{split}") if pages > 1 else 1
-    shown = files[(page - 1) * PAGE:page * PAGE]
-    st.image([sources.thumbnail(str(root), rel) for _, rel in shown], width=112,
-             caption=[wording.plain(f"{sp}: {wording.readable(Path(rel).name)}") for sp, rel in shown])
+    shown = files[(page - 1) * PAGE : page * PAGE]
+    st.image(
+        [sources.thumbnail(str(root), rel) for _, rel in shown],
+        width=112,
+        caption=[wording.plain(f"{sp}: {wording.readable(Path(rel).name)}") for sp, rel in shown],
+    )
     st.caption(f"Images {(page - 1) * PAGE + 1}-{(page - 1) * PAGE + len(shown)} of {len(files)}.")
 
 
 browse(root, report)
 
 st.subheader("Image sizes")
-st.dataframe(pd.DataFrame({c: {"min": f"{s['min'][0]}x{s['min'][1]}", "median": f"{s['median'][0]}x{s['median'][1]}",
-                               "max": f"{s['max'][0]}x{s['max'][1]}"} for c, s in report["sizes"].items()}).T)
+st.dataframe(
+    pd.DataFrame(
+        {
+            c: {
+                "min": f"{s['min'][0]}x{s['min'][1]}",
+                "median": f"{s['median'][0]}x{s['median'][1]}",
+                "max": f"{s['max'][0]}x{s['max'][1]}",
+            }
+            for c, s in report["sizes"].items()
+        }
+    ).T
+)
 
 if report["skipped"]:
     st.subheader("Skipped files")
@@ -186,15 +218,25 @@ if report["skipped"]:
 st.subheader("Corrections")
 loop.revision_summary(folder)
 loop.corrections_list(folder, True, key="corrections-data")
-st.caption("Relabel or exclude images on the Evaluate page; add more examples here. Corrections are kept beside "
-           "the dataset (its files are never changed) and every training run after them uses them.")
+st.caption(
+    "Relabel or exclude images on the Evaluate page; add more examples here. Corrections are kept beside "
+    "the dataset (its files are never changed) and every training run after them uses them."
+)
 add_left, add_right = st.columns(2)
 with add_left:
     target = st.selectbox("Add images to class", report["classes"], key="add-class") if report["classes"] else None
-    new_files = st.file_uploader("Image files", type=["jpg", "jpeg", "png", "bmp", "gif", "webp"],
-                                 accept_multiple_files=True, key=f"add-files-{st.session_state.get('added', 0)}")
-    force = st.checkbox("Add copies anyway", key="add-force", help="An image whose bytes the dataset already holds "
-                        "(in validation or test it would leak into training) is refused unless this is ticked.")
+    new_files = st.file_uploader(
+        "Image files",
+        type=["jpg", "jpeg", "png", "bmp", "gif", "webp"],
+        accept_multiple_files=True,
+        key=f"add-files-{st.session_state.get('added', 0)}",
+    )
+    force = st.checkbox(
+        "Add copies anyway",
+        key="add-force",
+        help="An image whose bytes the dataset already holds "
+        "(in validation or test it would leak into training) is refused unless this is ticked.",
+    )
     if target and new_files and st.button(f"Add {len(new_files)} image(s) to {wording.plain(target)}", key="add-go"):
         loop.add_images(folder, scanned, target, new_files, force=force)
 with add_right:  # the camera starts (and the browser asks for it) only when asked for, not on every visit
@@ -206,6 +248,7 @@ loop.undo_button(folder, key="undo-data")
 
 run_job = loop.latest_finished_run(src)
 if run_job is not None:
-    loop.label_issues_panel(run_job.run_dir, folder, report["classes"], access.can_control(run_job),
-                            key=f"data-issues-{run_job.id}")
+    loop.label_issues_panel(
+        run_job.run_dir, folder, report["classes"], access.can_control(run_job), key=f"data-issues-{run_job.id}"
+    )
 st.page_link("app_pages/augment.py", label="Next: preview augmentation", icon=":material/arrow_forward:")

@@ -22,6 +22,7 @@ def for_run(cfg: config_mod.RunConfig, train: int, val: int, test: int) -> estim
 
 
 @st.cache_data(ttl=300, max_entries=64, show_spinner=False)
-def _cached(cfg_json: str, train: int, val: int, test: int, runs_dir: str,
-            newest: float) -> estimate.Estimate:  # newest: part of the cache key only
+def _cached(
+    cfg_json: str, train: int, val: int, test: int, runs_dir: str, newest: float
+) -> estimate.Estimate:  # newest: part of the cache key only
     return estimate.estimate(config_mod.from_dict(json.loads(cfg_json)), train, val, Path(runs_dir), test_images=test)

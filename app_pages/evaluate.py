@@ -25,10 +25,15 @@ editable = access.can_control(job)
 
 st.metric(f"Accuracy on the {result['split']} split ({result['images']} images)", f"{result['accuracy']:.2%}")
 if result.get("split_chose_checkpoint", result["split"] == "val"):
-    st.warning("This run has no test split, so it is measured on the validation split, which also chose the best "
-               "checkpoint: the figure is optimistic. For an unbiased one, retrain with a test split: on the Train page, "
-               + ("choose where to carve it from (Test split from: train/ or val/)."
-                  if dataset.get("scan", {}).get("layout") == "splits" else "set a test fraction."))
+    st.warning(
+        "This run has no test split, so it is measured on the validation split, which also chose the best "
+        "checkpoint: the figure is optimistic. For an unbiased one, retrain with a test split: on the Train page, "
+        + (
+            "choose where to carve it from (Test split from: train/ or val/)."
+            if dataset.get("scan", {}).get("layout") == "splits"
+            else "set a test fraction."
+        )
+    )
 
 labels = result["labels"]
 selection = f"selected-{job.id}"  # one selection model: a cell or a row, the newest wins
@@ -38,8 +43,7 @@ with left:
 with right:
     per_class = pd.DataFrame(result["per_class"]).T.rename_axis("class")
     per_class["support"] = per_class["support"].astype(int)
-    st.dataframe(per_class.style.format({"precision": "{:.3f}", "recall": "{:.3f}", "f1": "{:.3f}"}),
-                 width="stretch")
+    st.dataframe(per_class.style.format({"precision": "{:.3f}", "recall": "{:.3f}", "f1": "{:.3f}"}), width="stretch")
     picked = loop.confused_pairs(result, key=loop.widget_key(f"pairs-{job.id}", selection, "pair"))
 
 choice = loop.newest(selection, cell=clicked, pair=picked)  # the widget used last wins
@@ -49,8 +53,10 @@ if selected and "predictions" in result:
     rows = cell(result, true, predicted)
     what = "correct" if true == predicted else "mistakes"
     st.subheader(f"True {wording.plain(true)}, predicted {wording.plain(predicted)}: {len(rows)} image(s), {what}")
-    st.caption(("Selected in the confusion matrix" if choice[0] == "cell" else "Selected in Most confused pairs")
-               + "; selecting in either shows that one instead.")
+    st.caption(
+        ("Selected in the confusion matrix" if choice[0] == "cell" else "Selected in Most confused pairs")
+        + "; selecting in either shows that one instead."
+    )
     if st.button("Back to the most confident mistakes", key=f"unselect-{job.id}"):
         loop.clear_selection(selection)
         st.rerun()
@@ -71,7 +77,9 @@ loop.corrections_list(folder, editable, key=f"corrections-{job.id}")
 if editable:
     loop.undo_button(folder, key=f"undo-{job.id}")
     loop.retrain_button(job, key=f"retrain-{job.id}")
-    st.caption("A retrain starts from this run's best weights, fine-tunes on the data with every correction "
-               "applied, and links back to this run; compare them on the Runs page.")
+    st.caption(
+        "A retrain starts from this run's best weights, fine-tunes on the data with every correction "
+        "applied, and links back to this run; compare them on the Runs page."
+    )
 else:
     st.caption("A shared run: only its owner can correct the data or retrain it.")

@@ -2,8 +2,8 @@
 
 Find what is wrong (a confusion cell's images, suspected label errors), record corrections as the dataset's
 revision (relabel, exclude, add; the original files are never touched), retrain from a run, compare runs.
-The work itself is in pipeline.training.evaluate, pipeline.quality.label_issues, pipeline.data.revision and pipeline.quality.compare;
-label-error search and training run as their own processes, never in the app's.
+The work itself is in pipeline.training.evaluate, pipeline.quality.label_issues, pipeline.data.revision and
+pipeline.quality.compare; label-error search and training run as their own processes, never in the app's.
 """
 
 from __future__ import annotations
@@ -39,19 +39,42 @@ def confusion_matrix(result: dict, key: str) -> tuple[str, str] | None:
     counts = [matrix[t][p] for t, p in cells]
     top = max(max(counts), 1)
     size = max(14, min(60, 420 // max(len(labels), 1)))
-    fig = go.Figure(go.Scatter(
-        x=[names[p] for _, p in cells], y=[names[t] for t, _ in cells], mode="markers+text",
-        text=[str(c) for c in counts], textfont=dict(color=["white" if c > top / 2 else "black" for c in counts]),
-        marker=dict(symbol="square", size=size, color=counts, colorscale="Blues", cmin=0, cmax=top,
-                    line=dict(width=1, color="#ccc")),
-        customdata=[[labels[t], labels[p], c] for (t, p), c in zip(cells, counts, strict=True)],
-        hovertemplate="true %{y}<br>predicted %{x}<br>%{customdata[2]} image(s)<extra></extra>",
-    ))
-    fig.update_xaxes(type="category", categoryorder="array", categoryarray=names, title="predicted", side="bottom",
-                     tickangle=-45 if sum(map(len, labels)) > 40 else 0)
+    fig = go.Figure(
+        go.Scatter(
+            x=[names[p] for _, p in cells],
+            y=[names[t] for t, _ in cells],
+            mode="markers+text",
+            text=[str(c) for c in counts],
+            textfont=dict(color=["white" if c > top / 2 else "black" for c in counts]),
+            marker=dict(
+                symbol="square",
+                size=size,
+                color=counts,
+                colorscale="Blues",
+                cmin=0,
+                cmax=top,
+                line=dict(width=1, color="#ccc"),
+            ),
+            customdata=[[labels[t], labels[p], c] for (t, p), c in zip(cells, counts, strict=True)],
+            hovertemplate="true %{y}<br>predicted %{x}<br>%{customdata[2]} image(s)<extra></extra>",
+        )
+    )
+    fig.update_xaxes(
+        type="category",
+        categoryorder="array",
+        categoryarray=names,
+        title="predicted",
+        side="bottom",
+        tickangle=-45 if sum(map(len, labels)) > 40 else 0,
+    )
     fig.update_yaxes(type="category", categoryorder="array", categoryarray=names[::-1], title="true")
-    fig.update_layout(title="Confusion matrix (click a cell to see its images)", height=140 + size * len(labels),
-                      margin=dict(t=50, b=40), clickmode="event+select", dragmode=False)
+    fig.update_layout(
+        title="Confusion matrix (click a cell to see its images)",
+        height=140 + size * len(labels),
+        margin=dict(t=50, b=40),
+        clickmode="event+select",
+        dragmode=False,
+    )
     event = st.plotly_chart(fig, width="stretch", on_select="rerun", selection_mode="points", key=key)
     points = (event or {}).get("selection", {}).get("points", []) if event else []
     if points:
@@ -67,8 +90,9 @@ def confused_pairs(result: dict, key: str) -> tuple[str, str] | None:
         return None
     st.markdown("**Most confused pairs** (select a row to see its images)")
     table = pd.DataFrame(pairs).rename(columns={"true": "true class", "predicted": "taken for"})
-    event = st.dataframe(table, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
-                         key=key)
+    event = st.dataframe(
+        table, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row", key=key
+    )
     rows = event.selection.rows if event else []
     return (pairs[rows[0]]["true"], pairs[rows[0]]["predicted"]) if rows else None
 
@@ -94,8 +118,7 @@ def newest(key: str, **selections):
     if chosen is not None and selections.get(chosen) is None:  # that widget was deselected
         chosen = None
     stale = [n for n, v in selections.items() if n != chosen and v is not None]
-    st.session_state[key] = {"values": {n: None if n in stale else v for n, v in selections.items()},
-                             "chosen": chosen}
+    st.session_state[key] = {"values": {n: None if n in stale else v for n, v in selections.items()}, "chosen": chosen}
     if stale:
         _redraw_without_selection(key, stale)
     return (chosen, selections[chosen]) if chosen else None
@@ -154,8 +177,9 @@ def _correct(folder: str, action: str, path: str, cls: str | None = None) -> Non
     st.rerun()  # the cards above were drawn before the correction: drawn again, they show it
 
 
-def image_grid(rows: list[dict], *, folder: str, classes: list[str], editable: bool, key: str,
-               suggested_key: str | None = None) -> None:
+def image_grid(
+    rows: list[dict], *, folder: str, classes: list[str], editable: bool, key: str, suggested_key: str | None = None
+) -> None:
     """Images with their label and prediction; owners get Relabel / Exclude under each.
 
     Args:
@@ -177,8 +201,10 @@ def image_grid(rows: list[dict], *, folder: str, classes: list[str], editable: b
                 st.image(_thumb(wording.fs_key(r["file"])), width="stretch")
             except data.DataError:
                 st.caption("(image no longer available)")
-            st.caption(f"labelled **{wording.plain(label)}**, looks like **{wording.plain(guess)}** ({prob:.0%})"
-                       + (f", score {r['score']:.2f}" if "score" in r else ""))
+            st.caption(
+                f"labelled **{wording.plain(label)}**, looks like **{wording.plain(guess)}** ({prob:.0%})"
+                + (f", score {r['score']:.2f}" if "score" in r else "")
+            )
             if now == EXCLUDED:
                 st.caption(":orange[**excluded** since (retrain to use it)]")
             elif now:
@@ -188,8 +214,9 @@ def image_grid(rows: list[dict], *, folder: str, classes: list[str], editable: b
                 continue
             default = r.get(suggested_key or "predicted", guess)
             with st.popover("Fix this label", width="stretch"):
-                choice = st.selectbox("Class", classes, index=classes.index(default) if default in classes else 0,
-                                      key=f"{key}-cls-{i}")
+                choice = st.selectbox(
+                    "Class", classes, index=classes.index(default) if default in classes else 0, key=f"{key}-cls-{i}"
+                )
                 if st.button("Relabel", key=f"{key}-relabel-{i}", disabled=choice == label):
                     _correct(folder, "relabel", r["path"], choice)
                 if st.button("Exclude from the data", key=f"{key}-exclude-{i}"):
@@ -218,9 +245,11 @@ def corrections_list(folder: str, editable: bool, key: str) -> None:
         return
     with st.expander(f"The {len(active)} correction(s) in effect", expanded=False):
         for e in reversed(active):
-            what = {"relabel": lambda e: f"relabelled {Path(e['path']).name} as {e['class']}",
-                    "exclude": lambda e: f"excluded {Path(e['path']).name}",
-                    "add": lambda e: f"added {Path(e['path']).name} to {e['class']}"}[e["op"]](e)
+            what = {
+                "relabel": lambda e: f"relabelled {Path(e['path']).name} as {e['class']}",
+                "exclude": lambda e: f"excluded {Path(e['path']).name}",
+                "add": lambda e: f"added {Path(e['path']).name} to {e['class']}",
+            }[e["op"]](e)
             left, right = st.columns([5, 1])
             left.text(wording.readable(f"#{e['id']} {what}"))
             if editable and right.button("Undo", key=f"{key}-undo-{e['id']}"):
@@ -261,8 +290,9 @@ def add_images(folder: str, scanned: dict, cls: str, files: list, *, force: bool
         from pipeline.jobs import quota
 
         referenced = quota.referenced()
-        removed = {path for path, _ in given if Path(path).resolve() not in referenced
-                   and paths.remove_upload(path, "uploads")}
+        removed = {
+            path for path, _ in given if Path(path).resolve() not in referenced and paths.remove_upload(path, "uploads")
+        }
         saved = st.session_state.get("uploads", {})  # saved_upload's record: forget only the files removed
         for file_id in [f for f, kept in saved.items() if kept in removed]:
             del saved[file_id]
@@ -302,8 +332,11 @@ def label_issue_search(run_dir: str) -> None:
 
     status = label_issues.background_status(run_dir)
     if status["state"] == "running":
-        st.progress(min(status["seconds"] / 60, 0.95), text=f"Looking for suspected label errors... "
-                    f"({status['seconds']:.0f} s; features of every train/val image, then 5 fold heads)")
+        st.progress(
+            min(status["seconds"] / 60, 0.95),
+            text=f"Looking for suspected label errors... "
+            f"({status['seconds']:.0f} s; features of every train/val image, then 5 fold heads)",
+        )
     elif st.session_state.get(f"searching-{run_dir}"):
         del st.session_state[f"searching-{run_dir}"]
         st.rerun(scope="app")
@@ -320,21 +353,29 @@ def label_issues_panel(run_dir: str, folder: str, classes: list[str], editable: 
         return
     if status["state"] == "failed":
         wording.error(f"The label-error search failed: {status['error']}")
-    if editable and st.button("Find suspected label errors" if status["state"] != "done" else "Search again",
-                              key=f"{key}-start", icon=":material/search:"):
+    if editable and st.button(
+        "Find suspected label errors" if status["state"] != "done" else "Search again",
+        key=f"{key}-start",
+        icon=":material/search:",
+    ):
         label_issues.start_background(run_dir)
         st.session_state[f"searching-{run_dir}"] = True
         st.rerun()
     if status["state"] != "done":
-        st.caption("Every train/val image is scored by heads that never saw its label (5-fold, on the frozen "
-                   "pretrained features), and cleanlab ranks the labels those heads contradict.")
+        st.caption(
+            "Every train/val image is scored by heads that never saw its label (5-fold, on the frozen "
+            "pretrained features), and cleanlab ranks the labels those heads contradict."
+        )
         return
     result = status["result"]
     issues = result["issues"]
-    st.caption(f"{len(issues)} suspected among {result['images']} images ({result['features']}; "
-               f"{result['seconds']:.0f} s). Lowest score first: the likeliest wrong labels.")
-    image_grid(issues[:24], folder=folder, classes=classes, editable=editable, key=f"{key}-issues",
-               suggested_key="suggested")
+    st.caption(
+        f"{len(issues)} suspected among {result['images']} images ({result['features']}; "
+        f"{result['seconds']:.0f} s). Lowest score first: the likeliest wrong labels."
+    )
+    image_grid(
+        issues[:24], folder=folder, classes=classes, editable=editable, key=f"{key}-issues", suggested_key="suggested"
+    )
     for c in result.get("in_two_classes", []):
         wording.warning(f"In two classes: {c['path']} ({c['class']}); exclude the copy in the wrong class to use it.")
 
@@ -368,8 +409,9 @@ def compare_view(jobs: list, key: str) -> None:
     if len(jobs) < 2:
         return
     labels = picker.run_titles(jobs)
-    chosen = st.multiselect("Compare runs (2 to 4)", [j.id for j in jobs], format_func=labels.get,
-                            max_selections=compare.MAX_RUNS, key=key)
+    chosen = st.multiselect(
+        "Compare runs (2 to 4)", [j.id for j in jobs], format_func=labels.get, max_selections=compare.MAX_RUNS, key=key
+    )
     if len(chosen) < 2:
         return
     by_id = {j.id: j for j in jobs}
@@ -379,23 +421,36 @@ def compare_view(jobs: list, key: str) -> None:
     for name, curve in zip(names, result["curves"], strict=True):
         if curve:  # a retrain's epochs counted on from its parent's (x), on whole-number ticks
             df = pd.DataFrame(curve)
-            fig.add_trace(go.Scatter(x=df["x"], y=df["val_accuracy"], name=wording.chart_label(name),
-                                     mode="lines+markers"))
-    fig.update_layout(title="Validation accuracy", height=320, margin=dict(t=40, b=20),
-                      xaxis_title="epoch (a retrain continues after its parent's)", xaxis=dict(tickformat="d", dtick=1))
+            fig.add_trace(
+                go.Scatter(x=df["x"], y=df["val_accuracy"], name=wording.chart_label(name), mode="lines+markers")
+            )
+    fig.update_layout(
+        title="Validation accuracy",
+        height=320,
+        margin=dict(t=40, b=20),
+        xaxis_title="epoch (a retrain continues after its parent's)",
+        xaxis=dict(tickformat="d", dtick=1),
+    )
     st.plotly_chart(fig, width="stretch", key=f"{key}-curves")
     for run, name in zip(result["runs"], names, strict=True):
         if run["parent"]:
-            parent = next((labels[j.id] for j in jobs if str(Path(j.run_dir).resolve()) == run["parent"]),
-                          Path(run["parent"]).name)
+            parent = next(
+                (labels[j.id] for j in jobs if str(Path(j.run_dir).resolve()) == run["parent"]),
+                Path(run["parent"]).name,
+            )
             st.caption(f"{wording.plain(name)} was retrained from {wording.plain(parent)}")
     if result.get("val_differs"):
         st.warning(f"Not like for like: {result['val_differs']}.")
-    summary = pd.DataFrame({"run": names, "data revision": [r["revision"] for r in result["runs"]],
-                            "epochs": [r["epochs"] for r in result["runs"]],
-                            "best val accuracy": [r["best_val_accuracy"] for r in result["runs"]],
-                            "accuracy": [r["accuracy"] for r in result["runs"]],
-                            "measured on": [r["eval_split"] for r in result["runs"]]})
+    summary = pd.DataFrame(
+        {
+            "run": names,
+            "data revision": [r["revision"] for r in result["runs"]],
+            "epochs": [r["epochs"] for r in result["runs"]],
+            "best val accuracy": [r["best_val_accuracy"] for r in result["runs"]],
+            "accuracy": [r["accuracy"] for r in result["runs"]],
+            "measured on": [r["eval_split"] for r in result["runs"]],
+        }
+    )
     st.dataframe(summary, hide_index=True, width="stretch")
     if result["differences"]:
         st.markdown("**Settings that differ**")

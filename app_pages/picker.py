@@ -79,22 +79,33 @@ def pick_run(label: str = "Run", finished_only: bool = False):
         jobs = [j for j in jobs if j.state == "done"]
     problem = None
     if wanted and wanted not in by_id:
-        problem = (f"Run {wanted} cannot be shown: there is no such run on this server (it was deleted, or the "
-                   "link is from another server).")
+        problem = (
+            f"Run {wanted} cannot be shown: there is no such run on this server (it was deleted, or the "
+            "link is from another server)."
+        )
     elif wanted and finished_only and by_id[wanted].state != "done":
-        problem = (f"Run {wanted[:8]} cannot be shown here: it is {by_id[wanted].state}, and this page needs a "
-                   "finished run. Follow it on the Runs page.")
+        problem = (
+            f"Run {wanted[:8]} cannot be shown here: it is {by_id[wanted].state}, and this page needs a "
+            "finished run. Follow it on the Runs page."
+        )
     if problem and linked:
         wording.warning(problem)
         if wanted in by_id:
-            st.page_link("app_pages/runs.py", label="Open it on the Runs page", icon=":material/monitoring:",
-                         query_params={"run": wanted})
+            st.page_link(
+                "app_pages/runs.py",
+                label="Open it on the Runs page",
+                icon=":material/monitoring:",
+                query_params={"run": wanted},
+            )
     elif problem and wanted not in by_id:
         select_run(None)  # a remembered run deleted since: forgotten, and nothing to say
         problem = None
     if not jobs:
-        st.info("No finished runs yet. Launch one on the Train page." if finished_only
-                else "No runs yet. Launch one on the Train page.")
+        st.info(
+            "No finished runs yet. Launch one on the Train page."
+            if finished_only
+            else "No runs yet. Launch one on the Train page."
+        )
         return None
     ids = [j.id for j in jobs]
     if problem and linked:
@@ -104,8 +115,15 @@ def pick_run(label: str = "Run", finished_only: bool = False):
         if problem:  # your last run is still going: say which one this page shows instead
             st.caption(wording.plain(f"{problem} Showing your newest finished run."))
     # No state in the label: the page's live parts update the state, a select box label would go stale.
-    job = st.selectbox(label, jobs, index=index, placeholder="Choose a run", format_func=lambda j: wording.readable(
-        f"{j.title}  ({j.id[:8]}, {time.strftime('%Y-%m-%d %H:%M', time.localtime(j.created))})"))
+    job = st.selectbox(
+        label,
+        jobs,
+        index=index,
+        placeholder="Choose a run",
+        format_func=lambda j: wording.readable(
+            f"{j.title}  ({j.id[:8]}, {time.strftime('%Y-%m-%d %H:%M', time.localtime(j.created))})"
+        ),
+    )
     if job is not None:
         select_run(job.id)  # the other pages open on it too
     return job

@@ -25,16 +25,31 @@ def all_jobs() -> None:
     if jobs:
         st.subheader("All runs" if visitor.visitor().admin else "Your runs")
         titles = picker.run_titles(jobs)
-        st.dataframe(pd.DataFrame([{"name": titles[j.id], "id": j.id[:8], "state": j.state,
-                                    "source": wording.readable(Path(j.source).name),
-                                    "created": pd.Timestamp(j.created, unit="s"), "error": j.error or ""}
-                                   for j in jobs]), hide_index=True, width="stretch")
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {
+                        "name": titles[j.id],
+                        "id": j.id[:8],
+                        "state": j.state,
+                        "source": wording.readable(Path(j.source).name),
+                        "created": pd.Timestamp(j.created, unit="s"),
+                        "error": j.error or "",
+                    }
+                    for j in jobs
+                ]
+            ),
+            hide_index=True,
+            width="stretch",
+        )
 
 
 all_jobs()
 job = picker.pick_run()
 if job is None:
     st.stop()
+
+
 def rename(current) -> None:
     """The run's name, editable by its owner (Enter saves it, before the page is drawn again: every title on it
     is the new one)."""
@@ -47,8 +62,14 @@ def rename(current) -> None:
         except ValueError as exc:  # JobError: empty, too long, a line break
             st.session_state[said_key] = ("error", str(exc))
 
-    st.text_input("Name", value=current.title, key=key, max_chars=NAME_MAX, on_change=save,
-                  help="What this run is called on every page; its id stays as it is. Press Enter to save.")
+    st.text_input(
+        "Name",
+        value=current.title,
+        key=key,
+        max_chars=NAME_MAX,
+        on_change=save,
+        help="What this run is called on every page; its id stays as it is. Press Enter to save.",
+    )
     kind, text = st.session_state.pop(said_key, (None, None))
     if kind == "toast":
         st.toast(text)
@@ -58,11 +79,15 @@ def rename(current) -> None:
 
 if access.can_control(job):
     rename(job)
-    st.caption("Share this run: whoever opens this link sees its curves, evaluation and finished exports; only you "
-               "can cancel, resume, export or delete it. Copy it with the button at the right of the box.")
+    st.caption(
+        "Share this run: whoever opens this link sees its curves, evaluation and finished exports; only you "
+        "can cancel, resume, export or delete it. Copy it with the button at the right of the box."
+    )
 else:  # a visitor on a share link: what they can do, in their own words
-    st.info("A run shared with you: you can follow its curves and see its evaluation and exports; only whoever "
-            "launched it can change it. Pass the link on with the button at the right of the box.")
+    st.info(
+        "A run shared with you: you can follow its curves and see its evaluation and exports; only whoever "
+        "launched it can change it. Pass the link on with the button at the right of the box."
+    )
 st.code(picker.share_url(job.id), language=None, wrap_lines=True)  # st.code draws a copy button
 
 
@@ -79,11 +104,20 @@ def curves(epochs: list[dict]) -> go.Figure:
         boundary = float(fine["global_epoch"].min()) - 0.5
         for col in (1, 2, 3):
             fig.add_vline(x=boundary, line_dash="dash", line_color="gray", row=1, col=col)
-        fig.add_annotation(x=boundary, y=1.0, yref="paper", yanchor="top", xanchor="left", text=" fine-tuning",
-                           showarrow=False, font=dict(color="gray"))
+        fig.add_annotation(
+            x=boundary,
+            y=1.0,
+            yref="paper",
+            yanchor="top",
+            xanchor="left",
+            text=" fine-tuning",
+            showarrow=False,
+            font=dict(color="gray"),
+        )
     fig.update_yaxes(type="log", row=1, col=3)  # head and fine-tune rates are 100x apart
-    fig.update_layout(height=360, margin=dict(t=40, b=20), legend=dict(orientation="h", y=-0.2),
-                      modebar=dict(orientation="v"))  # a horizontal modebar covers the third title
+    fig.update_layout(
+        height=360, margin=dict(t=40, b=20), legend=dict(orientation="h", y=-0.2), modebar=dict(orientation="v")
+    )  # a horizontal modebar covers the third title
     fig.update_xaxes(tickformat="d", dtick=1 if len(df) <= 12 else None)  # epochs, never 1.5
     return fig
 
@@ -148,10 +182,16 @@ def live(job_id: str) -> None:
     c1.metric("State", current.state)
     if cfg is not None:
         done = estimate.progress(lines, cfg, _estimate(cfg, run) if current.state == "running" else None)
-        c2.metric("Epochs", f"{done['epochs_done']} / {done['epochs_total']}",
-                  help="Epochs finished of those planned (early stopping can end a phase sooner).")
-        c3.metric("Time left", _time_left(current, run, cfg, done),
-                  help="From this run's own measured epochs; before its first epoch, the Train page's estimate.")
+        c2.metric(
+            "Epochs",
+            f"{done['epochs_done']} / {done['epochs_total']}",
+            help="Epochs finished of those planned (early stopping can end a phase sooner).",
+        )
+        c3.metric(
+            "Time left",
+            _time_left(current, run, cfg, done),
+            help="From this run's own measured epochs; before its first epoch, the Train page's estimate.",
+        )
     else:
         c2.metric("Epochs", len(epochs))
     for note in [m for m in lines if m.get("event") == events.WARNING][-3:]:  # a damaged file fallen back from, etc.
@@ -159,9 +199,11 @@ def live(job_id: str) -> None:
     if current.state == "failed":
         wording.error(f"Training failed: {current.error}")
         if "could not be downloaded" in (current.error or ""):
-            st.info("This server cannot download pretrained weights. On the Train page, set Weights to "
-                    "**upload a weights file** and give it the file named above, or ask whoever runs the server "
-                    "to copy it into the Keras cache.")
+            st.info(
+                "This server cannot download pretrained weights. On the Train page, set Weights to "
+                "**upload a weights file** and give it the file named above, or ask whoever runs the server "
+                "to copy it into the Keras cache."
+            )
     mine = access.can_control(current)  # cancel, resume and delete: the owner (or the admin) only
     if mine and current.state in ("failed", "cancelled"):  # said beside it, not in a tooltip: the button takes
         act, why = st.columns([1, 4], vertical_alignment="center")  # Cancel's place, under the pointer
@@ -186,8 +228,9 @@ def live(job_id: str) -> None:
             st.toast("Stopping at the next batch; the last finished epoch is kept.")
     if epochs:
         st.plotly_chart(curves(epochs), width="stretch", key=f"curves-{job_id}")
-        table = pd.DataFrame(epochs)[["phase", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr",
-                                      "seconds", "images_per_second"]]
+        table = pd.DataFrame(epochs)[
+            ["phase", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "seconds", "images_per_second"]
+        ]
         st.dataframe(table, hide_index=True, width="stretch")
     if mine and current.state in ("done", "failed", "cancelled"):
         delete_button(current)

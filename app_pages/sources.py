@@ -33,8 +33,10 @@ def source() -> str:
             kept = state.get("source")
             chosen = kept if isinstance(kept, str) and _usable(kept) else DEFAULT_SOURCE
             if kept and chosen != kept:
-                st.session_state["source_note"] = (f"The data you used last ({Path(kept).name}) is no longer on the "
-                                                   "server; showing the sample set. Choose your data again.")
+                st.session_state["source_note"] = (
+                    f"The data you used last ({Path(kept).name}) is no longer on the "
+                    "server; showing the sample set. Choose your data again."
+                )
         st.session_state["source"] = chosen
     return st.session_state["source"]
 
@@ -93,8 +95,10 @@ def _from_address(linked: str) -> str | None:
         inside = bool(rel) and ".." not in Path(rel).parts and not Path(rel).is_absolute() and (root / first).is_dir()
         if inside and candidate.is_dir():
             return str(candidate.resolve())
-    st.session_state["source_note"] = (f"The link names data source {linked!r}, which is not on this server "
-                                       "(a sample set or a folder under the data root); showing the sample set.")
+    st.session_state["source_note"] = (
+        f"The link names data source {linked!r}, which is not on this server "
+        "(a sample set or a folder under the data root); showing the sample set."
+    )
     return None
 
 
@@ -164,7 +168,7 @@ def _thumbnail_strip(root: bytes, files: tuple[bytes, ...], size: int, gap: int)
         return np.full((size, size, 3), 255, np.uint8)
     strip = np.full((size, len(tiles) * (size + gap) - gap, 3), 255, np.uint8)
     for i, tile in enumerate(tiles):
-        strip[:, i * (size + gap):i * (size + gap) + size] = tile
+        strip[:, i * (size + gap) : i * (size + gap) + size] = tile
     return strip
 
 
@@ -185,6 +189,7 @@ def resolve_and_scan(src: str) -> tuple[str, dict]:
     bar.empty()
     return str(folder), report
 
+
 def user_words(message: object, src: str) -> str:
     """A pipeline message about ``src`` in the user's terms: an uploaded file by the name they gave it, a server
     folder by its path under the data root, never the server's own paths; command-line advice as the app's."""
@@ -198,5 +203,6 @@ def user_words(message: object, src: str) -> str:
         words = words.replace(str(path), shown_as)
     home = str(paths.home())
     words = re.sub(re.escape(home) + r"/\S*/", "", words)  # any other server path: its last part only
-    return (words.replace("or set data.test_fraction=0.", "or set Test fraction to 0 on this page.")
-            .replace("; give a folder or a .zip of class folders.", ": upload a .zip of class folders."))
+    return words.replace("or set data.test_fraction=0.", "or set Test fraction to 0 on this page.").replace(
+        "; give a folder or a .zip of class folders.", ": upload a .zip of class folders."
+    )

@@ -4,8 +4,8 @@ Where a choice lives:
 - the data source and the selected run identify something shareable: they are in the address (``?source=``,
   ``?run=``), put back on every page (a page switch drops query parameters);
 - every choice is also kept server-side, per visitor, in ``TRANSFER_STUDIO_HOME/visitors/<hash of the owner
-  key>.json`` (the owner key of app_pages.visitor.visitor(): the browser's cookie or the signed-in account), so a reload or
-  a new tab of the same browser opens on the same data, augmentation and train settings;
+  key>.json`` (the owner key of app_pages.visitor.visitor(): the browser's cookie or the signed-in account), so a
+  reload or a new tab of the same browser opens on the same data, augmentation and train settings;
 - within a session, ``st.session_state`` holds them (widgets are seeded from it: Streamlit forgets the value of a
   widget on a page that is not shown).
 """

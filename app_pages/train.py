@@ -31,10 +31,16 @@ except data.DataError as exc:
     wording.error(sources.user_words(exc, src))
     st.stop()
 counts = {c: sum(v.values()) for c, v in report.to_dict()["counts"].items()}
-shown_name = src if data.is_sample(src) else (sources.address_source(src) or "").removeprefix("folder:") or Path(src).name
-st.caption(wording.plain(f"Data: {shown_name} ({wording.count(len(counts), 'class', 'classes')}, "
-                        f"{wording.count(sum(counts.values()), 'image')}). "
-                        "Change it on the Data page."))
+shown_name = (
+    src if data.is_sample(src) else (sources.address_source(src) or "").removeprefix("folder:") or Path(src).name
+)
+st.caption(
+    wording.plain(
+        f"Data: {shown_name} ({wording.count(len(counts), 'class', 'classes')}, "
+        f"{wording.count(sum(counts.values()), 'image')}). "
+        "Change it on the Data page."
+    )
+)
 
 base = sources.base_config(src)
 helps = config_mod.field_help()
@@ -52,13 +58,21 @@ def seed(name: str, default):
 
 def _backbone_changed() -> None:
     spec_ = backbones.get(st.session_state[P + "backbone"])
-    st.session_state[P + "image_size"] = (base.model.image_size if spec_.name == base.model.backbone
-                                          else spec_.default_size)
+    st.session_state[P + "image_size"] = (
+        base.model.image_size if spec_.name == base.model.backbone else spec_.default_size
+    )
 
 
 with st.expander("Which strategy? (advisor)", expanded=False):
-    similar = st.radio("Do your images look like everyday photos (objects, animals, scenes)?", ["Yes", "No"],
-                       horizontal=True, key=seed("similar", "Yes")) == "Yes"
+    similar = (
+        st.radio(
+            "Do your images look like everyday photos (objects, animals, scenes)?",
+            ["Yes", "No"],
+            horizontal=True,
+            key=seed("similar", "Yes"),
+        )
+        == "Yes"
+    )
     per_class = sum(counts.values()) / max(1, len(counts))
     advice = advisor.recommend(per_class, similar)
     st.info(f"Recommended: **{advice.strategy}**: {advice.reason}. ({per_class:.0f} images per class)")
@@ -72,8 +86,12 @@ with st.expander("Which strategy? (advisor)", expanded=False):
                 st.session_state[P + "weights"] = "imagenet"
         st.session_state[P + "strategy"] = strategy
 
-    st.button(f"Apply: {advice.strategy}", on_click=_apply_advice, key="train-apply-advice",
-              help="Sets Strategy below to the recommendation (and ImageNet weights when the base starts pretrained).")
+    st.button(
+        f"Apply: {advice.strategy}",
+        on_click=_apply_advice,
+        key="train-apply-advice",
+        help="Sets Strategy below to the recommendation (and ImageNet weights when the base starts pretrained).",
+    )
 
 problems: list[str] = []
 
@@ -84,8 +102,14 @@ with c1:
     seed("backbone", base.model.backbone)
     if st.session_state[P + "backbone"] not in names:
         st.session_state[P + "backbone"] = base.model.backbone
-    backbone = st.selectbox("Backbone", names, key=P + "backbone", help=helps["model.backbone"],
-                            format_func=lambda n: backbones.get(n).title, on_change=_backbone_changed)
+    backbone = st.selectbox(
+        "Backbone",
+        names,
+        key=P + "backbone",
+        help=helps["model.backbone"],
+        format_func=lambda n: backbones.get(n).title,
+        on_change=_backbone_changed,
+    )
     spec = backbones.get(backbone)
     alpha = base.model.alpha
     if spec.alphas:
@@ -93,8 +117,9 @@ with c1:
         if st.session_state[P + "alpha"] not in spec.alphas:
             st.session_state[P + "alpha"] = base.model.alpha if base.model.alpha in spec.alphas else spec.alphas[0]
         alpha = st.selectbox("Width (alpha)", spec.alphas, key=P + "alpha", help=helps["model.alpha"])
-    image_size = st.number_input("Image size (px)", step=8, key=seed("image_size", base.model.image_size),
-                                 help=helps["model.image_size"])
+    image_size = st.number_input(
+        "Image size (px)", step=8, key=seed("image_size", base.model.image_size), help=helps["model.image_size"]
+    )
     if image_size < spec.min_size or image_size > 1024:
         problems.append(f"Image size (px): {spec.title} needs {spec.min_size} to 1024 pixels.")
     weight_choices = ["imagenet", "none", UPLOAD_WEIGHTS] if spec.has_imagenet else ["none"]
@@ -103,9 +128,16 @@ with c1:
         st.session_state[P + "weights"] = weight_choices[0]
     weights = st.selectbox("Weights", weight_choices, key=P + "weights", help=helps["model.weights"])
     if weights == UPLOAD_WEIGHTS:  # the way forward on a server that cannot download ImageNet weights
-        upload = uploads.file_input("Weights file (.h5)", "weights", [".h5"], key="weights-h5", help=(
-            "The notop .h5 file Keras names when its download fails, or weights saved from the same backbone, size "
-            "and width"))  # streamed to disk as it arrives (app_pages/uploads.py)
+        upload = uploads.file_input(
+            "Weights file (.h5)",
+            "weights",
+            [".h5"],
+            key="weights-h5",
+            help=(
+                "The notop .h5 file Keras names when its download fails, or weights saved from the same backbone, size "
+                "and width"
+            ),
+        )  # streamed to disk as it arrives (app_pages/uploads.py)
         weights = upload.path if upload else None
         if weights is None:
             st.info(f"Upload the weights file for {spec.title}, or choose imagenet or none.")
@@ -116,27 +148,52 @@ with c2:
     if st.session_state[P + "strategy"] not in strategies:
         st.session_state[P + "strategy"] = strategies[0] if spec.has_imagenet else "from_scratch"
     strategy = st.selectbox("Strategy", strategies, key=P + "strategy", help=helps["train.strategy"])
-    head_epochs = st.number_input("Head epochs" if strategy != "from_scratch" else "Epochs", step=1,
-                                  key=seed("head_epochs", base.train.head_epochs), help=helps["train.head_epochs"])
-    fine_tune_epochs = st.number_input("Fine-tune epochs", step=1, key=seed("fine_tune_epochs", base.train.fine_tune_epochs),
-                                       help=helps["train.fine_tune_epochs"],
-                                       disabled=strategy not in ("fine_tune", "freeze_first_k"))
-    batch_size = st.number_input("Batch size", step=1, key=seed("batch_size", base.train.batch_size),
-                                 help=helps["train.batch_size"])
+    head_epochs = st.number_input(
+        "Head epochs" if strategy != "from_scratch" else "Epochs",
+        step=1,
+        key=seed("head_epochs", base.train.head_epochs),
+        help=helps["train.head_epochs"],
+    )
+    fine_tune_epochs = st.number_input(
+        "Fine-tune epochs",
+        step=1,
+        key=seed("fine_tune_epochs", base.train.fine_tune_epochs),
+        help=helps["train.fine_tune_epochs"],
+        disabled=strategy not in ("fine_tune", "freeze_first_k"),
+    )
+    batch_size = st.number_input(
+        "Batch size", step=1, key=seed("batch_size", base.train.batch_size), help=helps["train.batch_size"]
+    )
     seed_value = st.number_input("Seed", step=1, key=seed("seed", base.train.seed), help=helps["train.seed"])
 with c3:
-    learning_rate = st.number_input("Learning rate", format="%.5f", step=1e-4,
-                                    key=seed("learning_rate", base.train.learning_rate), help=helps["train.learning_rate"])
-    fine_tune_lr = st.number_input("Fine-tune learning rate", format="%.6f", step=1e-6,
-                                   key=seed("fine_tune_learning_rate", base.train.fine_tune_learning_rate),
-                                   help=helps["train.fine_tune_learning_rate"])
-    schedule = st.selectbox("Learning-rate schedule", config_mod.SCHEDULES,
-                            key=seed("lr_schedule", base.train.lr_schedule), help=helps["train.lr_schedule"])
-    precision = st.selectbox("Precision", config_mod.PRECISIONS, key=seed("precision", base.train.precision),
-                             help=helps["train.precision"])
+    learning_rate = st.number_input(
+        "Learning rate",
+        format="%.5f",
+        step=1e-4,
+        key=seed("learning_rate", base.train.learning_rate),
+        help=helps["train.learning_rate"],
+    )
+    fine_tune_lr = st.number_input(
+        "Fine-tune learning rate",
+        format="%.6f",
+        step=1e-6,
+        key=seed("fine_tune_learning_rate", base.train.fine_tune_learning_rate),
+        help=helps["train.fine_tune_learning_rate"],
+    )
+    schedule = st.selectbox(
+        "Learning-rate schedule",
+        config_mod.SCHEDULES,
+        key=seed("lr_schedule", base.train.lr_schedule),
+        help=helps["train.lr_schedule"],
+    )
+    precision = st.selectbox(
+        "Precision", config_mod.PRECISIONS, key=seed("precision", base.train.precision), help=helps["train.precision"]
+    )
     if precision != "float32":
-        st.caption("Measured on an H100, MobileNetV2 0.35 @ 224: bf16 2,185 vs float32 3,064 images/s at batch 32, "
-                   "~99 s to compile. The model you export is float32 either way.")
+        st.caption(
+            "Measured on an H100, MobileNetV2 0.35 @ 224: bf16 2,185 vs float32 3,064 images/s at batch 32, "
+            "~99 s to compile. The model you export is float32 either way."
+        )
 
 st.subheader("Data split and class balance")
 # Only what this dataset allows: a val/ or test/ folder is that split (its fraction does not apply); with
@@ -150,26 +207,50 @@ if d0 is not None:
     key = seed("test_from", base.data.test_from)
     if st.session_state.get(key) not in offered:  # kept from a dataset that had a val/ folder
         st.session_state[key] = "none"
-    test_from = d0.selectbox("Test split from", offered, key=key,
-                             format_func={"none": "none (evaluate on val)", "train": "train/ folder",
-                                          "val": "val/ folder"}.get, help=helps["data.test_from"])
+    test_from = d0.selectbox(
+        "Test split from",
+        offered,
+        key=key,
+        format_func={"none": "none (evaluate on val)", "train": "train/ folder", "val": "val/ folder"}.get,
+        help=helps["data.test_from"],
+    )
 val_fraction = d1.number_input(
-    "Validation fraction", format="%.2f", step=0.05, key=seed("val_fraction", base.data.val_fraction),
-    disabled=has_val, help="Your data has a val/ folder: it is the validation split." if has_val
-    else helps["data.val_fraction"])
+    "Validation fraction",
+    format="%.2f",
+    step=0.05,
+    key=seed("val_fraction", base.data.val_fraction),
+    disabled=has_val,
+    help="Your data has a val/ folder: it is the validation split." if has_val else helps["data.val_fraction"],
+)
 test_fraction = d2.number_input(
-    "Test fraction", format="%.2f", step=0.05, key=seed("test_fraction", base.data.test_fraction),
+    "Test fraction",
+    format="%.2f",
+    step=0.05,
+    key=seed("test_fraction", base.data.test_fraction),
     disabled=has_test or (folders and test_from == "none"),
-    help="Your data has a test/ folder: it is the test split." if has_test
-    else "Choose where the test split is carved from first (Test split from)." if folders and test_from == "none"
-    else helps["data.test_fraction"])
-class_weight = d3.selectbox("Class weights", CLASS_WEIGHTS, key=seed("class_weight", base.train.class_weight),
-                            help=helps["train.class_weight"])
+    help="Your data has a test/ folder: it is the test split."
+    if has_test
+    else "Choose where the test split is carved from first (Test split from)."
+    if folders and test_from == "none"
+    else helps["data.test_fraction"],
+)
+class_weight = d3.selectbox(
+    "Class weights", CLASS_WEIGHTS, key=seed("class_weight", base.train.class_weight), help=helps["train.class_weight"]
+)
 
 
 # Kept for this visitor as shown, valid or not: a reload shows the same values (and the same reasons).
-state.put("train", {**kept_all, src: {k.removeprefix(P): v for k, v in st.session_state.items()
-                                      if isinstance(k, str) and k.startswith(P) and k != P + "source"}})
+state.put(
+    "train",
+    {
+        **kept_all,
+        src: {
+            k.removeprefix(P): v
+            for k, v in st.session_state.items()
+            if isinstance(k, str) and k.startswith(P) and k != P + "source"
+        },
+    },
+)
 
 augment_cfg = base.augment
 kept_aug = (state.get("augment") or {}).get(src)
@@ -180,22 +261,50 @@ if kept_aug:
         pass
 st.caption(f"Augmentation: {'on' if augment_cfg.active else 'off'} (set it on the Augment page).")
 # The form's fields as config fields: pipeline.config checks each (its reasons are data, said beside the label).
-labels = {"train.head_epochs": "Head epochs" if strategy != "from_scratch" else "Epochs",
-          "train.fine_tune_epochs": "Fine-tune epochs", "train.batch_size": "Batch size", "train.seed": "Seed",
-          "train.learning_rate": "Learning rate", "train.fine_tune_learning_rate": "Fine-tune learning rate",
-          "data.val_fraction": "Validation fraction", "data.test_fraction": "Test fraction"}
-cfg, invalid = config_mod.build({
-    "train.head_epochs": head_epochs, "train.fine_tune_epochs": fine_tune_epochs, "train.batch_size": batch_size,
-    "train.seed": seed_value, "train.learning_rate": learning_rate, "train.fine_tune_learning_rate": fine_tune_lr,
-    "data.val_fraction": val_fraction, "data.test_fraction": test_fraction, "data.test_from": test_from,
-    "model.backbone": backbone, "model.alpha": float(alpha), "model.image_size": int(image_size),
-    "model.weights": weights, "train.strategy": strategy, "train.lr_schedule": schedule,
-    "train.class_weight": class_weight, "train.precision": precision,
-    **{f"augment.{f.name}": getattr(augment_cfg, f.name) for f in dataclasses.fields(augment_cfg)},
-}, base=base)
+labels = {
+    "train.head_epochs": "Head epochs" if strategy != "from_scratch" else "Epochs",
+    "train.fine_tune_epochs": "Fine-tune epochs",
+    "train.batch_size": "Batch size",
+    "train.seed": "Seed",
+    "train.learning_rate": "Learning rate",
+    "train.fine_tune_learning_rate": "Fine-tune learning rate",
+    "data.val_fraction": "Validation fraction",
+    "data.test_fraction": "Test fraction",
+}
+cfg, invalid = config_mod.build(
+    {
+        "train.head_epochs": head_epochs,
+        "train.fine_tune_epochs": fine_tune_epochs,
+        "train.batch_size": batch_size,
+        "train.seed": seed_value,
+        "train.learning_rate": learning_rate,
+        "train.fine_tune_learning_rate": fine_tune_lr,
+        "data.val_fraction": val_fraction,
+        "data.test_fraction": test_fraction,
+        "data.test_from": test_from,
+        "model.backbone": backbone,
+        "model.alpha": float(alpha),
+        "model.image_size": int(image_size),
+        "model.weights": weights,
+        "train.strategy": strategy,
+        "train.lr_schedule": schedule,
+        "train.class_weight": class_weight,
+        "train.precision": precision,
+        **{f"augment.{f.name}": getattr(augment_cfg, f.name) for f in dataclasses.fields(augment_cfg)},
+    },
+    base=base,
+)
 for field_name, reason in invalid.items():  # a cross-field rule may quote an uploaded weights file's name
-    problems.append(sources.user_words(f"{labels[field_name]}: {reason}" if field_name in labels
-                                       else f"{field_name}: {reason}" if field_name else reason, src))
+    problems.append(
+        sources.user_words(
+            f"{labels[field_name]}: {reason}"
+            if field_name in labels
+            else f"{field_name}: {reason}"
+            if field_name
+            else reason,
+            src,
+        )
+    )
 
 splits = None
 if cfg is not None:
@@ -215,28 +324,45 @@ if splits is not None:
     table.loc["all classes"] = table.sum()
     st.dataframe(table, width="stretch")
     if not splits.test:
-        st.caption("No test split: Evaluate will measure the validation split, which also chooses the best "
-                   "checkpoint (an optimistic figure). " + ("Carve one from train/ or val/ (Test split from) for an "
-                   "unbiased one." if folders else "Set a test fraction for an unbiased one."))
+        st.caption(
+            "No test split: Evaluate will measure the validation split, which also chooses the best "
+            "checkpoint (an optimistic figure). "
+            + (
+                "Carve one from train/ or val/ (Test split from) for an unbiased one."
+                if folders
+                else "Set a test fraction for an unbiased one."
+            )
+        )
 
     est = estimates.for_run(cfg, len(splits.train), len(splits.val), len(splits.test))
     guess = "" if est.measured else " (first guess)"
     cols = st.columns(len(est.phases) + 1)
     for col, phase in zip(cols, est.phases, strict=False):
         label = {"head": "head", "fine_tune": "fine-tune", "scratch": "training"}.get(phase.name, phase.name)
-        col.metric(f"Per {label} epoch{guess}", estimate.describe(phase.epoch_seconds),
-                   help=f"The first epoch of the phase takes about {estimate.describe(phase.first_epoch_seconds)} "
-                        "(the graph is traced and compiled).")
-    cols[-1].metric(f"Whole run{guess}", estimate.describe(est.seconds),
-                    help=f"Launch to done: start-up (the process, loading and decoding the images, building the "
-                         f"model) about {estimate.describe(est.startup_seconds)}, the epochs, then the evaluation "
-                         f"about {estimate.describe(est.finish_seconds)}.")
+        col.metric(
+            f"Per {label} epoch{guess}",
+            estimate.describe(phase.epoch_seconds),
+            help=f"The first epoch of the phase takes about {estimate.describe(phase.first_epoch_seconds)} "
+            "(the graph is traced and compiled).",
+        )
+    cols[-1].metric(
+        f"Whole run{guess}",
+        estimate.describe(est.seconds),
+        help=f"Launch to done: start-up (the process, loading and decoding the images, building the "
+        f"model) about {estimate.describe(est.startup_seconds)}, the epochs, then the evaluation "
+        f"about {estimate.describe(est.finish_seconds)}.",
+    )
     st.caption(f"Estimate: {est.basis}.")
 
 for problem in problems:
     wording.error(problem)
-launch = st.button("Launch training", type="primary", icon=":material/rocket_launch:", disabled=bool(problems),
-                   help=("Fix first: " + " ".join(problems)) if problems else None)
+launch = st.button(
+    "Launch training",
+    type="primary",
+    icon=":material/rocket_launch:",
+    disabled=bool(problems),
+    help=("Fix first: " + " ".join(problems)) if problems else None,
+)
 if launch and cfg is not None and splits is not None:
     job_id = access.launch(src, cfg)  # owned by this visitor; refused past the per-visitor job limit
     if job_id is None:

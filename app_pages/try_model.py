@@ -27,14 +27,20 @@ if job is None:
 run = RunFolder(Path(job.run_dir))
 size = run.settings().model.image_size
 
-source = st.radio("Image", ["Upload", "Camera", "Live webcam"], horizontal=True, captions=[
-    "", "one photo, on the server and in the browser", "every frame, in the browser (TF.js)"])
+source = st.radio(
+    "Image",
+    ["Upload", "Camera", "Live webcam"],
+    horizontal=True,
+    captions=["", "one photo, on the server and in the browser", "every frame, in the browser (TF.js)"],
+)
 if source == "Live webcam":  # the bundle's demo in continuous mode: frames centre-cropped, classified one by one
     if not (run.exports / "tfjs" / "model.json").exists() or not (run.exports / "web" / "index.html").exists():
         st.info("Export the model with the tfjs format (Export page) to classify the webcam live in the browser.")
         st.stop()
-    st.caption("Your browser asks to use the camera; the frames stay in this browser (nothing is sent to the "
-               "server). Each frame's centre square is classified, as the exported model will be in an app.")
+    st.caption(
+        "Your browser asks to use the camera; the frames stay in this browser (nothing is sent to the "
+        "server). Each frame's centre square is classified, as the exported model will be in an app."
+    )
     components.iframe(bundle_web.demo_url(job.id, run.exports, webcam=True), height=560)
     st.stop()
 
@@ -54,14 +60,20 @@ def server_model():
         return _server_model(str(run.root), run.model.stat().st_mtime)
     except (OSError, UserError) as exc:  # missing, cut short, overwritten: said without the server's paths
         reason = (str(exc).split(": ", 1)[-1] if isinstance(exc, UserError) else str(exc.strerror)).replace(
-            str(run.root), "the run folder")
-        wording.error(f"This run's model file cannot be read ({reason.split('. Train into')[0]}). Delete the run "
-                     "and train it again.")
+            str(run.root), "the run folder"
+        )
+        wording.error(
+            f"This run's model file cannot be read ({reason.split('. Train into')[0]}). Delete the run "
+            "and train it again."
+        )
         st.stop()
 
 
-shot = st.file_uploader("Photo", type=["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"]) \
-    if source == "Upload" else st.camera_input("Take a photo")
+shot = (
+    st.file_uploader("Photo", type=["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"])
+    if source == "Upload"
+    else st.camera_input("Take a photo")
+)
 if shot is None:  # the server model loads while the visitor picks a photo (Keras and the model: ~20-40 s cold)
     with st.spinner("Loading the model for the server column..."):
         server_model()
@@ -83,8 +95,9 @@ with left:
     st.image(pixels, caption=f"model input ({size}x{size}, raw RGB)", width=256)
     top = server_model().top(pixels, k=5)
     st.subheader(f"Server: {wording.plain(top[0][0])} ({top[0][1]:.1%})")
-    st.bar_chart(pd.DataFrame({"probability": dict(top)}), horizontal=True,
-                 sort="-probability")  # most likely first, as in the browser column
+    st.bar_chart(
+        pd.DataFrame({"probability": dict(top)}), horizontal=True, sort="-probability"
+    )  # most likely first, as in the browser column
 
 with right:
     page = run.exports / "web" / "index.html"

@@ -161,10 +161,20 @@ def file_input(label: str, kind: str, suffixes: list[str], *, key: str, help: st
         box["token"] = upload_route.issue(kind, limit)
         box["issued"] = [*box["issued"][-20:], box["token"]]
     words = ", ".join(s.lstrip(".").upper() for s in suffixes)
-    result = _mount(key=f"upload-{key}", default={"upload": None},
-                    data={"token": box["token"], "url": upload_route.url_path(), "label": label, "help": help,
-                          "accept": suffixes, "limit": limit, "hint": f"Limit {limit_mb} MB per file - {words}"},
-                    on_upload_change=lambda: _arrived(key, kind, suffixes, limit_mb))
+    result = _mount(
+        key=f"upload-{key}",
+        default={"upload": None},
+        data={
+            "token": box["token"],
+            "url": upload_route.url_path(),
+            "label": label,
+            "help": help,
+            "accept": suffixes,
+            "limit": limit,
+            "hint": f"Limit {limit_mb} MB per file - {words}",
+        },
+        on_upload_change=lambda: _arrived(key, kind, suffixes, limit_mb),
+    )
     sent = result.get("upload") if result is not None else None
     record = box["done"].get(sent.get("token")) if isinstance(sent, dict) else None
     return _shown(record, kind, key, sent.get("token") if record else None)
@@ -208,9 +218,11 @@ def _arrived(key: str, kind: str, suffixes: list[str], limit_mb: int) -> None:
 def _problem(name: str, problem: str | None, limit_mb: int, size: int | None) -> str:
     if problem == upload_route.TOO_LARGE:
         how_big = f" ({size / 2**20:,.1f} MB)" if size else ""
-        return (f"{name}{how_big} is larger than this server's upload limit of {limit_mb} MB, so it was not kept. "
-                "Upload a smaller file, or ask whoever runs the server to raise TRANSFER_STUDIO_MAX_UPLOAD_MB "
-                "(and server.maxUploadSize).")
+        return (
+            f"{name}{how_big} is larger than this server's upload limit of {limit_mb} MB, so it was not kept. "
+            "Upload a smaller file, or ask whoever runs the server to raise TRANSFER_STUDIO_MAX_UPLOAD_MB "
+            "(and server.maxUploadSize)."
+        )
     if problem == upload_route.NO_SPACE:
         return f"The server's disk is full: {name} could not be kept. Try again later, or ask whoever runs it."
     if problem == upload_route.FAILED:
@@ -235,8 +247,9 @@ def _shown(record: dict | None, kind: str, key: str, ref: str | None) -> Upload 
 
 def _file_uploader(label, kind, suffixes, key, help, limit_mb) -> Upload | None:
     """Without the route: ``st.file_uploader`` (the file in memory), kept once per file."""
-    upload = st.file_uploader(label, type=[s.lstrip(".") for s in suffixes], max_upload_size=limit_mb, help=help,
-                              key=f"uploader-{key}")
+    upload = st.file_uploader(
+        label, type=[s.lstrip(".") for s in suffixes], max_upload_size=limit_mb, help=help, key=f"uploader-{key}"
+    )
     if upload is None:
         return None
     box = _box(key)

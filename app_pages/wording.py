@@ -75,8 +75,6 @@ def info(message: object) -> None:
     st.info(plain(message))
 
 
-
-
 def chart_label(value: object) -> str:
     """A label for Plotly, which reads a few HTML tags (links among them) in its text: entities keep it literal."""
     return readable(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

@@ -20,8 +20,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-quic"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 
 
 def main() -> int:
@@ -44,9 +51,23 @@ def main() -> int:
         browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS)
         page = browser.new_page()
         t0 = time.monotonic()
-        server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.port",
-                                   str(port), "--server.headless", "true"], cwd=ROOT, stdout=log, stderr=log,
-                                  env={**os.environ, "PYTHONPATH": str(ROOT)})
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "streamlit",
+                "run",
+                "streamlit_app.py",
+                "--server.port",
+                str(port),
+                "--server.headless",
+                "true",
+            ],
+            cwd=ROOT,
+            stdout=log,
+            stderr=log,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+        )
         try:
             while True:
                 try:
@@ -85,10 +106,14 @@ def main() -> int:
                 if w.stopped is None:
                     os.kill(w.pid, 15)
             browser.close()
-    result = {"cold_start_to_http_s": round(served, 2), "cold_start_to_interactive_s": round(interactive, 2),
-              "cold_start_to_data_page_s": round(cold, 2), "cold_start_to_examples_s": round(examples, 2),
-              "epoch_line_to_runs_page_s": delays,
-              "max_epoch_delay_s": max(delays) if delays else None}
+    result = {
+        "cold_start_to_http_s": round(served, 2),
+        "cold_start_to_interactive_s": round(interactive, 2),
+        "cold_start_to_data_page_s": round(cold, 2),
+        "cold_start_to_examples_s": round(examples, 2),
+        "epoch_line_to_runs_page_s": delays,
+        "max_epoch_delay_s": max(delays) if delays else None,
+    }
     print(json.dumps(result, indent=2))
     (ROOT / "bench" / "results_app.json").write_text(json.dumps(result, indent=2) + "\n")
     return 0

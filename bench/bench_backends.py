@@ -28,10 +28,19 @@ def run(checkout: Path, backend: str = "tensorflow") -> dict:
     from pipeline.host import launch
 
     env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
-    env.update(KERAS_HOME=str(seeded_keras_home()), TF_CPP_MIN_LOG_LEVEL="2", KERAS_BACKEND=backend,
-               TRANSFER_STUDIO_HOME=tempfile.mkdtemp(prefix="bench-home-"), PYTHONPATH=str(checkout))
-    proc = subprocess.run([sys.executable, str(checkout / "bench" / "bench_train.py"), "--child", "studio"],
-                          env=launch.child_env(**env) | {"PYTHONPATH": str(checkout)}, capture_output=True, text=True)
+    env.update(
+        KERAS_HOME=str(seeded_keras_home()),
+        TF_CPP_MIN_LOG_LEVEL="2",
+        KERAS_BACKEND=backend,
+        TRANSFER_STUDIO_HOME=tempfile.mkdtemp(prefix="bench-home-"),
+        PYTHONPATH=str(checkout),
+    )
+    proc = subprocess.run(
+        [sys.executable, str(checkout / "bench" / "bench_train.py"), "--child", "studio"],
+        env=launch.child_env(**env) | {"PYTHONPATH": str(checkout)},
+        capture_output=True,
+        text=True,
+    )
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
     if line is None:
         raise SystemExit(proc.stderr[-3000:])
@@ -49,14 +58,31 @@ def main() -> int:
     for i in range(args.pairs):
         order = ("before", "after") if i % 2 == 0 else ("after", "before")
         got = {which: run(args.before if which == "before" else ROOT) for which in order}
-        pairs.append({"first": order[0], **{k: {f: v[f] for f in ("wall_seconds", "head_images_per_second_steady",
-                                                                     "fine_tune_images_per_second", "final_val_accuracy")}
-                                              for k, v in got.items()},
-                      "after_over_before": round(got["after"]["wall_seconds"] / got["before"]["wall_seconds"], 3)})
+        pairs.append(
+            {
+                "first": order[0],
+                **{
+                    k: {
+                        f: v[f]
+                        for f in (
+                            "wall_seconds",
+                            "head_images_per_second_steady",
+                            "fine_tune_images_per_second",
+                            "final_val_accuracy",
+                        )
+                    }
+                    for k, v in got.items()
+                },
+                "after_over_before": round(got["after"]["wall_seconds"] / got["before"]["wall_seconds"], 3),
+            }
+        )
         print(json.dumps(pairs[-1]), flush=True)
     total = {w: sum(p[w]["wall_seconds"] for p in pairs) for w in ("before", "after")}
-    out = {"machine": f"{os.cpu_count()} cores", "pairs": pairs,
-           "total_after_over_before": round(total["after"] / total["before"], 3) if pairs else None}
+    out = {
+        "machine": f"{os.cpu_count()} cores",
+        "pairs": pairs,
+        "total_after_over_before": round(total["after"] / total["before"], 3) if pairs else None,
+    }
     if args.jax:
         out["jax"] = run(ROOT, backend="jax")
         print(json.dumps({"jax": out["jax"]}), flush=True)

@@ -58,8 +58,7 @@ def main() -> None:
     from pipeline import data as data_mod
     from pipeline.quality import estimate
 
-    env = {**os.environ, "KERAS_HOME": str(seeded_keras_home()), "PYTHONPATH": str(ROOT),
-           "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {**os.environ, "KERAS_HOME": str(seeded_keras_home()), "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2"}
     work = Path(tempfile.mkdtemp(prefix="bench-estimate-"))
     results: dict = {"pairs": []}
     if not args.skip_digits:
@@ -68,9 +67,17 @@ def main() -> None:
         print(f"python -m pipeline train sample:digits: {seconds:.1f} s", flush=True)
     runs = work / "runs"
     for backbone, alpha, size in PAIRS:
-        sets = [f"model.backbone={backbone}", f"model.alpha={alpha}", f"model.image_size={size}",
-                "model.weights=imagenet", f"train.head_epochs={HEAD_EPOCHS}", f"train.fine_tune_epochs={FT_EPOCHS}",
-                f"train.batch_size={BATCH}", "train.early_stopping_patience=0", "augment.enabled=true"]
+        sets = [
+            f"model.backbone={backbone}",
+            f"model.alpha={alpha}",
+            f"model.image_size={size}",
+            "model.weights=imagenet",
+            f"train.head_epochs={HEAD_EPOCHS}",
+            f"train.fine_tune_epochs={FT_EPOCHS}",
+            f"train.batch_size={BATCH}",
+            "train.early_stopping_patience=0",
+            "augment.enabled=true",
+        ]
         cfg = config_mod.apply_overrides(config_mod.RunConfig(), sets)
         report = data_mod.scan(DATA, cfg.data)
         splits = data_mod.make_splits(report, cfg.data, cfg.train.seed)
@@ -82,19 +89,35 @@ def main() -> None:
         b_dir = runs / f"{backbone}-{alpha}-{size}-b"
         b_seconds = _train(env, str(DATA), b_dir, sets + ["train.seed=7"])
         measured = _epochs(b_dir)
-        row = {"pair": name, "load_average_1min": round(os.getloadavg()[0], 2), "train_images": n_train, "val_images": n_val, "run_a_wall": round(a_seconds, 1),
-               "run_b_wall": round(b_seconds, 1), "measured_flag": est.measured,
-               "guess_run_seconds": round(guess.seconds, 1), "estimate_run_seconds": round(est.seconds, 1),
-               "guess_over_measured": round(guess.seconds / b_seconds, 2),
-               "estimate_over_measured": round(est.seconds / b_seconds, 2),
-               "estimate_startup": est.startup_seconds, "estimate_finish": est.finish_seconds,
-               "measured_run_epoch_seconds": round(sum(sum(v) for v in measured.values()), 1), "phases": []}
+        row = {
+            "pair": name,
+            "load_average_1min": round(os.getloadavg()[0], 2),
+            "train_images": n_train,
+            "val_images": n_val,
+            "run_a_wall": round(a_seconds, 1),
+            "run_b_wall": round(b_seconds, 1),
+            "measured_flag": est.measured,
+            "guess_run_seconds": round(guess.seconds, 1),
+            "estimate_run_seconds": round(est.seconds, 1),
+            "guess_over_measured": round(guess.seconds / b_seconds, 2),
+            "estimate_over_measured": round(est.seconds / b_seconds, 2),
+            "estimate_startup": est.startup_seconds,
+            "estimate_finish": est.finish_seconds,
+            "measured_run_epoch_seconds": round(sum(sum(v) for v in measured.values()), 1),
+            "phases": [],
+        }
         for g, p in zip(guess.phases, est.phases, strict=True):
             secs = measured.get(p.name, [])
-            row["phases"].append({
-                "phase": p.name, "guess_steady": g.epoch_seconds, "estimate_first": p.first_epoch_seconds,
-                "estimate_steady": p.epoch_seconds, "measured_first": round(secs[0], 2) if secs else None,
-                "measured_steady": round(statistics.median(secs[1:] or secs), 2) if secs else None})
+            row["phases"].append(
+                {
+                    "phase": p.name,
+                    "guess_steady": g.epoch_seconds,
+                    "estimate_first": p.first_epoch_seconds,
+                    "estimate_steady": p.epoch_seconds,
+                    "measured_first": round(secs[0], 2) if secs else None,
+                    "measured_steady": round(statistics.median(secs[1:] or secs), 2) if secs else None,
+                }
+            )
         results["pairs"].append(row)
         print(json.dumps(row), flush=True)
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")

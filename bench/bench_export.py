@@ -40,8 +40,15 @@ def make_subset(dest: Path) -> Path:
 def train_run(work: Path, env: dict) -> Path:
     data = make_subset(work / "flowers1000")
     run = work / "run"
-    sets = ["model.backbone=mobilenet_v2", "model.alpha=0.35", "model.image_size=224", "model.weights=imagenet",
-            "train.head_epochs=2", "train.fine_tune_epochs=1", "data.test_fraction=0.2"]
+    sets = [
+        "model.backbone=mobilenet_v2",
+        "model.alpha=0.35",
+        "model.image_size=224",
+        "model.weights=imagenet",
+        "train.head_epochs=2",
+        "train.fine_tune_epochs=1",
+        "data.test_fraction=0.2",
+    ]
     cmd = [sys.executable, "-m", "pipeline", "train", str(data), "--run-dir", str(run)]
     for s in sets:
         cmd += ["--set", s]
@@ -52,14 +59,19 @@ def train_run(work: Path, env: dict) -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--run", help="a trained run folder (default: train the flowers 1,000-image run)")
-    parser.add_argument("--export-src", help="run `python -m export` from this folder's export package (an older checkout)")
+    parser.add_argument(
+        "--export-src", help="run `python -m export` from this folder's export package (an older checkout)"
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results_export.json"))
     args = parser.parse_args()
     if not FLOWERS.is_dir() and not args.run:
         print(f"skipped: {FLOWERS} is absent", file=sys.stderr)
         return 0
-    env = {**os.environ, "KERAS_HOME": str(seeded_keras_home()),
-           "TRANSFER_STUDIO_HOME": tempfile.mkdtemp(prefix="bench-home-")}
+    env = {
+        **os.environ,
+        "KERAS_HOME": str(seeded_keras_home()),
+        "TRANSFER_STUDIO_HOME": tempfile.mkdtemp(prefix="bench-home-"),
+    }
     work = Path(tempfile.mkdtemp(prefix="bench-export-"))
     try:
         run = Path(args.run) if args.run else train_run(work, env)
@@ -67,8 +79,13 @@ def main() -> int:
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([str(src), str(ROOT)]))
         out = work / "bundle"
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "export", str(run), "--out", str(out), "--verify-images", "200"],
-                              cwd=src, env=env, capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "export", str(run), "--out", str(out), "--verify-images", "200"],
+            cwd=src,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         wall = time.perf_counter() - t0
         print(proc.stdout)
         log = out / "export.log"
@@ -77,16 +94,25 @@ def main() -> int:
         tfjs_backends = compare_tfjs_backends(out, run) if src == ROOT else None
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    report = {"run": str(run), "export_src": str(src), "exit_code": proc.returncode, "wall_seconds": round(wall, 1),
-              "steps_seconds": {k: float(v.split()[0]) for k, v in steps.items()}, "images": result["images"],
-              "formats": result["formats"], "tfjs_backends": tfjs_backends}
+    report = {
+        "run": str(run),
+        "export_src": str(src),
+        "exit_code": proc.returncode,
+        "wall_seconds": round(wall, 1),
+        "steps_seconds": {k: float(v.split()[0]) for k, v in steps.items()},
+        "images": result["images"],
+        "formats": result["formats"],
+        "tfjs_backends": tfjs_backends,
+    }
     print(f"python -m export: exit {proc.returncode}, {wall:.1f} s wall")
     for name, seconds in report["steps_seconds"].items():
         print(f"  {name}: {seconds:.2f} s")
     if tfjs_backends:
-        print(f"TF.js in Node on {TFJS_IMAGES} images: " + ", ".join(
-            f"{b} {r['ms_per_image']:.1f} ms/img" for b, r in tfjs_backends.items() if b != "max_abs_diff")
-            + f"; max |dp| between them {tfjs_backends['max_abs_diff']:.1e}")
+        print(
+            f"TF.js in Node on {TFJS_IMAGES} images: "
+            + ", ".join(f"{b} {r['ms_per_image']:.1f} ms/img" for b, r in tfjs_backends.items() if b != "max_abs_diff")
+            + f"; max |dp| between them {tfjs_backends['max_abs_diff']:.1e}"
+        )
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
     return 0
 
@@ -101,8 +127,10 @@ def compare_tfjs_backends(bundle: Path, run: Path) -> dict:
 
     with bundle_mod.held_out(run, TFJS_IMAGES) as (images, _labels, _split):
         results = {b: tfjs.predict(bundle / "tfjs", np.asarray(images), backend=b) for b in ("wasm", "cpu")}
-    out = {b: {"backend": r.backend, "ms_per_image": float(np.mean(r.latency_ms)), "note": r.note}
-           for b, r in results.items()}
+    out = {
+        b: {"backend": r.backend, "ms_per_image": float(np.mean(r.latency_ms)), "note": r.note}
+        for b, r in results.items()
+    }
     out["max_abs_diff"] = float(np.abs(results["wasm"].probs - results["cpu"].probs).max())
     return out
 

@@ -43,10 +43,22 @@ ROOT = HERE.parent
 SHARED = ROOT.parent / "shared"
 PHOTOS = SHARED / "data" / "hymenoptera"
 TARGET = {32: 4000 / 1.5, 256: 10000 / 1.5}  # within 1.5x of the H100 ceiling, float32 fine-tune
-FULL = {"images": 4096, "size": 224, "weights": "imagenet", "head_epochs": 2, "fine_tune_epochs": 3,
-        "configs": [("float32", 32), ("float32", 256), ("mixed_bfloat16", 32), ("mixed_bfloat16", 256)]}
-SMOKE = {"images": 48, "size": 32, "weights": "none", "head_epochs": 2, "fine_tune_epochs": 2,
-         "configs": [("float32", 8), ("mixed_bfloat16", 8)]}
+FULL = {
+    "images": 4096,
+    "size": 224,
+    "weights": "imagenet",
+    "head_epochs": 2,
+    "fine_tune_epochs": 3,
+    "configs": [("float32", 32), ("float32", 256), ("mixed_bfloat16", 32), ("mixed_bfloat16", 256)],
+}
+SMOKE = {
+    "images": 48,
+    "size": 32,
+    "weights": "none",
+    "head_epochs": 2,
+    "fine_tune_epochs": 2,
+    "configs": [("float32", 8), ("mixed_bfloat16", 8)],
+}
 
 
 def make_images(dest: Path, count: int, size: int, seed: int = 0) -> Path:
@@ -59,8 +71,9 @@ def make_images(dest: Path, count: int, size: int, seed: int = 0) -> Path:
         raise SystemExit(f"no photos under {PHOTOS}: this check needs ../shared beside the checkout")
     rng = random.Random(seed)
     side = int(size * 1.12)
-    plan = [(i, rng.choice(sources), rng.random(), rng.random(), rng.random(), rng.random() < 0.5)
-            for i in range(count)]
+    plan = [
+        (i, rng.choice(sources), rng.random(), rng.random(), rng.random(), rng.random() < 0.5) for i in range(count)
+    ]
 
     def one(item) -> None:
         i, src, scale, fx, fy, flip = item
@@ -100,7 +113,8 @@ def summarise(events: list[dict], n_train: int) -> dict:
         waits = [e.get("input_wait_seconds") for e in epochs[1:]]
         wait = sum(waits) if waits and None not in waits else None
         phases[name] = {
-            "epochs": len(epochs), "images_per_second": round(steady, 1),
+            "epochs": len(epochs),
+            "images_per_second": round(steady, 1),
             "first_epoch_seconds": round(train_s[0], 2),
             "compile_seconds": round(max(0.0, train_s[0] - n_train / steady), 2),
             "input_wait_seconds": None if wait is None else round(wait, 3),
@@ -128,15 +142,28 @@ def child(spec: dict) -> dict:
     from pipeline import config as config_mod
     from pipeline.training import train as train_mod
 
-    cfg = config_mod.from_dict({
-        "model": {"backbone": "mobilenet_v2", "alpha": 0.35, "image_size": spec["size"], "weights": spec["weights"]},
-        "train": {"strategy": "fine_tune", "head_epochs": spec["head_epochs"],
-                  "fine_tune_epochs": spec["fine_tune_epochs"], "batch_size": spec["batch_size"],
-                  "precision": spec["precision"], "backend": spec["backend"], "early_stopping_patience": 0,
-                  "class_weight": "none"},
-        "augment": {"enabled": False},
-        "data": {"val_fraction": 0.1, "test_fraction": 0.0},
-    })
+    cfg = config_mod.from_dict(
+        {
+            "model": {
+                "backbone": "mobilenet_v2",
+                "alpha": 0.35,
+                "image_size": spec["size"],
+                "weights": spec["weights"],
+            },
+            "train": {
+                "strategy": "fine_tune",
+                "head_epochs": spec["head_epochs"],
+                "fine_tune_epochs": spec["fine_tune_epochs"],
+                "batch_size": spec["batch_size"],
+                "precision": spec["precision"],
+                "backend": spec["backend"],
+                "early_stopping_patience": 0,
+                "class_weight": "none",
+            },
+            "augment": {"enabled": False},
+            "data": {"val_fraction": 0.1, "test_fraction": 0.0},
+        }
+    )
     events: list[dict] = []
     t0 = time.perf_counter()
     train_mod.train(spec["data"], spec["run_dir"], cfg, on_event=events.append, evaluate_after=False)
@@ -150,18 +177,27 @@ def child(spec: dict) -> dict:
     phases = summarise(events, n_train)
     device = start["devices"]["framework"]
     out = {
-        "precision": spec["precision"], "batch_size": spec["batch_size"], "backend": keras.backend.backend(),
-        "devices": device, "device_kind": _device_kind(keras.backend.backend()), "images": n_train,
-        "image_size": spec["size"], "phases": phases,
+        "precision": spec["precision"],
+        "batch_size": spec["batch_size"],
+        "backend": keras.backend.backend(),
+        "devices": device,
+        "device_kind": _device_kind(keras.backend.backend()),
+        "images": n_train,
+        "image_size": spec["size"],
+        "phases": phases,
         "features_images_per_second": features.get("images_per_second"),
         "image_cache_seconds": round(caches[-1] - caches[0], 2) if caches else None,
         "peak_device_memory_mb": peak_device_memory_mb(keras.backend.backend()),
-        "run_seconds": round(wall, 1), "keras": keras.__version__, "third_party_imports": third_party_imports(),
+        "run_seconds": round(wall, 1),
+        "keras": keras.__version__,
+        "third_party_imports": third_party_imports(),
     }
     goal = TARGET.get(spec["batch_size"])
     if goal and spec["precision"] == "float32" and not spec.get("smoke") and "fine_tune" in phases:
-        out["target"] = {"fine_tune_images_per_second_at_least": round(goal),
-                         "met": phases["fine_tune"]["images_per_second"] >= goal}
+        out["target"] = {
+            "fine_tune_images_per_second_at_least": round(goal),
+            "met": phases["fine_tune"]["images_per_second"] >= goal,
+        }
     return out
 
 
@@ -215,37 +251,83 @@ def main(argv: list[str] | None = None) -> int:
     try:
         t0 = time.perf_counter()
         data = make_images(work / "images", args.images or plan["images"], plan["size"])
-        emit({"check": "bench_gpu", "smoke": args.smoke, "backend": backend, "images": args.images or plan["images"],
-              "make_images_seconds": round(time.perf_counter() - t0, 1)})
-        env = {**os.environ, "KERAS_BACKEND": backend, "KERAS_HOME": str(seeded_keras_home(work / "keras")),
-               "TRANSFER_STUDIO_HOME": str(work / "home"), "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "2",
-               "XLA_PYTHON_CLIENT_PREALLOCATE": "false", "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
+        emit(
+            {
+                "check": "bench_gpu",
+                "smoke": args.smoke,
+                "backend": backend,
+                "images": args.images or plan["images"],
+                "make_images_seconds": round(time.perf_counter() - t0, 1),
+            }
+        )
+        env = {
+            **os.environ,
+            "KERAS_BACKEND": backend,
+            "KERAS_HOME": str(seeded_keras_home(work / "keras")),
+            "TRANSFER_STUDIO_HOME": str(work / "home"),
+            "PYTHONPATH": str(ROOT),
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+            "TF_FORCE_GPU_ALLOW_GROWTH": "true",
+        }
         durations: list[float] = []
         for precision, batch in plan["configs"]:
             elapsed = time.perf_counter() - t_start
             expected = statistics.mean(durations) if durations else 0.0
             if durations and elapsed + expected > args.budget:
-                emit({"precision": precision, "batch_size": batch, "skipped": f"over the {args.budget:.0f} s budget "
-                      f"({elapsed:.0f} s used, a configuration takes ~{expected:.0f} s)"})
+                emit(
+                    {
+                        "precision": precision,
+                        "batch_size": batch,
+                        "skipped": f"over the {args.budget:.0f} s budget "
+                        f"({elapsed:.0f} s used, a configuration takes ~{expected:.0f} s)",
+                    }
+                )
                 continue
-            spec = {**plan, "precision": precision, "batch_size": batch, "backend": backend, "smoke": args.smoke,
-                    "data": str(data), "run_dir": str(work / f"run-{precision}-{batch}")}
+            spec = {
+                **plan,
+                "precision": precision,
+                "batch_size": batch,
+                "backend": backend,
+                "smoke": args.smoke,
+                "data": str(data),
+                "run_dir": str(work / f"run-{precision}-{batch}"),
+            }
             spec.pop("configs")
             t0 = time.perf_counter()
             try:
-                proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
-                                      cwd=ROOT, env=env, capture_output=True, text=True,
-                                      timeout=max(60.0, args.budget - elapsed + 60))
+                proc = subprocess.run(
+                    [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)],
+                    cwd=ROOT,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=max(60.0, args.budget - elapsed + 60),
+                )
             except subprocess.TimeoutExpired as exc:
                 durations.append(time.perf_counter() - t0)
-                emit({"precision": precision, "batch_size": batch, "failed": "timeout",
-                      "seconds": round(durations[-1], 1), "stderr": (exc.stderr or b"")[-2000:].decode(errors="replace")
-                      if isinstance(exc.stderr, bytes) else (exc.stderr or "")[-2000:]})
+                emit(
+                    {
+                        "precision": precision,
+                        "batch_size": batch,
+                        "failed": "timeout",
+                        "seconds": round(durations[-1], 1),
+                        "stderr": (exc.stderr or b"")[-2000:].decode(errors="replace")
+                        if isinstance(exc.stderr, bytes)
+                        else (exc.stderr or "")[-2000:],
+                    }
+                )
                 continue
             durations.append(time.perf_counter() - t0)
             if proc.returncode != 0:
-                emit({"precision": precision, "batch_size": batch, "failed": proc.returncode,
-                      "stderr": proc.stderr[-2000:]})
+                emit(
+                    {
+                        "precision": precision,
+                        "batch_size": batch,
+                        "failed": proc.returncode,
+                        "stderr": proc.stderr[-2000:],
+                    }
+                )
                 continue
             emit({**json.loads(proc.stdout.strip().splitlines()[-1]), "process_seconds": round(durations[-1], 1)})
         emit({"total_seconds": round(time.perf_counter() - t_start, 1)})

@@ -45,9 +45,13 @@ def time_job(backend, cfg) -> dict:
     first = time.monotonic() - t0
     while backend.status(job_id).state in ("queued", "running"):
         time.sleep(0.1)
-    return {"submit_call_s": round(t_submitted, 2), "submit_to_first_epoch_s": round(first, 2),
-            "submit_to_done_s": round(time.monotonic() - t0, 2), "state": backend.status(job_id).state,
-            "epochs": len(run.epochs())}
+    return {
+        "submit_call_s": round(t_submitted, 2),
+        "submit_to_first_epoch_s": round(first, 2),
+        "submit_to_done_s": round(time.monotonic() - t0, 2),
+        "state": backend.status(job_id).state,
+        "epochs": len(run.epochs()),
+    }
 
 
 def main() -> int:
@@ -63,8 +67,13 @@ def main() -> int:
     results = {}
     local = LocalBackend(JobStore(), autostart=False)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    worker = subprocess.Popen([sys.executable, "-m", "pipeline", "worker"], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "worker"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         while not local.worker_alive():
             time.sleep(0.05)
@@ -80,9 +89,22 @@ def main() -> int:
     ray = Path(sys.executable).with_name("ray")
     if ray.exists():
         dash = free_port()
-        subprocess.run([str(ray), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={free_port()}",
-                        "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
-                        "--disable-usage-stats"], capture_output=True, check=True, timeout=300)
+        subprocess.run(
+            [
+                str(ray),
+                "start",
+                "--head",
+                "--node-ip-address=127.0.0.1",
+                f"--port={free_port()}",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dash}",
+                "--num-cpus=2",
+                "--disable-usage-stats",
+            ],
+            capture_output=True,
+            check=True,
+            timeout=300,
+        )
         try:
             from pipeline.jobs.ray_backend import RayBackend
 

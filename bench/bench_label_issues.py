@@ -63,8 +63,10 @@ def main() -> int:
 
     folder = Path(tempfile.mkdtemp(prefix="bench-flipped-"))
     flipped = planted_copy(folder, args.fraction, args.seed)
-    cfg = config_mod.apply_overrides(config_mod.RunConfig(), ["data.test_fraction=0", "model.backbone=mobilenet_v2",
-                                                              "model.alpha=0.35", "model.image_size=224"])
+    cfg = config_mod.apply_overrides(
+        config_mod.RunConfig(),
+        ["data.test_fraction=0", "model.backbone=mobilenet_v2", "model.alpha=0.35", "model.image_size=224"],
+    )
     report = data_mod.scan(folder, cfg.data)
     splits = data_mod.make_splits(report, cfg.data, cfg.train.seed)
     t0 = time.perf_counter()
@@ -72,10 +74,18 @@ def main() -> int:
     seconds = time.perf_counter() - t0
     flagged = {r["path"] for r in result["issues"]}
     hits = len(flagged & flipped)
-    out = {"images": result["images"], "flipped": len(flipped), "flagged": len(flagged), "correctly_flagged": hits,
-           "precision": hits / len(flagged) if flagged else 0.0, "recall": hits / len(flipped),
-           "seconds": round(seconds, 1), "folds": result["folds"],
-           "out_of_sample_accuracy": result["out_of_sample_accuracy"], "cores": os.cpu_count()}
+    out = {
+        "images": result["images"],
+        "flipped": len(flipped),
+        "flagged": len(flagged),
+        "correctly_flagged": hits,
+        "precision": hits / len(flagged) if flagged else 0.0,
+        "recall": hits / len(flipped),
+        "seconds": round(seconds, 1),
+        "folds": result["folds"],
+        "out_of_sample_accuracy": result["out_of_sample_accuracy"],
+        "cores": os.cpu_count(),
+    }
     print(json.dumps(out, indent=2))
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     shutil.rmtree(folder, ignore_errors=True)

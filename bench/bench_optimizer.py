@@ -29,8 +29,9 @@ def measure(kind: str, steps: int) -> dict:
     from pipeline.training.optimizer import adam
 
     keras.utils.set_random_seed(0)
-    base = keras.applications.MobileNetV2(input_shape=(224, 224, 3), alpha=0.35, include_top=False, weights=None,
-                                          pooling="avg")
+    base = keras.applications.MobileNetV2(
+        input_shape=(224, 224, 3), alpha=0.35, include_top=False, weights=None, pooling="avg"
+    )
     for layer in base.layers:
         layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)
     inputs = keras.Input((224, 224, 3))
@@ -49,8 +50,12 @@ def measure(kind: str, steps: int) -> dict:
         t0 = time.perf_counter()
         model.train_on_batch(x, y)
         times.append(time.perf_counter() - t0)
-    return {"optimizer": kind, "first_step_s": round(first, 3), "steady_step_s": round(statistics.median(times), 4),
-            "steps": steps}
+    return {
+        "optimizer": kind,
+        "first_step_s": round(first, 3),
+        "steady_step_s": round(statistics.median(times), 4),
+        "steps": steps,
+    }
 
 
 def main() -> int:
@@ -67,8 +72,13 @@ def main() -> int:
     rows = []
     for pair in range(args.pairs):
         for kind in ("keras", "fused") if pair % 2 == 0 else ("fused", "keras"):
-            out = subprocess.run([sys.executable, __file__, "--one", kind, "--steps", str(args.steps)], env=env,
-                                 capture_output=True, text=True, check=True).stdout
+            out = subprocess.run(
+                [sys.executable, __file__, "--one", kind, "--steps", str(args.steps)],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
             row = {**json.loads(out.strip().splitlines()[-1]), "pair": pair + 1}
             print(json.dumps(row), flush=True)
             rows.append(row)

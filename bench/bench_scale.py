@@ -10,8 +10,9 @@ cache): ``pipeline.training.train.train`` with MobileNetV2 alpha 0.35 at 160 px,
 extraction: features computed once), 1 head epoch on those features + 2 fine-tune epochs (the first one's time
 includes tracing the train step, a fixed 5-8 s that no per-image figure should carry), batch 32, the default
 ``data.cache_memory_mb`` (0: every split's image cache is a file read with ``preadv``, its pages in the
-kernel's page cache), 10% val / 10% test, evaluation of the test split at the end. Reported per size: scan images/s, cache build
-images/s (train + val), features images/s, seconds per training image in each fine-tune epoch, evaluation
+kernel's page cache), 10% val / 10% test, evaluation of the test split at the end. Reported per size: scan
+images/s, cache build images/s (train + val), features images/s, seconds per training image in each fine-tune epoch,
+evaluation
 seconds (loading the model included), peak RSS (``ru_maxrss`` of the training process) and the peak of the
 training process plus its decoding workers (sampled with psutil every 50 ms).
 
@@ -102,13 +103,20 @@ def run_one(data_dir: Path, run_dir: Path) -> dict:
     from pipeline import config as config_mod
     from pipeline.training import train as train_mod
 
-    cfg = config_mod.from_dict({
-        "model": {"backbone": "mobilenet_v2", "alpha": 0.35, "image_size": SIZE, "weights": str(WEIGHTS)},
-        "train": {"strategy": "fine_tune", "head_epochs": 1, "fine_tune_epochs": 2, "batch_size": 32,
-                  "early_stopping_patience": 0},
-        "augment": {"enabled": False},
-        "data": {"val_fraction": 0.1, "test_fraction": 0.1},
-    })
+    cfg = config_mod.from_dict(
+        {
+            "model": {"backbone": "mobilenet_v2", "alpha": 0.35, "image_size": SIZE, "weights": str(WEIGHTS)},
+            "train": {
+                "strategy": "fine_tune",
+                "head_epochs": 1,
+                "fine_tune_epochs": 2,
+                "batch_size": 32,
+                "early_stopping_patience": 0,
+            },
+            "augment": {"enabled": False},
+            "data": {"val_fraction": 0.1, "test_fraction": 0.1},
+        }
+    )
     marks: dict[str, float] = {}
     events: list[dict] = []
     tree_peak = [0.0]
@@ -149,7 +157,10 @@ def run_one(data_dir: Path, run_dir: Path) -> dict:
     ft = [e for e in events if e.get("event") == "epoch" and e.get("phase") == "fine_tune"]
     ev = json.loads(run.eval.read_text())
     return {
-        "files": n_scanned, "train": n_train, "val": n_val, "test": n_test,
+        "files": n_scanned,
+        "train": n_train,
+        "val": n_val,
+        "test": n_test,
         "scan_images_per_s": n_scanned / (marks["scan_last"] - t0),
         "cache_images_per_s": (n_train + n_val) / (marks["cache_last"] - marks["start"]),
         "features_images_per_s": feats["images_per_second"],
@@ -166,8 +177,13 @@ def run_one(data_dir: Path, run_dir: Path) -> dict:
 
 def scale(sizes: list[int], out: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-scale-"))
-    results: dict = {"sizes": {}, "image_size": SIZE, "weights": WEIGHTS.name, "cores": os.cpu_count(),
-                     "date": time.strftime("%Y-%m-%d %H:%M")}
+    results: dict = {
+        "sizes": {},
+        "image_size": SIZE,
+        "weights": WEIGHTS.name,
+        "cores": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
     try:
         t = time.perf_counter()
         pool = make_pool(tmp, max(sizes))
@@ -176,8 +192,13 @@ def scale(sizes: list[int], out: Path) -> None:
             data_dir = make_set(pool, tmp / f"set{n}", n)
             home = tmp / f"home{n}"
             env = {**os.environ, "TRANSFER_STUDIO_HOME": str(home), "TF_CPP_MIN_LOG_LEVEL": "2"}
-            proc = subprocess.run([sys.executable, __file__, "--one", str(data_dir), str(tmp / f"run{n}")],
-                                  env=env, cwd=ROOT, capture_output=True, text=True)
+            proc = subprocess.run(
+                [sys.executable, __file__, "--one", str(data_dir), str(tmp / f"run{n}")],
+                env=env,
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+            )
             if proc.returncode:
                 print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
                 results["sizes"][str(n)] = {"error": proc.stderr.strip().splitlines()[-1:]}
@@ -197,16 +218,20 @@ def print_scale(results: dict) -> None:
     if not rows:
         return
     base = rows[0][1]
-    print("| images | train | scan img/s | cache build img/s | features img/s | fine-tune epoch 1 ms/train image "
-          "| epoch 2 ms/train image | vs smallest | peak RSS MB | vs smallest | with workers MB |")
+    print(
+        "| images | train | scan img/s | cache build img/s | features img/s | fine-tune epoch 1 ms/train image "
+        "| epoch 2 ms/train image | vs smallest | peak RSS MB | vs smallest | with workers MB |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for n, r in rows:
-        print(f"| {n:,} | {r['train']:,} | {r['scan_images_per_s']:.0f} | {r['cache_images_per_s']:.0f} | "
-              f"{r['features_images_per_s']:.0f} | {r['s_per_train_image_first'] * 1000:.2f} | "
-              f"{r['s_per_train_image'] * 1000:.2f} | "
-              f"{r['s_per_train_image'] / base['s_per_train_image']:.2f}x | "
-              f"{r['peak_rss_mb']:,.0f} | {r['peak_rss_mb'] / base['peak_rss_mb']:.2f}x | "
-              f"{r['tree_peak_rss_mb']:,.0f} |")
+        print(
+            f"| {n:,} | {r['train']:,} | {r['scan_images_per_s']:.0f} | {r['cache_images_per_s']:.0f} | "
+            f"{r['features_images_per_s']:.0f} | {r['s_per_train_image_first'] * 1000:.2f} | "
+            f"{r['s_per_train_image'] * 1000:.2f} | "
+            f"{r['s_per_train_image'] / base['s_per_train_image']:.2f}x | "
+            f"{r['peak_rss_mb']:,.0f} | {r['peak_rss_mb'] / base['peak_rss_mb']:.2f}x | "
+            f"{r['tree_peak_rss_mb']:,.0f} |"
+        )
 
 
 # === Decode before/after ===
@@ -219,14 +244,22 @@ def decode_one(variant: str, home: Path, src: Path, size: int) -> dict:
     os.environ["TRANSFER_STUDIO_HOME"] = str(home)
     if variant == "before":
         old = home / "data_before.py"
-        old.write_text(subprocess.run(["git", "show", f"{BEFORE_COMMIT}:pipeline/data.py"], cwd=ROOT, check=True,
-                                      capture_output=True, text=True).stdout)
+        old.write_text(
+            subprocess.run(
+                ["git", "show", f"{BEFORE_COMMIT}:pipeline/data.py"],
+                cwd=ROOT,
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+        )
         spec = importlib.util.spec_from_file_location("data_before", old)
         data = importlib.util.module_from_spec(spec)
         sys.modules["data_before"] = data  # dataclasses look their module up
         spec.loader.exec_module(data)
     else:
         from pipeline import data
+
         if variant in ("thread", "process"):
             os.environ["TRANSFER_STUDIO_DECODE_POOL"] = variant
     t0 = time.perf_counter()
@@ -269,11 +302,18 @@ def decode_set(rounds: int, src: Path, size: int) -> dict:
                 shutil.rmtree(home, ignore_errors=True)
             runs[v].append(res)
             print(r, v, json.dumps({k: round(x, 3) for k, x in res.items()}), flush=True)
-    summary = {v: {k: statistics.median(x[k] for x in runs[v]) for k in ("scan_s", "cache_s", "total_s")}
-               for v in variants}
+    summary = {
+        v: {k: statistics.median(x[k] for x in runs[v]) for k in ("scan_s", "cache_s", "total_s")} for v in variants
+    }
     ratios = {v: [b["total_s"] / x["total_s"] for b, x in zip(runs["before"], runs[v], strict=True)] for v in variants}
-    results = {"source": src.name, "image_size": size, "files": runs["before"][0]["files"], "runs": runs,
-               "median": summary, "speedup_per_round": ratios}
+    results = {
+        "source": src.name,
+        "image_size": size,
+        "files": runs["before"][0]["files"],
+        "runs": runs,
+        "median": summary,
+        "speedup_per_round": ratios,
+    }
     n = results["files"]
     print(f"{src.name} at {size} px, {n} files:")
     print("| variant | scan s | cache build s | scan to cache s | images/s | speed-up vs before (per round) |")
@@ -286,8 +326,13 @@ def decode_set(rounds: int, src: Path, size: int) -> dict:
 
 
 def _child_decode(variant: str, home: Path, src: Path, size: int) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--decode-one", variant, str(home), str(src), str(size)], cwd=ROOT,
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--decode-one", variant, str(home), str(src), str(size)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 

@@ -8,8 +8,8 @@ that peak memory (ru_maxrss) is its own. Variants:
   prefetch(10), augmentation layers in the model, base called with training=False.
 - ``studio``: ``pipeline.training.train`` with augmentation on (flip + rotation, like the recipe).
 - ``studio_cached``: ``pipeline.training.train`` with augmentation off, so the head phase runs on cached features.
-- ``floor`` / ``floor_8``: import TensorFlow, build the model, run one fine-tune step on a batch of 32 (or 8) zeros (base
-  trainable, BatchNorm frozen as in ``pipeline``): the least peak memory any pipeline can have.
+- ``floor`` / ``floor_8``: import TensorFlow, build the model, run one fine-tune step on a batch of 32 (or 8) zeros
+  (base trainable, BatchNorm frozen as in ``pipeline``): the least peak memory any pipeline can have.
 - ``data_recipe`` / ``data_studio``: only the image cache of each (the recipe's ``.cache()`` filled by
   one pass; ``pipeline.data.ImageCache``): peak RSS above the process's RSS once TensorFlow's runtime
   and tf.data are started.
@@ -63,10 +63,12 @@ def recipe_datasets():
     import keras
     from keras import layers
 
-    train_ds = keras.utils.image_dataset_from_directory(DATA / "train", image_size=(SIZE, SIZE), batch_size=None,
-                                                        label_mode="categorical", seed=42)
-    val_ds = keras.utils.image_dataset_from_directory(DATA / "val", image_size=(SIZE, SIZE), batch_size=None,
-                                                      label_mode="categorical", shuffle=False)
+    train_ds = keras.utils.image_dataset_from_directory(
+        DATA / "train", image_size=(SIZE, SIZE), batch_size=None, label_mode="categorical", seed=42
+    )
+    val_ds = keras.utils.image_dataset_from_directory(
+        DATA / "val", image_size=(SIZE, SIZE), batch_size=None, label_mode="categorical", shuffle=False
+    )
     resize = layers.Resizing(SIZE, SIZE)
     train_ds = train_ds.map(lambda x, y: (resize(x), y)).cache().batch(BATCH).prefetch(10)
     val_ds = val_ds.map(lambda x, y: (resize(x), y)).cache().batch(BATCH).prefetch(10)
@@ -93,8 +95,12 @@ def run_data(variant: str) -> dict:
         for s, c in zip(("train", "val"), caches, strict=True):
             for _ in data_mod.make_dataset(c, splits.labels(s), 2, BATCH, shuffle=True, seed=42):
                 pass
-    return {"variant": variant, "rss_after_imports_mb": round(before), "peak_rss_mb": round(peak_rss_mb()),
-            "data_peak_above_imports_mb": round(peak_rss_mb() - before)}
+    return {
+        "variant": variant,
+        "rss_after_imports_mb": round(before),
+        "peak_rss_mb": round(peak_rss_mb()),
+        "data_peak_above_imports_mb": round(peak_rss_mb() - before),
+    }
 
 
 def run_floor(batch: int = BATCH) -> dict:
@@ -122,8 +128,9 @@ def run_recipe() -> dict:
     keras.utils.set_random_seed(42)
     train_ds, val_ds = recipe_datasets()
     augmentation = keras.Sequential([layers.RandomFlip("horizontal"), layers.RandomRotation(0.1)])
-    base = keras.applications.MobileNetV2(weights="imagenet", input_shape=(SIZE, SIZE, 3), include_top=False,
-                                          alpha=ALPHA)
+    base = keras.applications.MobileNetV2(
+        weights="imagenet", input_shape=(SIZE, SIZE, 3), include_top=False, alpha=ALPHA
+    )
     base.trainable = False
     inputs = keras.Input(shape=(SIZE, SIZE, 3))
     x = augmentation(inputs)
@@ -170,10 +177,16 @@ def run_studio(augment: bool) -> dict:
     from pipeline.training import train as train_mod
 
     t0 = time.perf_counter()
-    cfg = config_mod.apply_overrides(config_mod.RunConfig(), [
-        f"train.head_epochs={HEAD_EPOCHS}", f"train.fine_tune_epochs={FT_EPOCHS}", f"train.batch_size={BATCH}",
-        f"augment.enabled={str(augment).lower()}", "train.early_stopping_patience=0",
-    ])
+    cfg = config_mod.apply_overrides(
+        config_mod.RunConfig(),
+        [
+            f"train.head_epochs={HEAD_EPOCHS}",
+            f"train.fine_tune_epochs={FT_EPOCHS}",
+            f"train.batch_size={BATCH}",
+            f"augment.enabled={str(augment).lower()}",
+            "train.early_stopping_patience=0",
+        ],
+    )
     run_dir = Path(tempfile.mkdtemp(prefix="bench-run-"))
     try:
         run = train_mod.train(str(DATA), run_dir / "run", cfg, evaluate_after=False)
@@ -214,7 +227,11 @@ def memory_dataset(root: Path, n_test: int) -> Path:
         files = sorted((FLOWERS / cls).iterdir())
         n_tr, n_va = MEMORY_TRAIN // len(classes), MEMORY_VAL // len(classes)
         n_te = n_test // len(classes) + (1 if i < n_test % len(classes) else 0)
-        chosen = {"train": files[:n_tr], "val": files[n_tr:n_tr + n_va], "test": files[n_tr + n_va:n_tr + n_va + n_te]}
+        chosen = {
+            "train": files[:n_tr],
+            "val": files[n_tr : n_tr + n_va],
+            "test": files[n_tr + n_va : n_tr + n_va + n_te],
+        }
         for split, group in chosen.items():
             (out / split / cls).mkdir(parents=True, exist_ok=True)
             for f in group:  # hard links (or copies): the scan does not follow symlinked files
@@ -233,15 +250,17 @@ def run_memory_recipe(data: Path) -> dict:
     keras.utils.set_random_seed(42)
 
     def split(name, shuffle):
-        ds = keras.utils.image_dataset_from_directory(data / name, image_size=(SIZE, SIZE), batch_size=BATCH,
-                                                      label_mode="categorical", shuffle=shuffle, seed=42)
+        ds = keras.utils.image_dataset_from_directory(
+            data / name, image_size=(SIZE, SIZE), batch_size=BATCH, label_mode="categorical", shuffle=shuffle, seed=42
+        )
         return ds.prefetch(10).cache()  # the guide's pipeline: float32 images cached in memory
 
     train_ds, val_ds, test_ds = split("train", True), split("val", False), split("test", False)
     classes = len([p for p in (data / "train").iterdir() if p.is_dir()])
     augmentation = keras.Sequential([layers.RandomFlip("horizontal"), layers.RandomRotation(0.1)])
-    base = keras.applications.MobileNetV2(weights="imagenet", input_shape=(SIZE, SIZE, 3), include_top=False,
-                                          alpha=ALPHA)
+    base = keras.applications.MobileNetV2(
+        weights="imagenet", input_shape=(SIZE, SIZE, 3), include_top=False, alpha=ALPHA
+    )
     base.trainable = False
     inputs = keras.Input(shape=(SIZE, SIZE, 3))
     x = base(layers.Rescaling(1 / 127.5, offset=-1)(augmentation(inputs)), training=False)
@@ -253,9 +272,13 @@ def run_memory_recipe(data: Path) -> dict:
     model.compile(optimizer=keras.optimizers.Adam(1e-5), loss="categorical_crossentropy", metrics=["accuracy"])
     model.fit(train_ds, epochs=1, validation_data=val_ds, verbose=0)
     accuracy = model.evaluate(test_ds, verbose=0, return_dict=True)["accuracy"]
-    return {"variant": "recipe", "test_images": sum(1 for p in (data / "test").rglob("*") if p.is_file()),
-            "wall_seconds": round(time.perf_counter() - t0, 1), "test_accuracy": round(accuracy, 4),
-            "peak_rss_mb": round(peak_rss_mb())}
+    return {
+        "variant": "recipe",
+        "test_images": sum(1 for p in (data / "test").rglob("*") if p.is_file()),
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+        "test_accuracy": round(accuracy, 4),
+        "peak_rss_mb": round(peak_rss_mb()),
+    }
 
 
 # ``KEY=VALUE,...`` overrides for the studio runs of ``--memory`` (e.g. data.cache_memory_mb=2048: the image cache
@@ -268,18 +291,29 @@ def run_memory_studio(data: Path) -> dict:
     from pipeline.training import train as train_mod
 
     t0 = time.perf_counter()
-    cfg = config_mod.apply_overrides(config_mod.RunConfig(), [
-        "train.head_epochs=1", "train.fine_tune_epochs=1", f"train.batch_size={BATCH}",
-        "train.early_stopping_patience=0", *MEMORY_OVERRIDES,
-    ])
+    cfg = config_mod.apply_overrides(
+        config_mod.RunConfig(),
+        [
+            "train.head_epochs=1",
+            "train.fine_tune_epochs=1",
+            f"train.batch_size={BATCH}",
+            "train.early_stopping_patience=0",
+            *MEMORY_OVERRIDES,
+        ],
+    )
     run_dir = Path(tempfile.mkdtemp(prefix="bench-run-"))
     try:
         run = train_mod.train(str(data), run_dir / "run", cfg, evaluate_after=True)
         result = json.loads(run.eval.read_text())
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
-    return {"variant": "studio", "test_images": result["images"], "wall_seconds": round(time.perf_counter() - t0, 1),
-            "test_accuracy": round(result["accuracy"], 4), "peak_rss_mb": round(peak_rss_mb())}
+    return {
+        "variant": "studio",
+        "test_images": result["images"],
+        "wall_seconds": round(time.perf_counter() - t0, 1),
+        "test_accuracy": round(result["accuracy"], 4),
+        "peak_rss_mb": round(peak_rss_mb()),
+    }
 
 
 def memory_main(out: Path, run_child) -> int:
@@ -295,18 +329,25 @@ def memory_main(out: Path, run_child) -> int:
         shutil.rmtree(root, ignore_errors=True)
     if recipe is None or None in studio:
         return 1
-    out.write_text(json.dumps({"machine": f"{os.cpu_count()} cores", "recipe": recipe, "studio": studio}, indent=2)
-                   + "\n")
+    out.write_text(
+        json.dumps({"machine": f"{os.cpu_count()} cores", "recipe": recipe, "studio": studio}, indent=2) + "\n"
+    )
     print("| run | test images | peak RSS MB | ratio to the recipe | wall s | test accuracy |")
     print("|---|---|---|---|---|---|")
-    print(f"| recipe | {recipe['test_images']} | {recipe['peak_rss_mb']} | 1.00 | {recipe['wall_seconds']} | "
-          f"{recipe['test_accuracy']} |")
+    print(
+        f"| recipe | {recipe['test_images']} | {recipe['peak_rss_mb']} | 1.00 | {recipe['wall_seconds']} | "
+        f"{recipe['test_accuracy']} |"
+    )
     for r in studio:
-        print(f"| studio | {r['test_images']} | {r['peak_rss_mb']} | {r['peak_rss_mb'] / recipe['peak_rss_mb']:.2f} | "
-              f"{r['wall_seconds']} | {r['test_accuracy']} |")
+        print(
+            f"| studio | {r['test_images']} | {r['peak_rss_mb']} | {r['peak_rss_mb'] / recipe['peak_rss_mb']:.2f} | "
+            f"{r['wall_seconds']} | {r['test_accuracy']} |"
+        )
     peaks = [r["peak_rss_mb"] for r in studio]
-    print(f"\nstudio peak from 200 to 2,000 test images: {min(peaks)}-{max(peaks)} MB "
-          f"(spread {(max(peaks) - min(peaks)) / min(peaks):.1%})")
+    print(
+        f"\nstudio peak from 200 to 2,000 test images: {min(peaks)}-{max(peaks)} MB "
+        f"(spread {(max(peaks) - min(peaks)) / min(peaks):.1%})"
+    )
     return 0
 
 
@@ -323,16 +364,23 @@ def cache_pairs_main(out: Path, run_child, n: int) -> int:
         data = memory_dataset(root, 1000)
         for i in range(n):
             order = ("memory", "file") if i % 2 == 0 else ("file", "memory")
-            got = {kind: run_child(f"memory_studio:{data}",
-                                   BENCH_MEMORY_SET="data.cache_memory_mb=2048" if kind == "memory" else "")
-                   for kind in order}
+            got = {
+                kind: run_child(
+                    f"memory_studio:{data}", BENCH_MEMORY_SET="data.cache_memory_mb=2048" if kind == "memory" else ""
+                )
+                for kind in order
+            }
             if None in got.values():
                 return 1
-            pairs.append({kind: {"wall_seconds": r["wall_seconds"], "peak_rss_mb": r["peak_rss_mb"]}
-                          for kind, r in got.items()})
+            pairs.append(
+                {kind: {"wall_seconds": r["wall_seconds"], "peak_rss_mb": r["peak_rss_mb"]} for kind, r in got.items()}
+            )
             m, f = pairs[-1]["memory"], pairs[-1]["file"]
-            print(f"pair {i + 1}: memory {m['wall_seconds']} s {m['peak_rss_mb']} MB, file {f['wall_seconds']} s "
-                  f"{f['peak_rss_mb']} MB: file/memory time {f['wall_seconds'] / m['wall_seconds']:.3f}", flush=True)
+            print(
+                f"pair {i + 1}: memory {m['wall_seconds']} s {m['peak_rss_mb']} MB, file {f['wall_seconds']} s "
+                f"{f['peak_rss_mb']} MB: file/memory time {f['wall_seconds'] / m['wall_seconds']:.3f}",
+                flush=True,
+            )
     finally:
         shutil.rmtree(root, ignore_errors=True)
     results = json.loads(out.read_text()) if out.exists() else {}
@@ -361,12 +409,23 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=str(ROOT / "bench" / "results_train.json"))
     parser.add_argument("--child")
-    parser.add_argument("--memory", action="store_true",
-                        help="instead: whole-run peak RSS for 200/1,000/2,000 test images against the recipe")
-    parser.add_argument("--cache-pairs", type=int, default=0,
-                        help="instead: N alternating whole studio runs with the image cache in memory and in a file")
-    parser.add_argument("--pairs", type=int, default=0,
-                        help="instead: N interleaved recipe/studio pairs, printing each pair's and the median speed-up")
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="instead: whole-run peak RSS for 200/1,000/2,000 test images against the recipe",
+    )
+    parser.add_argument(
+        "--cache-pairs",
+        type=int,
+        default=0,
+        help="instead: N alternating whole studio runs with the image cache in memory and in a file",
+    )
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        default=0,
+        help="instead: N interleaved recipe/studio pairs, printing each pair's and the median speed-up",
+    )
     args = parser.parse_args()
     if args.child:
         child(args.child)
@@ -375,8 +434,13 @@ def main() -> int:
         print(f"skipped: {DATA} is absent", file=sys.stderr)
         return 0
     keras_home = seeded_keras_home()
-    env = {**os.environ, "KERAS_HOME": str(keras_home), "TF_CPP_MIN_LOG_LEVEL": "2",
-           "TRANSFER_STUDIO_HOME": tempfile.mkdtemp(prefix="bench-home-"), "PYTHONPATH": str(ROOT)}
+    env = {
+        **os.environ,
+        "KERAS_HOME": str(keras_home),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "TRANSFER_STUDIO_HOME": tempfile.mkdtemp(prefix="bench-home-"),
+        "PYTHONPATH": str(ROOT),
+    }
 
     sys.path.insert(0, str(ROOT))
     from pipeline.host import launch
@@ -386,8 +450,9 @@ def main() -> int:
         # capped); the recipe and the floor run as a notebook would, with the environment as it is.
         ours = not variant.startswith(("recipe", "memory_recipe", "floor"))
         child_env = {**(launch.child_env(**env) if ours else env), **extra}
-        proc = subprocess.run([sys.executable, __file__, "--child", variant], env=child_env, capture_output=True,
-                              text=True)
+        proc = subprocess.run(
+            [sys.executable, __file__, "--child", variant], env=child_env, capture_output=True, text=True
+        )
         line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:
             print(proc.stderr[-3000:], file=sys.stderr)
@@ -410,15 +475,25 @@ def main() -> int:
             got = {v: run_child(v) for v in order}
             if None in got.values():
                 return 1
-            pairs.append({"recipe_s": got["recipe"]["wall_seconds"], "studio_s": got["studio"]["wall_seconds"],
-                          "speed_up": round(got["recipe"]["wall_seconds"] / got["studio"]["wall_seconds"], 2)})
-            print(f"pair {i + 1}: recipe {pairs[-1]['recipe_s']} s, studio {pairs[-1]['studio_s']} s: "
-                  f"{pairs[-1]['speed_up']}x", flush=True)
+            pairs.append(
+                {
+                    "recipe_s": got["recipe"]["wall_seconds"],
+                    "studio_s": got["studio"]["wall_seconds"],
+                    "speed_up": round(got["recipe"]["wall_seconds"] / got["studio"]["wall_seconds"], 2),
+                }
+            )
+            print(
+                f"pair {i + 1}: recipe {pairs[-1]['recipe_s']} s, studio {pairs[-1]['studio_s']} s: "
+                f"{pairs[-1]['speed_up']}x",
+                flush=True,
+            )
         ups = sorted(x["speed_up"] for x in pairs)
         median = ups[len(ups) // 2] if len(ups) % 2 else round((ups[len(ups) // 2 - 1] + ups[len(ups) // 2]) / 2, 2)
         print(f"median end-to-end speed-up over {len(ups)} pairs: {median}x")
-        Path(args.out).write_text(json.dumps({"machine": f"{os.cpu_count()} cores", "pairs": pairs,
-                                              "median_speed_up": median}, indent=2) + "\n")
+        Path(args.out).write_text(
+            json.dumps({"machine": f"{os.cpu_count()} cores", "pairs": pairs, "median_speed_up": median}, indent=2)
+            + "\n"
+        )
         return 0
 
     results = []
@@ -433,15 +508,22 @@ def main() -> int:
     print("| variant | wall s | head img/s (steady) | fine-tune img/s | peak RSS MB | final val acc |")
     print("|---|---|---|---|---|---|")
     for r in (rec, st, sc):
-        print(f"| {r['variant']} | {r['wall_seconds']} | {r['head_images_per_second_steady']} | "
-              f"{r['fine_tune_images_per_second']} | {r['peak_rss_mb']:.0f} | {r['final_val_accuracy']} |")
+        print(
+            f"| {r['variant']} | {r['wall_seconds']} | {r['head_images_per_second_steady']} | "
+            f"{r['fine_tune_images_per_second']} | {r['peak_rss_mb']:.0f} | {r['final_val_accuracy']} |"
+        )
     print()
     print(f"end to end, augmentation on: {rec['wall_seconds'] / st['wall_seconds']:.2f}x faster than the recipe")
-    print(f"head epochs on cached features: "
-          f"{sc['head_images_per_second_steady'] / rec['head_images_per_second_steady']:.1f}x the recipe's")
-    print(f"peak memory: {st['peak_rss_mb'] / rec['peak_rss_mb']:.2f} of the recipe's; one fine-tune step alone "
-          f"peaks at {by['floor']['peak_rss_mb']} MB ({by['floor']['peak_rss_mb'] / rec['peak_rss_mb']:.2f} of the recipe's), "
-          f"at batch 8 {by['floor_8']['peak_rss_mb']} MB ({by['floor_8']['peak_rss_mb'] / rec['peak_rss_mb']:.2f})")
+    print(
+        f"head epochs on cached features: "
+        f"{sc['head_images_per_second_steady'] / rec['head_images_per_second_steady']:.1f}x the recipe's"
+    )
+    print(
+        f"peak memory: {st['peak_rss_mb'] / rec['peak_rss_mb']:.2f} of the recipe's; one fine-tune step alone "
+        f"peaks at {by['floor']['peak_rss_mb']} MB "
+        f"({by['floor']['peak_rss_mb'] / rec['peak_rss_mb']:.2f} of the recipe's), "
+        f"at batch 8 {by['floor_8']['peak_rss_mb']} MB ({by['floor_8']['peak_rss_mb'] / rec['peak_rss_mb']:.2f})"
+    )
     dr, ds = by["data_recipe"]["data_peak_above_imports_mb"], by["data_studio"]["data_peak_above_imports_mb"]
     print(f"image cache memory (peak above imports): recipe {dr} MB, studio {ds} MB: {ds / dr:.2f} of the recipe's")
     return 0

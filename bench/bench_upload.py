@@ -32,8 +32,15 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run", "--disable-quic"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
 MiB = 1024 * 1024
 SIZE_MIB = 400
 
@@ -74,9 +81,25 @@ def measure(entry: str, archive: Path, pw) -> dict:
         port = s.getsockname()[1]
     log = open(home / "streamlit.log", "w")  # noqa: SIM115
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TRANSFER_STUDIO_HOME": str(home)}
-    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", entry, "--server.port", str(port),
-                               "--server.address", "127.0.0.1", "--server.headless", "true"],
-                              cwd=ROOT, stdout=log, stderr=log, env=env)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            entry,
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--server.headless",
+            "true",
+        ],
+        cwd=ROOT,
+        stdout=log,
+        stderr=log,
+        env=env,
+    )
     browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS)
     try:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -115,10 +138,17 @@ def measure(entry: str, archive: Path, pw) -> dict:
         sampler.join()
         after = rss(proc)
         kept = [p for p in (home / "uploads").rglob("*.zip")]
-        return {"entry": entry, "baseline_mb": round(baseline / 1e6, 1), "peak_mb": round(max(samples) / 1e6, 1),
-                "after_mb": round(after / 1e6, 1), "peak_growth_mb": round((max(samples) - baseline) / 1e6, 1),
-                "retained_growth_mb": round((after - baseline) / 1e6, 1), "upload_to_unpacked_s": round(shown, 1),
-                "samples": len(samples), "kept": [p.stat().st_size for p in kept]}
+        return {
+            "entry": entry,
+            "baseline_mb": round(baseline / 1e6, 1),
+            "peak_mb": round(max(samples) / 1e6, 1),
+            "after_mb": round(after / 1e6, 1),
+            "peak_growth_mb": round((max(samples) - baseline) / 1e6, 1),
+            "retained_growth_mb": round((after - baseline) / 1e6, 1),
+            "upload_to_unpacked_s": round(shown, 1),
+            "samples": len(samples),
+            "kept": [p.stat().st_size for p in kept],
+        }
     finally:
         browser.close()
         server.terminate()
@@ -144,9 +174,13 @@ def main() -> int:
             control = measure("app_server.py", small, pw)  # the same page work without the 400 MiB
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    result = {"upload_bytes": size, "upload_mib": SIZE_MIB,
-              "before_st_file_uploader": before, "after_upload_route": after,
-              "control_same_images_without_the_400_mib": control}
+    result = {
+        "upload_bytes": size,
+        "upload_mib": SIZE_MIB,
+        "before_st_file_uploader": before,
+        "after_upload_route": after,
+        "control_same_images_without_the_400_mib": control,
+    }
     print(json.dumps(result, indent=2))
     (ROOT / "bench" / "results_upload.json").write_text(json.dumps(result, indent=2) + "\n")
     return 0

@@ -40,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     common = {"formats": formats, "started": round(time.time(), 3)}
 
     def report(msg: str) -> None:
-        task.write_status(args.status_file, state="running", step=msg, done=state["done"], total=state["total"], **common)
+        task.write_status(
+            args.status_file, state="running", step=msg, done=state["done"], total=state["total"], **common
+        )
         state["done"] += 1
 
     task.write_status(args.status_file, state="running", step="starting", done=0, total=state["total"], **common)
@@ -49,8 +51,16 @@ def main(argv: list[str] | None = None) -> int:
         code, error = _run(args, report)
     finally:
         outcome = {EXIT_OK: "done", EXIT_GATE_FAILED: "gate_failed"}.get(code, "failed")
-        task.write_status(args.status_file, state=outcome, step=outcome, done=state["total"], total=state["total"],
-                          error=error, finished=round(time.time(), 3), **common)
+        task.write_status(
+            args.status_file,
+            state=outcome,
+            step=outcome,
+            done=state["total"],
+            total=state["total"],
+            error=error,
+            finished=round(time.time(), 3),
+            **common,
+        )
     return code
 
 
@@ -69,18 +79,29 @@ def _run(args, on_step) -> tuple[int, str | None]:
             dest = Path(args.out).resolve() if args.out else run.exports
             manifest = dest / "manifest.json"
             if not manifest.exists():
-                raise bundle.ExportError(f"{dest} holds no complete bundle; run `python -m export {args.run_dir}` first.")
+                raise bundle.ExportError(
+                    f"{dest} holds no complete bundle; run `python -m export {args.run_dir}` first."
+                )
             formats = list(json.loads(manifest.read_text())["formats"])
-            with bundle.export_lock(run.root, dest, say), tempfile.TemporaryDirectory(prefix="verify-cache-") as scratch, \
-                    bundle.held_out(run.root, args.verify_images, scratch=Path(scratch)) as (images, labels, _):
+            with (
+                bundle.export_lock(run.root, dest, say),
+                tempfile.TemporaryDirectory(prefix="verify-cache-") as scratch,
+                bundle.held_out(run.root, args.verify_images, scratch=Path(scratch)) as (images, labels, _),
+            ):
                 result = verify.verify(dest, formats, load_model(run), images, labels, progress=say)
             from pipeline.host.atomic import atomic_write_json
 
             atomic_write_json(dest / "verify.json", result)
         else:
             formats = bundle.parse_formats(args.formats)
-            dest, result = bundle.export_run(args.run_dir, formats, args.out, run_verify=not args.no_verify,
-                                             verify_limit=args.verify_images, progress=say)
+            dest, result = bundle.export_run(
+                args.run_dir,
+                formats,
+                args.out,
+                run_verify=not args.no_verify,
+                verify_limit=args.verify_images,
+                progress=say,
+            )
             print(f"bundle: {dest}")
     except (UserError, PermissionError) as exc:  # UserError: pipeline.host.exitcodes' family (export's errors too)
         print(f"error: {exc}", file=sys.stderr)

@@ -52,7 +52,9 @@ def parse_formats(text: str | None) -> list[str]:
     wanted = [f.strip() for f in text.split(",") if f.strip()]
     unknown = [f for f in wanted if f not in formats_mod.REGISTRY]
     if unknown:
-        raise ExportError(f"unknown format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS + OPTIONAL_FORMATS)} or all.")
+        raise ExportError(
+            f"unknown format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS + OPTIONAL_FORMATS)} or all."
+        )
     return ["savedmodel"] + [f for f in wanted if f != "savedmodel"]
 
 
@@ -84,8 +86,13 @@ def held_out(run_dir: Path, limit: int = 200, *, scratch: Path | None = None) ->
     if len(idx) > limit:
         idx = sorted(_balanced_sample(splits, split, limit, cfg.train.seed))
     files = splits.paths(split)
-    cache = data_mod.ImageCache([files[i] for i in idx], cfg.model.image_size, memory_budget_mb=cfg.data.cache_memory_mb,
-                                disk_dir=scratch, max_pixels=cfg.data.max_image_pixels)
+    cache = data_mod.ImageCache(
+        [files[i] for i in idx],
+        cfg.model.image_size,
+        memory_budget_mb=cfg.data.cache_memory_mb,
+        disk_dir=scratch,
+        max_pixels=cfg.data.max_image_pixels,
+    )
     try:
         yield cache.array, splits.labels(split)[idx], split
     finally:
@@ -94,8 +101,18 @@ def held_out(run_dir: Path, limit: int = 200, *, scratch: Path | None = None) ->
 
 def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for pkg in ("transfer-studio", "tensorflow", "keras", "tensorflowjs", "ai-edge-litert", "mediapipe", "tf2onnx",
-                "onnx", "onnxruntime", "numpy"):
+    for pkg in (
+        "transfer-studio",
+        "tensorflow",
+        "keras",
+        "tensorflowjs",
+        "ai-edge-litert",
+        "mediapipe",
+        "tf2onnx",
+        "onnx",
+        "onnxruntime",
+        "numpy",
+    ):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
@@ -146,8 +163,18 @@ def export_run(
             tmp = paths.make_temp_dir(dest.parent, f".{dest.name}.tmp-")  # not mkdtemp's 0700: the umask's mode
             timer = _Timer(tmp / TIMES_NAME)
             try:
-                result = _build(run, cfg, splits, formats, tmp, timer, say, run_verify=run_verify,
-                                verify_limit=verify_limit, calibration_images=calibration_images)
+                result = _build(
+                    run,
+                    cfg,
+                    splits,
+                    formats,
+                    tmp,
+                    timer,
+                    say,
+                    run_verify=run_verify,
+                    verify_limit=verify_limit,
+                    calibration_images=calibration_images,
+                )
                 _replace_dir(tmp, dest)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -180,8 +207,19 @@ class _Timer:
         self.record("total", time.perf_counter() - self.t0)
 
 
-def _build(run, cfg, splits, formats, tmp: Path, timer: _Timer, say: ProgressFn, *, run_verify: bool,
-           verify_limit: int, calibration_images: int) -> dict[str, Any] | None:
+def _build(
+    run,
+    cfg,
+    splits,
+    formats,
+    tmp: Path,
+    timer: _Timer,
+    say: ProgressFn,
+    *,
+    run_verify: bool,
+    verify_limit: int,
+    calibration_images: int,
+) -> dict[str, Any] | None:
     """Writes every file of the bundle into ``tmp``; returns the verification result."""
     say("loading the trained model")
     with timer.step("load model"):
@@ -195,9 +233,13 @@ def _build(run, cfg, splits, formats, tmp: Path, timer: _Timer, say: ProgressFn,
     info = mediapipe_tasks.ModelInfo(
         name=f"Transfer Studio image classifier ({cfg.model.backbone})",
         version=f"{run.root.name} exported {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}",
-        description=(f"Classifies a photo into {len(splits.classes)} classes ({', '.join(splits.classes)}). "
-                     f"{cfg.model.backbone} at {size}x{size} px, fine-tuned with Transfer Studio."),
-        image_size=size, labels=tuple(splits.classes))
+        description=(
+            f"Classifies a photo into {len(splits.classes)} classes ({', '.join(splits.classes)}). "
+            f"{cfg.model.backbone} at {size}x{size} px, fine-tuned with Transfer Studio."
+        ),
+        image_size=size,
+        labels=tuple(splits.classes),
+    )
     for fmt in (f for f in formats if f != "savedmodel"):
         family = formats_mod.get(fmt).family
         say(f"converting {fmt}")
@@ -209,7 +251,9 @@ def _build(run, cfg, splits, formats, tmp: Path, timer: _Timer, say: ProgressFn,
                 path.write_bytes(tflite.convert(tmp / "savedmodel", q, rep))
                 flex = sorted(op for op in tflite.op_names(path) if op.startswith("Flex"))
                 if flex:
-                    raise ConversionError(f"{fmt} needs TensorFlow Select ops ({', '.join(flex)}), which mobile apps cannot load.")
+                    raise ConversionError(
+                        f"{fmt} needs TensorFlow Select ops ({', '.join(flex)}), which mobile apps cannot load."
+                    )
                 params = tflite.io_details(path) if q.full_integer else None
                 int8_params = params or int8_params
                 with_meta, written_metadata[fmt] = mediapipe_tasks.write_metadata(path.read_bytes(), info, params)
@@ -254,8 +298,9 @@ def _representative(splits: data_mod.Splits, cfg, count: int):
     return gen
 
 
-def build_manifest(run, cfg, splits, formats, int8_params, bundle: Path,
-                   tflite_metadata: dict[str, dict] | None = None) -> dict[str, Any]:
+def build_manifest(
+    run, cfg, splits, formats, int8_params, bundle: Path, tflite_metadata: dict[str, dict] | None = None
+) -> dict[str, Any]:
     from pipeline import backbones
 
     spec = backbones.get(cfg.model.backbone)
@@ -270,18 +315,30 @@ def build_manifest(run, cfg, splits, formats, int8_params, bundle: Path,
         "format_version": 1,
         "labels": list(splits.classes),
         "input": {
-            "name": savedmodel.INPUT_NAME, "shape": [1, size, size, 3], "dtype": "float32", "layout": "NHWC",
-            "color": "RGB", "value_range": [0, 255],
+            "name": savedmodel.INPUT_NAME,
+            "shape": [1, size, size, 3],
+            "dtype": "float32",
+            "layout": "NHWC",
+            "color": "RGB",
+            "value_range": [0, 255],
             "resize": f"bilinear to {size}x{size}, aspect ratio not kept (no crop), EXIF orientation applied first",
             "preprocessing": f"inside the model ({spec.preprocessing}); feed raw pixels",
         },
-        "output": {"name": savedmodel.OUTPUT_NAME, "shape": [1, len(splits.classes)], "dtype": "float32",
-                   "meaning": "softmax probabilities in label order"},
+        "output": {
+            "name": savedmodel.OUTPUT_NAME,
+            "shape": [1, len(splits.classes)],
+            "dtype": "float32",
+            "meaning": "softmax probabilities in label order",
+        },
         "tflite_int8": int8_params,
         "tflite_metadata": tflite_metadata or {},
         "web_demo": "web/index.html" if (bundle / "web" / "index.html").exists() else None,
-        "backbone": {"name": cfg.model.backbone, "alpha": cfg.model.alpha if spec.alphas else None,
-                     "weights": cfg.model.weights, "strategy": cfg.train.strategy},
+        "backbone": {
+            "name": cfg.model.backbone,
+            "alpha": cfg.model.alpha if spec.alphas else None,
+            "weights": cfg.model.weights,
+            "strategy": cfg.train.strategy,
+        },
         "formats": {f: verify.artifact_path(bundle, f).relative_to(bundle).as_posix() for f in formats},
         "training": {
             "best": None if (best := run.read_state().best) is None else best.to_dict(),
@@ -320,13 +377,17 @@ def check_destination(dest: Path, run_root: Path) -> None:
     """
     run_root = run_root.resolve()
     if dest == run_root or dest in run_root.parents:
-        raise ExportError(f"--out {dest} is the run folder or contains it: choose a new or empty folder "
-                          f"(default: {run_root / 'exports'}).")
+        raise ExportError(
+            f"--out {dest} is the run folder or contains it: choose a new or empty folder "
+            f"(default: {run_root / 'exports'})."
+        )
     if dest.exists() and not dest.is_dir():
         raise ExportError(f"--out {dest} is a file: choose a new or empty folder.")
     if dest.is_dir() and any(dest.iterdir()) and not is_bundle(dest):
-        raise ExportError(f"--out {dest} is not empty and is not a bundle written by `python -m export` (or holds "
-                          "files its manifest does not list): nothing was changed; choose a new or empty folder.")
+        raise ExportError(
+            f"--out {dest} is not empty and is not a bundle written by `python -m export` (or holds "
+            "files its manifest does not list): nothing was changed; choose a new or empty folder."
+        )
 
 
 @contextlib.contextmanager
@@ -364,7 +425,8 @@ def clean_stale(dest: Path) -> None:
 
 
 def _replace_dir(src: Path, dest: Path) -> None:
-    """Moves the finished bundle into place (with the export lock held); an older bundle is moved aside, then deleted."""
+    """Moves the finished bundle into place (with the export lock held); an older bundle is moved aside, then
+    deleted."""
     old = None
     if dest.exists():
         old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
@@ -380,11 +442,18 @@ def bundle_readme(cfg, splits, formats, int8_params) -> str:
     if int8_params:
         q = int8_params["input"]["quantization"]
         o = int8_params["output"]["quantization"]
-        int8 = (f"\n`model-int8.tflite` takes **uint8** pixels (scale {q['scale']:g}, zero point {q['zero_point']}) "
-                f"and returns uint8 scores: probability = (value - {o['zero_point']}) * {o['scale']:g}.\n")
+        int8 = (
+            f"\n`model-int8.tflite` takes **uint8** pixels (scale {q['scale']:g}, zero point {q['zero_point']}) "
+            f"and returns uint8 scores: probability = (value - {o['zero_point']}) * {o['scale']:g}.\n"
+        )
     text = README_TEMPLATE.read_text(encoding="utf-8")
-    for key, value in {"LABELS": ", ".join(splits.classes), "SIZE": str(cfg.model.image_size),
-                       "FORMATS": ", ".join(formats), "INT8": int8, "CLASSES": str(len(splits.classes))}.items():
+    for key, value in {
+        "LABELS": ", ".join(splits.classes),
+        "SIZE": str(cfg.model.image_size),
+        "FORMATS": ", ".join(formats),
+        "INT8": int8,
+        "CLASSES": str(len(splits.classes)),
+    }.items():
         text = text.replace(f"@{key}@", value)
     return text
 

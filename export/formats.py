@@ -69,21 +69,28 @@ class FormatSpec:
         return self.gate is None
 
 
-REGISTRY: dict[str, FormatSpec] = {spec.name: spec for spec in (
-    FormatSpec("savedmodel", "savedmodel", "savedmodel", "TensorFlow SavedModel"),
-    FormatSpec("tflite-float32", "tflite", "model-float32.tflite", "LiteRT interpreter", mediapipe=True),
-    FormatSpec("tflite-float16", "tflite", "model-float16.tflite", "LiteRT interpreter", 1, FLOAT16_GATE,
-               mediapipe=True),
-    FormatSpec("tflite-dynamic", "tflite", "model-dynamic.tflite", "LiteRT interpreter", 2, DYNAMIC_GATE,
-               mediapipe=True),
-    FormatSpec("tflite-int8", "tflite", "model-int8.tflite", "LiteRT interpreter", 3, EIGHT_BIT_GATE, mediapipe=True),
-    FormatSpec("tfjs", "tfjs", "tfjs", "TF.js in Node"),
-    FormatSpec("tfjs-float16", "tfjs", "tfjs-float16", "TF.js in Node", 1, FLOAT16_GATE),
-    FormatSpec("onnx", "onnx", "model.onnx", "onnxruntime (CPU)"),
-    # affine uint8 weights: on MobileNetV2 with real weights it agreed with Keras on 57% of top-1 labels
-    # (depthwise kernels do not survive 8-bit affine weights), far below the gate: on request only.
-    FormatSpec("tfjs-uint8", "tfjs", "tfjs-uint8", "TF.js in Node", 3, EIGHT_BIT_GATE, default=False),
-)}
+REGISTRY: dict[str, FormatSpec] = {
+    spec.name: spec
+    for spec in (
+        FormatSpec("savedmodel", "savedmodel", "savedmodel", "TensorFlow SavedModel"),
+        FormatSpec("tflite-float32", "tflite", "model-float32.tflite", "LiteRT interpreter", mediapipe=True),
+        FormatSpec(
+            "tflite-float16", "tflite", "model-float16.tflite", "LiteRT interpreter", 1, FLOAT16_GATE, mediapipe=True
+        ),
+        FormatSpec(
+            "tflite-dynamic", "tflite", "model-dynamic.tflite", "LiteRT interpreter", 2, DYNAMIC_GATE, mediapipe=True
+        ),
+        FormatSpec(
+            "tflite-int8", "tflite", "model-int8.tflite", "LiteRT interpreter", 3, EIGHT_BIT_GATE, mediapipe=True
+        ),
+        FormatSpec("tfjs", "tfjs", "tfjs", "TF.js in Node"),
+        FormatSpec("tfjs-float16", "tfjs", "tfjs-float16", "TF.js in Node", 1, FLOAT16_GATE),
+        FormatSpec("onnx", "onnx", "model.onnx", "onnxruntime (CPU)"),
+        # affine uint8 weights: on MobileNetV2 with real weights it agreed with Keras on 57% of top-1 labels
+        # (depthwise kernels do not survive 8-bit affine weights), far below the gate: on request only.
+        FormatSpec("tfjs-uint8", "tfjs", "tfjs-uint8", "TF.js in Node", 3, EIGHT_BIT_GATE, default=False),
+    )
+}
 DEFAULT = tuple(name for name, spec in REGISTRY.items() if spec.default)
 OPTIONAL = tuple(name for name, spec in REGISTRY.items() if not spec.default)
 

@@ -60,26 +60,35 @@ def write_metadata(model: bytes, info: ModelInfo, quantization: dict | None = No
     size = info.image_size
     if quantization:
         q, o = quantization["input"]["quantization"], quantization["output"]["quantization"]
-        input_text = (f"RGB image, {size}x{size}, uint8 pixels 0..255 (input quantization scale {q['scale']:g}, "
-                      f"zero point {q['zero_point']}); resize bilinearly without cropping; no normalisation.")
-        output_text = (f"Class probabilities as uint8 in the order of {LABELS_FILE}: "
-                       f"probability = (value - {o['zero_point']}) * {o['scale']:g}.")
+        input_text = (
+            f"RGB image, {size}x{size}, uint8 pixels 0..255 (input quantization scale {q['scale']:g}, "
+            f"zero point {q['zero_point']}); resize bilinearly without cropping; no normalisation."
+        )
+        output_text = (
+            f"Class probabilities as uint8 in the order of {LABELS_FILE}: "
+            f"probability = (value - {o['zero_point']}) * {o['scale']:g}."
+        )
     else:
-        input_text = (f"RGB image, {size}x{size}, float32 raw pixels 0..255 (mean 0, std 1: preprocessing is "
-                      "inside the model); resize bilinearly without cropping.")
+        input_text = (
+            f"RGB image, {size}x{size}, float32 raw pixels 0..255 (mean 0, std 1: preprocessing is "
+            "inside the model); resize bilinearly without cropping."
+        )
         output_text = f"Softmax probabilities in the order of {LABELS_FILE}."
     writer = metadata_writer.MetadataWriter.create(bytearray(model))
     writer.add_general_info(info.name, info.description)
     writer.add_image_input([0.0], [1.0], fb.ColorSpaceType.RGB, name="image", description=input_text)
-    writer.add_classification_output(metadata_writer.Labels().add(list(info.labels)), name="probabilities",
-                                     description=output_text)
+    writer.add_classification_output(
+        metadata_writer.Labels().add(list(info.labels)), name="probabilities", description=output_text
+    )
     first, _ = writer.populate()
     del writer
 
     # The writer has no version field: set it on the metadata it wrote and populate the original model again.
     import flatbuffers
 
-    meta = fb.ModelMetadataT.InitFromObj(fb.ModelMetadata.GetRootAsModelMetadata(metadata.get_metadata_buffer(first), 0))
+    meta = fb.ModelMetadataT.InitFromObj(
+        fb.ModelMetadata.GetRootAsModelMetadata(metadata.get_metadata_buffer(first), 0)
+    )
     meta.version = info.version
     builder = flatbuffers.Builder(0)
     builder.Finish(meta.Pack(builder), metadata.MetadataPopulator.METADATA_FILE_IDENTIFIER)
@@ -101,18 +110,29 @@ def read_metadata(model: bytes) -> dict[str, Any]:
     meta = json.loads(displayer.get_metadata_json())
     sub = meta["subgraph_metadata"][0]
     inp, out = sub["input_tensor_metadata"][0], sub["output_tensor_metadata"][0]
-    norm = next((u["options"] for u in inp.get("process_units", []) if u["options_type"] == "NormalizationOptions"), None)
+    norm = next(
+        (u["options"] for u in inp.get("process_units", []) if u["options_type"] == "NormalizationOptions"), None
+    )
     files = out.get("associated_files", [])
     labels = displayer.get_associated_file_buffer(files[0]["name"]).decode("utf-8").splitlines() if files else []
     return {
-        "name": meta.get("name"), "version": meta.get("version"), "description": meta.get("description"),
+        "name": meta.get("name"),
+        "version": meta.get("version"),
+        "description": meta.get("description"),
         "min_parser_version": meta.get("min_parser_version"),
-        "input": {"name": inp.get("name"), "color_space": inp["content"]["content_properties"].get("color_space"),
-                  "normalization": norm, "range": [inp["stats"]["min"][0], inp["stats"]["max"][0]],
-                  "description": inp.get("description")},
-        "output": {"name": out.get("name"), "description": out.get("description"),
-                   "labels_file": {"name": files[0]["name"], "type": files[0]["type"]} if files else None,
-                   "labels": labels},
+        "input": {
+            "name": inp.get("name"),
+            "color_space": inp["content"]["content_properties"].get("color_space"),
+            "normalization": norm,
+            "range": [inp["stats"]["min"][0], inp["stats"]["max"][0]],
+            "description": inp.get("description"),
+        },
+        "output": {
+            "name": out.get("name"),
+            "description": out.get("description"),
+            "labels_file": {"name": files[0]["name"], "type": files[0]["type"]} if files else None,
+            "labels": labels,
+        },
     }
 
 
@@ -146,7 +166,9 @@ def classify(path: Path, images, batch: int = 64) -> MediaPipeResult:
     try:
         classifier = vision.ImageClassifier.create_from_options(options)
     except Exception as exc:  # MediaPipe raises RuntimeError/ValueError with the calculator's message
-        raise RuntimeError(f"MediaPipe ImageClassifier refused {path.name}: {str(exc).strip().splitlines()[0]}") from exc
+        raise RuntimeError(
+            f"MediaPipe ImageClassifier refused {path.name}: {str(exc).strip().splitlines()[0]}"
+        ) from exc
     rows, top1, names, elapsed = [], [], {}, 0.0
     with classifier:
         for start in range(0, len(images), batch):
@@ -162,4 +184,6 @@ def classify(path: Path, images, batch: int = 64) -> MediaPipeResult:
                     names[c.index] = c.category_name
                 rows.append(row)
                 top1.append(max(cats, key=lambda c: c.score).category_name)
-    return MediaPipeResult(np.array(rows), top1, [names[i] for i in sorted(names)], elapsed * 1000 / max(len(images), 1))
+    return MediaPipeResult(
+        np.array(rows), top1, [names[i] for i in sorted(names)], elapsed * 1000 / max(len(images), 1)
+    )

@@ -67,9 +67,11 @@ def get_minimum_metadata_parser_version(buffer: bytes) -> str:
                 used.add("associated_file_version")
 
     def units(items) -> None:
-        kinds = {fb.ProcessUnitOptions.BertTokenizerOptions: "bert_tokenizer_options",
-                 fb.ProcessUnitOptions.SentencePieceTokenizerOptions: "sentence_piece_tokenizer_options",
-                 fb.ProcessUnitOptions.RegexTokenizerOptions: "regex_tokenizer_options"}
+        kinds = {
+            fb.ProcessUnitOptions.BertTokenizerOptions: "bert_tokenizer_options",
+            fb.ProcessUnitOptions.SentencePieceTokenizerOptions: "sentence_piece_tokenizer_options",
+            fb.ProcessUnitOptions.RegexTokenizerOptions: "regex_tokenizer_options",
+        }
         for unit in items:
             if unit.OptionsType() in kinds:
                 used.add(kinds[unit.OptionsType()])
@@ -86,14 +88,18 @@ def get_minimum_metadata_parser_version(buffer: bytes) -> str:
         for t in _items(sub, "InputTensorMetadata") + _items(sub, "OutputTensorMetadata"):
             tensor(t)
         files(sub)
-        for field, member in (("InputProcessUnits", "subgraph_input_process_units"),
-                              ("OutputProcessUnits", "subgraph_output_process_units")):
+        for field, member in (
+            ("InputProcessUnits", "subgraph_input_process_units"),
+            ("OutputProcessUnits", "subgraph_output_process_units"),
+        ):
             if not getattr(sub, f"{field}IsNone")():
                 used.add(member)
                 units(_items(sub, field))
-        for field, member in (("InputTensorGroups", "subgraph_input_tensor_groups"),
-                              ("OutputTensorGroups", "subgraph_output_tensor_groups"),
-                              ("CustomMetadata", "custom_metadata")):
+        for field, member in (
+            ("InputTensorGroups", "subgraph_input_tensor_groups"),
+            ("OutputTensorGroups", "subgraph_output_tensor_groups"),
+            ("CustomMetadata", "custom_metadata"),
+        ):
             if not getattr(sub, f"{field}IsNone")():
                 used.add(member)
     files(model)

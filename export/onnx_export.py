@@ -33,8 +33,9 @@ def convert(saved_model_dir: Path, out_path: Path, image_size: int) -> Path:
 
     spec = [tf.TensorSpec([None, image_size, image_size, 3], tf.float32, name=INPUT_NAME)]
     try:
-        tf2onnx.convert.from_function(tf.function(probabilities, autograph=False), input_signature=spec, opset=OPSET,
-                                      output_path=str(out_path))
+        tf2onnx.convert.from_function(
+            tf.function(probabilities, autograph=False), input_signature=spec, opset=OPSET, output_path=str(out_path)
+        )
     except Exception as exc:  # tf2onnx raises plain exceptions for unsupported ops
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise RuntimeError(f"onnx: tf2onnx could not convert the model ({first}). Leave this format out.") from exc

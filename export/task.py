@@ -20,9 +20,11 @@ from typing import Any
 from export import formats as formats_mod
 from pipeline.host.background import Background
 
-EXPORT = Background(status_name="export_status.json", log_name="export.log",
-                    interrupted="the export process stopped before finishing (server restart or out of memory); "
-                                "start it again")
+EXPORT = Background(
+    status_name="export_status.json",
+    log_name="export.log",
+    interrupted="the export process stopped before finishing (server restart or out of memory); start it again",
+)
 STATUS_NAME = EXPORT.status_name
 
 
@@ -54,6 +56,18 @@ def start(run_dir: str | Path, formats: list[str], verify_images: int = 200) -> 
     Returns:
         The status as written (or the running export's status).
     """
-    return EXPORT.start(run_dir, "export", str(run_dir), "--formats", ",".join(formats),
-                        "--verify-images", str(int(verify_images)), "--status-file", str(status_path(run_dir)),
-                        step="starting", done=0, total=steps_total(formats), formats=formats)
+    return EXPORT.start(
+        run_dir,
+        "export",
+        str(run_dir),
+        "--formats",
+        ",".join(formats),
+        "--verify-images",
+        str(int(verify_images)),
+        "--status-file",
+        str(status_path(run_dir)),
+        step="starting",
+        done=0,
+        total=steps_total(formats),
+        formats=formats,
+    )

@@ -32,7 +32,10 @@ def convert(saved_model_dir: Path, out_dir: Path, fmt: str) -> Path:
 
     dtype = QUANTIZE[fmt]
     conv.convert_tf_saved_model(
-        str(saved_model_dir), str(out_dir), signature_def=SIGNATURE, saved_model_tags="serve",
+        str(saved_model_dir),
+        str(out_dir),
+        signature_def=SIGNATURE,
+        saved_model_tags="serve",
         quantization_dtype_map={dtype: True} if dtype else None,
     )
     return out_dir
@@ -88,11 +91,20 @@ def predict(model_dir: Path, images, *, backend: str = "wasm", timeout: float = 
         inp, out = Path(tmp) / "input.u8", Path(tmp) / "out.json"
         with open(inp, "wb") as f:
             for i in range(0, n, batch):
-                f.write(np.ascontiguousarray(np.clip(np.round(images[i : i + batch]), 0, 255), dtype=np.uint8).tobytes())
-        proc = subprocess.run(["node", str(RUNNER), str(model_dir), str(inp), str(n), str(size), str(out), backend],
-                              cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+                f.write(
+                    np.ascontiguousarray(np.clip(np.round(images[i : i + batch]), 0, 255), dtype=np.uint8).tobytes()
+                )
+        proc = subprocess.run(
+            ["node", str(RUNNER), str(model_dir), str(inp), str(n), str(size), str(out), backend],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if proc.returncode != 0:
-            raise RuntimeError(f"TF.js runtime failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr else proc.returncode}")
+            raise RuntimeError(
+                f"TF.js runtime failed: {proc.stderr.strip().splitlines()[-1] if proc.stderr else proc.returncode}"
+            )
         result = json.loads(out.read_text())
     if result.get("fallback"):
         note = f"CPU backend: {result['fallback']}"

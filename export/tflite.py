@@ -48,12 +48,20 @@ class QuantizationConfig:
         return cls("tflite-int8", optimize=True, full_integer=True)
 
 
-PRESETS = {q.name: q for q in (QuantizationConfig.float32(), QuantizationConfig.for_float16(),
-                               QuantizationConfig.for_dynamic(), QuantizationConfig.for_int8())}
+PRESETS = {
+    q.name: q
+    for q in (
+        QuantizationConfig.float32(),
+        QuantizationConfig.for_float16(),
+        QuantizationConfig.for_dynamic(),
+        QuantizationConfig.for_int8(),
+    )
+}
 
 
-def convert(saved_model_dir: Path, q: QuantizationConfig,
-            representative: Callable[[], Iterable[list[np.ndarray]]] | None = None) -> bytes:
+def convert(
+    saved_model_dir: Path, q: QuantizationConfig, representative: Callable[[], Iterable[list[np.ndarray]]] | None = None
+) -> bytes:
     """Converts the SavedModel to a TFLite flatbuffer with builtin ops only.
 
     Raises:
@@ -100,8 +108,12 @@ def io_details(path: Path) -> dict:
 
     def describe(d):
         scale, zero = d["quantization"]
-        return {"name": d["name"], "dtype": np.dtype(d["dtype"]).name, "shape": [int(x) for x in d["shape"]],
-                "quantization": {"scale": float(scale), "zero_point": int(zero)}}
+        return {
+            "name": d["name"],
+            "dtype": np.dtype(d["dtype"]).name,
+            "shape": [int(x) for x in d["shape"]],
+            "quantization": {"scale": float(scale), "zero_point": int(zero)},
+        }
 
     return {"input": describe(inp), "output": describe(out)}
 

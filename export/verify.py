@@ -61,7 +61,7 @@ def _timed(predict, images, *, one_at_a_time: bool) -> tuple[np.ndarray, float]:
     predict(np.zeros((1, *images.shape[1:]), np.float32))  # warm-up
     out, elapsed = [], 0.0
     for x in _batches(images):
-        for part in ([x[i : i + 1] for i in range(len(x))] if one_at_a_time else [x]):
+        for part in [x[i : i + 1] for i in range(len(x))] if one_at_a_time else [x]:
             t0 = time.perf_counter()
             out.append(predict(part))
             elapsed += time.perf_counter() - t0
@@ -116,33 +116,53 @@ def compare(fmt: str, probs: np.ndarray, keras_probs: np.ndarray, labels: np.nda
     keras_acc = float((ref_top == labels).mean())
     accuracy = float((top == labels).mean())
     row: dict[str, Any] = {
-        "agreement": float(agree.mean()), "accuracy": accuracy,
+        "agreement": float(agree.mean()),
+        "accuracy": accuracy,
         "accuracy_change": round((accuracy - keras_acc) * 100, 4),
         "max_abs_diff": float(np.abs(probs - keras_probs).max()),
     }
     gate = formats.get(fmt).gate
     if gate is None:  # float32: must agree exactly
         ok = row["agreement"] == 1.0 and row["max_abs_diff"] <= 1e-4
-        row.update(passed=ok, note="" if ok else (f"needs 100% top-1 agreement and max |dp| <= 1e-4 (got "
-                                                  f"{row['agreement']:.2%}, {row['max_abs_diff']:.2e})"))
+        row.update(
+            passed=ok,
+            note=""
+            if ok
+            else (
+                f"needs 100% top-1 agreement and max |dp| <= 1e-4 (got "
+                f"{row['agreement']:.2%}, {row['max_abs_diff']:.2e})"
+            ),
+        )
         return row
     decided = margins(keras_probs) > 2 * gate.tolerance
     near_ties = int((~agree & ~decided).sum())
     counted = float(agree[decided].mean()) if decided.any() else 1.0
-    loss = ((ref_top[decided] == labels[decided]).mean() - (top[decided] == labels[decided]).mean()) * 100 \
-        if decided.any() else 0.0
-    row.update(decided_images=int(decided.sum()), near_tie_flips=near_ties, counted_agreement=counted,
-               decided_loss_points=round(float(loss), 4), tolerance=gate.tolerance)
+    loss = (
+        ((ref_top[decided] == labels[decided]).mean() - (top[decided] == labels[decided]).mean()) * 100
+        if decided.any()
+        else 0.0
+    )
+    row.update(
+        decided_images=int(decided.sum()),
+        near_tie_flips=near_ties,
+        counted_agreement=counted,
+        decided_loss_points=round(float(loss), 4),
+        tolerance=gate.tolerance,
+    )
     problems = []
     if counted < gate.min_agreement:
-        problems.append(f"needs >= {gate.min_agreement:.0%} top-1 agreement on images with a Keras margin above "
-                        f"{2 * gate.tolerance:g} (got {counted:.2%} of {int(decided.sum())})")
+        problems.append(
+            f"needs >= {gate.min_agreement:.0%} top-1 agreement on images with a Keras margin above "
+            f"{2 * gate.tolerance:g} (got {counted:.2%} of {int(decided.sum())})"
+        )
     if loss > gate.max_loss_points:
         problems.append(f"loses {loss:.1f} accuracy points on those images (at most {gate.max_loss_points:g})")
     notes = problems[:]
     if near_ties:
-        notes.append(f"{near_ties} near-tie flip{'s' if near_ties > 1 else ''} of {n} (Keras margin <= "
-                     f"{2 * gate.tolerance:g}), not counted")
+        notes.append(
+            f"{near_ties} near-tie flip{'s' if near_ties > 1 else ''} of {n} (Keras margin <= "
+            f"{2 * gate.tolerance:g}), not counted"
+        )
     if not problems and gate.warn_loss_points is not None and -row["accuracy_change"] > gate.warn_loss_points:
         notes.append(f"warning: loses {-row['accuracy_change']:.1f} accuracy points")
     row.update(passed=not problems, note="; ".join(notes))
@@ -155,16 +175,23 @@ def enforce_order(rows: dict[str, dict[str, Any]]) -> None:
     for fmt, row in rows.items():
         if fmt not in specs or not row.get("passed"):
             continue
-        worse = [f for f, s in specs.items() if not rows[f].get("passed") and s.level < specs[fmt].level
-                 and (s.family == specs[fmt].family or s.family == "savedmodel")]
+        worse = [
+            f
+            for f, s in specs.items()
+            if not rows[f].get("passed")
+            and s.level < specs[fmt].level
+            and (s.family == specs[fmt].family or s.family == "savedmodel")
+        ]
         if worse:
             row["passed"] = False
-            row["note"] = "; ".join(filter(None, [f"fails because {', '.join(worse)} (less lossy) failed",
-                                                  row.get("note")]))
+            row["note"] = "; ".join(
+                filter(None, [f"fails because {', '.join(worse)} (less lossy) failed", row.get("note")])
+            )
 
 
-def mediapipe_row(bundle: Path, fmt: str, images, litert_probs: np.ndarray, labels: np.ndarray,
-                  classes: list[str]) -> dict[str, Any]:
+def mediapipe_row(
+    bundle: Path, fmt: str, images, litert_probs: np.ndarray, labels: np.ndarray, classes: list[str]
+) -> dict[str, Any]:
     """MediaPipe's ImageClassifier on one TFLite file, compared with LiteRT on the same file and pixels."""
     from export import mediapipe_tasks
 
@@ -172,7 +199,12 @@ def mediapipe_row(bundle: Path, fmt: str, images, litert_probs: np.ndarray, labe
     try:
         result = mediapipe_tasks.classify(path, images)
     except RuntimeError as exc:
-        return {"runtime": "MediaPipe ImageClassifier", "passed": False, "note": str(exc), "size_bytes": size_bytes(path)}
+        return {
+            "runtime": "MediaPipe ImageClassifier",
+            "passed": False,
+            "note": str(exc),
+            "size_bytes": size_bytes(path),
+        }
     expected = [classes[i] for i in litert_probs.argmax(1)]
     agree = np.array([a == b for a, b in zip(result.top1, expected, strict=True)], dtype=bool)
     accuracy = float(np.mean([name == classes[y] for name, y in zip(result.top1, labels, strict=True)]))
@@ -188,13 +220,22 @@ def mediapipe_row(bundle: Path, fmt: str, images, litert_probs: np.ndarray, labe
     probs = result.probs if result.probs.shape == litert_probs.shape else None
     notes = problems or [f"same top-1 as LiteRT ({fmt}); category names = labels.txt"]
     if near_ties:
-        notes.append(f"{near_ties} LiteRT near-tie{'s' if near_ties > 1 else ''} (top two within "
-                     f"{MEDIAPIPE_TIE_STEPS} output steps) decided the other way, not counted")
-    return {"runtime": "MediaPipe ImageClassifier", "agreement": float(agree.mean()), "counted_agreement": counted,
-            "near_tie_flips": near_ties, "accuracy": accuracy,
-            "max_abs_diff": float(np.abs(probs - litert_probs).max()) if probs is not None else None,
-            "latency_ms": result.latency_ms, "size_bytes": size_bytes(path), "passed": not problems,
-            "note": "; ".join(notes)}
+        notes.append(
+            f"{near_ties} LiteRT near-tie{'s' if near_ties > 1 else ''} (top two within "
+            f"{MEDIAPIPE_TIE_STEPS} output steps) decided the other way, not counted"
+        )
+    return {
+        "runtime": "MediaPipe ImageClassifier",
+        "agreement": float(agree.mean()),
+        "counted_agreement": counted,
+        "near_tie_flips": near_ties,
+        "accuracy": accuracy,
+        "max_abs_diff": float(np.abs(probs - litert_probs).max()) if probs is not None else None,
+        "latency_ms": result.latency_ms,
+        "size_bytes": size_bytes(path),
+        "passed": not problems,
+        "note": "; ".join(notes),
+    }
 
 
 def mediapipe_tie(path: Path, fmt: str) -> float:
@@ -206,8 +247,16 @@ def mediapipe_tie(path: Path, fmt: str) -> float:
     return MEDIAPIPE_TIE_STEPS * scale
 
 
-def verify(bundle: Path, names: list[str], keras_model, images, labels: np.ndarray, *,
-           classes: list[str] | None = None, progress: ProgressFn | None = None) -> dict[str, Any]:
+def verify(
+    bundle: Path,
+    names: list[str],
+    keras_model,
+    images,
+    labels: np.ndarray,
+    *,
+    classes: list[str] | None = None,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
     """Verifies each format against the Keras model on ``images``; returns the verify.json content.
 
     Args:
@@ -226,10 +275,20 @@ def verify(bundle: Path, names: list[str], keras_model, images, labels: np.ndarr
     t0 = time.perf_counter()
     keras_probs, keras_latency = keras_reference(keras_model, images)
     keras_acc = float((keras_probs.argmax(1) == labels).mean())
-    rows: dict[str, dict[str, Any]] = {"keras": {
-        "runtime": "Keras", "agreement": 1.0, "accuracy": keras_acc, "accuracy_change": 0.0, "max_abs_diff": 0.0,
-        "latency_ms": keras_latency, "size_bytes": None, "passed": True, "seconds": round(time.perf_counter() - t0, 2),
-        "note": "reference (Keras, batch 1)"}}
+    rows: dict[str, dict[str, Any]] = {
+        "keras": {
+            "runtime": "Keras",
+            "agreement": 1.0,
+            "accuracy": keras_acc,
+            "accuracy_change": 0.0,
+            "max_abs_diff": 0.0,
+            "latency_ms": keras_latency,
+            "size_bytes": None,
+            "passed": True,
+            "seconds": round(time.perf_counter() - t0, 2),
+            "note": "reference (Keras, batch 1)",
+        }
+    }
     litert: dict[str, np.ndarray] = {}
     for fmt in names:
         say(f"verifying {fmt} on {n} images")
@@ -237,13 +296,22 @@ def verify(bundle: Path, names: list[str], keras_model, images, labels: np.ndarr
         try:
             probs, latency, runtime = run_format(bundle, fmt, images)
         except (tfjs.TfjsRuntimeMissing, RuntimeError) as exc:
-            rows[fmt] = {"passed": False, "note": f"not verified: {exc}", "size_bytes": size_bytes(artifact_path(bundle, fmt)),
-                         "seconds": round(time.perf_counter() - t0, 2)}
+            rows[fmt] = {
+                "passed": False,
+                "note": f"not verified: {exc}",
+                "size_bytes": size_bytes(artifact_path(bundle, fmt)),
+                "seconds": round(time.perf_counter() - t0, 2),
+            }
             continue
         if formats.get(fmt).mediapipe:
             litert[fmt] = probs
-        rows[fmt] = {"runtime": runtime, **compare(fmt, probs, keras_probs, labels), "latency_ms": latency,
-                     "size_bytes": size_bytes(artifact_path(bundle, fmt)), "seconds": round(time.perf_counter() - t0, 2)}
+        rows[fmt] = {
+            "runtime": runtime,
+            **compare(fmt, probs, keras_probs, labels),
+            "latency_ms": latency,
+            "size_bytes": size_bytes(artifact_path(bundle, fmt)),
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
     enforce_order(rows)
     for fmt, probs in litert.items():
         say(f"verifying {fmt} in MediaPipe on {n} images")
@@ -261,14 +329,17 @@ def _fmt(value, spec: str, missing: str = "-") -> str:
 
 def table(result: dict[str, Any]) -> str:
     """The verification result as a plain-text table (the format table users choose from)."""
-    lines = [f"verified on {result['images']} held-out images",
-             f"{'format':<18} {'size':>11} {'ms/img':>8} {'agree':>8} {'acc chg':>8} {'max|dp|':>9} {'near-ties':>9}"
-             f"  result"]
+    lines = [
+        f"verified on {result['images']} held-out images",
+        f"{'format':<18} {'size':>11} {'ms/img':>8} {'agree':>8} {'acc chg':>8} {'max|dp|':>9} {'near-ties':>9}"
+        f"  result",
+    ]
     for fmt, r in result["formats"].items():
         verdict = "ok" if r["passed"] else "FAIL"
         size = f"{r['size_bytes']:,}" if r.get("size_bytes") else "-"
         lines.append(
             f"{fmt:<18} {size:>11} {_fmt(r.get('latency_ms'), '.2f'):>8} {_fmt(r.get('agreement'), '.2%'):>8} "
             f"{_fmt(r.get('accuracy_change'), '+.2f'):>8} {_fmt(r.get('max_abs_diff'), '.2e'):>9} "
-            f"{_fmt(r.get('near_tie_flips'), 'd'):>9}  {verdict} {r.get('note', '')}".rstrip())
+            f"{_fmt(r.get('near_tie_flips'), 'd'):>9}  {verdict} {r.get('note', '')}".rstrip()
+        )
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""Command line: ``python -m pipeline scan|train|evaluate|submit|status|cancel|resume|jobs|worker|doctor|backbones|config``.
+"""Command line: ``python -m pipeline COMMAND`` (``python -m pipeline --help`` lists every command).
 
 Failures print one line starting with ``error:`` and exit non-zero (the codes: pipeline.host.exitcodes); no
 tracebacks for user errors.
@@ -32,6 +32,7 @@ def _progress_printer():
         line = events.describe(rec)
         if line is not None and rec.get("event") != events.DONE:  # the summary follows the run
             print(("  " if rec.get("event") == events.EPOCH else "") + line, file=sys.stderr, flush=True)
+
     return show
 
 
@@ -44,8 +45,14 @@ def cmd_scan(args) -> int:
     if args.json:
         print(json.dumps({**report.to_dict(), "revision": rev.number}, indent=2))
     else:
-        print(report.summary() + (f"\nrevision {rev.number}: corrections applied (`python -m pipeline revision "
-                                  f"{args.data}` lists them)" if rev.number else ""))
+        print(
+            report.summary()
+            + (
+                f"\nrevision {rev.number}: corrections applied (`python -m pipeline revision {args.data}` lists them)"
+                if rev.number
+                else ""
+            )
+        )
     return 0
 
 
@@ -55,8 +62,13 @@ def _run_config(args):
     from pipeline.training import presets
 
     quota.resolve(args.data)  # a zip is unpacked once, within the disk quota
-    cfg = presets.config_for(args.data, config_file=args.config, overrides=args.set or [],
-                             parent=getattr(args, "from_run", None), head_only=getattr(args, "head_only", False))
+    cfg = presets.config_for(
+        args.data,
+        config_file=args.config,
+        overrides=args.set or [],
+        parent=getattr(args, "from_run", None),
+        head_only=getattr(args, "head_only", False),
+    )
     for w in cfg.warnings():
         print(f"warning: {w}", file=sys.stderr)
     return cfg
@@ -67,8 +79,14 @@ def cmd_train(args) -> int:
     from pipeline.training import train as train_mod
 
     cfg = _run_config(args)
-    run = train_mod.train(args.data, args.run_dir, cfg, on_event=_progress_printer(), evaluate_after=True,
-                          launched_at=train_mod.process_started())
+    run = train_mod.train(
+        args.data,
+        args.run_dir,
+        cfg,
+        on_event=_progress_printer(),
+        evaluate_after=True,
+        launched_at=train_mod.process_started(),
+    )
     result = json.loads(run.eval.read_text())
     print(eval_mod.summary(result))
     print(f"run folder: {run.root}")
@@ -86,7 +104,9 @@ def cmd_evaluate(args) -> int:
 def cmd_label_issues(args) -> int:
     from pipeline.quality import label_issues
 
-    result = label_issues.find_for_run(args.run_dir, progress=lambda msg: print(f"{msg} ...", file=sys.stderr, flush=True))
+    result = label_issues.find_for_run(
+        args.run_dir, progress=lambda msg: print(f"{msg} ...", file=sys.stderr, flush=True)
+    )
     print(json.dumps(result, indent=2) if args.json else label_issues.table(result, args.limit))
     return 0
 
@@ -192,8 +212,10 @@ def cmd_delete(args) -> int:
         if job is None:
             runs = paths.home() / "runs"
             if folder.parent != runs:
-                raise JobError(f"{target} is neither a job id nor a run folder in {runs}; `delete` removes only "
-                               "the runs it keeps there (a folder elsewhere is yours: remove it yourself).")
+                raise JobError(
+                    f"{target} is neither a job id nor a run folder in {runs}; `delete` removes only "
+                    "the runs it keeps there (a folder elsewhere is yours: remove it yourself)."
+                )
             if why := RunFolder(folder).not_a_run():
                 raise JobError(f"{target} is not deleted: {why}.")
             remove_folder(folder)
@@ -225,8 +247,11 @@ def cmd_resume(args) -> int:
     from pipeline.jobs.backends import get_backend
 
     job = get_backend().resume(args.job)
-    print(f"{job.id} done: its run had finished (eval.json is in {job.run_dir})" if job.state == "done"
-          else f"{job.id} {job.state}: it continues from its last finished epoch")
+    print(
+        f"{job.id} done: its run had finished (eval.json is in {job.run_dir})"
+        if job.state == "done"
+        else f"{job.id} {job.state}: it continues from its last finished epoch"
+    )
     return 0
 
 
@@ -313,13 +338,17 @@ def parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("exclude", help="leave images out of training and evaluation (the files stay); all or none")
     ex.add_argument("data", help=data_help)
     ex.add_argument("files", nargs="+", metavar="FILE")
-    ad = sub.add_parser("add", help="add image files to a class (copied into the revision, not the dataset); "
-                        "all or none")
+    ad = sub.add_parser(
+        "add", help="add image files to a class (copied into the revision, not the dataset); all or none"
+    )
     ad.add_argument("data", help=data_help)
     ad.add_argument("cls", metavar="CLASS")
     ad.add_argument("files", nargs="+", metavar="IMAGE")
-    ad.add_argument("--force", action="store_true", help="add images whose bytes are already in the dataset (in "
-                    "another split: a leak) or were added before")
+    ad.add_argument(
+        "--force",
+        action="store_true",
+        help="add images whose bytes are already in the dataset (in another split: a leak) or were added before",
+    )
     un = sub.add_parser("undo", help="undo the dataset's latest correction still in effect")
     un.add_argument("data", help=data_help)
     rv = sub.add_parser("revision", help="list the dataset's corrections")
@@ -358,7 +387,9 @@ def parser() -> argparse.ArgumentParser:
     dl.add_argument("target", metavar="RUN_OR_JOB", help="a job id, or a run folder")
     dl.set_defaults(func=cmd_delete)
 
-    rs = sub.add_parser("resume", help="queue a failed or cancelled job again; it continues from its last finished epoch")
+    rs = sub.add_parser(
+        "resume", help="queue a failed or cancelled job again; it continues from its last finished epoch"
+    )
     rs.add_argument("job")
     rs.set_defaults(func=cmd_resume)
 
@@ -372,8 +403,11 @@ def parser() -> argparse.ArgumentParser:
 
     dr = sub.add_parser("doctor", help="what training runs on here: backend, devices, CUDA, precision, threads")
     dr.add_argument("--json", action="store_true")
-    dr.add_argument("--backend", choices=("tensorflow", "jax"), help="ask about this Keras backend "
-                    "(default: $KERAS_BACKEND, else tensorflow)")
+    dr.add_argument(
+        "--backend",
+        choices=("tensorflow", "jax"),
+        help="ask about this Keras backend (default: $KERAS_BACKEND, else tensorflow)",
+    )
     dr.set_defaults(func=cmd_doctor)
 
     b = sub.add_parser("backbones", help="list the supported backbones")
@@ -389,9 +423,13 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _from_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--from", dest="from_run", metavar="RUN_DIR",
-                   help="retrain: start from this finished run's best weights and settings (on the data's current "
-                        "corrections), fine-tune phase only")
+    p.add_argument(
+        "--from",
+        dest="from_run",
+        metavar="RUN_DIR",
+        help="retrain: start from this finished run's best weights and settings (on the data's current "
+        "corrections), fine-tune phase only",
+    )
     p.add_argument("--head-only", action="store_true", help="with --from: train only the head (base frozen)")
 
 
@@ -403,8 +441,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except TrainingCancelled:
-        print(f"\ncancelled: the last finished epoch is kept; run the same command to resume ({args.run_dir}).",
-              file=sys.stderr)
+        print(
+            f"\ncancelled: the last finished epoch is kept; run the same command to resume ({args.run_dir}).",
+            file=sys.stderr,
+        )
         return EXIT_CANCELLED
     except UserError as exc:  # every error a user can act on (pipeline.host.exitcodes)
         print(f"error: {exc}", file=sys.stderr)
@@ -428,6 +468,3 @@ if __name__ == "__main__":
 
     filter_stderr()  # TensorFlow's start-up noise is not the user's business
     sys.exit(main())
-
-
-

@@ -108,10 +108,15 @@ class DataConfig:
         _check_range("data.val_fraction", self.val_fraction, 0.0, 1.0, lo_open=True, hi_open=True)
         _check_range("data.test_fraction", self.test_fraction, 0.0, 1.0, hi_open=True)
         if (held := self.val_fraction + self.test_fraction) >= 0.9:
-            reason = (f"val_fraction + test_fraction = {self.val_fraction:g} + {self.test_fraction:g} = {held:.3g} must "
-                      "stay below 0.9 so that something is left to train on; lower one of them")
-            raise ConfigError(f"data.val_fraction and data.test_fraction are not allowed together: {reason}.",
-                              field="data.test_fraction", reason=reason)
+            reason = (
+                f"val_fraction + test_fraction = {self.val_fraction:g} + {self.test_fraction:g} = {held:.3g} must "
+                "stay below 0.9 so that something is left to train on; lower one of them"
+            )
+            raise ConfigError(
+                f"data.val_fraction and data.test_fraction are not allowed together: {reason}.",
+                field="data.test_fraction",
+                reason=reason,
+            )
         _check_choice("data.test_from", self.test_from, TEST_FROM)
         _check_int("data.cache_memory_mb", self.cache_memory_mb, 0)
         _check_int("data.max_image_pixels", self.max_image_pixels, 1)
@@ -187,8 +192,7 @@ class ModelConfig:
             _fail(
                 "model.weights",
                 self.weights,
-                f"{self.backbone} has no pretrained weights; use model.weights=none "
-                "(with train.strategy=from_scratch)",
+                f"{self.backbone} has no pretrained weights; use model.weights=none (with train.strategy=from_scratch)",
             )
         if self.weights not in ("imagenet", "none") and not Path(self.weights).expanduser().is_file():
             _fail("model.weights", self.weights, "the file does not exist; use imagenet, none, or an existing file")
@@ -450,9 +454,7 @@ def from_dict(data: dict[str, Any], base: RunConfig | None = None) -> RunConfig:
         changes = {}
         for key, raw in values.items():
             if key not in types:
-                raise ConfigError(
-                    f"unknown config key {name}.{key}; {name} keys are: {', '.join(types)}."
-                )
+                raise ConfigError(f"unknown config key {name}.{key}; {name} keys are: {', '.join(types)}.")
             changes[key] = _coerce(f"{name}.{key}", raw, types[key])
         sections[name] = changes
     merged = {
@@ -491,8 +493,9 @@ def build(values: dict[str, Any], base: RunConfig | None = None) -> tuple[RunCon
     if errors:
         return None, errors
     try:
-        return RunConfig(**{name: dataclasses.replace(getattr(base, name), **changes.get(name, {}))
-                            for name in SECTIONS}), {}
+        return RunConfig(
+            **{name: dataclasses.replace(getattr(base, name), **changes.get(name, {})) for name in SECTIONS}
+        ), {}
     except ConfigError as exc:
         return None, {exc.field or "": exc.reason if exc.field else str(exc)}
 
@@ -523,12 +526,16 @@ def load(path: str | Path, base: RunConfig | None = None) -> RunConfig:
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}.") from exc
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at position "
-                          f"{exc.start}); save it as UTF-8.") from exc
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at position "
+            f"{exc.start}); save it as UTF-8."
+        ) from exc
     try:
         data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"config file {path} is not valid {path.suffix.lstrip('.').upper() or 'JSON'}: {exc}.") from exc
+        raise ConfigError(
+            f"config file {path} is not valid {path.suffix.lstrip('.').upper() or 'JSON'}: {exc}."
+        ) from exc
     return from_dict(data, base=base)
 
 

@@ -80,8 +80,13 @@ def tiny_config(**sections):
 
     base = {
         "model": {"backbone": "mobilenet_v2", "alpha": 0.35, "image_size": 32, "weights": "none"},
-        "train": {"head_epochs": 2, "fine_tune_epochs": 1, "batch_size": 8, "early_stopping_patience": 0,
-                  "fine_tune_learning_rate": 1e-3},
+        "train": {
+            "head_epochs": 2,
+            "fine_tune_epochs": 1,
+            "batch_size": 8,
+            "early_stopping_patience": 0,
+            "fine_tune_learning_rate": 1e-3,
+        },
         "augment": {"enabled": False},
         "data": {"val_fraction": 0.25, "test_fraction": 0.0},
     }

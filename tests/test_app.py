@@ -114,8 +114,10 @@ def test_runs_page_shows_the_way_forward_when_weights_cannot_download():
     store = JobStore()
     job_id = store.add("sample:digits", config.RunConfig().to_dict())
     store.claim(store.register_worker(1))
-    offline = Exception("URL fetch failure on https://storage.example/keras-applications/mobilenet_v2/"
-                        "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5: None -- [Errno -2]")
+    offline = Exception(
+        "URL fetch failure on https://storage.example/keras-applications/mobilenet_v2/"
+        "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5: None -- [Errno -2]"
+    )
     store.finish(job_id, "failed", backbones._weights_message(backbones.get("mobilenet_v2"), "imagenet", offline))
     at = _page("runs.py", run=job_id)
     _no_exception(at)
@@ -152,8 +154,9 @@ def test_augment_page_names_an_image_that_can_no_longer_be_read():
         fh.write(b"\0" * path.stat().st_size)
     at.button[0].click().run()  # re-roll: a new draw must read the file again
     _no_exception(at)
-    assert any(pick in shown(e.value) and "could not be read" in shown(e.value) for e in at.error), \
-        [e.value for e in at.error]
+    assert any(pick in shown(e.value) and "could not be read" in shown(e.value) for e in at.error), [
+        e.value for e in at.error
+    ]
 
 
 def test_augment_page_previews_settings_while_augmentation_is_off():
@@ -239,8 +242,8 @@ def test_train_runs_evaluate_export_try_on_a_real_job(finished_job):
 
 
 def _try_a_photo(at: AppTest, run_dir: Path) -> None:
-    """Uploads test-split photos on the Try page (AppTest's file_uploader, as pinned: Streamlit 1.67): the server's answer
-    is the run's own model's on those pixels; a file that is not an image is named in a message."""
+    """Uploads test-split photos on the Try page (AppTest's file_uploader, as pinned: Streamlit 1.67): the server's
+    answer is the run's own model's on those pixels; a file that is not an image is named in a message."""
     import json
 
     import numpy as np

@@ -31,8 +31,9 @@ def test_cell_selection_correction_retrain_and_compare(finished_job):  # noqa: F
     _no_exception(at)
     assert any(s.value.startswith("Most confident mistakes") for s in at.subheader)
     # a click on the cell (true, predicted) of the confusion matrix, as the browser reports it
-    at.session_state[f"cm-{finished_job}"] = {"selection": {"points": [{"customdata": [true, predicted, n]}],
-                                                             "point_indices": [0], "box": [], "lasso": []}}
+    at.session_state[f"cm-{finished_job}"] = {
+        "selection": {"points": [{"customdata": [true, predicted, n]}], "point_indices": [0], "box": [], "lasso": []}
+    }
     at.run()
     _no_exception(at)
     heading = next(s.value for s in at.subheader if s.value.startswith("True "))
@@ -62,8 +63,9 @@ def test_cell_selection_correction_retrain_and_compare(finished_job):  # noqa: F
     assert any(c.value.startswith("Selected in Most confused pairs") for c in at.caption)
     # the chart was drawn again without its cell (a new key); a click on it there wins again
     assert f"cm-{finished_job}-1" in at.session_state and f"cm-{finished_job}" not in at.session_state
-    at.session_state[f"cm-{finished_job}-1"] = {"selection": {"points": [{"customdata": [true, predicted, n]}],
-                                                               "point_indices": [0], "box": [], "lasso": []}}
+    at.session_state[f"cm-{finished_job}-1"] = {
+        "selection": {"points": [{"customdata": [true, predicted, n]}], "point_indices": [0], "box": [], "lasso": []}
+    }
     at.run()
     heading = next(s.value for s in at.subheader if s.value.startswith("True "))
     assert heading.startswith(f"True {true}, predicted {predicted}"), heading
@@ -79,8 +81,9 @@ def test_cell_selection_correction_retrain_and_compare(finished_job):  # noqa: F
     assert [e["op"] for e in revision.Revision(folder).active()] == ["exclude"]
     next(b for b in at.button if b.key == f"corrections-{finished_job}-undo-2").click().run()
     at = _page("evaluate.py", run=finished_job)
-    at.session_state[f"cm-{finished_job}"] = {"selection": {"points": [{"customdata": [true, predicted, n]}],
-                                                             "point_indices": [0], "box": [], "lasso": []}}
+    at.session_state[f"cm-{finished_job}"] = {
+        "selection": {"points": [{"customdata": [true, predicted, n]}], "point_indices": [0], "box": [], "lasso": []}
+    }
     at.run()
     next(b for b in at.button if b.label == "Relabel").click().run()
     assert [e["op"] for e in revision.Revision(folder).active()] == ["relabel"]

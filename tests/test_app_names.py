@@ -71,8 +71,11 @@ def _cells(at) -> list[str]:
 
 def _texts(at) -> list[str]:
     """Every piece of text on the page a name could be in (Markdown escapes removed)."""
-    found = [shown(e.value) for kind in ("text", "caption", "markdown", "error", "warning", "info", "subheader")
-             for e in at.get(kind)]
+    found = [
+        shown(e.value)
+        for kind in ("text", "caption", "markdown", "error", "warning", "info", "subheader")
+        for e in at.get(kind)
+    ]
     found += _cells(at)
     found += [o for sb in at.selectbox for o in sb.options]
     return found
@@ -159,14 +162,22 @@ def _walk(odd: Path) -> None:
     # Evaluate: the mistakes, then the confusion cell holding the odd test image, named escaped
     at = _page("evaluate.py", run=job_id)
     _no_exception(at)
-    at.session_state[f"cm-{job_id}"] = {"selection": {"points": [{"customdata": [row["true"], row["predicted"], 1]}],
-                                                       "point_indices": [0], "box": [], "lasso": []}}
+    at.session_state[f"cm-{job_id}"] = {
+        "selection": {
+            "points": [{"customdata": [row["true"], row["predicted"], 1]}],
+            "point_indices": [0],
+            "box": [],
+            "lasso": [],
+        }
+    }
     at.run()
     _no_exception(at)
     assert escaped(TEST_NAME) in _texts(at)
     # relabel it: the correction keeps the real name, and training applies it
-    cell_rows = sorted((p for p in result["predictions"] if (p["true"], p["predicted"]) == (row["true"], row["predicted"])),
-                       key=lambda p: -p["probability"])
+    cell_rows = sorted(
+        (p for p in result["predictions"] if (p["true"], p["predicted"]) == (row["true"], row["predicted"])),
+        key=lambda p: -p["probability"],
+    )
     i = cell_rows.index(row)
     other = next(c for c in result["labels"] if c != row["true"])
     at.selectbox(key=f"cell-{job_id}-cls-{i}").set_value(other).run()

@@ -53,15 +53,25 @@ def test_every_choice_survives_page_switches_reloads_and_new_tabs(data_root):
     at.run()
     _no_exception(at)
     assert any("shapes (3 classes" in shown(c.value) for c in at.caption)
-    chosen = {"head_epochs": 2, "fine_tune_epochs": 3, "batch_size": 16, "seed": 9, "val_fraction": 0.3,
-              "test_fraction": 0.2}
+    chosen = {
+        "head_epochs": 2,
+        "fine_tune_epochs": 3,
+        "batch_size": 16,
+        "seed": 9,
+        "val_fraction": 0.3,
+        "test_fraction": 0.2,
+    }
     for k, v in chosen.items():
         at.number_input(key=f"train:{k}").set_value(v)
     at.selectbox(key="train:strategy").set_value("freeze_first_k")
     at.selectbox(key="train:class_weight").set_value("balanced").run()
     _no_exception(at)
-    expected = {**chosen, "backbone": at.selectbox(key="train:backbone").value, "strategy": "freeze_first_k",
-                "class_weight": "balanced"}
+    expected = {
+        **chosen,
+        "backbone": at.selectbox(key="train:backbone").value,
+        "strategy": "freeze_first_k",
+        "class_weight": "balanced",
+    }
     assert _train_values(at) == expected
     assert any("Augmentation: on" in c.value for c in at.caption)
 
@@ -112,11 +122,14 @@ def test_launch_is_disabled_when_the_dataset_cannot_train(data_root):
     at.run()
     _no_exception(at)
     assert next(b for b in at.button if b.label == "Launch training").disabled
-    assert any("class 'bar' has 1 usable image(s)" in shown(e.value) and "Test fraction to 0 on this page"
-               in shown(e.value) for e in at.error), [e.value for e in at.error]
+    assert any(
+        "class 'bar' has 1 usable image(s)" in shown(e.value) and "Test fraction to 0 on this page" in shown(e.value)
+        for e in at.error
+    ), [e.value for e in at.error]
     at.number_input(key="train:test_fraction").set_value(0.0).run()  # the way out the message names
-    assert any("class 'bar' has 1 usable image(s)" in shown(e.value) and "remove the class" in shown(e.value)
-               for e in at.error)
+    assert any(
+        "class 'bar' has 1 usable image(s)" in shown(e.value) and "remove the class" in shown(e.value) for e in at.error
+    )
     assert next(b for b in at.button if b.label == "Launch training").disabled
 
 
@@ -181,6 +194,7 @@ def test_a_data_link_that_cannot_be_used_says_so(data_root):
     for linked in ("folder:../secret", "folder:/etc", "folder:nothing-here", "sample:nope"):
         at = _reload(source=linked)
         _no_exception(at)
-        assert any(f"The link names data source {linked!r}, which is not on this server" in shown(w.value)
-                   for w in at.warning), (linked, [w.value for w in at.warning])
+        assert any(
+            f"The link names data source {linked!r}, which is not on this server" in shown(w.value) for w in at.warning
+        ), (linked, [w.value for w in at.warning])
         assert at.radio[0].value.startswith("Sample") and at.query_params["source"] == "sample:digits"

@@ -14,9 +14,15 @@ def _apply(layers, x):
 
 
 # The keras.applications module whose preprocess_input belongs to each constructor in the registry.
-KERAS_FAMILY = {"MobileNetV2": "mobilenet_v2", "MobileNet": "mobilenet", "ResNet50V2": "resnet_v2",
-                "Xception": "xception", "MobileNetV3Small": "mobilenet_v3", "MobileNetV3Large": "mobilenet_v3",
-                "EfficientNetV2B0": "efficientnet_v2"}
+KERAS_FAMILY = {
+    "MobileNetV2": "mobilenet_v2",
+    "MobileNet": "mobilenet",
+    "ResNet50V2": "resnet_v2",
+    "Xception": "xception",
+    "MobileNetV3Small": "mobilenet_v3",
+    "MobileNetV3Large": "mobilenet_v3",
+    "EfficientNetV2B0": "efficientnet_v2",
+}
 
 
 def _pixels():
@@ -81,9 +87,14 @@ def test_declared_input_range_is_what_keras_preprocessing_gives_for_0_and_255(na
         assert spec.preprocessing == "imagenet_mean_std"
 
 
-@pytest.mark.parametrize("name, keras_name", [("mobilenet_v3_small", "MobileNetV3Small"),
-                                               ("mobilenet_v3_large", "MobileNetV3Large"),
-                                               ("efficientnet_v2_b0", "EfficientNetV2B0")])
+@pytest.mark.parametrize(
+    "name, keras_name",
+    [
+        ("mobilenet_v3_small", "MobileNetV3Small"),
+        ("mobilenet_v3_large", "MobileNetV3Large"),
+        ("efficientnet_v2_b0", "EfficientNetV2B0"),
+    ],
+)
 def test_our_preprocessing_equals_the_constructors_builtin_one(name, keras_name):
     """Where Keras has include_preprocessing, ours (built-in off + our layers) gives the same output."""
     import keras

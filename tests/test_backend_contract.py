@@ -17,9 +17,12 @@ from pipeline.runs.folder import RunFolder
 from tests.conftest import tiny_config, write_shapes_dataset
 
 QUICK = {"model": {"backbone": "small_cnn"}, "train": {"strategy": "from_scratch", "head_epochs": 2}}
-LONG = {"model": {"backbone": "small_cnn", "image_size": 64},
-        "train": {"strategy": "from_scratch", "head_epochs": 30, "batch_size": 4},
-        "augment": {"enabled": True}, "data": {"test_fraction": 0.0}}
+LONG = {
+    "model": {"backbone": "small_cnn", "image_size": 64},
+    "train": {"strategy": "from_scratch", "head_epochs": 30, "batch_size": 4},
+    "augment": {"enabled": True},
+    "data": {"test_fraction": 0.0},
+}
 
 
 def _free_port() -> int:
@@ -35,9 +38,21 @@ def ray_head():
     port, dash = _free_port(), _free_port()
     subprocess.run([str(ray), "stop", "--force"], capture_output=True, timeout=120)
     proc = subprocess.run(
-        [str(ray), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dash}", "--num-cpus=2", "--disable-usage-stats", "--include-dashboard=true"],
-        capture_output=True, text=True, timeout=300,
+        [
+            str(ray),
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            "--num-cpus=2",
+            "--disable-usage-stats",
+            "--include-dashboard=true",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     yield f"http://127.0.0.1:{dash}"
@@ -158,7 +173,11 @@ def test_ray_submission_ids_name_each_attempt_and_nobody_elses_job():
 
     job_id = "ab" * 16
     assert [submission_id(job_id, a) for a in (1, 2, 10)] == [f"ts-{job_id}", f"ts-{job_id}-2", f"ts-{job_id}-10"]
-    assert [parse_submission_id(submission_id(job_id, a)) for a in (1, 2, 10)] == [(job_id, 1), (job_id, 2), (job_id, 10)]
+    assert [parse_submission_id(submission_id(job_id, a)) for a in (1, 2, 10)] == [
+        (job_id, 1),
+        (job_id, 2),
+        (job_id, 10),
+    ]
     for other in ("raysubmit_123", f"ts-{job_id}-", f"ts-{job_id}x", "ts-" + "AB" * 16, f"xts-{job_id}"):
         assert parse_submission_id(other) is None
     with pytest.raises(JobError, match="is not a job id"):

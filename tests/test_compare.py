@@ -12,28 +12,60 @@ from pipeline.__main__ import main as cli
 from pipeline.quality import compare
 
 
-def _run(root: Path, name: str, overrides: list[str], accs: list[float], f1: dict[str, float],
-         val: list | None = None, revision: int = 0) -> Path:
+def _run(
+    root: Path,
+    name: str,
+    overrides: list[str],
+    accs: list[float],
+    f1: dict[str, float],
+    val: list | None = None,
+    revision: int = 0,
+) -> Path:
     run = root / name
     run.mkdir(parents=True)
-    (run / "dataset.json").write_text(json.dumps({"revision": {"number": revision}, "splits": {
-        "root": "/data", "classes": ["ants", "bees"], "train": [], "val": val or [["v1.jpg", 0], ["v2.jpg", 1]],
-        "test": []}}))
+    (run / "dataset.json").write_text(
+        json.dumps(
+            {
+                "revision": {"number": revision},
+                "splits": {
+                    "root": "/data",
+                    "classes": ["ants", "bees"],
+                    "train": [],
+                    "val": val or [["v1.jpg", 0], ["v2.jpg", 1]],
+                    "test": [],
+                },
+            }
+        )
+    )
     config_mod.save(config_mod.apply_overrides(config_mod.RunConfig(), overrides), run / "config.json")
-    lines = [{"event": "epoch", "phase": "head", "epoch": i + 1, "val_accuracy": a, "loss": 1 - a} for i, a in enumerate(accs)]
-    (run / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines) + '{"event": "epo')  # torn last line
-    (run / "eval.json").write_text(json.dumps({"split": "test", "accuracy": max(accs), "per_class": {
-        c: {"f1": v} for c, v in f1.items()}}))
+    lines = [
+        {"event": "epoch", "phase": "head", "epoch": i + 1, "val_accuracy": a, "loss": 1 - a}
+        for i, a in enumerate(accs)
+    ]
+    (run / "metrics.jsonl").write_text(
+        "".join(json.dumps(x) + "\n" for x in lines) + '{"event": "epo'
+    )  # torn last line
+    (run / "eval.json").write_text(
+        json.dumps({"split": "test", "accuracy": max(accs), "per_class": {c: {"f1": v} for c, v in f1.items()}})
+    )
     return run
 
 
 def test_compare_shows_only_differences_and_the_parent_link(tmp_path, capsys):
     a = _run(tmp_path, "a", ["train.head_epochs=2"], [0.5, 0.7], {"ants": 0.6, "bees": 0.8})
-    b = _run(tmp_path, "b", ["train.head_epochs=3", "train.learning_rate=0.01", f"train.init_from={a}"],
-             [0.6, 0.8, 0.9], {"ants": 0.9, "bees": 0.85})
+    b = _run(
+        tmp_path,
+        "b",
+        ["train.head_epochs=3", "train.learning_rate=0.01", f"train.init_from={a}"],
+        [0.6, 0.8, 0.9],
+        {"ants": 0.9, "bees": 0.85},
+    )
     result = compare.compare([a, b])
-    assert result["differences"] == {"train.head_epochs": [2, 3], "train.init_from": ["", "a"],  # no server path
-                                     "train.learning_rate": [0.001, 0.01]}
+    assert result["differences"] == {
+        "train.head_epochs": [2, 3],
+        "train.init_from": ["", "a"],  # no server path
+        "train.learning_rate": [0.001, 0.01],
+    }
     assert [r["epochs"] for r in result["runs"]] == [2, 3]
     assert [r["best_val_accuracy"] for r in result["runs"]] == [0.7, 0.9]
     assert result["per_class_f1"] == {"ants": [0.6, 0.9], "bees": [0.8, 0.85]}

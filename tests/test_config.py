@@ -7,9 +7,20 @@ from pipeline import config
 from pipeline.config import ConfigError, RunConfig
 
 REQUIRED_KEYS = [
-    "model.backbone", "model.alpha", "model.image_size", "model.weights", "train.strategy", "train.head_epochs",
-    "train.fine_tune_epochs", "train.batch_size", "train.learning_rate", "train.fine_tune_learning_rate",
-    "train.seed", "augment.enabled", "data.val_fraction", "data.test_fraction",
+    "model.backbone",
+    "model.alpha",
+    "model.image_size",
+    "model.weights",
+    "train.strategy",
+    "train.head_epochs",
+    "train.fine_tune_epochs",
+    "train.batch_size",
+    "train.learning_rate",
+    "train.fine_tune_learning_rate",
+    "train.seed",
+    "augment.enabled",
+    "data.val_fraction",
+    "data.test_fraction",
 ]
 
 
@@ -55,10 +66,24 @@ def test_required_keys_work_with_set(override, value):
     assert getattr(getattr(cfg, section), name) == value
 
 
-@pytest.mark.parametrize("backbone", ["mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "mobilenet",
-                                      "efficientnet_v2_b0", "resnet50_v2", "xception", "small_cnn"])
+@pytest.mark.parametrize(
+    "backbone",
+    [
+        "mobilenet_v2",
+        "mobilenet_v3_small",
+        "mobilenet_v3_large",
+        "mobilenet",
+        "efficientnet_v2_b0",
+        "resnet50_v2",
+        "xception",
+        "small_cnn",
+    ],
+)
 def test_required_backbones_exist(backbone):
-    overrides = [f"model.backbone={backbone}", "model.alpha=1.0" if backbone.startswith("mobilenet") else "model.alpha=0.35"]
+    overrides = [
+        f"model.backbone={backbone}",
+        "model.alpha=1.0" if backbone.startswith("mobilenet") else "model.alpha=0.35",
+    ]
     if backbone == "small_cnn":
         overrides += ["model.weights=none", "train.strategy=from_scratch"]
     if backbone == "xception":
@@ -116,7 +141,9 @@ def test_fractions_must_leave_training_data():
 
 
 def test_json_round_trip_and_toml(tmp_path):
-    cfg = config.apply_overrides(RunConfig(), ["train.seed=9", "augment.rotation=0.2", "model.backbone=mobilenet", "model.alpha=0.25"])
+    cfg = config.apply_overrides(
+        RunConfig(), ["train.seed=9", "augment.rotation=0.2", "model.backbone=mobilenet", "model.alpha=0.25"]
+    )
     path = tmp_path / "config.json"
     config.save(cfg, path)
     assert config.load(path) == cfg
@@ -147,8 +174,10 @@ def test_non_finite_numbers_are_refused_from_json_too(tmp_path):
 
 def test_a_config_file_that_is_not_utf8_is_reported(tmp_path):
     path = tmp_path / "latin1.toml"
-    path.write_bytes('[train]\n# r\u00e9glages\nseed = 1\n'.encode("latin-1"))
-    with pytest.raises(ConfigError, match=r"latin1.toml is not UTF-8 text \(byte 0xe9 at position 11\); save it as UTF-8"):
+    path.write_bytes("[train]\n# r\u00e9glages\nseed = 1\n".encode("latin-1"))
+    with pytest.raises(
+        ConfigError, match=r"latin1.toml is not UTF-8 text \(byte 0xe9 at position 11\); save it as UTF-8"
+    ):
         config.load(path)
 
 

@@ -113,8 +113,13 @@ def test_scan_skips_pipes_and_links_by_name_without_opening_them(tmp_path):
 
     paths.tree_stamp(root)  # the app's scan-cache key walks the tree too: it must not follow the links
     # in a child process with a deadline: on the old code the scan blocks in open() forever
-    done = subprocess.run([sys.executable, "-m", "pipeline", "scan", str(root), "--json"], capture_output=True,
-                          text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "scan", str(root), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert done.returncode == 0, done.stderr
     import json
 
@@ -125,8 +130,11 @@ def test_scan_skips_pipes_and_links_by_name_without_opening_them(tmp_path):
     assert "symbolic link" in reasons["disc/link.png"] and "symbolic link" in reasons["square/loop"]
     assert "not UTF-8 text" in reasons[os.fsdecode(b"caf\xe9")]
     assert report["classes"] == ["bar", "disc", "square"]
-    assert {cls: n["all"] for cls, n in data.ScanReport.from_dict(report).counts().items()} == \
-        {"bar": 4, "disc": 4, "square": 4}
+    assert {cls: n["all"] for cls, n in data.ScanReport.from_dict(report).counts().items()} == {
+        "bar": 4,
+        "disc": 4,
+        "square": 4,
+    }
 
 
 def test_one_class_is_an_error_naming_it(tmp_path):
@@ -172,13 +180,17 @@ def test_a_test_split_is_carved_from_train_or_val_folders_only_where_asked(tmp_p
         counts[source] = [np.bincount(s.labels(x), minlength=3).tolist() for x in ("train", "val", "test")]
         names = [set(s.paths(x)) for x in ("train", "val", "test")]
         assert not (names[0] & names[1] or names[0] & names[2] or names[1] & names[2])
-        assert data.test_from(report, DataConfig(test_fraction=0.2, test_from=source)) == \
-            {"none": None, "train": "train", "val": "val"}[source]
+        assert (
+            data.test_from(report, DataConfig(test_fraction=0.2, test_from=source))
+            == {"none": None, "train": "train", "val": "val"}[source]
+        )
     assert counts["none"] == [[10] * 3, [5] * 3, [0] * 3]
     assert counts["train"] == [[8] * 3, [5] * 3, [2] * 3]  # 20% of train/ per class
     assert counts["val"] == [[10] * 3, [4] * 3, [1] * 3]  # 20% of val/ per class
-    assert all(p.startswith(str(root / "val")) for p in data.make_splits(
-        report, DataConfig(test_fraction=0.2, test_from="val"), 0).paths("test"))
+    assert all(
+        p.startswith(str(root / "val"))
+        for p in data.make_splits(report, DataConfig(test_fraction=0.2, test_from="val"), 0).paths("test")
+    )
 
 
 def test_given_split_folders_are_used_and_missing_val_is_carved(tmp_path):
@@ -348,8 +360,13 @@ def test_zip_extraction_reports_progress(tmp_path):
         for i in range(5):
             zf.writestr(f"cls{i % 2}/img{i}.bin", bytes(1000 * (i + 1)))
     calls = []
-    data.safe_extract_zip(archive, tmp_path / "out", max_bytes=10**6, max_files=100,
-                          progress=lambda done, total: calls.append((done, total)))
+    data.safe_extract_zip(
+        archive,
+        tmp_path / "out",
+        max_bytes=10**6,
+        max_files=100,
+        progress=lambda done, total: calls.append((done, total)),
+    )
     assert len(calls) == 5 and calls[-1] == (15000, 15000)
     assert [d for d, _ in calls] == sorted(d for d, _ in calls)
 
@@ -393,7 +410,8 @@ def test_class_weights_are_the_balanced_formula_with_zero_for_an_absent_class():
 
     full = [0] * 7 + [1] * 3 + [2] * 11
     assert list(data.class_weights(full, 3, "balanced").values()) == list(
-        compute_class_weight("balanced", classes=np.arange(3), y=np.array(full)))
+        compute_class_weight("balanced", classes=np.arange(3), y=np.array(full))
+    )
 
 
 def test_class_weights_auto_only_from_a_1_5x_difference_and_as_before_on_random_sets():
@@ -429,8 +447,13 @@ def test_a_killed_run_leaves_no_image_cache_file_behind(tmp_path):
         "assert c.on_disk and c.take(__import__('numpy').array([3]))[0, 0, 0, 0] == 150\n"
         "print('filled', flush=True); time.sleep(60)\n"
     )
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         assert proc.stdout.readline().strip() == "filled"
         held = open_files_in(cache_dir, proc.pid)

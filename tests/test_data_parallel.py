@@ -16,8 +16,13 @@ from tests.conftest import ROOT, write_shapes_dataset
 # augmentation, so two devices over the same global batches compute the same steps as one device.
 CONFIG = {
     "model": {"backbone": "mobilenet_v2", "alpha": 0.35, "image_size": 32, "weights": "none", "dropout": 0.0},
-    "train": {"head_epochs": 2, "fine_tune_epochs": 1, "early_stopping_patience": 0, "fine_tune_learning_rate": 1e-3,
-              "class_weight": "none"},
+    "train": {
+        "head_epochs": 2,
+        "fine_tune_epochs": 1,
+        "early_stopping_patience": 0,
+        "fine_tune_learning_rate": 1e-3,
+        "class_weight": "none",
+    },
     "augment": {"enabled": False},
     "data": {"val_fraction": 0.25, "test_fraction": 0.0},
 }
@@ -25,12 +30,19 @@ CONFIG = {
 
 def _train(data, run_dir, backend, *, devices, batch_size, fault=None):
     config = run_dir.parent / f"{run_dir.name}.json"
-    config.write_text(json.dumps({**CONFIG, "train": {**CONFIG["train"], "devices": devices,
-                                                      "batch_size": batch_size}}))
+    config.write_text(
+        json.dumps({**CONFIG, "train": {**CONFIG["train"], "devices": devices, "batch_size": batch_size}})
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "TRANSFER_STUDIO_FAULT", "XLA_FLAGS")}
     env.update(PYTHONPATH=str(ROOT), KERAS_BACKEND=backend, **({"TRANSFER_STUDIO_FAULT": fault} if fault else {}))
-    return subprocess.run([sys.executable, "-m", "pipeline", "train", str(data), "--run-dir", str(run_dir),
-                           "--config", str(config)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", "train", str(data), "--run-dir", str(run_dir), "--config", str(config)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
 
 
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
@@ -53,7 +65,10 @@ def test_two_devices_train_resume_after_a_kill_and_match_one_device(tmp_path, ba
         assert start["backend"] == backend and start["devices"]["replicas"] == 2, start
         assert start["global_batch_size"] == 8 and "4 x 2 = 8 images" in start["notes"][0]
     assert [(e["phase"], e["epoch"]) for e in events if e["event"] == "epoch"] == [
-        ("head", 1), ("head", 2), ("fine_tune", 1)]  # every epoch exactly once
+        ("head", 1),
+        ("head", 2),
+        ("fine_tune", 1),
+    ]  # every epoch exactly once
     assert all(e["steps"] == 5 * e["epoch"] for e in events if e["event"] == "epoch")
     assert two.model.exists() and two.eval.exists()
 

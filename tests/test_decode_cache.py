@@ -76,7 +76,10 @@ def test_the_scan_leaves_every_file_decoded_so_the_training_cache_decodes_none(t
     cache = data.ImageCache(files, 48, memory_budget_mb=64)
     cache.close()
     again = data.scan(tmp_path / "src", size=48)
-    assert calls == [] and (again.items, again.sizes) == (plain.items, plain.sizes)  # a second run (or a retrain) decodes nothing either
+    assert calls == [] and (again.items, again.sizes) == (
+        plain.items,
+        plain.sizes,
+    )  # a second run (or a retrain) decodes nothing either
     assert [s["path"] for s in again.skipped] == ["a/broken.jpg"]
 
 
@@ -128,8 +131,11 @@ def test_a_damaged_entry_is_ignored_and_rebuilt(tmp_path, damage):
     store = decoded.store()
     entry = store.path(data.file_sha256(path), 24)
     raw = entry.read_bytes()
-    entry.write_bytes({"truncate": raw[:-5], "flip": raw[:-1] + bytes([raw[-1] ^ 1]), "garbage": b"x" * len(raw),
-                       "empty": b""}[damage])
+    entry.write_bytes(
+        {"truncate": raw[:-5], "flip": raw[:-1] + bytes([raw[-1] ^ 1]), "garbage": b"x" * len(raw), "empty": b""}[
+            damage
+        ]
+    )
     assert store.get(data.file_sha256(path), 24) is None and not entry.exists()
     np.testing.assert_array_equal(data.load_image_cached(path, 24), want)
     assert entry.read_bytes() == raw  # rebuilt
@@ -157,7 +163,7 @@ def test_concurrent_writers_and_readers_never_see_half_an_entry(tmp_path):
         t.join()
     assert not bad
     np.testing.assert_array_equal(store.get("ab" * 32, 64)[0], pixels)
-    assert [p.name for p in (tmp_path / "d").rglob("*")  if p.is_file()] == ["ab" * 32 + ".u8"]  # no .part left
+    assert [p.name for p in (tmp_path / "d").rglob("*") if p.is_file()] == ["ab" * 32 + ".u8"]  # no .part left
 
 
 def test_the_store_is_bounded_least_recently_used_first(tmp_path, monkeypatch):
@@ -187,8 +193,9 @@ def test_training_from_the_disk_cache_matches_training_from_memory(shapes_dir, t
     keys = ("loss", "accuracy", "val_loss", "val_accuracy")
     curves = []
     for budget in (512, 0):  # 0: every split past the budget, read from the disk file a batch at a time
-        cfg = tiny_config(train={"strategy": "fine_tune", "head_epochs": 1, "fine_tune_epochs": 1},
-                          data={"cache_memory_mb": budget})
+        cfg = tiny_config(
+            train={"strategy": "fine_tune", "head_epochs": 1, "fine_tune_epochs": 1}, data={"cache_memory_mb": budget}
+        )
         run = train_mod.train(str(shapes_dir), tmp_path / f"run{budget}", cfg, evaluate_after=False)
         curves.append([[e[k] for k in keys] for e in run.epochs()])
         assert not (run.root / "cache").exists()  # the disk cache is removed with the run's end

@@ -42,8 +42,9 @@ def test_the_pool_gives_each_job_its_own_gpus_and_the_oldest_waits():
 
 
 def _start_event(run_dir: str) -> dict:
-    return next(e for e in map(json.loads, RunFolder(Path(run_dir)).metrics.read_text().splitlines())
-                if e["event"] == "start")
+    return next(
+        e for e in map(json.loads, RunFolder(Path(run_dir)).metrics.read_text().splitlines()) if e["event"] == "start"
+    )
 
 
 def test_worker_gives_each_child_its_own_gpus_and_a_two_gpu_job_waits_for_both(tmp_path):
@@ -52,13 +53,20 @@ def test_worker_gives_each_child_its_own_gpus_and_a_two_gpu_job_waits_for_both(t
     backend = LocalBackend(JobStore(), autostart=False)
 
     def quick(gpus):
-        return tiny_config(model={"backbone": "small_cnn"},
-                           train={"strategy": "from_scratch", "head_epochs": 2, "gpus": gpus})
+        return tiny_config(
+            model={"backbone": "small_cnn"}, train={"strategy": "from_scratch", "head_epochs": 2, "gpus": gpus}
+        )
 
     a, b, c, d = (backend.submit(str(shapes), quick(g)) for g in (0, 1, 2, 3))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": "3,5"}
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "worker", "--once"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "worker", "--once"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr
     ja, jb, jc, jd = (backend.status(i) for i in (a, b, c, d))
     assert [j.state for j in (ja, jb, jc)] == ["done"] * 3, (ja.error, jb.error, jc.error)
@@ -103,15 +111,34 @@ def test_a_run_resumed_on_another_backend_or_device_count_is_refused(tmp_path):
     from pipeline import config as config_mod
 
     config_mod.save(cfg, config)
-    killed = subprocess.run([sys.executable, "-m", "pipeline", "train", str(shapes), "--run-dir", str(tmp_path / "run"),
-                             "--config", str(config)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "train",
+            str(shapes),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--config",
+            str(config),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert killed.returncode == -9, killed.stderr[-2000:]
     run = RunFolder(tmp_path / "run")
     state = run.read_state()
     assert state.placement == {"backend": "tensorflow", "replicas": 1}
     run.write_state(state.copy(placement={"backend": "jax", "replicas": 2}))
-    with pytest.raises(RunFolderError, match=r"was trained on jax with 2 device\(s\) and this process has tensorflow "
-                                             r"with 1; resume it as it started"):
+    with pytest.raises(
+        RunFolderError,
+        match=r"was trained on jax with 2 device\(s\) and this process has tensorflow "
+        r"with 1; resume it as it started",
+    ):
         train_mod.train(str(shapes), run.root, cfg)
     run.write_state(state)
     train_mod.train(str(shapes), run.root, cfg)  # as it started: it resumes and finishes

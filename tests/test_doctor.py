@@ -12,8 +12,14 @@ from tests.conftest import ROOT
 
 def test_doctor_reports_this_machine_and_a_verdict():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "doctor", "--json"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "doctor", "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     facts = json.loads(proc.stdout)
     assert facts["tensorflow"] == metadata.version("tensorflow")
@@ -24,8 +30,9 @@ def test_doctor_reports_this_machine_and_a_verdict():
     assert facts["verdict"].startswith("training runs on")
     assert facts["verdict"] == doctor.verdict(facts)
 
-    text = subprocess.run([sys.executable, "-m", "pipeline", "doctor"], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300).stdout
+    text = subprocess.run(
+        [sys.executable, "-m", "pipeline", "doctor"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    ).stdout
     assert f"tensorflow {facts['tensorflow']}" in text and f"verdict: {facts['verdict']}" in text
     assert facts["keras_backend"] == "tensorflow" and facts["precision"].startswith("float32")
     assert facts["worker_hands_out"] == ["the CPU (one job at a time)"] or facts["system_gpus"]
@@ -33,8 +40,14 @@ def test_doctor_reports_this_machine_and_a_verdict():
 
 def test_doctor_on_jax_names_its_devices_and_the_gpus_the_worker_hands_out():
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": "3,5"}
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "doctor", "--json", "--backend", "jax"], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "doctor", "--json", "--backend", "jax"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     facts = json.loads(proc.stdout)
     assert facts["keras_backend"] == "jax" and facts["jax"] == metadata.version("jax")
@@ -44,8 +57,14 @@ def test_doctor_on_jax_names_its_devices_and_the_gpus_the_worker_hands_out():
 
 def test_verdict_names_why_a_gpu_is_not_used():
     cpu = [{"name": "/physical_device:CPU:0", "type": "CPU"}]
-    base = {"devices": cpu, "built_with_cuda": True, "system_gpus": 0, "nvidia_driver": None,
-            "cuda_version": "12.5.1", "cudnn_version": "9"}
+    base = {
+        "devices": cpu,
+        "built_with_cuda": True,
+        "system_gpus": 0,
+        "nvidia_driver": None,
+        "cuda_version": "12.5.1",
+        "cudnn_version": "9",
+    }
     assert "no NVIDIA GPU or driver" in doctor.verdict(base)
     assert "no CUDA support" in doctor.verdict({**base, "built_with_cuda": False})
     loaded = doctor.verdict({**base, "nvidia_driver": "NVRM version: 550", "system_gpus": 1})

@@ -40,9 +40,23 @@ def app_url(ts_home):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TRANSFER_STUDIO_HOME": str(ts_home)}
     log = open(ts_home / "streamlit.log", "w")  # noqa: SIM115 - a file, not a pipe: a full pipe blocks the server
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app_server.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app_server.py",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--server.headless",
+            "true",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     t0 = time.monotonic()
@@ -84,10 +98,19 @@ def open_page(pw, height: int = 1000):
     from playwright.sync_api import expect
 
     browser = pw.chromium.launch(
-        executable_path=CHROMIUM, headless=True,
-        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-              "--disable-sync", "--no-first-run", "--disable-quic",
-              "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"],  # a test-pattern camera
+        executable_path=CHROMIUM,
+        headless=True,
+        args=[
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--disable-quic",
+            "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream",
+        ],  # a test-pattern camera
     )
     page = browser.new_page(viewport={"width": 1400, "height": height})
     page.set_default_timeout(120_000)
@@ -117,7 +140,9 @@ def test_sample_to_training_to_export_to_in_browser_classification(app_url, tmp_
         # one strip of examples per class, then the class browser's first page (24 of the first class's images)
         expect(page.locator("[data-testid=stImage] img")).to_have_count(10 + 24)
         expect(page.get_by_text(re.compile(r"^Images 1-24 of 178\.$"))).to_be_visible()
-        expect(page.locator("[data-testid=stVegaLiteChart] canvas, [data-testid=stVegaLiteChart] svg").first).to_be_visible()
+        expect(
+            page.locator("[data-testid=stVegaLiteChart] canvas, [data-testid=stVegaLiteChart] svg").first
+        ).to_be_visible()
         page.screenshot(path=SCREENS / "1-data.png", full_page=True)
 
         page.get_by_role("link", name="Augment").first.click()

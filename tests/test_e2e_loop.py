@@ -53,8 +53,10 @@ def test_train_click_a_cell_relabel_retrain_compare(app_url, ts_home, tmp_path):
         expect(point).to_be_attached()
         box = point.bounding_box()
         page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-        cell_heading = page.get_by_role("heading", name=re.compile(
-            rf"True {re.escape(first)}, predicted {re.escape(first)}: \d+ image\(s\), correct"))
+        cell_heading = page.get_by_role(
+            "heading",
+            name=re.compile(rf"True {re.escape(first)}, predicted {re.escape(first)}: \d+ image\(s\), correct"),
+        )
         expect(cell_heading).to_be_visible()
         expect(page.get_by_text("Selected in the confusion matrix")).to_be_visible()
         page.screenshot(path=SCREENS / "loop-1-cell.png", full_page=True)
@@ -64,8 +66,12 @@ def test_train_click_a_cell_relabel_retrain_compare(app_url, ts_home, tmp_path):
         grid = page.get_by_test_id("stDataFrame").nth(1)  # per-class metrics first, then the confused pairs
         gbox = grid.bounding_box()
         page.mouse.click(gbox["x"] + 18, gbox["y"] + 35 + 35 // 2)  # the first row's selection box
-        heading = page.get_by_role("heading", name=re.compile(
-            rf"True {re.escape(pair['true'])}, predicted {re.escape(pair['predicted'])}: {pair['images']} image"))
+        heading = page.get_by_role(
+            "heading",
+            name=re.compile(
+                rf"True {re.escape(pair['true'])}, predicted {re.escape(pair['predicted'])}: {pair['images']} image"
+            ),
+        )
         expect(heading).to_be_visible()
         expect(cell_heading).to_have_count(0)
         expect(page.get_by_text("Selected in Most confused pairs")).to_be_visible()

@@ -14,8 +14,9 @@ from tests.conftest import ROOT, tiny_config, write_shapes_dataset
 
 
 def _steady(run_dir, phase: str) -> float:
-    seconds = [r["seconds"] for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("event") == "epoch"
-               and r["phase"] == phase]
+    seconds = [
+        r["seconds"] for r in read_jsonl(run_dir / "metrics.jsonl") if r.get("event") == "epoch" and r["phase"] == phase
+    ]
     return statistics.median(seconds[1:])
 
 
@@ -24,8 +25,13 @@ def _cli_train(data, run_dir, cfg, tmp_path) -> float:
     config = tmp_path / f"{run_dir.name}.json"
     config.write_text(cfg.to_json())
     t0 = time.time()
-    done = subprocess.run([sys.executable, "-m", "pipeline", "train", str(data), "--run-dir", str(run_dir), "--config",
-                           str(config)], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-m", "pipeline", "train", str(data), "--run-dir", str(run_dir), "--config", str(config)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr
     return time.time() - t0
 
@@ -35,8 +41,9 @@ def test_estimate_after_one_run_is_within_2x_of_the_next_run_launch_to_done(tmp_
     its launch to its end: start-up, every epoch and the evaluation are in the figure (they were left out)."""
     shapes = write_shapes_dataset(tmp_path / "shapes", per_class=40)
     runs = tmp_path / "runs"
-    cfg = tiny_config(train={"head_epochs": 5, "fine_tune_epochs": 4}, augment={"enabled": True},
-                      data={"test_fraction": 0.2})
+    cfg = tiny_config(
+        train={"head_epochs": 5, "fine_tune_epochs": 4}, augment={"enabled": True}, data={"test_fraction": 0.2}
+    )
     report = data_mod.scan(shapes, cfg.data)
     splits = data_mod.make_splits(report, cfg.data, cfg.train.seed)
     counts = (len(splits.train), len(splits.val))
@@ -51,8 +58,11 @@ def test_estimate_after_one_run_is_within_2x_of_the_next_run_launch_to_done(tmp_
     assert [p.name for p in est.phases] == ["head", "fine_tune"]
     assert est.seconds > sum(p.seconds for p in est.phases) + est.startup_seconds  # the finish is in it
 
-    cfg_b = tiny_config(train={"head_epochs": 5, "fine_tune_epochs": 4, "seed": 7}, augment={"enabled": True},
-                        data={"test_fraction": 0.2})
+    cfg_b = tiny_config(
+        train={"head_epochs": 5, "fine_tune_epochs": 4, "seed": 7},
+        augment={"enabled": True},
+        data={"test_fraction": 0.2},
+    )
     wall = _cli_train(shapes, runs / "b", cfg_b, tmp_path)
     b = next(t for t in estimate.timings(runs) if t.cfg.train.seed == 7)
     assert b.whole is not None and b.whole <= wall and b.whole > 0.8 * wall - 2, (b, wall)  # launch to done
@@ -65,23 +75,38 @@ def test_estimate_after_one_run_is_within_2x_of_the_next_run_launch_to_done(tmp_
 def test_progress_counts_epochs_and_time_left():
     cfg = tiny_config(train={"head_epochs": 3, "fine_tune_epochs": 2})
     assert estimate.progress([], cfg) == {"epochs_done": 0, "epochs_total": 5, "seconds_left": None}
-    recs = [{"event": "epoch", "phase": "head", "epoch": 1, "seconds": 5.0},
-            {"event": "progress", "phase": "head", "epoch": 2, "batch": 1},
-            {"event": "epoch", "phase": "head", "epoch": 2, "seconds": 2.0}]
+    recs = [
+        {"event": "epoch", "phase": "head", "epoch": 1, "seconds": 5.0},
+        {"event": "progress", "phase": "head", "epoch": 2, "batch": 1},
+        {"event": "epoch", "phase": "head", "epoch": 2, "seconds": 2.0},
+    ]
     # head: one epoch left at the steady 2 s; fine-tune: 2 epochs at the last measured 2 s
     assert estimate.progress(recs, cfg) == {"epochs_done": 2, "epochs_total": 5, "seconds_left": 6.0}
-    assert estimate.describe(42) == "42 s" and estimate.describe(600) == "10 min" and estimate.describe(4800) == "1 h 20 min"
+    assert (
+        estimate.describe(42) == "42 s"
+        and estimate.describe(600) == "10 min"
+        and estimate.describe(4800) == "1 h 20 min"
+    )
 
 
 def test_time_left_moves_with_every_progress_line_and_counts_the_phase_ahead_and_the_finish():
-    """"Time left" froze for a minute across the phase switch: a phase not started counted at the last epoch's
+    """ "Time left" froze for a minute across the phase switch: a phase not started counted at the last epoch's
     time, and nothing moved between epoch lines."""
     cfg = tiny_config(train={"head_epochs": 2, "fine_tune_epochs": 2})
-    est = estimate.Estimate((estimate.PhaseEstimate("head", 2, 10.0, 3.0), estimate.PhaseEstimate("fine_tune", 2, 20.0, 8.0)),
-                            True, "", startup_seconds=30.0, finish_seconds=6.0)
+    est = estimate.Estimate(
+        (estimate.PhaseEstimate("head", 2, 10.0, 3.0), estimate.PhaseEstimate("fine_tune", 2, 20.0, 8.0)),
+        True,
+        "",
+        startup_seconds=30.0,
+        finish_seconds=6.0,
+    )
     recs = [{"event": "epoch", "phase": "head", "epoch": 1, "seconds": 10.0}]
     start = estimate.progress(recs, cfg, est)["seconds_left"]
     assert start == 3.0 + 28.0 + 6.0  # one steady head epoch (this run's own), fine-tune as estimated, the finish
-    lefts = [estimate.progress([*recs, {"event": "progress", "phase": "head", "epoch": 2, "batch": b, "steps": 4}],
-                               cfg, est)["seconds_left"] for b in (1, 2, 3)]
+    lefts = [
+        estimate.progress(
+            [*recs, {"event": "progress", "phase": "head", "epoch": 2, "batch": b, "steps": 4}], cfg, est
+        )["seconds_left"]
+        for b in (1, 2, 3)
+    ]
     assert start > lefts[0] > lefts[1] > lefts[2]

@@ -24,10 +24,12 @@ def trained_run(tmp_path_factory):
     """
     root = tmp_path_factory.mktemp("export")
     data_dir = write_shapes_dataset(root / "shapes", per_class=16)
-    cfg = tiny_config(model={"backbone": "small_cnn"},
-                      train={"strategy": "from_scratch", "head_epochs": 8, "learning_rate": 3e-3},
-                      augment={"enabled": True, "flip": "horizontal", "rotation": 0.05},
-                      data={"test_fraction": 0.25})
+    cfg = tiny_config(
+        model={"backbone": "small_cnn"},
+        train={"strategy": "from_scratch", "head_epochs": 8, "learning_rate": 3e-3},
+        augment={"enabled": True, "flip": "horizontal", "rotation": 0.05},
+        data={"test_fraction": 0.25},
+    )
     run = train_mod.train(str(data_dir), root / "run", cfg)
     return run
 
@@ -86,8 +88,15 @@ def test_manifest_labels_and_checksums(exported, trained_run):
 
     with zipfile.ZipFile(dest / bundle.ZIP_NAME) as zf:
         names = set(zf.namelist())
-    assert {"manifest.json", "labels.txt", "README.md", "model-int8.tflite", "tfjs/model.json",
-            "tfjs-float16/model.json", "savedmodel/saved_model.pb"} <= names
+    assert {
+        "manifest.json",
+        "labels.txt",
+        "README.md",
+        "model-int8.tflite",
+        "tfjs/model.json",
+        "tfjs-float16/model.json",
+        "savedmodel/saved_model.pb",
+    } <= names
 
 
 def test_int8_model_takes_and_returns_uint8_with_manifest_parameters(exported):
@@ -148,8 +157,9 @@ def test_missing_or_unfinished_run_folder_is_one_line(tmp_path):
     half.root.mkdir()
     (half.root / "config.json").write_text("{}")
     (half.root / "dataset.json").write_text("{}")
-    proc = subprocess.run([sys.executable, "-m", "export", str(half.root)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "export", str(half.root)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == f"error: {half.root} has no model.keras: training has not finished."
     assert "Traceback" not in proc.stderr
@@ -157,8 +167,13 @@ def test_missing_or_unfinished_run_folder_is_one_line(tmp_path):
 
 def test_cli_exports_chosen_formats_and_reverifies(trained_run, tmp_path):
     out = tmp_path / "cli"
-    proc = subprocess.run([sys.executable, "-m", "export", str(trained_run.root), "--formats", "tflite-float32,tfjs",
-                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "export", str(trained_run.root), "--formats", "tflite-float32,tfjs", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "tflite-float32" in proc.stdout and "tfjs" in proc.stdout
     # Only the export's own lines: none of TensorFlow's C++ log lines ("W0000 00:00:... tf_tfl_flatbuffer_...")
@@ -167,11 +182,21 @@ def test_cli_exports_chosen_formats_and_reverifies(trained_run, tmp_path):
     chatter = [ln for ln in proc.stderr.splitlines() if re.match(r"[IWE]\d{4} |INFO: |fully_quantize", ln)]
     assert not chatter, chatter
     assert set(json.loads((out / "manifest.json").read_text())["formats"]) == {"savedmodel", "tflite-float32", "tfjs"}
-    proc = subprocess.run([sys.executable, "-m", "export", str(trained_run.root), "--out", str(out), "--verify"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "export", str(trained_run.root), "--out", str(out), "--verify"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr
-    bad = subprocess.run([sys.executable, "-m", "export", str(trained_run.root), "--formats", "coreml"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "export", str(trained_run.root), "--formats", "coreml"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "unknown format(s) coreml" in bad.stderr
 
 
@@ -224,8 +249,13 @@ def test_real_mobilenet_v2_export_passes_every_gate(shared_dir, keras_home_with_
 
     cfg = config_mod.apply_overrides(config_mod.RunConfig(), ["train.head_epochs=2", "train.fine_tune_epochs=1"])
     run = train_mod.train(str(shared_dir / "data" / "hymenoptera"), tmp_path / "run", cfg)
-    proc = subprocess.run([sys.executable, "-m", "export", str(run.root), "--verify-images", "120"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(
+        [sys.executable, "-m", "export", str(run.root), "--verify-images", "120"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
     dest = run.exports
     result = json.loads((dest / "verify.json").read_text())

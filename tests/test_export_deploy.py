@@ -26,9 +26,11 @@ def trained_run(tmp_path_factory):
     """A small CNN trained until it is right and confident on its test split (so damage shows)."""
     root = tmp_path_factory.mktemp("deploy")
     data_dir = write_shapes_dataset(root / "shapes", per_class=40)
-    cfg = tiny_config(model={"backbone": "small_cnn"},
-                      train={"strategy": "from_scratch", "head_epochs": 30, "learning_rate": 3e-3},
-                      data={"test_fraction": 0.25})
+    cfg = tiny_config(
+        model={"backbone": "small_cnn"},
+        train={"strategy": "from_scratch", "head_epochs": 30, "learning_rate": 3e-3},
+        data={"test_fraction": 0.25},
+    )
     return train_mod.train(str(data_dir), root / "run", cfg)
 
 
@@ -44,8 +46,9 @@ def _test_images(run, limit=None):
 
 
 def _run_cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "export", *map(str, args)], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "export", *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_every_tflite_file_has_metadata_that_mediapipe_classifies_with(exported, trained_run):
@@ -71,7 +74,11 @@ def test_every_tflite_file_has_metadata_that_mediapipe_classifies_with(exported,
         options = vision.ImageClassifierOptions(base_options=BaseOptions(model_asset_path=str(path)), max_results=-1)
         with vision.ImageClassifier.create_from_options(options) as classifier:
             for img, expected, sure in zip(images, litert.argmax(1), decided, strict=True):
-                cats = classifier.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=img)).classifications[0].categories
+                cats = (
+                    classifier.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=img))
+                    .classifications[0]
+                    .categories
+                )
                 assert sorted(c.category_name for c in cats) == sorted(labels), fmt
                 assert cats[0].category_name == labels[expected] or not sure, fmt
         row = result["formats"][f"mediapipe-{fmt.removeprefix('tflite-')}"]
@@ -87,7 +94,9 @@ def test_metadata_changes_no_output_value(exported, trained_run):
     plain = dest.parent / "plain-float32.tflite"
     plain.write_bytes(tflite.convert(dest / "savedmodel", tflite.PRESETS["tflite-float32"]))
     images, _ = _test_images(trained_run)
-    with_meta = tflite.predict(tflite.interpreter(verify.artifact_path(dest, "tflite-float32")), images.astype(np.float32))
+    with_meta = tflite.predict(
+        tflite.interpreter(verify.artifact_path(dest, "tflite-float32")), images.astype(np.float32)
+    )
     without = tflite.predict(tflite.interpreter(plain), images.astype(np.float32))
     assert np.array_equal(with_meta, without)
     assert verify.artifact_path(dest, "tflite-float32").stat().st_size > plain.stat().st_size  # metadata is there
@@ -174,7 +183,12 @@ def test_near_ties_are_reported_not_counted_and_real_flips_fail():
     assert not row["passed"] and row["near_tie_flips"] == 3
     int8 = verify.compare("tflite-int8", flipped, keras, labels)  # 6 of 200 flips: within int8's 90% / 5 points
     assert int8["passed"]
-    rows = {"savedmodel": {"passed": True}, "tflite-float16": row, "tflite-int8": int8, "tfjs-float16": {"passed": True}}
+    rows = {
+        "savedmodel": {"passed": True},
+        "tflite-float16": row,
+        "tflite-int8": int8,
+        "tfjs-float16": {"passed": True},
+    }
     verify.enforce_order(rows)
     assert not rows["tflite-int8"]["passed"] and rows["tfjs-float16"]["passed"]
 
@@ -197,9 +211,11 @@ def test_out_never_deletes_what_export_did_not_write(trained_run, tmp_path):
     keep.mkdir()
     (keep / "notes.txt").write_text("mine")
     before = sorted(p.name for p in trained_run.root.iterdir())
-    for out, reason in ((trained_run.root, "is the run folder or contains it"),
-                        (trained_run.root.parent, "is the run folder or contains it"),
-                        (keep, "is not empty and is not a bundle")):
+    for out, reason in (
+        (trained_run.root, "is the run folder or contains it"),
+        (trained_run.root.parent, "is the run folder or contains it"),
+        (keep, "is not empty and is not a bundle"),
+    ):
         with pytest.raises(bundle.ExportError, match=reason):
             bundle.export_run(trained_run.root, ["savedmodel"], out, run_verify=False)
     assert (keep / "notes.txt").read_text() == "mine"
@@ -220,7 +236,9 @@ def test_two_cli_exports_of_one_run_at_once_are_serialised(trained_run, tmp_path
     run_dir = tmp_path / "run"
     shutil.copytree(trained_run.root, run_dir, ignore=shutil.ignore_patterns("exports"))
     cmd = [sys.executable, "-m", "export", str(run_dir), "--formats", "tflite-float32", "--no-verify"]
-    procs = [subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert any("waiting for another export" in err for _, err in outs), outs
@@ -235,8 +253,13 @@ def test_a_killed_export_leaves_no_half_bundle_and_the_next_one_cleans_up(traine
     shutil.copytree(trained_run.root, run_dir, ignore=shutil.ignore_patterns("exports"))
     bundle.export_run(run_dir, ["savedmodel"], run_verify=False)
     previous = (run_dir / "exports" / "manifest.json").read_text()
-    proc = subprocess.Popen([sys.executable, "-m", "export", str(run_dir)], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "export", str(run_dir)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     t0 = time.monotonic()
     while not list(run_dir.glob(".exports.tmp-*/model-float32.tflite")):  # mid-export: files being written
         assert proc.poll() is None and time.monotonic() - t0 < 300
@@ -267,8 +290,12 @@ def served_bundle(exported, tmp_path):
     root = tmp_path / "exports"
     shutil.copytree(dest, root)
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"], cwd=root,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     import socket
 
     t0 = time.monotonic()
@@ -280,10 +307,20 @@ def served_bundle(exported, tmp_path):
             assert time.monotonic() - t0 < 30
             time.sleep(0.1)
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                     args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                                           "--disable-component-update", "--disable-sync", "--no-first-run",
-                                           "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"])
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                "--use-fake-device-for-media-stream",
+                "--use-fake-ui-for-media-stream",
+            ],
+        )
         page = browser.new_page()
         page.set_default_timeout(120_000)
         errors: list[str] = []
@@ -328,14 +365,18 @@ def test_web_demo_in_the_bundle_classifies_a_picked_photo_like_the_savedmodel(se
     # The next photo changes only the fragment (as the Try page does): the same page, TF.js loaded once, classifies
     # it, and never shows the previous photo's result meanwhile (it did, on every other photo).
     images, truth = _test_images(trained_run)
-    other = next(i for i in range(len(images)) if int(fn(images[i:i + 1].astype(np.float32))[0].argmax())
-                 != int(expected.argmax()))
+    other = next(
+        i
+        for i in range(len(images))
+        if int(fn(images[i : i + 1].astype(np.float32))[0].argmax()) != int(expected.argmax())
+    )
     second = tmp_path / "second.png"
     Image.fromarray(images[other]).save(second)
     page.evaluate("window.sameDocument = true")
-    page.evaluate("h => { location.hash = h; }", "image=data:image/png;base64," + base64.b64encode(
-        second.read_bytes()).decode())
-    expected2 = fn(images[other:other + 1].astype(np.float32))[0]
+    page.evaluate(
+        "h => { location.hash = h; }", "image=data:image/png;base64," + base64.b64encode(second.read_bytes()).decode()
+    )
+    expected2 = fn(images[other : other + 1].astype(np.float32))[0]
     out = page.wait_for_selector(f"#out[data-top1='{labels[int(expected2.argmax())]}']")
     assert np.abs(np.array(json.loads(out.get_attribute("data-probs")), dtype=np.float32) - expected2).max() <= 1e-4
     assert page.evaluate("window.sameDocument === true")  # no reload: TF.js and the model stayed loaded
@@ -381,6 +422,11 @@ def test_every_javascript_snippet_in_the_bundle_readme_runs_in_chromium(served_b
             page.wait_for_timeout(200)
         results.append(found[0])
     assert not errors, errors
-    expected = labels[int(tflite.predict(tflite.interpreter(verify.artifact_path(root, "tflite-float32")),
-                                         images.astype(np.float32)).argmax())]
+    expected = labels[
+        int(
+            tflite.predict(
+                tflite.interpreter(verify.artifact_path(root, "tflite-float32")), images.astype(np.float32)
+            ).argmax()
+        )
+    ]
     assert all(line.split(" ")[0] == expected for line in results), (results, expected)  # JPEG: confident shapes

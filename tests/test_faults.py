@@ -35,9 +35,17 @@ pytestmark = pytest.mark.slow  # about 2-3 minutes on 2 cores (14 training proce
 HEAD, FINE = 3, 3
 CONFIG = {
     "model": {"backbone": "mobilenet_v2", "alpha": 0.35, "image_size": 32, "weights": "none"},
-    "train": {"strategy": "fine_tune", "head_epochs": HEAD, "fine_tune_epochs": FINE, "batch_size": 8,
-              "early_stopping_patience": 0, "fine_tune_learning_rate": 1e-3, "progress_every": 1,
-              "deterministic": True, "seed": 7},
+    "train": {
+        "strategy": "fine_tune",
+        "head_epochs": HEAD,
+        "fine_tune_epochs": FINE,
+        "batch_size": 8,
+        "early_stopping_patience": 0,
+        "fine_tune_learning_rate": 1e-3,
+        "progress_every": 1,
+        "deterministic": True,
+        "seed": 7,
+    },
     "augment": {"enabled": True, "flip": "horizontal", "rotation": 0.0},
     "data": {"val_fraction": 0.25, "test_fraction": 0.2},
 }
@@ -63,9 +71,15 @@ def _start(data: Path, config: Path, run: RunFolder, fault: str | None = None) -
     env.pop("TRANSFER_STUDIO_FAULT", None)
     if fault:
         env["TRANSFER_STUDIO_FAULT"] = fault
-    return subprocess.Popen([sys.executable, "-m", "pipeline", "train", str(data), "--run-dir", str(run.root),
-                             "--config", str(config)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "train", str(data), "--run-dir", str(run.root), "--config", str(config)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _kill_when(proc: subprocess.Popen, run: RunFolder, seen, timeout: float = 300) -> None:

@@ -17,8 +17,11 @@ import pytest
 
 from tests.conftest import ROOT, tiny_config, write_shapes_dataset
 
-QUICK = {"model": {"backbone": "small_cnn"}, "train": {"strategy": "from_scratch", "head_epochs": 2},
-         "data": {"test_fraction": 0.25}}
+QUICK = {
+    "model": {"backbone": "small_cnn"},
+    "train": {"strategy": "from_scratch", "head_epochs": 2},
+    "data": {"test_fraction": 0.25},
+}
 
 
 class Disk:
@@ -28,8 +31,9 @@ class Disk:
         self.path = path
         self.ballast = path / "ballast"
         path.mkdir(parents=True)
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mb}m", "tmpfs", str(path)], capture_output=True,
-                              text=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={mb}m", "tmpfs", str(path)], capture_output=True, text=True
+        )
         if done.returncode != 0:
             pytest.skip(f"cannot mount a tmpfs here ({done.stderr.strip()}): the full-disk cases need one")
 
@@ -62,8 +66,14 @@ def _cli(module: str, *args, home: Path | None = None, timeout: int = 600) -> su
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     if home:
         env["TRANSFER_STUDIO_HOME"] = str(home)
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", module, *map(str, args)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _refused(done: subprocess.CompletedProcess, folder: Path) -> str:
@@ -75,9 +85,12 @@ def _refused(done: subprocess.CompletedProcess, folder: Path) -> str:
 
 
 def _leftovers(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
-                  if p.name.startswith(".") and (p.name.endswith(".tmp") or ".tmp-" in p.name or p.name.endswith(".part")
-                                                 or p.name.startswith(".sample-")))
+    return sorted(
+        str(p.relative_to(folder))
+        for p in folder.rglob("*")
+        if p.name.startswith(".")
+        and (p.name.endswith(".tmp") or ".tmp-" in p.name or p.name.endswith(".part") or p.name.startswith(".sample-"))
+    )
 
 
 def test_sample_set_up_on_a_full_disk(disk):
@@ -170,9 +183,11 @@ def test_a_job_on_a_full_disk_fails_with_the_message_and_resumes_once_there_is_r
     job_id = store.add(str(data), tiny_config(**QUICK).to_dict())
     disk.fill(leave=150_000)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TRANSFER_STUDIO_HOME": str(home)}
-    worker = subprocess.Popen([sys.executable, "-m", "pipeline", "worker"], cwd=ROOT, env=env,
-                              stderr=subprocess.PIPE, text=True)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "worker"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
+    )
     try:
+
         def child_gone() -> bool:
             import psutil
 
@@ -213,5 +228,6 @@ def test_the_data_page_on_a_full_disk_shows_the_message(disk, monkeypatch):
     disk.fill(leave=200_000)
     at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=120).run()
     assert not at.exception, [e.value for e in at.exception]
-    assert any("the disk holding" in e.value and "free some space there" in e.value for e in at.error), \
-        [e.value for e in at.error]
+    assert any("the disk holding" in e.value and "free some space there" in e.value for e in at.error), [
+        e.value for e in at.error
+    ]

@@ -131,8 +131,12 @@ def test_no_import_cycle():
 
 def layer_violations(graph: dict[str, set[str]]) -> list[str]:
     """Every import that points against the layers, as "a imports b"."""
-    return [f"{name} imports {target}" for name, targets in sorted(graph.items()) for target in sorted(targets)
-            if layer(target) not in ALLOWED[layer(name)]]
+    return [
+        f"{name} imports {target}"
+        for name, targets in sorted(graph.items())
+        for target in sorted(targets)
+        if layer(target) not in ALLOWED[layer(name)]
+    ]
 
 
 def test_layers_point_one_way():
@@ -148,15 +152,26 @@ def test_the_checks_can_fail():
     planted = {**graph, "pipeline.config": graph["pipeline.config"] | {"pipeline.jobs.backends"}}
     cycle = find_cycle(planted)
     assert cycle is not None and cycle[0] == cycle[-1]
-    upward = {**graph, "pipeline.config": graph["pipeline.config"] | {"export.bundle"},
-              "export.bundle": graph["export.bundle"] | {"app_pages.shared"}}
-    assert layer_violations(upward) == ["export.bundle imports app_pages.shared", "pipeline.config imports export.bundle"]
-    inside = {**graph, "pipeline.host.paths": graph["pipeline.host.paths"] | {"pipeline.jobs.store"},
-              "pipeline.data.sources": graph["pipeline.data.sources"] | {"pipeline.training.model"},
-              "pipeline.training.train": graph["pipeline.training.train"] | {"pipeline.quality.estimate"}}
-    assert layer_violations(inside) == ["pipeline.data.sources imports pipeline.training.model",
-                                        "pipeline.host.paths imports pipeline.jobs.store",
-                                        "pipeline.training.train imports pipeline.quality.estimate"]
+    upward = {
+        **graph,
+        "pipeline.config": graph["pipeline.config"] | {"export.bundle"},
+        "export.bundle": graph["export.bundle"] | {"app_pages.shared"},
+    }
+    assert layer_violations(upward) == [
+        "export.bundle imports app_pages.shared",
+        "pipeline.config imports export.bundle",
+    ]
+    inside = {
+        **graph,
+        "pipeline.host.paths": graph["pipeline.host.paths"] | {"pipeline.jobs.store"},
+        "pipeline.data.sources": graph["pipeline.data.sources"] | {"pipeline.training.model"},
+        "pipeline.training.train": graph["pipeline.training.train"] | {"pipeline.quality.estimate"},
+    }
+    assert layer_violations(inside) == [
+        "pipeline.data.sources imports pipeline.training.model",
+        "pipeline.host.paths imports pipeline.jobs.store",
+        "pipeline.training.train imports pipeline.quality.estimate",
+    ]
 
 
 def test_every_module_has_a_layer():
@@ -171,7 +186,10 @@ def test_packages_are_walked_through_their_init():
     graph = import_graph()
     assert "pipeline.data" in graph["pipeline.data.revision"]  # from pipeline.data import ... (re-exported names)
     assert "pipeline.data.scanning" in graph["pipeline.data"]
-    assert "pipeline.data.errors" in graph["pipeline.data.scanning"] and "pipeline.data" not in graph["pipeline.data.scanning"]
+    assert (
+        "pipeline.data.errors" in graph["pipeline.data.scanning"]
+        and "pipeline.data" not in graph["pipeline.data.scanning"]
+    )
     planted = {**graph, "pipeline.data.errors": graph["pipeline.data.errors"] | {"pipeline.data"}}
     cycle = find_cycle(planted)
     assert cycle is not None and "pipeline.data" in cycle and "pipeline.data.errors" in cycle

@@ -17,16 +17,32 @@ def _env(**extra):
 
 
 def test_the_blocker_really_blocks_tensorflow():
-    proc = subprocess.run([sys.executable, str(BLOCKER), "tensorflow"], cwd=ROOT, env=_env(), capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(BLOCKER), "tensorflow"], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode != 0 and "blocked: this process has no TensorFlow" in proc.stderr
 
 
 def test_digits_train_on_jax_without_tensorflow_then_export_passes_every_gate(tmp_path):
     run_dir = tmp_path / "run"
-    proc = subprocess.run([sys.executable, str(BLOCKER), "pipeline", "train", "sample:digits", "--run-dir",
-                           str(run_dir), "--set", "train.head_epochs=4"], cwd=ROOT, env=_env(KERAS_BACKEND="jax"),
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(BLOCKER),
+            "pipeline",
+            "train",
+            "sample:digits",
+            "--run-dir",
+            str(run_dir),
+            "--set",
+            "train.head_epochs=4",
+        ],
+        cwd=ROOT,
+        env=_env(KERAS_BACKEND="jax"),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = RunFolder(run_dir)
     events = [json.loads(line) for line in run.metrics.read_text().splitlines()]
@@ -36,8 +52,14 @@ def test_digits_train_on_jax_without_tensorflow_then_export_passes_every_gate(tm
     result = json.loads(run.eval.read_text())
     assert result["accuracy"] > 0.8, result["accuracy"]  # the digits CNN learns in a few epochs
 
-    proc = subprocess.run([sys.executable, "-m", "export", str(run_dir)], cwd=ROOT, env=_env(), capture_output=True,
-                          text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, "-m", "export", str(run_dir)],
+        cwd=ROOT,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     verify = json.loads((run_dir / "exports" / "verify.json").read_text())
     assert verify["passed"] and verify["formats"]["tflite-float32"]["passed"]

@@ -21,8 +21,15 @@ QUICK = {"model": {"backbone": "small_cnn"}, "train": {"strategy": "from_scratch
 
 def _cli(*args, **kw):
     env = kw.pop("env", {**os.environ, "PYTHONPATH": str(ROOT)})
-    return subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def _run_once(*extra, timeout=600, **kw):
@@ -74,8 +81,12 @@ def test_cancel_a_queued_job(backend, shapes):
         backend.cancel(job_id)
 
 
-LONG = {"model": {"image_size": 64}, "train": {"head_epochs": 3, "fine_tune_epochs": 4},
-        "augment": {"enabled": True}, "data": {"test_fraction": 0.0}}
+LONG = {
+    "model": {"image_size": 64},
+    "train": {"head_epochs": 3, "fine_tune_epochs": 4},
+    "augment": {"enabled": True},
+    "data": {"test_fraction": 0.0},
+}
 
 
 def test_cancel_a_running_job_keeps_its_checkpoint(backend, tmp_path):
@@ -118,8 +129,10 @@ def test_killed_worker_and_child_resume_without_repeating_epochs(backend, tmp_pa
 
 
 def test_five_jobs_with_concurrency_one_run_one_at_a_time(backend, shapes):
-    ids = [backend.submit(str(shapes), tiny_config(**{**QUICK, "train": {**QUICK["train"], "head_epochs": 1}}))
-           for _ in range(5)]
+    ids = [
+        backend.submit(str(shapes), tiny_config(**{**QUICK, "train": {**QUICK["train"], "head_epochs": 1}}))
+        for _ in range(5)
+    ]
     _run_once("--concurrency", "1", timeout=900)
     jobs = sorted((backend.status(i) for i in ids), key=lambda j: j.started)
     assert [j.state for j in jobs] == ["done"] * 5
@@ -156,8 +169,20 @@ def test_crafted_job_ids_are_refused(backend):
 
 
 def test_cli_submit_starts_a_worker_and_the_job_finishes(shapes):
-    proc = _cli("submit", str(shapes), "--set", "model.backbone=small_cnn", "--set", "model.weights=none",
-                "--set", "train.strategy=from_scratch", "--set", "train.head_epochs=1", "--set", "model.image_size=32")
+    proc = _cli(
+        "submit",
+        str(shapes),
+        "--set",
+        "model.backbone=small_cnn",
+        "--set",
+        "model.weights=none",
+        "--set",
+        "train.strategy=from_scratch",
+        "--set",
+        "train.head_epochs=1",
+        "--set",
+        "model.image_size=32",
+    )
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     job_id = out.strip().splitlines()[-1]
@@ -229,8 +254,14 @@ def test_a_job_whose_run_finished_is_done_however_its_worker_or_child_died(backe
     # child again, which finds the run done and trains nothing.
     orphan = backend.submit(str(shapes), tiny_config(**QUICK))
     backend.store.claim(backend.store.register_worker(1))  # a worker that never beats: dead at once
-    child = subprocess.run([sys.executable, "-m", "pipeline.jobs.child", orphan], cwd=ROOT, capture_output=True,
-                           text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    child = subprocess.run(
+        [sys.executable, "-m", "pipeline.jobs.child", orphan],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert child.returncode == 0, child.stdout + child.stderr
     run = RunFolder(backend.store.run_dir(orphan))
     epochs = run.epochs()
@@ -265,12 +296,17 @@ def test_the_runs_page_resume_button_queues_a_failed_job_again_and_shows_warning
     store = JobStore()
     job_id = store.add(str(tmp_path / "gone"), config.RunConfig().to_dict(), owner=owner_of(key))
     store.claim(store.register_worker(1))
-    store.finish(job_id, "failed", f"the training process was killed by signal 9 (out of memory?); resume it with "
-                                   f"`python -m pipeline resume {job_id}`")
+    store.finish(
+        job_id,
+        "failed",
+        f"the training process was killed by signal 9 (out of memory?); resume it with "
+        f"`python -m pipeline resume {job_id}`",
+    )
     run = RunFolder(store.run_dir(job_id))
     run.root.mkdir(parents=True)
-    run.metrics.write_text(json.dumps({"event": "warning", "message": "state.json is damaged; resumed from "
-                                       "state.prev.json."}) + "\n")
+    run.metrics.write_text(
+        json.dumps({"event": "warning", "message": "state.json is damaged; resumed from state.prev.json."}) + "\n"
+    )
     at = _visitor(key, "runs.py", run=job_id)
     assert not at.exception, [e.value for e in at.exception]
     assert any("resumed from state.prev.json" in w.value.replace("\\", "") for w in at.warning)
@@ -284,5 +320,8 @@ def test_the_runs_page_resume_button_queues_a_failed_job_again_and_shows_warning
         for w in store.workers():
             if w.stopped is None and w.pid != os.getpid():
                 os.kill(w.pid, signal.SIGTERM)
-        _wait(lambda: all(w.stopped or w.pid == os.getpid() for w in store.workers()), timeout=120,
-              what="the worker to stop")
+        _wait(
+            lambda: all(w.stopped or w.pid == os.getpid() for w in store.workers()),
+            timeout=120,
+            what="the worker to stop",
+        )

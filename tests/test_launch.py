@@ -42,8 +42,13 @@ def test_child_runs_in_a_session_of_its_own(tmp_path):
 
 
 def test_child_dies_with_its_parent(tmp_path):
-    parent = subprocess.Popen([sys.executable, "-m", "tests.launch_probe", "parent", str(tmp_path / "hold.log")],
-                              cwd=tmp_path, env=launch.child_env(), stdout=subprocess.PIPE, text=True)
+    parent = subprocess.Popen(
+        [sys.executable, "-m", "tests.launch_probe", "parent", str(tmp_path / "hold.log")],
+        cwd=tmp_path,
+        env=launch.child_env(),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         held = int(parent.stdout.readline())
         assert psutil.Process(held).is_running()
@@ -51,8 +56,9 @@ def test_child_dies_with_its_parent(tmp_path):
         parent.send_signal(signal.SIGKILL)
         parent.wait(10)
         # killed: gone, or a zombie waiting for whichever process adopted it to reap it
-        assert _wait_status(held, {"gone", psutil.STATUS_ZOMBIE}, 10) in {"gone", psutil.STATUS_ZOMBIE}, \
+        assert _wait_status(held, {"gone", psutil.STATUS_ZOMBIE}, 10) in {"gone", psutil.STATUS_ZOMBIE}, (
             "the child outlived its SIGKILLed parent"
+        )
     finally:
         parent.kill()
         parent.wait()

@@ -49,8 +49,15 @@ def test_commits_follow_the_early_stopping_rule_and_the_best_is_kept():
     assert copy.status == "cancelled" and ledger.status == "running" and copy.phases["head"] is not ph
 
 
-@pytest.mark.parametrize("doc", [{"status": "stuck", "phases": {}}, {"phases": {"head": {"epochs_done": "2"}}},
-                                 {"phases": [1]}, {"phases": {}, "best": {"epoch": 1}}])
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"status": "stuck", "phases": {}},
+        {"phases": {"head": {"epochs_done": "2"}}},
+        {"phases": [1]},
+        {"phases": {}, "best": {"epoch": 1}},
+    ],
+)
 def test_a_state_file_that_is_not_a_ledger_is_damaged(tmp_path, doc):
     run = RunFolder(tmp_path)
     run.state.write_text(json.dumps(doc))
@@ -68,12 +75,31 @@ def test_a_run_folder_written_before_the_ledger_resumes_and_finishes(tmp_path):
         path.write_text(path.read_text().replace(OLD_PREFIX, here))
     run = RunFolder(tmp_path / "old" / "run")
     assert [e["epoch"] for e in run.epochs()] == []
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRANSFER_STUDIO_HOME": str(tmp_path / "home"),
-           "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "TRANSFER_STUDIO_HOME": str(tmp_path / "home"),
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+    }
     env.pop("TRANSFER_STUDIO_FAULT", None)
-    done = subprocess.run([sys.executable, "-m", "pipeline", "train", f"{here}/shapes", "--run-dir", str(run.root),
-                           "--config", str(run.config)], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "train",
+            f"{here}/shapes",
+            "--run-dir",
+            str(run.root),
+            "--config",
+            str(run.config),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resuming" in done.stderr
     assert [(e["phase"], e["epoch"]) for e in run.epochs()] == [("scratch", 1), ("scratch", 2), ("scratch", 3)]

@@ -30,6 +30,7 @@ def peak_rss_growth(fn) -> tuple[object, int]:
 
     Linux resets the peak (VmHWM) through /proc/self/clear_refs; elsewhere a thread samples the RSS.
     """
+
     def status(key: str) -> int:
         line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(key + ":"))
         return int(line.split()[1]) * 1024
@@ -97,14 +98,19 @@ def _scan_folder(root: Path):
 
 def _png_of_zeros(path: Path, width: int, height: int) -> None:
     """A valid RGB PNG of width x height black pixels, compressed row by row (tiny on disk, huge decoded)."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     squeeze = zlib.compressobj(9)
     row = bytes(1 + 3 * width)
     idat = b"".join(squeeze.compress(row) for _ in range(height)) + squeeze.flush()
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", idat)
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_a_pixel_bomb_and_a_huge_file_are_scanned_with_bounded_memory(tmp_path):
@@ -143,7 +149,7 @@ def _with_compress_type(path: Path, method: int) -> None:
     for sig, offset in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):
         at = raw.find(sig)
         while at != -1:
-            raw[at + offset: at + offset + 2] = struct.pack("<H", method)
+            raw[at + offset : at + offset + 2] = struct.pack("<H", method)
             at = raw.find(sig, at + 4)
     path.write_bytes(bytes(raw))
 
@@ -166,7 +172,9 @@ def test_a_file_and_a_folder_of_the_same_name_are_refused_naming_the_entry(tmp_p
     with zipfile.ZipFile(zpath, "w") as zf:
         zf.writestr("cats/a", b"a file")
         zf.writestr("cats/a/b.png", b"needs cats/a to be a folder")
-    with pytest.raises(DataError, match=r"clash\.zip: the entry 'cats/a' is a file, and 'cats/a/b\.png' needs a folder"):
+    with pytest.raises(
+        DataError, match=r"clash\.zip: the entry 'cats/a' is a file, and 'cats/a/b\.png' needs a folder"
+    ):
         data.resolve_source(zpath)
     zpath = tmp_path / "twice.zip"
     with zipfile.ZipFile(zpath, "w") as zf, pytest.warns(UserWarning):
@@ -236,3 +244,19 @@ def test_the_disk_quota_removes_least_recently_used_unreferenced_uploads_and_dat
     assert oldest_used.exists() and fresh.exists() and middle.exists()
     assert quota.enforce(quota_mb=1, keep=(fresh,)) == [middle.parent]
     assert oldest_used.exists() and fresh.exists()
+
+
+def test_every_limit_setting_is_documented_where_it_is_read_and_in_the_readme():
+    """The settings table in pipeline/host/limits.py's docstring and the README's list the variables the code reads."""
+    import inspect
+    import re
+
+    from pipeline.host import limits
+    from tests.conftest import ROOT
+
+    read = set(re.findall(r"TRANSFER_STUDIO_[A-Z_]+", inspect.getsource(limits.Limits.from_env)))
+    assert read and read <= set(re.findall(r"TRANSFER_STUDIO_[A-Z_]+", limits.__doc__))
+    readme = (ROOT / "README.md").read_text()
+    assert not read - set(re.findall(r"TRANSFER_STUDIO_[A-Z_]+", readme)), read - set(
+        re.findall(r"TRANSFER_STUDIO_[A-Z_]+", readme)
+    )

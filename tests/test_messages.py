@@ -16,8 +16,11 @@ from pipeline.runs.folder import RunFolder
 from pipeline.training import train as train_mod
 from tests.conftest import ROOT, tiny_config, write_shapes_dataset
 
-QUICK = {"model": {"backbone": "small_cnn"}, "train": {"strategy": "from_scratch", "head_epochs": 1},
-         "data": {"test_fraction": 0.25}}
+QUICK = {
+    "model": {"backbone": "small_cnn"},
+    "train": {"strategy": "from_scratch", "head_epochs": 1},
+    "data": {"test_fraction": 0.25},
+}
 
 
 @pytest.fixture(scope="module")
@@ -88,16 +91,23 @@ def test_a_retrain_from_an_unfinished_run_is_refused(finished, tmp_path, capsys)
 
 def test_a_second_worker_on_the_same_home_is_refused_with_an_error_code(ts_home):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    first = subprocess.Popen([sys.executable, "-m", "pipeline", "worker"], cwd=ROOT, env=env,
-                             stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "worker"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
+    )
     try:
         from pipeline.jobs.store import JobStore
 
         deadline = time.monotonic() + 60
         while not any(w.alive for w in JobStore(ts_home).workers()) and time.monotonic() < deadline:
             time.sleep(0.1)  # registered once it holds the lock
-        second = subprocess.run([sys.executable, "-m", "pipeline", "worker", "--once"], cwd=ROOT, env=env,
-                                capture_output=True, text=True, timeout=120)
+        second = subprocess.run(
+            [sys.executable, "-m", "pipeline", "worker", "--once"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert second.returncode == 2, second.stderr
         assert "error: a worker is already running" in second.stderr
     finally:

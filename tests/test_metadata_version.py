@@ -52,4 +52,6 @@ def test_install_lets_mediapipes_writer_import():
     from mediapipe.tasks.cc.metadata.python import _pywrap_metadata_version
     from mediapipe.tasks.python.metadata.metadata_writers import image_classifier  # noqa: F401 (failed before)
 
-    assert _pywrap_metadata_version.GetMinimumMetadataParserVersion is metadata_version.get_minimum_metadata_parser_version
+    assert (
+        _pywrap_metadata_version.GetMinimumMetadataParserVersion is metadata_version.get_minimum_metadata_parser_version
+    )

@@ -70,8 +70,18 @@ def _assert_outputs_depend_on_the_input(model, x):
 
 
 def test_training_and_inference_models_agree_and_inference_has_no_augmentation():
-    cfg, m = _build(**SMALL, augment={"enabled": True, "flip": "horizontal", "rotation": 0.2, "zoom": 0.1,
-                                      "translation": 0.1, "contrast": 0.2, "brightness": 0.2})
+    cfg, m = _build(
+        **SMALL,
+        augment={
+            "enabled": True,
+            "flip": "horizontal",
+            "rotation": 0.2,
+            "zoom": 0.1,
+            "translation": 0.1,
+            "contrast": 0.2,
+            "brightness": 0.2,
+        },
+    )
     x = np.random.default_rng(1).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
     _assert_outputs_depend_on_the_input(m.inference, x)
     np.testing.assert_allclose(np.asarray(m.train(x, training=False)), np.asarray(m.inference(x)), atol=1e-6)

@@ -24,18 +24,20 @@ def test_precision_is_a_setting_float32_by_default():
 def mixed_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("mixed")
     data_dir = write_shapes_dataset(root / "shapes", per_class=16)
-    cfg = tiny_config(model={"backbone": "small_cnn"},
-                      train={"strategy": "from_scratch", "head_epochs": 6, "learning_rate": 3e-3,
-                             "precision": "mixed_float16"},
-                      data={"test_fraction": 0.25})
+    cfg = tiny_config(
+        model={"backbone": "small_cnn"},
+        train={"strategy": "from_scratch", "head_epochs": 6, "learning_rate": 3e-3, "precision": "mixed_float16"},
+        data={"test_fraction": 0.25},
+    )
     return train_mod.train(str(data_dir), root / "run", cfg)
 
 
 def test_mixed_float16_run_trains_in_float16_and_saves_a_float32_model(mixed_run):
     import keras
 
-    start = next(json.loads(line) for line in mixed_run.metrics.read_text().splitlines()
-                 if json.loads(line)["event"] == "start")
+    start = next(
+        json.loads(line) for line in mixed_run.metrics.read_text().splitlines() if json.loads(line)["event"] == "start"
+    )
     assert start["precision"] == "mixed_float16" and start["backend"] == "tensorflow"
     assert keras.mixed_precision.global_policy().name == "float32"  # the process is back to float32
     model = load_model(mixed_run)

@@ -43,7 +43,11 @@ def test_retrain_from_a_run_on_corrected_data(shapes_dir, tmp_path):
     child = train_mod.train(str(shapes_dir), tmp_path / "child", child_cfg)
     dataset = json.loads(child.dataset.read_text())
     assert dataset["revision"]["number"] == 3 and dataset["parent"] == str(parent.root)
-    seen = {rel: dataset["splits"]["classes"][label] for s in ("train", "val", "test") for rel, label in dataset["splits"][s]}
+    seen = {
+        rel: dataset["splits"]["classes"][label]
+        for s in ("train", "val", "test")
+        for rel, label in dataset["splits"][s]
+    }
     assert seen["bar/bar_00.png"] == "disc" and "square/square_01.png" not in seen
     assert any(rel.endswith("more.png") and cls == "square" for rel, cls in seen.items())
     assert [e["phase"] for e in child.epochs()] == ["fine_tune"]
@@ -60,15 +64,25 @@ def test_retrain_starts_from_the_parents_weights(shared_dir, keras_home_with_wei
     """Real photos and weights: the child's first epoch at the fine-tune rate is far above a fresh head's
     first epoch at that rate (which barely moves from chance), and close to where the parent ended."""
     hym = shared_dir / "data" / "hymenoptera"
-    overrides = ["train.head_epochs=2", "train.fine_tune_epochs=1", "augment.enabled=false",
-                 "train.early_stopping_patience=0"]
+    overrides = [
+        "train.head_epochs=2",
+        "train.fine_tune_epochs=1",
+        "augment.enabled=false",
+        "train.early_stopping_patience=0",
+    ]
     parent = train_mod.train(str(hym), tmp_path / "parent", config_for(str(hym), overrides=overrides))
     parent_best = max(e["val_accuracy"] for e in parent.epochs())
     child_cfg = config_for(str(hym), parent=parent.root)
     child = train_mod.train(str(hym), tmp_path / "child", child_cfg)
     lr = child_cfg.train.fine_tune_learning_rate
-    fresh = train_mod.train(str(hym), tmp_path / "fresh", config_for(
-        str(hym), overrides=[*overrides, "train.head_epochs=1", "train.fine_tune_epochs=0", f"train.learning_rate={lr}"]))
+    fresh = train_mod.train(
+        str(hym),
+        tmp_path / "fresh",
+        config_for(
+            str(hym),
+            overrides=[*overrides, "train.head_epochs=1", "train.fine_tune_epochs=0", f"train.learning_rate={lr}"],
+        ),
+    )
     assert parent_best >= 0.85
     assert _first_val_accuracy(child) >= parent_best - 0.05, (child.epochs(), parent_best)
     assert _first_val_accuracy(child) >= _first_val_accuracy(fresh) + 0.2, (child.epochs(), fresh.epochs())
@@ -77,7 +91,9 @@ def test_retrain_starts_from_the_parents_weights(shared_dir, keras_home_with_wei
 def test_retrain_refuses_a_parent_that_does_not_fit(shapes_dir, tmp_path, capsys):
     with pytest.raises(RunFolderError, match="not a run folder"):
         config_for(str(shapes_dir), parent=tmp_path / "nowhere")
-    parent = train_mod.train(str(shapes_dir), tmp_path / "parent", tiny_config(train={"head_epochs": 1, "fine_tune_epochs": 0}))
+    parent = train_mod.train(
+        str(shapes_dir), tmp_path / "parent", tiny_config(train={"head_epochs": 1, "fine_tune_epochs": 0})
+    )
     other = config_for(str(shapes_dir), parent=parent.root, overrides=["model.image_size=48"])
     with pytest.raises(RunFolderError, match="model.image_size"):
         train_mod.train(str(shapes_dir), tmp_path / "child", other)

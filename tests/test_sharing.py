@@ -76,16 +76,35 @@ def finished_job_with_eval(store: JobStore, labels: list[str], owner: str | None
     image = run / f"{labels[0]}.png"
     Image.new("RGB", (8, 8)).save(image)
     n = len(labels)
-    run.joinpath("eval.json").write_text(json.dumps({
-        "split": "test", "images": 4, "accuracy": 0.5, "labels": labels,
-        "confusion_matrix": [[1 if i == j else 0 for j in range(n)] for i in range(n)],
-        "per_class": {c: {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2} for c in labels},
-        "mistakes": [{"file": str(image), "path": image.name, "true": labels[0], "predicted": labels[1],
-                      "probability": 0.9}],
-    }))
-    run.joinpath("dataset.json").write_text(json.dumps({
-        "scan": {"root": str(run)},
-        "splits": {"root": str(run), "classes": labels, "train": [], "val": [], "test": []}}))
+    run.joinpath("eval.json").write_text(
+        json.dumps(
+            {
+                "split": "test",
+                "images": 4,
+                "accuracy": 0.5,
+                "labels": labels,
+                "confusion_matrix": [[1 if i == j else 0 for j in range(n)] for i in range(n)],
+                "per_class": {c: {"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2} for c in labels},
+                "mistakes": [
+                    {
+                        "file": str(image),
+                        "path": image.name,
+                        "true": labels[0],
+                        "predicted": labels[1],
+                        "probability": 0.9,
+                    }
+                ],
+            }
+        )
+    )
+    run.joinpath("dataset.json").write_text(
+        json.dumps(
+            {
+                "scan": {"root": str(run)},
+                "splits": {"root": str(run), "classes": labels, "train": [], "val": [], "test": []},
+            }
+        )
+    )
     return job_id
 
 
@@ -202,8 +221,10 @@ def test_owner_column_is_added_to_an_existing_job_store(ts_home):
     db.executescript("""CREATE TABLE jobs (id TEXT PRIMARY KEY, state TEXT NOT NULL, source TEXT NOT NULL,
         config TEXT NOT NULL, run_dir TEXT NOT NULL, created REAL NOT NULL, started REAL, finished REAL, error TEXT,
         worker TEXT, attempts INTEGER NOT NULL DEFAULT 0, cancel_requested INTEGER NOT NULL DEFAULT 0);""")
-    db.execute("INSERT INTO jobs (id, state, source, config, run_dir, created) VALUES (?, 'done', 's', '{}', ?, 1)",
-               ("f" * 32, str(ts_home / "runs" / ("f" * 32))))
+    db.execute(
+        "INSERT INTO jobs (id, state, source, config, run_dir, created) VALUES (?, 'done', 's', '{}', ?, 1)",
+        ("f" * 32, str(ts_home / "runs" / ("f" * 32))),
+    )
     db.commit()
     db.close()
     store = JobStore(ts_home)
@@ -217,8 +238,9 @@ def test_runs_have_names_numbered_per_dataset_that_the_cli_and_the_owner_change(
     from pipeline.__main__ import main
 
     store = JobStore()
-    ids = [store.add(src, {}) for src in ("/data/hymenoptera", "/data/hymenoptera", "sample:digits",
-                                          "/up/3f/flowers.zip")]
+    ids = [
+        store.add(src, {}) for src in ("/data/hymenoptera", "/data/hymenoptera", "sample:digits", "/up/3f/flowers.zip")
+    ]
     assert [store.get(i).title for i in ids] == ["hymenoptera #1", "hymenoptera #2", "digits #1", "flowers #1"]
     assert main(["rename", ids[0], "  bees, cleaned labels "]) == 0
     assert store.get(ids[0]).name == "bees, cleaned labels"
@@ -275,9 +297,12 @@ def test_cli_delete_removes_only_what_its_layout_proves_is_a_run(ts_home, tmp_pa
     mixed = run_layout(ts_home / "runs" / "with-notes")
     (mixed / "notes.txt").write_text("mine")
     outside = run_layout(tmp_path / "elsewhere" / "run")
-    for folder, words in ((project, "neither a job id nor a run folder"), (only_state, "no run's config.json"),
-                          (mixed, "holds what a run does not write (notes.txt)"),
-                          (outside, "neither a job id nor a run folder")):
+    for folder, words in (
+        (project, "neither a job id nor a run folder"),
+        (only_state, "no run's config.json"),
+        (mixed, "holds what a run does not write (notes.txt)"),
+        (outside, "neither a job id nor a run folder"),
+    ):
         assert main(["delete", str(folder)]) == 2, folder
         assert words in capsys.readouterr().err, folder
         assert folder.is_dir(), folder

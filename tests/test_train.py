@@ -66,8 +66,10 @@ def test_feature_extraction_uses_cached_features_and_leaves_the_base_untouched(s
 
 
 def test_fine_tune_freezes_base_then_unfreezes_with_batchnorm_in_inference_mode(shapes_dir, tmp_path):
-    cfg = tiny_config(train={"strategy": "fine_tune", "head_epochs": 1, "fine_tune_epochs": 2},
-                      augment={"enabled": True, "flip": "horizontal", "rotation": 0.05})
+    cfg = tiny_config(
+        train={"strategy": "fine_tune", "head_epochs": 1, "fine_tune_epochs": 2},
+        augment={"enabled": True, "flip": "horizontal", "rotation": 0.05},
+    )
     run = train_mod.train(str(shapes_dir), tmp_path / "run", cfg, evaluate_after=False)
     phases = [x for x in run.metrics_lines() if x["event"] == "phase"]
     assert [p["phase"] for p in phases] == ["head", "fine_tune"]
@@ -95,8 +97,10 @@ def test_fine_tune_freezes_base_then_unfreezes_with_batchnorm_in_inference_mode(
 
 
 def test_same_seed_gives_the_same_metrics(shapes_dir, tmp_path):
-    cfg = tiny_config(train={"strategy": "fine_tune", "head_epochs": 2, "fine_tune_epochs": 1},
-                      augment={"enabled": True, "flip": "horizontal"})
+    cfg = tiny_config(
+        train={"strategy": "fine_tune", "head_epochs": 2, "fine_tune_epochs": 1},
+        augment={"enabled": True, "flip": "horizontal"},
+    )
     runs = [train_mod.train(str(shapes_dir), tmp_path / f"run{i}", cfg, evaluate_after=False) for i in range(2)]
     keys = ("loss", "accuracy", "val_loss", "val_accuracy")
     a, b = ([[e[k] for k in keys] for e in r.epochs()] for r in runs)
@@ -127,7 +131,9 @@ def test_evaluation_writes_a_complete_eval_json(shapes_dir, tmp_path):
             assert len(rows) == matrix[t, p]
             assert [r["probability"] for r in rows] == sorted((r["probability"] for r in rows), reverse=True)
     pairs = [(x["true"], x["predicted"], x["images"]) for x in result["confused_pairs"]]
-    assert sum(n for *_, n in pairs) == 9 - correct and [n for *_, n in pairs] == sorted((n for *_, n in pairs), reverse=True)
+    assert sum(n for *_, n in pairs) == 9 - correct and [n for *_, n in pairs] == sorted(
+        (n for *_, n in pairs), reverse=True
+    )
 
     # streamed in batches of 8 (the last one holds 1 image): the same probabilities as one predict over the split
     from pipeline.runs.folder import load_model
@@ -179,8 +185,15 @@ def test_sample_set_trains_to_95_percent_with_its_defaults(tmp_path):
 
 def _cli(*args, **kw):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def _wait_for_epochs(run: RunFolder, n: int, proc, timeout=300):
@@ -194,9 +207,24 @@ def _wait_for_epochs(run: RunFolder, n: int, proc, timeout=300):
     raise AssertionError("no epoch line in time")
 
 
-SLOW_SETS = ["--set", "model.image_size=64", "--set", "train.head_epochs=3", "--set", "train.fine_tune_epochs=4",
-             "--set", "model.weights=none", "--set", "augment.enabled=true", "--set", "train.batch_size=8",
-             "--set", "train.early_stopping_patience=0", "--set", "data.test_fraction=0"]
+SLOW_SETS = [
+    "--set",
+    "model.image_size=64",
+    "--set",
+    "train.head_epochs=3",
+    "--set",
+    "train.fine_tune_epochs=4",
+    "--set",
+    "model.weights=none",
+    "--set",
+    "augment.enabled=true",
+    "--set",
+    "train.batch_size=8",
+    "--set",
+    "train.early_stopping_patience=0",
+    "--set",
+    "data.test_fraction=0",
+]
 
 
 def test_a_killed_training_resumes_at_its_last_finished_epoch(tmp_path):
@@ -215,7 +243,7 @@ def test_a_killed_training_resumes_at_its_last_finished_epoch(tmp_path):
     assert "resuming" in err
     done = [(e["phase"], e["epoch"]) for e in run.epochs()]
     assert done[: len(killed)] == killed
-    resumed = done[len(killed):]
+    resumed = done[len(killed) :]
     assert ("head", 1) not in resumed  # the finished head phase was not repeated
     assert len(set(done)) == len(done)  # no finished epoch ran twice
     assert done[-1] == ("fine_tune", 4) and len(done) == 7
@@ -275,7 +303,11 @@ def test_offline_weights_message_from_the_cli(tmp_path, shapes_dir):
 def test_hymenoptera_fine_tune_reaches_088(shared_dir, keras_home_with_weights, tmp_path):
     cfg = config_mod.apply_overrides(config_mod.RunConfig(), ["train.head_epochs=3", "train.fine_tune_epochs=2"])
     assert (cfg.model.backbone, cfg.model.alpha, cfg.model.image_size, cfg.train.strategy) == (
-        "mobilenet_v2", 0.35, 224, "fine_tune")
+        "mobilenet_v2",
+        0.35,
+        224,
+        "fine_tune",
+    )
     run = train_mod.train(str(shared_dir / "data" / "hymenoptera"), tmp_path / "run", cfg)
     result = json.loads(run.eval.read_text())
     assert result["split"] == "val" and result["images"] == 153
@@ -317,16 +349,23 @@ def test_flowers_scan_reports_the_cross_class_duplicates(shared_dir):
 def _tiny_fit_model(names=("hidden", "out"), width=8):
     import keras
 
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(width, activation="relu", name=names[0]),
-                              keras.layers.Dense(2, name=names[1])], name="tiny")
+    model = keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(width, activation="relu", name=names[0]),
+            keras.layers.Dense(2, name=names[1]),
+        ],
+        name="tiny",
+    )
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="mse", metrics=["accuracy"])
     return model
 
 
 def _commit(run, model, phase="scratch", epochs=3):
     state = {"phases": {phase: {"epochs_done": 0, "steps_done": 0, "done": False}}}
-    return state, EpochCommit(run, state, phase, epochs, inference=model, n_images=64, epoch_offset=0, patience=0,
-                              emit=lambda record: None)
+    return state, EpochCommit(
+        run, state, phase, epochs, inference=model, n_images=64, epoch_offset=0, patience=0, emit=lambda record: None
+    )
 
 
 def test_epoch_commit_then_resume_restores_weights_optimizer_state_and_steps(tmp_path):
@@ -354,8 +393,9 @@ def test_epoch_commit_then_resume_restores_weights_optimizer_state_and_steps(tmp
         np.testing.assert_array_equal(np.array(a), np.array(b))
     _, commit = _commit(run, second)
     commit.state.update(saved)
-    history = second.fit(x, y, batch_size=16, epochs=3, initial_epoch=2, verbose=0, validation_data=(x, y),
-                         callbacks=[commit])
+    history = second.fit(
+        x, y, batch_size=16, epochs=3, initial_epoch=2, verbose=0, validation_data=(x, y), callbacks=[commit]
+    )
     assert history.epoch == [2]  # only the third epoch ran
     assert int(second.optimizer.iterations) == 12
     assert sorted(p.name for p in run.backup_dir("scratch").iterdir()) == ["epoch-0002.npz", "epoch-0003.npz"]
@@ -429,8 +469,9 @@ def test_a_damaged_checkpoint_is_named(tmp_path):
 def test_head_phase_validation_from_cached_features_equals_keras_evaluate(shapes_dir, tmp_path):
     """With augmentation on, the head phase validates on features computed once: same numbers as
     Keras's own evaluation of the whole training model (augmentation, dropout, frozen base)."""
-    cfg = tiny_config(augment={"enabled": True, "flip": "horizontal", "rotation": 0.1, "zoom": 0.1},
-                      train={"label_smoothing": 0.1})
+    cfg = tiny_config(
+        augment={"enabled": True, "flip": "horizontal", "rotation": 0.1, "zoom": 0.1}, train={"label_smoothing": 0.1}
+    )
     splits = data_mod.make_splits(data_mod.scan(data_mod.resolve_source(str(shapes_dir))), cfg.data, seed=0)
     cache = data_mod.ImageCache(splits.paths("val"), cfg.model.image_size, memory_budget_mb=64)
     labels = splits.labels("val")
@@ -485,8 +526,14 @@ def test_fused_adam_follows_keras_adam_and_runs_one_kernel_per_variable():
 
     def trained(optimizer):
         keras.utils.set_random_seed(1)
-        model = keras.Sequential([keras.Input((6, 6, 3)), keras.layers.Conv2D(4, 3, activation="relu"),
-                                  keras.layers.Flatten(), keras.layers.Dense(3, activation="softmax")])
+        model = keras.Sequential(
+            [
+                keras.Input((6, 6, 3)),
+                keras.layers.Conv2D(4, 3, activation="relu"),
+                keras.layers.Flatten(),
+                keras.layers.Dense(3, activation="softmax"),
+            ]
+        )
         start = [np.array(w) for w in model.trainable_weights]
         model.compile(optimizer=optimizer, loss="categorical_crossentropy")
         for _ in range(5):

@@ -60,8 +60,9 @@ def route():
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(Starlette(routes=upload_route.routes()), log_level="warning",
-                                           lifespan="off"))
+    server = uvicorn.Server(
+        uvicorn.Config(Starlette(routes=upload_route.routes()), log_level="warning", lifespan="off")
+    )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     assert _wait_for(lambda: server.started, 20), "uvicorn did not start"
@@ -74,8 +75,12 @@ def route():
 def _put(route, token: str, name: str, body, headers: dict | None = None) -> tuple[int, bytes]:
     conn = http.client.HTTPConnection(*route, timeout=60)
     try:
-        conn.request("PUT", upload_route.url_path(), body=body,
-                     headers={"X-Upload-Token": token, "X-Upload-Name": quote(name), **(headers or {})})
+        conn.request(
+            "PUT",
+            upload_route.url_path(),
+            body=body,
+            headers={"X-Upload-Token": token, "X-Upload-Name": quote(name), **(headers or {})},
+        )
         response = conn.getresponse()
         return response.status, response.read()
     finally:
@@ -130,8 +135,9 @@ def test_a_body_past_the_limit_is_stopped_while_streaming_and_its_partial_file_r
     def body():
         for i in range(6):
             if i == 3:  # 3 MB sent: the route has written at least 2 MB of it to its temporary file
-                seen_on_disk.append(_wait_for(lambda: [p.stat().st_size for p in _parts(ts_home)
-                                                       if p.stat().st_size >= 2 * MB]))
+                seen_on_disk.append(
+                    _wait_for(lambda: [p.stat().st_size for p in _parts(ts_home) if p.stat().st_size >= 2 * MB])
+                )
             yield os.urandom(MB)
 
     status, _ = _put(route, token, "huge.zip", body())
@@ -144,8 +150,12 @@ def test_a_body_past_the_limit_is_stopped_while_streaming_and_its_partial_file_r
 def test_a_client_that_goes_away_mid_file_leaves_nothing(route, ts_home):
     token = upload_route.issue("uploads", 100 * MB)
     sock = socket.create_connection(route)
-    sock.sendall((f"PUT {upload_route.url_path()} HTTP/1.1\r\nHost: x\r\nX-Upload-Token: {token}\r\n"
-                  f"X-Upload-Name: half.zip\r\nContent-Length: {8 * MB}\r\n\r\n").encode())
+    sock.sendall(
+        (
+            f"PUT {upload_route.url_path()} HTTP/1.1\r\nHost: x\r\nX-Upload-Token: {token}\r\n"
+            f"X-Upload-Name: half.zip\r\nContent-Length: {8 * MB}\r\n\r\n"
+        ).encode()
+    )
     sock.sendall(os.urandom(3 * MB))
     assert _wait_for(lambda: any(p.stat().st_size >= MB for p in _parts(ts_home))), "nothing written yet"
     sock.close()  # the browser tab closed, the network dropped
@@ -155,6 +165,7 @@ def test_a_client_that_goes_away_mid_file_leaves_nothing(route, ts_home):
 
 
 # === The Data page refuses what it cannot use, and removes it (AppTest: st.file_uploader, no route) ===
+
 
 def _data_page():
     from streamlit.testing.v1 import AppTest
@@ -187,7 +198,7 @@ def test_the_data_page_removes_a_non_zip_an_empty_zip_and_a_broken_zip_and_keeps
     assert _kept_files(ts_home) == [] and not list((ts_home / "datasets").glob("zip-*"))
 
     good = _zip_of(write_shapes_dataset(tmp_path / "shapes", per_class=3), tmp_path / "shapes.zip").read_bytes()
-    broken = good[: len(good) // 2] + bytes(64) + good[len(good) // 2:]  # the directory at the end still reads
+    broken = good[: len(good) // 2] + bytes(64) + good[len(good) // 2 :]  # the directory at the end still reads
     at.file_uploader[0].set_value(("broken.zip", broken, "application/zip")).run()
     assert not at.exception and "broken.zip" in _errors(at), _errors(at)
     assert _kept_files(ts_home) == []
@@ -201,6 +212,7 @@ def test_the_data_page_removes_a_non_zip_an_empty_zip_and_a_broken_zip_and_keeps
 
 # === In a real browser: the page's widget sends the file to the route (marked slow) ===
 
+
 @pytest.fixture
 def one_mb_limit(monkeypatch):
     """The app_url server's upload limit: 1 MB (set before app_url starts it)."""
@@ -208,10 +220,13 @@ def one_mb_limit(monkeypatch):
 
 
 @pytest.mark.slow
-def test_in_a_browser_a_zip_streams_to_disk_and_refused_uploads_are_removed(one_mb_limit, app_url, ts_home,  # noqa: F811
-                                                                            tmp_path):
+def test_in_a_browser_a_zip_streams_to_disk_and_refused_uploads_are_removed(
+    one_mb_limit,
+    app_url,  # noqa: F811
+    ts_home,
+    tmp_path,
+):
     from playwright.sync_api import expect, sync_playwright
-
 
     good = _zip_of(write_shapes_dataset(tmp_path / "shapes", per_class=4), tmp_path / "my shapes.zip")
     fake = tmp_path / "holiday photos.zip"

@@ -88,8 +88,9 @@ class ImageCache:
         self._array: np.ndarray | None = None
         self._lock = threading.Lock()
         if self.on_disk:
-            self._fd = _nameless_file(Path(disk_dir) if disk_dir is not None else paths.scratch_dir(),
-                                      n * self.item_bytes)
+            self._fd = _nameless_file(
+                Path(disk_dir) if disk_dir is not None else paths.scratch_dir(), n * self.item_bytes
+            )
         else:
             self._array = np.empty((n, size, size, 3), dtype=np.uint8)
 

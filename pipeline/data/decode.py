@@ -50,7 +50,9 @@ def load_image(path: str | Path, size: int | None = None, *, max_pixels: int = 8
         return _decode(fh, size, max_pixels, str(path))
 
 
-def decode_image_bytes(data: bytes, size: int | None = None, *, max_pixels: int = 89_478_485, name: str = "image") -> np.ndarray:
+def decode_image_bytes(
+    data: bytes, size: int | None = None, *, max_pixels: int = 89_478_485, name: str = "image"
+) -> np.ndarray:
     """Like :func:`load_image`, from bytes already in memory (uploads in the app)."""
     return _decode(io.BytesIO(data), size, max_pixels, name)
 
@@ -191,6 +193,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         img = img.convert("RGB")
     return img
 
+
 def _shown(img: Image.Image, width: int, height: int) -> tuple[int, int]:
     """(width, height) as displayed: swapped by an EXIF rotation. Call after decoding (a PNG's EXIF may follow
     its pixels)."""
@@ -281,8 +284,9 @@ def decode_file(path: str, size: int | None, max_pixels: int, name: str, *, want
         return Decoded(digest, error=str(exc).split(": ", 1)[-1], over_budget=isinstance(exc, DecodeBudgetError))
 
 
-def _decode_chunk(files: list[str], names: list[str], size: int | None, max_pixels: int,
-                  want_pixels: bool) -> list[Decoded]:
+def _decode_chunk(
+    files: list[str], names: list[str], size: int | None, max_pixels: int, want_pixels: bool
+) -> list[Decoded]:
     return [decode_file(f, size, max_pixels, n, want_pixels=want_pixels) for f, n in zip(files, names, strict=True)]
 
 
@@ -330,14 +334,22 @@ def pool_kind(n_files: int) -> str:
     return "process" if n_files >= PROCESS_MIN_FILES and decode_workers() >= PROCESS_MIN_CORES else "thread"
 
 
-def decode_many(files: Sequence[str], size: int | None, max_pixels: int, *, names: Sequence[str] | None = None,
-                want_pixels: bool, on_result: Callable[[int, Decoded], None],
-                progress: ProgressFn | None = None) -> None:
+def decode_many(
+    files: Sequence[str],
+    size: int | None,
+    max_pixels: int,
+    *,
+    names: Sequence[str] | None = None,
+    want_pixels: bool,
+    on_result: Callable[[int, Decoded], None],
+    progress: ProgressFn | None = None,
+) -> None:
     """Decodes ``files`` on every core, calling ``on_result(index, Decoded)`` in this thread as they finish.
 
     Threads by default; Pillow's decode and resize hold the GIL for part of the work, so on 4+ cores large
-    sets go to a pool of processes (:func:`pool_kind`; started with ``spawn``: the caller may run TensorFlow's threads, which ``fork`` would copy mid-lock), each
-    with ``1/workers`` of the decode budget; an image too big for that share is decoded here afterwards under
+    sets go to a pool of processes (:func:`pool_kind`; started with ``spawn``: the caller may run TensorFlow's
+    threads, which ``fork`` would copy mid-lock), each with ``1/workers`` of the decode budget; an image too big for
+    that share is decoded here afterwards under
     the whole budget. Pixels come back by pickling (a 224 px image is 150 KB); with ``size``, each
     (content, size) is decoded once ever, through :mod:`pipeline.data.decoded`.
     """
@@ -357,8 +369,9 @@ def decode_many(files: Sequence[str], size: int | None, max_pixels: int, *, name
 
     def threads(indices: list[int]) -> None:
         with ThreadPoolExecutor(max_workers=_thread_count()) as pool:
-            results = pool.map(lambda i: decode_file(str(files[i]), size, max_pixels, names[i],
-                                                     want_pixels=want_pixels), indices)
+            results = pool.map(
+                lambda i: decode_file(str(files[i]), size, max_pixels, names[i], want_pixels=want_pixels), indices
+            )
             for k, (i, out) in enumerate(zip(indices, results, strict=True)):
                 on_result(i, out)
                 if (k + 1) % 25 == 0 or k + 1 == len(indices):
@@ -403,15 +416,27 @@ def decode_many(files: Sequence[str], size: int | None, max_pixels: int, *, name
     delivered[np.setdiff1d(np.arange(n), np.array(todo, dtype=np.int64))] = True
     starts = list(range(0, len(todo), CHUNK_FILES))
     try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=_init_worker, initargs=(share,)) as pool:
+        with ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(share,),
+        ) as pool:
             pending: dict = {}
             next_chunk = 0
             while next_chunk < len(starts) or pending:
                 while next_chunk < len(starts) and len(pending) < workers * 3:  # a few chunks in flight
-                    chunk = todo[starts[next_chunk]:starts[next_chunk] + CHUNK_FILES]
-                    pending[pool.submit(_decode_chunk, [str(files[i]) for i in chunk], [names[i] for i in chunk],
-                                        size, max_pixels, want_pixels)] = chunk
+                    chunk = todo[starts[next_chunk] : starts[next_chunk] + CHUNK_FILES]
+                    pending[
+                        pool.submit(
+                            _decode_chunk,
+                            [str(files[i]) for i in chunk],
+                            [names[i] for i in chunk],
+                            size,
+                            max_pixels,
+                            want_pixels,
+                        )
+                    ] = chunk
                     next_chunk += 1
                 finished, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in finished:

@@ -1,8 +1,9 @@
 """Decoded images kept on disk, one per (file content, size), so a file is decoded once per size.
 
 An entry is ``<home>/decoded/v1/<size>/<sha256[:2]>/<sha256>.u8``: a 20-byte header (magic, size, CRC-32 of the
-pixels, the original's width and height as displayed, which the scan reports) followed by the ``size x size x 3`` uint8 pixels exactly as :func:`pipeline.data.load_image` returns
-them. Keyed by the file's content hash, an entry can never be stale: a changed file has another hash.
+pixels, the original's width and height as displayed, which the scan reports) followed by the ``size x size x 3``
+uint8 pixels exactly as :func:`pipeline.data.load_image` returns them. Keyed by the file's content hash, an entry can
+never be stale: a changed file has another hash.
 
 - **Corrupt entries** (wrong length, magic, size or CRC) are deleted and decoded again.
 - **Concurrent writers** each write a temporary file in the entry's folder and rename it into place; a reader
@@ -120,7 +121,7 @@ def _parse(raw: bytes, size: int) -> tuple[np.ndarray, tuple[int, int]] | None:
     if len(raw) != HEADER.size + n:
         return None
     magic, stored_size, crc, width, height = HEADER.unpack_from(raw)
-    body = memoryview(raw)[HEADER.size:]
+    body = memoryview(raw)[HEADER.size :]
     if magic != MAGIC or stored_size != size or zlib.crc32(body) != crc:
         return None
     return np.frombuffer(raw, dtype=np.uint8, offset=HEADER.size).reshape(size, size, 3), (width, height)
@@ -140,7 +141,9 @@ def limit_mb() -> int:
     try:
         value = int(text)
     except ValueError:
-        raise ValueError(f"{ENV}={text!r} is not a whole number; set it to megabytes, or 0 to turn the cache off.") from None
+        raise ValueError(
+            f"{ENV}={text!r} is not a whole number; set it to megabytes, or 0 to turn the cache off."
+        ) from None
     if value < 0:
         raise ValueError(f"{ENV}={value} is below 0; set it to megabytes, or 0 to turn the cache off.")
     return value

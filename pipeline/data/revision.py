@@ -64,8 +64,10 @@ class Revision:
             entries = data["entries"]
             assert isinstance(entries, list)
         except (ValueError, KeyError, TypeError, AssertionError) as exc:
-            raise DataError(f"the corrections file {self.file} is damaged ({exc}); restore it from a backup or "
-                            "delete it to start the dataset's corrections again (the images are unchanged).") from exc
+            raise DataError(
+                f"the corrections file {self.file} is damaged ({exc}); restore it from a backup or "
+                "delete it to start the dataset's corrections again (the images are unchanged)."
+            ) from exc
         return entries
 
     @property
@@ -110,13 +112,15 @@ class Revision:
             raise DataError(f"nothing was excluded: {'; '.join(problems)}.")
         return self._append_all([{"op": "exclude", "path": rel} for rel in checked])
 
-    def add(self, report: ScanReport, cls: str, image: str | Path, name: str | None = None, *,
-            force: bool = False) -> dict[str, Any]:
+    def add(
+        self, report: ScanReport, cls: str, image: str | Path, name: str | None = None, *, force: bool = False
+    ) -> dict[str, Any]:
         """Copies the image file ``image`` into the revision and records it as an example of ``cls``."""
         return self.add_all(report, cls, [(image, name)], force=force)[0]
 
-    def add_all(self, report: ScanReport, cls: str, images: list[tuple[str | Path, str | None]], *,
-                force: bool = False) -> list[dict[str, Any]]:
+    def add_all(
+        self, report: ScanReport, cls: str, images: list[tuple[str | Path, str | None]], *, force: bool = False
+    ) -> list[dict[str, Any]]:
         """Copies every image of ``images`` ((file, the name the user knows it by)) into the revision as an
         example of ``cls``, or none: all are checked before any is recorded (one write records them all).
 
@@ -148,8 +152,10 @@ class Revision:
             raise DataError(f"nothing was added: {'; '.join(problems)}.")
         copies = [] if force else self._copies(report, ready)
         if copies:
-            raise DataError(f"nothing was added: {'; '.join(copies)}. Add only new images, or add them anyway "
-                            "(`--force`; on the page, tick \"Add copies anyway\").")
+            raise DataError(
+                f"nothing was added: {'; '.join(copies)}. Add only new images, or add them anyway "
+                '(`--force`; on the page, tick "Add copies anyway").'
+            )
         entries = []
         for src, shown, digest in ready:
             stored = self.dir / "added" / digest[:16] / _safe(PurePosixPath(shown).name)
@@ -185,8 +191,11 @@ class Revision:
             for split, rel in by_size.get(src.stat().st_size, []):
                 if file_sha256(Path(report.root) / rel) == digest:
                     where = {"val": "validation", "test": "test", "train": "training"}.get(split, "the dataset")
-                    leak = (f": trained on, it would leak {where} into training" if split in ("val", "test")
-                            else ": it could land in training and validation at once")
+                    leak = (
+                        f": trained on, it would leak {where} into training"
+                        if split in ("val", "test")
+                        else ": it could land in training and validation at once"
+                    )
                     out.append(f"{shown} is a copy of {rel} (in {where}){leak}")
                     break
         return out
@@ -203,8 +212,10 @@ class Revision:
             if not active:
                 raise DataError(f"the dataset {self.folder} has no correction to undo.")
             if entry_id is not None and entry_id not in {e["id"] for e in active}:
-                raise DataError(f"correction #{entry_id} of the dataset {self.folder} is not in effect (undone "
-                                "already, or not one of its corrections).")
+                raise DataError(
+                    f"correction #{entry_id} of the dataset {self.folder} is not in effect (undone "
+                    "already, or not one of its corrections)."
+                )
             return self._append_all([{"op": "undo", "undoes": entry_id or active[-1]["id"]}], locked=True)[0]
 
     def _append(self, entry: dict[str, Any]) -> dict[str, Any]:
@@ -230,8 +241,9 @@ class Revision:
         """``path`` as the scan names it (relative, forward slashes), checked to be a file of this dataset."""
         pure = PurePosixPath(str(path).replace("\\", "/"))
         if pure.is_absolute() or ".." in pure.parts:
-            raise DataError(f"{path!r} is not a path inside the dataset; give it relative to {self.folder}, "
-                            "without '..'.")
+            raise DataError(
+                f"{path!r} is not a path inside the dataset; give it relative to {self.folder}, without '..'."
+            )
         rel = str(pure)
         known = {r for items in report.items.values() for r, _ in items} | {s["path"] for s in report.conflicts()}
         if rel not in known:
@@ -239,8 +251,13 @@ class Revision:
         return rel
 
 
-def scan(folder: str | Path, data_cfg: DataConfig | None = None,
-         progress: ProgressFn | None = None, *, size: int | None = None) -> tuple[ScanReport, Revision]:
+def scan(
+    folder: str | Path,
+    data_cfg: DataConfig | None = None,
+    progress: ProgressFn | None = None,
+    *,
+    size: int | None = None,
+) -> tuple[ScanReport, Revision]:
     """The dataset folder as training sees it: its scan with its revision's corrections applied (``size``: the
     model's input size, when known, leaves every file decoded at it; see :func:`pipeline.data.scan`)."""
     rev = Revision(folder)
@@ -257,8 +274,10 @@ def apply(report: ScanReport, entries: list[dict[str, Any]]) -> ScanReport:
     """
     relabel = {e["path"]: e["class"] for e in entries if e["op"] == "relabel"}
     excluded = {e["path"] for e in entries if e["op"] == "exclude"}
-    items = {split: [[rel, relabel.get(rel, cls)] for rel, cls in lst if rel not in excluded]
-             for split, lst in report.items.items()}
+    items = {
+        split: [[rel, relabel.get(rel, cls)] for rel, cls in lst if rel not in excluded]
+        for split, lst in report.items.items()
+    }
     skipped = [s for s in report.skipped if s.get("kind") != CONFLICT]
     groups: dict[str, list[dict[str, str]]] = {}
     for s in report.conflicts():
@@ -281,10 +300,12 @@ def summary(revision: Revision) -> str:
     lines = [f"{revision.folder}: revision {revision.number} ({revision.file})"]
     undone = {e["undoes"] for e in revision.entries() if e["op"] == "undo"}
     for e in revision.entries():
-        what = {"relabel": lambda e: f"relabel {e['path']} -> {e['class']}",
-                "exclude": lambda e: f"exclude {e['path']}",
-                "add": lambda e: f"add {Path(e['path']).name} to {e['class']}",
-                "undo": lambda e: f"undo #{e['undoes']}"}[e["op"]](e)
+        what = {
+            "relabel": lambda e: f"relabel {e['path']} -> {e['class']}",
+            "exclude": lambda e: f"exclude {e['path']}",
+            "add": lambda e: f"add {Path(e['path']).name} to {e['class']}",
+            "undo": lambda e: f"undo #{e['undoes']}",
+        }[e["op"]](e)
         lines.append(f"  #{e['id']} {what}{' (undone)' if e['id'] in undone else ''}")
     return "\n".join(lines)
 

@@ -106,8 +106,13 @@ class _Probe:
     error: str = ""
 
 
-def scan(source_dir: str | Path, data_cfg: DataConfig | None = None, progress: ProgressFn | None = None,
-         *, size: int | None = None) -> ScanReport:
+def scan(
+    source_dir: str | Path,
+    data_cfg: DataConfig | None = None,
+    progress: ProgressFn | None = None,
+    *,
+    size: int | None = None,
+) -> ScanReport:
     """Scans a folder of class sub-folders or split folders; decodes every file to find the bad ones.
 
     With ``size`` (the model's input size, when known) every good file is also left decoded at that size in
@@ -123,16 +128,23 @@ def scan(source_dir: str | Path, data_cfg: DataConfig | None = None, progress: P
     skipped: list[dict[str, str]] = []
     probes: list[_Probe] = []
     top = sorted(root.iterdir(), key=lambda p: p.name)
-    split_dirs = {p: SPLIT_NAMES[p.name.lower()] for p in top
-                  if p.is_dir() and not p.is_symlink() and p.name.lower() in SPLIT_NAMES}
+    split_dirs = {
+        p: SPLIT_NAMES[p.name.lower()]
+        for p in top
+        if p.is_dir() and not p.is_symlink() and p.name.lower() in SPLIT_NAMES
+    }
     layout = "splits" if any(v == "train" for v in split_dirs.values()) else "classes"
     if layout == "splits":
         for p in top:
             if p in split_dirs:
                 _collect_classes(root, p, split_dirs[p], probes, skipped)
             elif not is_hidden(p.name):
-                skipped.append({"path": _rel(root, p),
-                                "reason": LINK_REASON if p.is_symlink() else "not a train/val/test split folder"})
+                skipped.append(
+                    {
+                        "path": _rel(root, p),
+                        "reason": LINK_REASON if p.is_symlink() else "not a train/val/test split folder",
+                    }
+                )
     else:
         _collect_classes(root, root, "all", probes, skipped)
 
@@ -166,8 +178,13 @@ def _collect_classes(root: Path, folder: Path, split: str, probes: list[_Probe],
         if entry.is_symlink():
             skipped.append({"path": _rel(root, entry), "reason": LINK_REASON})
         elif entry.is_dir() and not _is_text(entry.name):
-            skipped.append({"path": _rel(root, entry), "reason": "a class folder whose name is not UTF-8 text: the "
-                            "class name goes into the model's labels; rename the folder"})
+            skipped.append(
+                {
+                    "path": _rel(root, entry),
+                    "reason": "a class folder whose name is not UTF-8 text: the "
+                    "class name goes into the model's labels; rename the folder",
+                }
+            )
         elif entry.is_dir():
             for dirpath, dirnames, filenames in os.walk(entry):  # os.walk never descends into a linked folder
                 here = Path(dirpath)
@@ -212,13 +229,21 @@ def not_a_regular_file(path: Path) -> str | None:
         return None
     if stat.S_ISLNK(mode):
         return LINK_REASON
-    kind = ("a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
-            else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+    kind = (
+        "a named pipe (FIFO)"
+        if stat.S_ISFIFO(mode)
+        else "a socket"
+        if stat.S_ISSOCK(mode)
+        else "a device"
+        if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+        else "not a regular file"
+    )
     return f"{kind}, not an image file; it is skipped without being opened"
 
 
-def _probe_all(root: Path, probes: list[_Probe], max_pixels: int, progress: ProgressFn | None,
-               size: int | None = None) -> None:
+def _probe_all(
+    root: Path, probes: list[_Probe], max_pixels: int, progress: ProgressFn | None, size: int | None = None
+) -> None:
     """Hashes and decodes every file from its path on every core (:func:`decode_many`): 1 MB reads for the
     hash, every decode inside the decode budget, no file read whole into memory. With ``size`` (the model's),
     each file is decoded at that size into the decoded-image cache, so building the training cache afterwards
@@ -228,8 +253,15 @@ def _probe_all(root: Path, probes: list[_Probe], max_pixels: int, progress: Prog
         p = probes[i]
         p.digest, p.size, p.error = out.digest, out.shown, out.error
 
-    decode_many([str(root / p.rel) for p in probes], size, max_pixels, names=[p.rel for p in probes],
-                want_pixels=False, on_result=keep, progress=progress)
+    decode_many(
+        [str(root / p.rel) for p in probes],
+        size,
+        max_pixels,
+        names=[p.rel for p in probes],
+        want_pixels=False,
+        on_result=keep,
+        progress=progress,
+    )
     if size is not None:
         from pipeline.data import decoded
 
@@ -253,15 +285,26 @@ def _drop_bad_and_duplicates(probes: list[_Probe], skipped: list[dict[str, str]]
         classes = sorted({g.cls for g in group})
         if len(classes) > 1:
             others = ", ".join(g.rel for g in group if g is not p)
-            skipped.append({
-                "path": p.rel,
-                "reason": f"the same bytes sit in classes {' and '.join(classes)} ({others}); "
-                "its label is ambiguous, so every copy is skipped: keep it in one class",
-                "kind": CONFLICT, "class": p.cls, "split": p.split, "digest": p.digest,
-            })
+            skipped.append(
+                {
+                    "path": p.rel,
+                    "reason": f"the same bytes sit in classes {' and '.join(classes)} ({others}); "
+                    "its label is ambiguous, so every copy is skipped: keep it in one class",
+                    "kind": CONFLICT,
+                    "class": p.cls,
+                    "split": p.split,
+                    "digest": p.digest,
+                }
+            )
         elif group[0] is not p:
-            skipped.append({"path": p.rel, "reason": f"an exact duplicate of {group[0].rel}; one copy is used",
-                            "kind": DUPLICATE, "of": group[0].rel})
+            skipped.append(
+                {
+                    "path": p.rel,
+                    "reason": f"an exact duplicate of {group[0].rel}; one copy is used",
+                    "kind": DUPLICATE,
+                    "of": group[0].rel,
+                }
+            )
         else:
             good.append(p)
     return good
@@ -289,7 +332,8 @@ def _warnings(report: ScanReport) -> list[str]:
         small = [c for c, n in totals.items() if n < 10]
         if small:
             out.append(
-                "few images in " + ", ".join(f"{c!r} ({totals[c]})" for c in small)
+                "few images in "
+                + ", ".join(f"{c!r} ({totals[c]})" for c in small)
                 + ": aim for at least 10, better 50+, per class"
             )
         lo, hi = min(totals.values()), max(totals.values())

@@ -28,8 +28,9 @@ from pipeline.host.limits import Limits
 SAMPLES = ("digits",)
 
 
-def resolve_source(source: str | os.PathLike, data_cfg: DataConfig | None = None,
-                   progress: ProgressFn | None = None) -> Path:
+def resolve_source(
+    source: str | os.PathLike, data_cfg: DataConfig | None = None, progress: ProgressFn | None = None
+) -> Path:
     """Turns a source string into a folder on disk.
 
     Args:
@@ -56,9 +57,15 @@ def resolve_source(source: str | os.PathLike, data_cfg: DataConfig | None = None
             os.utime(dest)  # used now: the disk quota removes the least recently used first
         else:
             limits = Limits.from_env()
-            safe_extract_zip(path, dest, max_bytes=data_cfg.max_zip_bytes, max_files=data_cfg.max_zip_files,
-                             max_ratio=limits.zip_max_ratio, max_total_ratio=limits.zip_max_total_ratio,
-                             progress=progress)
+            safe_extract_zip(
+                path,
+                dest,
+                max_bytes=data_cfg.max_zip_bytes,
+                max_files=data_cfg.max_zip_files,
+                max_ratio=limits.zip_max_ratio,
+                max_total_ratio=limits.zip_max_total_ratio,
+                progress=progress,
+            )
         return unwrap_single_folder(dest)
     return unwrap_single_folder(path.resolve())
 
@@ -105,13 +112,25 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-SUPPORTED_COMPRESSION = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflate",
-                         zipfile.ZIP_BZIP2: "bzip2", zipfile.ZIP_LZMA: "lzma"}
+SUPPORTED_COMPRESSION = {
+    zipfile.ZIP_STORED: "stored",
+    zipfile.ZIP_DEFLATED: "deflate",
+    zipfile.ZIP_BZIP2: "bzip2",
+    zipfile.ZIP_LZMA: "lzma",
+}
 RATIO_FLOOR = 1 << 20  # entries (and archives) expanding to less than this are never ratio bombs
 
 
-def safe_extract_zip(zip_path: Path, dest: Path, *, max_bytes: int, max_files: int, max_ratio: int = 200,
-                     max_total_ratio: int = 100, progress: ProgressFn | None = None) -> None:
+def safe_extract_zip(
+    zip_path: Path,
+    dest: Path,
+    *,
+    max_bytes: int,
+    max_files: int,
+    max_ratio: int = 200,
+    max_total_ratio: int = 100,
+    progress: ProgressFn | None = None,
+) -> None:
     """Extracts ``zip_path`` into ``dest`` (which must not exist), refusing anything unsafe.
 
     Refused, naming the entry: absolute paths or ``..`` (they would escape ``dest``), symbolic links,
@@ -212,12 +231,11 @@ def _check_zip_entry(zip_name: str, info: zipfile.ZipInfo, max_ratio: int) -> No
         )
     mode = info.external_attr >> 16
     if stat.S_ISLNK(mode):
-        raise DataError(
-            f"{zip_name} contains a symbolic link {raw!r}; links are refused. Zip the real files instead."
-        )
+        raise DataError(f"{zip_name} contains a symbolic link {raw!r}; links are refused. Zip the real files instead.")
     if info.compress_type not in SUPPORTED_COMPRESSION:
         method = {9: "Deflate64", 6: "Implode", 98: "PPMd", 93: "Zstandard", 99: "AES"}.get(
-            info.compress_type, f"method {info.compress_type}")
+            info.compress_type, f"method {info.compress_type}"
+        )
         raise DataError(
             f"{zip_name}: the entry {raw!r} uses {method} compression, which cannot be read here; re-create "
             "the zip with ordinary (deflate) compression, e.g. `zip -r data.zip data/` or your system's "
@@ -244,9 +262,7 @@ def _check_zip_names(zip_name: str, infos: list[zipfile.ZipInfo]) -> None:
         if info.is_dir():
             folders.setdefault(parts, info.filename)
         elif parts in files:
-            raise DataError(
-                f"{zip_name} holds two entries named {info.filename!r}; keep one and re-create the zip."
-            )
+            raise DataError(f"{zip_name} holds two entries named {info.filename!r}; keep one and re-create the zip.")
         else:
             files[parts] = info.filename
     for parts, raw in files.items():

@@ -94,7 +94,9 @@ def make_splits(report: ScanReport, data_cfg: DataConfig, seed: int) -> Splits:
         if len(files) - n_val - n_test < 1:
             need = 1 + (n_val > 0) + (n_test > 0)
             where = "" if report.layout == "classes" else " in train/"
-            parts = ["one to train on"] + (["one for validation"] if n_val else []) + (["one for test"] if n_test else [])
+            parts = (
+                ["one to train on"] + (["one for validation"] if n_val else []) + (["one for test"] if n_test else [])
+            )
             raise DataError(
                 f"class {cls!r} has {len(files)} usable image(s){where}; each class needs at least {need} "
                 f"({', '.join(parts)}). Add images to {cls!r}"
@@ -114,8 +116,10 @@ def make_splits(report: ScanReport, data_cfg: DataConfig, seed: int) -> Splits:
                 files = sorted(by_class.get(cls, []))
                 n_test = max(1, round(len(files) * data_cfg.test_fraction)) if files else 0
                 if files and len(files) - n_test < 1:
-                    raise DataError(f"class {cls!r} has {len(files)} image(s) in val/: too few to carve a test split "
-                                    "from; carve it from train/ (data.test_from=train) or add images to val/.")
+                    raise DataError(
+                        f"class {cls!r} has {len(files)} image(s) in val/: too few to carve a test split "
+                        "from; carve it from train/ (data.test_from=train) or add images to val/."
+                    )
                 shuffled = [files[i] for i in rng.permutation(len(files))]
                 test += [(f, index[cls]) for f in shuffled[:n_test]]
                 val += [(f, index[cls]) for f in shuffled[n_test:]]

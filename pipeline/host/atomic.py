@@ -38,8 +38,9 @@ def fault_point(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def atomic_write(path: Path, write: Callable[[IO[bytes]], None], *, fault: str | None = None,
-                 size: int | None = None) -> None:
+def atomic_write(
+    path: Path, write: Callable[[IO[bytes]], None], *, fault: str | None = None, size: int | None = None
+) -> None:
     """Writes ``path`` through ``write(binary file)`` into a temporary file renamed into place.
 
     Args:

@@ -87,8 +87,10 @@ class DevicePool:
             return []
         need = gpus_wanted(train)
         if need > len(self.ids):
-            raise DeviceError(f"train.gpus={need} is more than the {len(self.ids)} GPU(s) this worker has "
-                              f"({','.join(self.ids)}); ask for at most {len(self.ids)}.")
+            raise DeviceError(
+                f"train.gpus={need} is more than the {len(self.ids)} GPU(s) this worker has "
+                f"({','.join(self.ids)}); ask for at most {len(self.ids)}."
+            )
         if need > len(self.free):
             raise AssertionError("take() without fits()")
         got, self.free = self.free[:need], self.free[need:]
@@ -136,8 +138,10 @@ def select_backend(configured: str = "", *, strict: bool = True) -> str:
 
         have = keras.backend.backend()
         if have != want:
-            raise DeviceError(f"train.backend={want!r}, but this process already runs Keras on {have}; "
-                              f"start it with KERAS_BACKEND={want} (a job's process does so by itself).")
+            raise DeviceError(
+                f"train.backend={want!r}, but this process already runs Keras on {have}; "
+                f"start it with KERAS_BACKEND={want} (a job's process does so by itself)."
+            )
         return want
     os.environ["KERAS_BACKEND"] = want
     if want == "jax":
@@ -150,8 +154,9 @@ class _NoTensorFlow(importlib.abc.MetaPathFinder):
 
     def find_spec(self, name, path=None, target=None):
         if name.split(".")[0] == "tensorflow":
-            raise ModuleNotFoundError(f"No module named {name!r}: this process trains on Keras's JAX backend and "
-                                      "does not load TensorFlow")
+            raise ModuleNotFoundError(
+                f"No module named {name!r}: this process trains on Keras's JAX backend and does not load TensorFlow"
+            )
         return None
 
 

@@ -34,19 +34,24 @@ class DiskFullError(UserError):
         free = free_bytes(self.folder)
         have = f"{size_text(free)} free" if free is not None else "no space left"
         want = f", about {size_text(needed)} needed" if needed else ""
-        super().__init__(f"the disk holding {self.folder} is full ({have}{want}); nothing half-written was kept: "
-                         f"free some space there and {then}.")
+        super().__init__(
+            f"the disk holding {self.folder} is full ({have}{want}); nothing half-written was kept: "
+            f"free some space there and {then}."
+        )
 
 
 def is_full(exc: BaseException | None) -> bool:
     """True when ``exc`` (or an exception it was raised from) is a full disk or an exhausted quota."""
-    return any((isinstance(e, OSError) and e.errno in FULL_ERRNOS) or any(w in str(e) for w in _FULL_WORDS)
-               for e in _chain(exc))
+    return any(
+        (isinstance(e, OSError) and e.errno in FULL_ERRNOS) or any(w in str(e) for w in _FULL_WORDS)
+        for e in _chain(exc)
+    )
 
 
 @contextmanager
-def full_disk_is_a_message(folder: str | Path, needed: int | None = None,
-                           then: str = "run the same command again") -> Iterator[None]:
+def full_disk_is_a_message(
+    folder: str | Path, needed: int | None = None, then: str = "run the same command again"
+) -> Iterator[None]:
     """Raises :class:`DiskFullError` naming ``folder`` for a full disk inside the block; other errors pass."""
     try:
         yield

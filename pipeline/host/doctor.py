@@ -18,8 +18,10 @@ from typing import Any
 
 from pipeline.host.devices import jobs_at_once, select_backend, visible_gpu_ids
 
-PRECISION_NOTE = ("float32 on every device unless train.precision says mixed_float16 or mixed_bfloat16 "
-                  "(model.keras and exports are float32 either way)")
+PRECISION_NOTE = (
+    "float32 on every device unless train.precision says mixed_float16 or mixed_bfloat16 "
+    "(model.keras and exports are float32 either way)"
+)
 
 
 def _version(package: str) -> str | None:
@@ -52,7 +54,8 @@ def report(backend: str = "") -> dict[str, Any]:
         "cpu_cores": os.cpu_count(),
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "backend": "ray at " + os.environ["TRANSFER_STUDIO_RAY_ADDRESS"]
-        if os.environ.get("TRANSFER_STUDIO_RAY_ADDRESS") else "local worker",
+        if os.environ.get("TRANSFER_STUDIO_RAY_ADDRESS")
+        else "local worker",
         "local_worker_jobs_at_once": jobs_at_once(gpu_ids),
         "worker_hands_out": [f"GPU {i}" for i in gpu_ids] or ["the CPU (one job at a time)"],
         "precision": PRECISION_NOTE,
@@ -79,12 +82,22 @@ def _tensorflow_facts() -> dict[str, Any]:
 def _jax_facts() -> dict[str, Any]:
     import jax
 
-    devices = [{"name": f"{d.platform}:{d.id} ({d.device_kind})", "type": "GPU" if d.platform in ("gpu", "cuda")
-                else d.platform.upper()} for d in jax.devices()]
+    devices = [
+        {
+            "name": f"{d.platform}:{d.id} ({d.device_kind})",
+            "type": "GPU" if d.platform in ("gpu", "cuda") else d.platform.upper(),
+        }
+        for d in jax.devices()
+    ]
     backends = {d.platform for d in jax.devices()}
-    return {"built_with_cuda": any(p in ("gpu", "cuda") for p in backends) or _version("jax-cuda12-plugin") is not None,
-            "cuda_version": _version("jax-cuda12-plugin"), "cudnn_version": None, "devices": devices,
-            "intra_op_threads": "XLA default", "inter_op_threads": "XLA default"}
+    return {
+        "built_with_cuda": any(p in ("gpu", "cuda") for p in backends) or _version("jax-cuda12-plugin") is not None,
+        "cuda_version": _version("jax-cuda12-plugin"),
+        "cudnn_version": None,
+        "devices": devices,
+        "intra_op_threads": "XLA default",
+        "inter_op_threads": "XLA default",
+    }
 
 
 def verdict(facts: dict[str, Any]) -> str:
@@ -94,16 +107,23 @@ def verdict(facts: dict[str, Any]) -> str:
     if gpus:
         return f"training runs on {len(gpus)} GPU(s): {', '.join(d['name'] for d in gpus)}."
     if not facts["built_with_cuda"]:
-        how = ("install tensorflow[and-cuda] at the pinned version" if framework == "tensorflow"
-               else "install jax[cuda12] at the pinned version")
-        return (f"training runs on the CPU: this {framework} build has no CUDA support "
-                f"(on Linux with an NVIDIA GPU, {how}).")
+        how = (
+            "install tensorflow[and-cuda] at the pinned version"
+            if framework == "tensorflow"
+            else "install jax[cuda12] at the pinned version"
+        )
+        return (
+            f"training runs on the CPU: this {framework} build has no CUDA support "
+            f"(on Linux with an NVIDIA GPU, {how})."
+        )
     if facts["system_gpus"] and not facts["nvidia_driver"]:
         return "training runs on the CPU: CUDA_VISIBLE_DEVICES names GPUs but no NVIDIA driver is loaded."
     if facts["nvidia_driver"]:
-        return (f"training runs on the CPU although an NVIDIA driver is loaded: {framework} found no usable GPU "
-                f"(CUDA {facts['cuda_version']} / cuDNN {facts['cudnn_version']} libraries missing, or "
-                "CUDA_VISIBLE_DEVICES hides them); run with TF_CPP_MIN_LOG_LEVEL=0 to see why.")
+        return (
+            f"training runs on the CPU although an NVIDIA driver is loaded: {framework} found no usable GPU "
+            f"(CUDA {facts['cuda_version']} / cuDNN {facts['cudnn_version']} libraries missing, or "
+            "CUDA_VISIBLE_DEVICES hides them); run with TF_CPP_MIN_LOG_LEVEL=0 to see why."
+        )
     return "training runs on the CPU: no NVIDIA GPU or driver is visible on this machine."
 
 
@@ -118,12 +138,15 @@ def format_report(facts: dict[str, Any]) -> str:
         f"{framework} built with CUDA: {'yes' if facts['built_with_cuda'] else 'no'}"
         + (f" (CUDA {facts['cuda_version']}, cuDNN {facts['cudnn_version']})" if facts["built_with_cuda"] else ""),
         f"NVIDIA driver: {facts['nvidia_driver'] or 'not found'}; GPUs the system shows: {facts['system_gpus']}"
-        + (f"; CUDA_VISIBLE_DEVICES={facts['cuda_visible_devices']}" if facts["cuda_visible_devices"] is not None
-           else ""),
+        + (
+            f"; CUDA_VISIBLE_DEVICES={facts['cuda_visible_devices']}"
+            if facts["cuda_visible_devices"] is not None
+            else ""
+        ),
         f"devices {framework} sees: {devices}",
         f"threads: {facts['cpu_cores']} cores; intra-op {facts['intra_op_threads']}, inter-op "
-        f"{facts['inter_op_threads']}" + (f"; OMP_NUM_THREADS={facts['omp_num_threads']}" if facts["omp_num_threads"]
-                                         else ""),
+        f"{facts['inter_op_threads']}"
+        + (f"; OMP_NUM_THREADS={facts['omp_num_threads']}" if facts["omp_num_threads"] else ""),
         f"job backend: {facts['backend']}; the local worker runs {facts['local_worker_jobs_at_once']} job(s) at once, "
         f"handing out {', '.join(facts['worker_hands_out'])}",
         f"precision: {facts['precision']}",

@@ -40,13 +40,19 @@ def child_env(**extra: str) -> dict[str, str]:
     glibc's malloc arenas capped (:data:`MALLOC_ARENAS`), GPU memory taken as needed rather than reserved whole
     (:data:`pipeline.host.devices.GROWTH_ENV`)."""
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, **{k: os.environ.get(k, v) for k, v in GROWTH_ENV.items()},
-            "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
-            "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", MALLOC_ARENAS), **extra, "PYTHONPATH": path}
+    return {
+        **os.environ,
+        **{k: os.environ.get(k, v) for k, v in GROWTH_ENV.items()},
+        "TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+        "MALLOC_ARENA_MAX": os.environ.get("MALLOC_ARENA_MAX", MALLOC_ARENAS),
+        **extra,
+        "PYTHONPATH": path,
+    }
 
 
-def start_python(module: str, *args: str, log: Path, env: dict[str, str] | None = None,
-                 die_with_parent: bool = False) -> subprocess.Popen:
+def start_python(
+    module: str, *args: str, log: Path, env: dict[str, str] | None = None, die_with_parent: bool = False
+) -> subprocess.Popen:
     """Starts ``python -m module *args`` in its own session, output appended to ``log``.
 
     Args:
@@ -62,8 +68,15 @@ def start_python(module: str, *args: str, log: Path, env: dict[str, str] | None 
     if die_with_parent:
         extra[PARENT_PID_VAR] = str(os.getpid())
     with open(log, "ab") as out:  # the child keeps its own descriptor; ours closes here
-        proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, env=child_env(**extra),
-                                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", module, *args],
+            cwd=ROOT,
+            env=child_env(**extra),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     threading.Thread(target=proc.wait, name=f"reap {module} {proc.pid}", daemon=True).start()
     return proc
 

@@ -1,13 +1,13 @@
 """The host's limits for a shared demo, read from the environment (one place, documented in the README).
 
-| Setting (environment variable)        | Default                             | What it bounds                             |
-|---------------------------------------|-------------------------------------|--------------------------------------------|
-| ``TRANSFER_STUDIO_MAX_UPLOAD_MB``      | 500 (and ``server.maxUploadSize``)  | one uploaded file                          |
-| ``TRANSFER_STUDIO_DISK_QUOTA_MB``      | 10240                               | kept uploads plus extracted datasets       |
-| ``TRANSFER_STUDIO_MAX_ACTIVE_JOBS``    | 2                                   | queued or running jobs per visitor         |
-| ``TRANSFER_STUDIO_DECODE_MEMORY_MB``   | available memory / 8, 128 to 512    | memory for images being decoded at once    |
-| ``TRANSFER_STUDIO_ZIP_MAX_RATIO``      | 200                                 | expansion of one zip entry (and 100 total) |
-| ``TRANSFER_STUDIO_ADMIN_KEY``          | unset                               | the key that sees and controls every run   |
+| Environment variable                 | Default                            | What it bounds                     |
+|--------------------------------------|------------------------------------|------------------------------------|
+| ``TRANSFER_STUDIO_MAX_UPLOAD_MB``    | 500 (and ``server.maxUploadSize``) | one uploaded file                  |
+| ``TRANSFER_STUDIO_DISK_QUOTA_MB``    | 10240                              | kept uploads, extracted datasets   |
+| ``TRANSFER_STUDIO_MAX_ACTIVE_JOBS``  | 2                                  | queued or running jobs per visitor |
+| ``TRANSFER_STUDIO_DECODE_MEMORY_MB`` | available memory / 8, 128 to 512   | images being decoded at once       |
+| ``TRANSFER_STUDIO_ZIP_MAX_RATIO``    | 200                                | a zip entry's expansion (100: all) |
+| ``TRANSFER_STUDIO_ADMIN_KEY``        | unset                              | the key that controls every run    |
 """
 
 from __future__ import annotations

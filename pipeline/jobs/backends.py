@@ -3,8 +3,9 @@
 The contract every backend meets is :class:`pipeline.jobs.contract.Backend`; this module is the only one that
 knows the implementations (local here, Ray in ``ray_backend``), and none of them imports it back.
 
-The run folder's ``metrics.jsonl`` is the progress feed for every backend. ``LocalBackend`` (the default) queues jobs in the SQLite store and starts a background worker when none is alive, so a new
-user needs no second terminal.
+The run folder's ``metrics.jsonl`` is the progress feed for every backend. ``LocalBackend`` (the default) queues
+jobs in the SQLite store and starts a background worker when none is alive, so a new user needs no second
+terminal.
 """
 
 from __future__ import annotations
@@ -87,8 +88,9 @@ class LocalBackend:
         """Starts a background worker when none holds the lock; returns True if it started one."""
         if self.worker_alive():
             return False
-        start_python("pipeline", "worker", log=self.store.home / "worker.log",
-                     env={"TRANSFER_STUDIO_HOME": str(self.store.home)})
+        start_python(
+            "pipeline", "worker", log=self.store.home / "worker.log", env={"TRANSFER_STUDIO_HOME": str(self.store.home)}
+        )
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not self.worker_alive():
             time.sleep(0.1)

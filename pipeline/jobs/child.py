@@ -42,7 +42,9 @@ def main(argv: list[str]) -> int:
         job = JobStore().get(argv[0])
         run_dir, source, raw_config = Path(job.run_dir), job.source, job.config
         label = f"{job.id} attempt {job.attempts}"
-    resume = f"`python -m pipeline resume {argv[0]}`" if argv[0] != "--run-dir" else "the Resume button on the Runs page"
+    resume = (
+        f"`python -m pipeline resume {argv[0]}`" if argv[0] != "--run-dir" else "the Resume button on the Runs page"
+    )
     (run_dir / "error.txt").unlink(missing_ok=True)
     print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} job {label}: {source}", flush=True)
     if RunFolder(run_dir).finished():  # its worker died after the run finished, before recording it
@@ -69,7 +71,9 @@ def main(argv: list[str]) -> int:
         return EXIT_USER_ERROR
     except Exception as exc:
         if is_full(exc):
-            _say_why(run_dir, str(DiskFullError(full_disk_error(exc, run_dir).folder, then=f"resume the job ({resume})")))
+            _say_why(
+                run_dir, str(DiskFullError(full_disk_error(exc, run_dir).folder, then=f"resume the job ({resume})"))
+            )
             return EXIT_USER_ERROR
         traceback.print_exc()
         _say_why(run_dir, f"unexpected error: {type(exc).__name__}: {exc} (details in train.log)", quiet=True)

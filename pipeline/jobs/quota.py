@@ -29,8 +29,13 @@ KINDS = ("uploads", "weights")
 def entries() -> list[Path]:
     """Every removable folder, least recently used first."""
     home = paths.home()
-    found = [p for kind in KINDS if (home / kind).is_dir() for p in (home / kind).iterdir()
-             if p.is_dir() and not p.name.startswith(".")]
+    found = [
+        p
+        for kind in KINDS
+        if (home / kind).is_dir()
+        for p in (home / kind).iterdir()
+        if p.is_dir() and not p.name.startswith(".")
+    ]
     found += [p for p in paths.datasets_dir().glob("zip-*") if p.is_dir()]
     return sorted(found, key=lambda p: p.stat().st_mtime)
 
@@ -52,8 +57,11 @@ def referenced() -> set[Path]:
     refs: set[str] = set()
     runs = home / "runs"
     for run in runs.iterdir() if runs.is_dir() else ():
-        for name, keys in (("job.json", (("source",), ("config", "model", "weights"))),
-                           ("config.json", (("model", "weights"),)), ("dataset.json", (("splits", "root"),))):
+        for name, keys in (
+            ("job.json", (("source",), ("config", "model", "weights"))),
+            ("config.json", (("model", "weights"),)),
+            ("dataset.json", (("splits", "root"),)),
+        ):
             try:
                 doc = json.loads((run / name).read_text())
             except (OSError, ValueError):
@@ -108,8 +116,12 @@ def enforce(keep: Iterable[Path] = (), quota_mb: int | None = None) -> list[Path
 def resolve(source: str | os.PathLike, data_cfg: DataConfig | None = None, progress: ProgressFn | None = None) -> Path:
     """``data.resolve_source``, then the quota kept when it unpacked a zip (the new folder and the zip stay)."""
     path = Path(str(source)).expanduser()
-    fresh = not data.is_sample(str(source)) and path.is_file() and zipfile.is_zipfile(path) \
+    fresh = (
+        not data.is_sample(str(source))
+        and path.is_file()
+        and zipfile.is_zipfile(path)
         and not data.zip_folder(path).exists()
+    )
     folder = data.resolve_source(source, data_cfg, progress=progress)
     if fresh:
         enforce(keep=(data.zip_folder(path), path))

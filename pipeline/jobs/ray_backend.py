@@ -46,8 +46,10 @@ def child_env_vars() -> dict[str, str]:
     """What the training child needs on a node, as ``launch.child_env`` gives a local one, without this host's own
     environment: this checkout (alone) on ``PYTHONPATH``, TensorFlow quiet, malloc arenas capped, the home."""
     env = child_env(TRANSFER_STUDIO_HOME=os.environ.get("TRANSFER_STUDIO_HOME", ""))
-    return {"PYTHONPATH": str(ROOT), **{k: env[k] for k in ("TF_CPP_MIN_LOG_LEVEL", "MALLOC_ARENA_MAX",
-                                                               "TRANSFER_STUDIO_HOME")}}
+    return {
+        "PYTHONPATH": str(ROOT),
+        **{k: env[k] for k in ("TF_CPP_MIN_LOG_LEVEL", "MALLOC_ARENA_MAX", "TRANSFER_STUDIO_HOME")},
+    }
 
 
 _STATES = {"PENDING": "queued", "RUNNING": "running", "SUCCEEDED": "done", "FAILED": "failed", "STOPPED": "cancelled"}
@@ -62,7 +64,8 @@ def _read_spec(path: Path) -> dict:
 
 
 class RayBackend:
-    """Jobs as Ray jobs: one Ray job per attempt, ``ts-<job id>`` then ``ts-<job id>-2``, ... (:func:`submission_id`)."""
+    """Jobs as Ray jobs: one Ray job per attempt, ``ts-<job id>`` then ``ts-<job id>-2``, ...
+    (:func:`submission_id`)."""
 
     def __init__(self, address: str, runs: Path | None = None):
         try:
@@ -77,7 +80,9 @@ class RayBackend:
         try:
             self.client = JobSubmissionClient(address)
         except Exception as exc:
-            raise JobError(f"cannot reach the Ray cluster at {address} ({exc}); is `ray start --head` running?") from exc
+            raise JobError(
+                f"cannot reach the Ray cluster at {address} ({exc}); is `ray start --head` running?"
+            ) from exc
 
     def run_dir(self, job_id: str) -> Path:
         return self.runs / validate_job_id(job_id)
@@ -86,13 +91,15 @@ class RayBackend:
         source = absolute_source(source)
         if name is None:
             same = sum(1 for p in self.runs.glob("*/job.json") if _read_spec(p).get("source") == source)
-            name = f"{dataset_name(source)[:NAME_MAX - 8]} #{same + 1}"
+            name = f"{dataset_name(source)[: NAME_MAX - 8]} #{same + 1}"
         name = validate_run_name(name)
         job_id = secrets.token_hex(16)
         run_dir = self.run_dir(job_id)
         run_dir.mkdir(parents=True)
-        atomic_write_json(run_dir / "job.json", {"source": source, "config": config.to_dict(),
-                                                   "owner": owner, "created": time.time(), "name": name})
+        atomic_write_json(
+            run_dir / "job.json",
+            {"source": source, "config": config.to_dict(), "owner": owner, "created": time.time(), "name": name},
+        )
         try:
             self._ray("submit the job", self._start, job_id, 1, config.train.gpus)
         except JobError:
@@ -141,8 +148,11 @@ class RayBackend:
     def _listed(self, job_id: str) -> list[tuple[int, Any]]:
         """:meth:`_attempts`, empty when the cluster lists none."""
         validate_job_id(job_id)
-        found = [(parsed[1], info) for info in self._ray("list the jobs", self.client.list_jobs)
-                 if (parsed := parse_submission_id(info.submission_id or "")) and parsed[0] == job_id]
+        found = [
+            (parsed[1], info)
+            for info in self._ray("list the jobs", self.client.list_jobs)
+            if (parsed := parse_submission_id(info.submission_id or "")) and parsed[0] == job_id
+        ]
         return sorted(found, key=lambda pair: pair[0])
 
     def status(self, job_id: str) -> Job:
@@ -159,11 +169,19 @@ class RayBackend:
         spec = self._spec(job_id)
         cancel = (run_dir / "CANCEL").exists()
         return Job(
-            id=job_id, state=state, source=spec.get("source", ""), config=spec.get("config", {}),
-            run_dir=str(run_dir), created=spec.get("created", (info.start_time or 0) / 1000),
+            id=job_id,
+            state=state,
+            source=spec.get("source", ""),
+            config=spec.get("config", {}),
+            run_dir=str(run_dir),
+            created=spec.get("created", (info.start_time or 0) / 1000),
             started=(info.start_time or 0) / 1000 if state != "queued" else None,
-            finished=(info.end_time / 1000) if info.end_time else None, error=error,
-            worker=f"ray:{self.address}", attempts=attempt, cancel_requested=cancel, owner=spec.get("owner"),
+            finished=(info.end_time / 1000) if info.end_time else None,
+            error=error,
+            worker=f"ray:{self.address}",
+            attempts=attempt,
+            cancel_requested=cancel,
+            owner=spec.get("owner"),
             name=spec.get("name"),
         )
 
@@ -225,8 +243,12 @@ class RayBackend:
     def logs(self, job_id: str) -> str:
         """Every attempt's log, oldest first."""
         attempts = self._attempts(job_id)
-        parts = [self._ray("read the job's log", self.client.get_job_logs, submission_id(job_id, attempt))
-                 for attempt, _ in attempts]
+        parts = [
+            self._ray("read the job's log", self.client.get_job_logs, submission_id(job_id, attempt))
+            for attempt, _ in attempts
+        ]
         if len(parts) == 1:
             return parts[0]
-        return "\n".join(f"--- attempt {attempt} ---\n{text}" for (attempt, _), text in zip(attempts, parts, strict=True))
+        return "\n".join(
+            f"--- attempt {attempt} ---\n{text}" for (attempt, _), text in zip(attempts, parts, strict=True)
+        )

@@ -193,19 +193,28 @@ class JobStore:
         database fail with "disk I/O error", and moving that one aside would lose the job list.
         """
         if "locked" in str(exc) or "busy" in str(exc):
-            return JobError(f"the job database {self.path} stayed locked for 30 s ({exc}); another process holds it: "
-                            "try again in a moment.")
+            return JobError(
+                f"the job database {self.path} stayed locked for 30 s ({exc}); another process holds it: "
+                "try again in a moment."
+            )
         verdict = self._integrity()
         if verdict == "ok" or verdict is None:
             free = free_bytes(self.home)
             room = f"the disk holding {self.home} has {size_text(free)} free" if free is not None else "check the disk"
-            healthy = ("it is not damaged (its integrity check passes) and nothing is lost" if verdict == "ok"
-                       else "nothing in it was changed")
+            healthy = (
+                "it is not damaged (its integrity check passes) and nothing is lost"
+                if verdict == "ok"
+                else "nothing in it was changed"
+            )
             if is_full(exc) or (free is not None and free < FULL_BELOW):
-                return JobError(f"the job database {self.path} cannot be used ({exc}): {room}; {healthy}. Free some "
-                                "space there and run the command again.")
-            return JobError(f"the job database {self.path} cannot be used ({exc}); {healthy}. Try again; if it goes "
-                            f"on, check the disk and the permissions of {self.home} ({room}).")
+                return JobError(
+                    f"the job database {self.path} cannot be used ({exc}): {room}; {healthy}. Free some "
+                    "space there and run the command again."
+                )
+            return JobError(
+                f"the job database {self.path} cannot be used ({exc}); {healthy}. Try again; if it goes "
+                f"on, check the disk and the permissions of {self.home} ({room})."
+            )
         return JobError(
             f"the job database {self.path} is damaged ({exc}). Move it aside (mv {self.path} {self.path}.damaged) "
             f"and run the command again: a new, empty job list is created, and every run folder under {self.runs} "
@@ -263,13 +272,15 @@ class JobStore:
         try:
             str(source).encode("utf-8")
         except UnicodeEncodeError:
-            raise JobError(f"the data's path {os.fsencode(str(source))!r} is not UTF-8 text; rename its folder (or "
-                           "the zip) to a UTF-8 name and choose it again.") from None
+            raise JobError(
+                f"the data's path {os.fsencode(str(source))!r} is not UTF-8 text; rename its folder (or "
+                "the zip) to a UTF-8 name and choose it again."
+            ) from None
         job_id = secrets.token_hex(16)
         with self._transaction() as db:
             if name is None:  # numbered in the same transaction: two launches at once get two numbers
                 same = db.execute("SELECT COUNT(*) FROM jobs WHERE source = ?", (str(source),)).fetchone()[0]
-                name = f"{dataset_name(source)[:NAME_MAX - 8]} #{same + 1}"
+                name = f"{dataset_name(source)[: NAME_MAX - 8]} #{same + 1}"
             db.execute(
                 "INSERT INTO jobs (id, state, source, config, run_dir, created, owner, name) "
                 "VALUES (?, 'queued', ?, ?, ?, ?, ?, ?)",
@@ -334,16 +345,21 @@ class JobStore:
     def finish(self, job_id: str, state: str, error: str | None = None) -> None:
         assert state in ("done", "failed", "cancelled")
         with self._transaction() as db:
-            db.execute("UPDATE jobs SET state = ?, finished = ?, error = ? WHERE id = ?",
-                       (state, time.time(), error, validate_job_id(job_id)))
+            db.execute(
+                "UPDATE jobs SET state = ?, finished = ?, error = ? WHERE id = ?",
+                (state, time.time(), error, validate_job_id(job_id)),
+            )
 
     def cancel(self, job_id: str) -> Job:
         """Cancels a queued job at once; asks a running one to stop at its next batch."""
         job = self.get(job_id)
         if job.state == "queued":
             with self._transaction() as db:
-                db.execute("UPDATE jobs SET state = 'cancelled', finished = ?, cancel_requested = 1 "
-                           "WHERE id = ? AND state = 'queued'", (time.time(), job_id))
+                db.execute(
+                    "UPDATE jobs SET state = 'cancelled', finished = ?, cancel_requested = 1 "
+                    "WHERE id = ? AND state = 'queued'",
+                    (time.time(), job_id),
+                )
         elif job.state == "running":
             Path(job.run_dir).mkdir(parents=True, exist_ok=True)
             (Path(job.run_dir) / "CANCEL").touch()
@@ -364,15 +380,20 @@ class JobStore:
             raise JobError(f"job {job_id} is {job.state}; only a failed or cancelled job can be resumed.")
         (Path(job.run_dir) / "CANCEL").unlink(missing_ok=True)
         with self._transaction() as db:
-            db.execute("UPDATE jobs SET state = 'queued', worker = NULL, finished = NULL, error = NULL, "
-                       "cancel_requested = 0 WHERE id = ? AND state IN ('failed', 'cancelled')", (job_id,))
+            db.execute(
+                "UPDATE jobs SET state = 'queued', worker = NULL, finished = NULL, error = NULL, "
+                "cancel_requested = 0 WHERE id = ? AND state IN ('failed', 'cancelled')",
+                (job_id,),
+            )
         return self.get(job_id)
 
     def requeue(self, job_id: str) -> None:
         """Puts a running job back in the queue (its worker is stopping); it resumes where it stopped."""
         with self._transaction() as db:
-            db.execute("UPDATE jobs SET state = 'queued', worker = NULL WHERE id = ? AND state = 'running'",
-                       (validate_job_id(job_id),))
+            db.execute(
+                "UPDATE jobs SET state = 'queued', worker = NULL WHERE id = ? AND state = 'running'",
+                (validate_job_id(job_id),),
+            )
 
     def requeue_orphans(self, owner_alive: Callable[[str | None], bool] | None = None) -> list[str]:
         """Running jobs whose worker is gone go back to the queue, to resume from their last finished epoch.
@@ -388,8 +409,9 @@ class JobStore:
             for row in db.execute("SELECT id, worker, cancel_requested FROM jobs WHERE state = 'running'").fetchall():
                 if not owner_alive(row["worker"]):
                     if row["cancel_requested"]:
-                        db.execute("UPDATE jobs SET state = 'cancelled', finished = ? WHERE id = ?",
-                                   (time.time(), row["id"]))
+                        db.execute(
+                            "UPDATE jobs SET state = 'cancelled', finished = ? WHERE id = ?", (time.time(), row["id"])
+                        )
                     else:
                         db.execute("UPDATE jobs SET state = 'queued', worker = NULL WHERE id = ?", (row["id"],))
                         moved.append(row["id"])
@@ -401,8 +423,10 @@ class JobStore:
         worker_id = f"w-{secrets.token_hex(6)}"
         now = time.time()
         with self._transaction() as db:
-            db.execute("INSERT INTO workers (id, pid, host, started, heartbeat, concurrency) VALUES (?, ?, ?, ?, ?, ?)",
-                       (worker_id, os.getpid(), os.uname().nodename, now, now, concurrency))
+            db.execute(
+                "INSERT INTO workers (id, pid, host, started, heartbeat, concurrency) VALUES (?, ?, ?, ?, ?, ?)",
+                (worker_id, os.getpid(), os.uname().nodename, now, now, concurrency),
+            )
         return worker_id
 
     def heartbeat(self, worker_id: str) -> None:

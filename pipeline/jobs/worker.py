@@ -78,8 +78,11 @@ class Worker:
     def run(self) -> int:
         lock = WorkerLock(self.store.home)
         if not lock.acquire():
-            print(f"error: a worker is already running for this TRANSFER_STUDIO_HOME ({self.store.home}); it runs "
-                  "every queued job: stop it first to start another (one worker per home).", file=sys.stderr)
+            print(
+                f"error: a worker is already running for this TRANSFER_STUDIO_HOME ({self.store.home}); it runs "
+                "every queued job: stop it first to start another (one worker per home).",
+                file=sys.stderr,
+            )
             return EXIT_USER_ERROR
         self.id = self.store.register_worker(self.concurrency)
         beat = threading.Thread(target=self._heartbeat, daemon=True)
@@ -89,8 +92,12 @@ class Worker:
         resumed = self.store.requeue_orphans(owner_alive=lambda w: w == self.id)
         for job_id in resumed:
             (self.store.run_dir(job_id) / "CANCEL").unlink(missing_ok=True)
-        print(f"worker {self.id} (pid {os.getpid()}, concurrency {self.concurrency}); "
-              f"{len(resumed)} interrupted job(s) requeued", file=sys.stderr, flush=True)
+        print(
+            f"worker {self.id} (pid {os.getpid()}, concurrency {self.concurrency}); "
+            f"{len(resumed)} interrupted job(s) requeued",
+            file=sys.stderr,
+            flush=True,
+        )
         try:
             while not self.stopping.is_set():
                 self._reap()
@@ -131,14 +138,20 @@ class Worker:
             self.store.finish(job.id, "failed", str(exc))  # a JobError here: the loop waits, requeued on restart
             return
         try:
-            self.children[job.id] = start_python("pipeline.jobs.child", job.id, log=run_dir / "train.log",
-                                                 env={"TRANSFER_STUDIO_HOME": str(self.store.home),
-                                                      **child_device_env(ids)},
-                                                 die_with_parent=True)
+            self.children[job.id] = start_python(
+                "pipeline.jobs.child",
+                job.id,
+                log=run_dir / "train.log",
+                env={"TRANSFER_STUDIO_HOME": str(self.store.home), **child_device_env(ids)},
+                die_with_parent=True,
+            )
         except OSError as exc:  # no process to run it (fork failed, the log cannot be opened): its GPUs stay free
             self.devices.give_back(ids)
-            self.store.finish(job.id, "failed", f"the training process could not start ({exc}); resume it with "
-                              f"`python -m pipeline resume {job.id}`")
+            self.store.finish(
+                job.id,
+                "failed",
+                f"the training process could not start ({exc}); resume it with `python -m pipeline resume {job.id}`",
+            )
             print(f"job {job.id} failed to start: {exc}", file=sys.stderr, flush=True)
             return
         self.given[job.id] = ids
@@ -175,13 +188,19 @@ class Worker:
         if error_file.exists():
             return "failed", error_file.read_text(encoding="utf-8").strip()
         if rc < 0:
-            return "failed", (f"the training process was killed by signal {-rc} (out of memory?); resume it from its "
-                              f"last finished epoch with `python -m pipeline resume {job_id}` or the Resume button on "
-                              "the Runs page")
+            return "failed", (
+                f"the training process was killed by signal {-rc} (out of memory?); resume it from its "
+                f"last finished epoch with `python -m pipeline resume {job_id}` or the Resume button on "
+                "the Runs page"
+            )
         if (free := free_bytes(job.run_dir)) is not None and free < FULL_BELOW:  # not even error.txt fitted
-            return "failed", str(DiskFullError(job.run_dir, then=f"resume it with `python -m pipeline resume {job_id}`"))
-        return "failed", (f"the training process exited with code {rc} (see train.log in the run folder); resume it "
-                          f"with `python -m pipeline resume {job_id}`")
+            return "failed", str(
+                DiskFullError(job.run_dir, then=f"resume it with `python -m pipeline resume {job_id}`")
+            )
+        return "failed", (
+            f"the training process exited with code {rc} (see train.log in the run folder); resume it "
+            f"with `python -m pipeline resume {job_id}`"
+        )
 
     def _shutdown(self) -> None:
         """Stopping the worker stops its children at their next batch; their jobs wait in the queue."""
@@ -203,8 +222,11 @@ class Worker:
                 else:
                     self.store.finish(job_id, "cancelled")
             except JobError as exc:  # the database cannot be written (a full disk): the next worker requeues it
-                print(f"job {job_id}: its state could not be recorded ({exc}); the next worker takes it up",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"job {job_id}: its state could not be recorded ({exc}); the next worker takes it up",
+                    file=sys.stderr,
+                    flush=True,
+                )
         self.children.clear()
         for ids in self.given.values():
             self.devices.give_back(ids)

@@ -17,13 +17,20 @@ def recommend(images_per_class: float, similar_to_everyday_photos: bool) -> Advi
     """The four classic cases of transfer learning (dataset size x similarity to ImageNet)."""
     small = images_per_class < SMALL_DATASET
     if small and similar_to_everyday_photos:
-        return Advice("feature_extraction", "small and similar to everyday photos: keep the pretrained features, "
-                      "train only a new head (turn augmentation off for the fast cached-feature path)")
+        return Advice(
+            "feature_extraction",
+            "small and similar to everyday photos: keep the pretrained features, "
+            "train only a new head (turn augmentation off for the fast cached-feature path)",
+        )
     if small:
-        return Advice("freeze_first_k", "small and unlike everyday photos: keep the generic first layers "
-                      "frozen and retrain the rest")
+        return Advice(
+            "freeze_first_k",
+            "small and unlike everyday photos: keep the generic first layers frozen and retrain the rest",
+        )
     if similar_to_everyday_photos:
-        return Advice("fine_tune", "large and similar: train the head, then fine-tune the whole base "
-                      "at a very low learning rate")
-    return Advice("from_scratch", "large and unlike everyday photos: there is enough data to learn every "
-                  "layer from scratch")
+        return Advice(
+            "fine_tune", "large and similar: train the head, then fine-tune the whole base at a very low learning rate"
+        )
+    return Advice(
+        "from_scratch", "large and unlike everyday photos: there is enough data to learn every layer from scratch"
+    )

@@ -60,8 +60,10 @@ def _val_differs(splits: list[dict[str, Any] | None]) -> str | None:
     same_files = all({rel for rel, _ in v} == {rel for rel, _ in sets[0]} for v in sets[1:])
     if same_files:
         changed = len(set().union(*sets) - set.intersection(*sets)) // 2
-        return (f"the validation images are the same but {changed} of their labels differ (the data's corrections): "
-                "validation accuracies are measured against different labels")
+        return (
+            f"the validation images are the same but {changed} of their labels differ (the data's corrections): "
+            "validation accuracies are measured against different labels"
+        )
     return "the runs validated on different images: their validation accuracies are not on the same set"
 
 
@@ -103,13 +105,19 @@ def compare(run_dirs: list[str | Path]) -> dict[str, Any]:
     for run, ev, cfg, dataset in zip(runs, evals, loaded, datasets, strict=True):
         epochs = run.epochs()
         parent = _parent(cfg)
-        summary.append({
-            "name": run.root.name, "folder": str(run.root), "parent": parent,
-            "parent_in_view": str(Path(parent).expanduser().resolve()) in names if parent else False,
-            "revision": (dataset.get("revision") or {}).get("number", 0),
-            "epochs": len(epochs), "best_val_accuracy": max((e["val_accuracy"] for e in epochs), default=None),
-            "eval_split": ev.get("split") if ev else None, "accuracy": ev.get("accuracy") if ev else None,
-        })
+        summary.append(
+            {
+                "name": run.root.name,
+                "folder": str(run.root),
+                "parent": parent,
+                "parent_in_view": str(Path(parent).expanduser().resolve()) in names if parent else False,
+                "revision": (dataset.get("revision") or {}).get("number", 0),
+                "epochs": len(epochs),
+                "best_val_accuracy": max((e["val_accuracy"] for e in epochs), default=None),
+                "eval_split": ev.get("split") if ev else None,
+                "accuracy": ev.get("accuracy") if ev else None,
+            }
+        )
         offset = _epochs_before(parent)
         curves.append([{**e, "x": offset + i + 1} for i, e in enumerate(epochs)])
     return {
@@ -118,8 +126,9 @@ def compare(run_dirs: list[str | Path]) -> dict[str, Any]:
         "curves": curves,
         "val_differs": _val_differs([d.get("splits") for d in datasets]),
         "per_class_f1": {c: [(e or {}).get("per_class", {}).get(c, {}).get("f1") for e in evals] for c in classes},
-        "export_sizes": {f: [((v or {}).get("formats", {}).get(f) or {}).get("size_bytes") for v in verifies]
-                         for f in formats},
+        "export_sizes": {
+            f: [((v or {}).get("formats", {}).get(f) or {}).get("size_bytes") for v in verifies] for f in formats
+        },
     }
 
 

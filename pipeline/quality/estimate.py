@@ -145,8 +145,8 @@ def timings(runs_dir: Path) -> list[RunTiming]:
 
 def _scale(cfg: RunConfig) -> float:
     spec = backbones.get(cfg.model.backbone)
-    params = spec.params_millions * (cfg.model.alpha ** 2 if spec.alphas else 1.0)
-    return max(params, 0.05) / _REFERENCE_PARAMS * cfg.model.image_size ** 2 / _REFERENCE_PIXELS
+    params = spec.params_millions * (cfg.model.alpha**2 if spec.alphas else 1.0)
+    return max(params, 0.05) / _REFERENCE_PARAMS * cfg.model.image_size**2 / _REFERENCE_PIXELS
 
 
 def _first_guess(cfg: RunConfig, phase: str, images: int) -> tuple[float, float]:
@@ -160,8 +160,13 @@ def _guess(cfg: RunConfig, images: int, evaluated: int) -> Estimate:
     for phase in phases_for(cfg):
         first, steady = _first_guess(cfg, phase.name, images)
         phases.append(PhaseEstimate(phase.name, phase.epochs, first, steady))
-    return Estimate(tuple(phases), False, "", _STARTUP_FIXED + _STARTUP_PER_IMAGE * images,
-                    _FINISH_FIXED + _FINISH_PER_IMAGE * _scale(cfg) * evaluated)
+    return Estimate(
+        tuple(phases),
+        False,
+        "",
+        _STARTUP_FIXED + _STARTUP_PER_IMAGE * images,
+        _FINISH_FIXED + _FINISH_PER_IMAGE * _scale(cfg) * evaluated,
+    )
 
 
 def _scaled(measured: float, fixed: float, images: int, measured_images: int) -> float:
@@ -170,8 +175,7 @@ def _scaled(measured: float, fixed: float, images: int, measured_images: int) ->
     return fixed + (measured - fixed) * images / max(measured_images, 1)
 
 
-def estimate(cfg: RunConfig, train_images: int, val_images: int, runs_dir: Path, *,
-             test_images: int = 0) -> Estimate:
+def estimate(cfg: RunConfig, train_images: int, val_images: int, runs_dir: Path, *, test_images: int = 0) -> Estimate:
     """The time of each stage and of the whole run (launch to done) for ``cfg`` on this many images.
 
     Args:
@@ -191,8 +195,9 @@ def estimate(cfg: RunConfig, train_images: int, val_images: int, runs_dir: Path,
         samples = [t for t in same if phase.name in t.phases]
         if samples:
             first = statistics.median(t.phases[phase.name][0] / t.images for t in samples) * images
-            steadies = [statistics.median(t.phases[phase.name][1]) / t.images for t in samples
-                        if t.phases[phase.name][1]]
+            steadies = [
+                statistics.median(t.phases[phase.name][1]) / t.images for t in samples if t.phases[phase.name][1]
+            ]
             steady = statistics.median(steadies) * images if steadies else first
             counted = max(counted, len(samples))
         else:
@@ -200,16 +205,25 @@ def estimate(cfg: RunConfig, train_images: int, val_images: int, runs_dir: Path,
             guessed = True
         phases.append(PhaseEstimate(phase.name, phase.epochs, round(first, 2), round(steady, 2)))
     starts = [t for t in same if t.startup is not None]
-    startup = (statistics.median(_scaled(t.startup, _STARTUP_FIXED, images, t.images) for t in starts) if starts
-               else guess.startup_seconds * factor)
+    startup = (
+        statistics.median(_scaled(t.startup, _STARTUP_FIXED, images, t.images) for t in starts)
+        if starts
+        else guess.startup_seconds * factor
+    )
     ends = [t for t in same if t.finish is not None]
-    finish = (statistics.median(_scaled(t.finish, _FINISH_FIXED, evaluated, t.evaluated) for t in ends) if ends
-              else guess.finish_seconds * factor)
+    finish = (
+        statistics.median(_scaled(t.finish, _FINISH_FIXED, evaluated, t.evaluated) for t in ends)
+        if ends
+        else guess.finish_seconds * factor
+    )
     guessed = guessed or not starts or not ends
     if guessed:
-        basis = ("a first guess (no run of this backbone, size, strategy and batch size has finished on this "
-                 "machine yet" + (f"; scaled by {len(speed)} finished run(s) of other shapes here" if speed else "")
-                 + "); it is replaced by measured figures after the first run")
+        basis = (
+            "a first guess (no run of this backbone, size, strategy and batch size has finished on this "
+            "machine yet"
+            + (f"; scaled by {len(speed)} finished run(s) of other shapes here" if speed else "")
+            + "); it is replaced by measured figures after the first run"
+        )
     else:
         basis = f"measured on {counted} earlier run(s) of the same shape on this machine, launch to done"
     return Estimate(tuple(phases), not guessed, basis, round(startup, 1), round(finish, 1))

@@ -37,11 +37,17 @@ def pretrained_base_usable(cfg: RunConfig) -> bool:
     return cfg.train.strategy != "from_scratch" and cfg.model.weights != "none" and cfg.model.backbone != "small_cnn"
 
 
-def extract_features(cfg: RunConfig, files: list[str], extractor, *, progress: Callable[[str], None] | None = None) -> np.ndarray:
+def extract_features(
+    cfg: RunConfig, files: list[str], extractor, *, progress: Callable[[str], None] | None = None
+) -> np.ndarray:
     """Pooled features of ``files`` through ``extractor``, decoded once to uint8 and predicted in batches."""
-    cache = data_mod.ImageCache(files, cfg.model.image_size, memory_budget_mb=cfg.data.cache_memory_mb,
-                                max_pixels=cfg.data.max_image_pixels,
-                                progress=(lambda d, t: progress(f"decoding {d}/{t}")) if progress else None)
+    cache = data_mod.ImageCache(
+        files,
+        cfg.model.image_size,
+        memory_budget_mb=cfg.data.cache_memory_mb,
+        max_pixels=cfg.data.max_image_pixels,
+        progress=(lambda d, t: progress(f"decoding {d}/{t}")) if progress else None,
+    )
     try:
         if progress:
             progress(f"features of {len(files)} images")
@@ -50,7 +56,9 @@ def extract_features(cfg: RunConfig, files: list[str], extractor, *, progress: C
         cache.close()
 
 
-def out_of_sample_probabilities(features: np.ndarray, labels: np.ndarray, num_classes: int, seed: int) -> tuple[np.ndarray, int]:
+def out_of_sample_probabilities(
+    features: np.ndarray, labels: np.ndarray, num_classes: int, seed: int
+) -> tuple[np.ndarray, int]:
     """Probabilities per image from heads trained on the other folds; returns (probabilities, folds).
 
     Raises:
@@ -82,8 +90,9 @@ def rank(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return np.asarray(order, dtype=np.int64), get_label_quality_scores(labels, probs, method="self_confidence")
 
 
-def find_in_splits(splits: data_mod.Splits, cfg: RunConfig, *, extractor=None,
-                   progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+def find_in_splits(
+    splits: data_mod.Splits, cfg: RunConfig, *, extractor=None, progress: Callable[[str], None] | None = None
+) -> dict[str, Any]:
     """Suspected label errors among the train and val images of ``splits``.
 
     Args:
@@ -106,12 +115,25 @@ def find_in_splits(splits: data_mod.Splits, cfg: RunConfig, *, extractor=None,
     issues = []
     for i in order:
         suggested = int(probs[i].argmax())
-        issues.append({"split": rows[i][0], "path": rows[i][1], "file": files[i], "label": classes[labels[i]],
-                       "suggested": classes[suggested], "suggested_probability": float(probs[i, suggested]),
-                       "score": float(scores[i])})
+        issues.append(
+            {
+                "split": rows[i][0],
+                "path": rows[i][1],
+                "file": files[i],
+                "label": classes[labels[i]],
+                "suggested": classes[suggested],
+                "suggested_probability": float(probs[i, suggested]),
+                "score": float(scores[i]),
+            }
+        )
     accuracy = float((probs.argmax(1) == labels).mean())
-    return {"images": len(rows), "folds": folds, "out_of_sample_accuracy": accuracy, "issues": issues,
-            "seconds": round(time.perf_counter() - t0, 2)}
+    return {
+        "images": len(rows),
+        "folds": folds,
+        "out_of_sample_accuracy": accuracy,
+        "issues": issues,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
 
 
 def find_for_run(run_dir: str | Path, *, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
@@ -145,14 +167,18 @@ def find_for_run(run_dir: str | Path, *, progress: Callable[[str], None] | None 
 
 def table(result: dict[str, Any], limit: int = 30) -> str:
     """The result as plain text: the likeliest wrong labels first."""
-    lines = [f"{len(result['issues'])} suspected label error(s) among {result['images']} train/val images "
-             f"({result['folds']}-fold heads on {result['features']}; out-of-sample accuracy "
-             f"{result['out_of_sample_accuracy']:.3f}; {result['seconds']:.1f}s)"]
+    lines = [
+        f"{len(result['issues'])} suspected label error(s) among {result['images']} train/val images "
+        f"({result['folds']}-fold heads on {result['features']}; out-of-sample accuracy "
+        f"{result['out_of_sample_accuracy']:.3f}; {result['seconds']:.1f}s)"
+    ]
     if result["issues"]:
         lines.append(f"{'score':>6}  {'label':<16} {'suggested':<16} {'p':>5}  file")
         for r in result["issues"][:limit]:
-            lines.append(f"{r['score']:>6.3f}  {r['label']:<16} {r['suggested']:<16} "
-                         f"{r['suggested_probability']:>5.2f}  {r['path']}")
+            lines.append(
+                f"{r['score']:>6.3f}  {r['label']:<16} {r['suggested']:<16} "
+                f"{r['suggested_probability']:>5.2f}  {r['path']}"
+            )
         if len(result["issues"]) > limit:
             lines.append(f"... and {len(result['issues']) - limit} more (label_issues.json in the run folder)")
     for c in result.get("in_two_classes", []):
@@ -185,5 +211,7 @@ def background_status(run_dir: str | Path) -> dict[str, Any]:
         return {"state": "none"}
     if status.get("state", "running") == "running":
         return {"state": "running", "seconds": time.time() - status["started"]}
-    return {"state": "failed", "error": SEARCH.last_error(run)
-            or f"the search stopped unexpectedly (see {SEARCH.log_path(run)})"}
+    return {
+        "state": "failed",
+        "error": SEARCH.last_error(run) or f"the search stopped unexpectedly (see {SEARCH.log_path(run)})",
+    }

@@ -155,8 +155,21 @@ class Cancelled(TypedDict):
     event: Literal["cancelled"]
 
 
-Record = (Scan | Start | Cache | Parent | Features | Phase | Progress | Epoch | Evaluate | Warning_ | Rollback | Done
-          | Cancelled)
+Record = (
+    Scan
+    | Start
+    | Cache
+    | Parent
+    | Features
+    | Phase
+    | Progress
+    | Epoch
+    | Evaluate
+    | Warning_
+    | Rollback
+    | Done
+    | Cancelled
+)
 
 
 def where(rec: dict[str, Any]) -> str:
@@ -164,8 +177,10 @@ def where(rec: dict[str, Any]) -> str:
     devices = rec.get("devices")
     if not devices:
         return ""
-    line = (f", on {rec.get('backend')} ({', '.join(devices.get('framework', []))}; given {devices.get('given')}), "
-            f"{rec.get('precision')}")
+    line = (
+        f", on {rec.get('backend')} ({', '.join(devices.get('framework', []))}; given {devices.get('given')}), "
+        f"{rec.get('precision')}"
+    )
     return ". ".join([line, *(n[0].upper() + n[1:] for n in rec.get("notes", []))])
 
 
@@ -177,17 +192,21 @@ def describe(rec: dict[str, Any]) -> str | None:
     if ev == PHASE:
         cached = ", on cached features" if rec.get("cached_features") else ""
         start = f", going on from epoch {rec['first_epoch']}" if rec.get("first_epoch", 1) > 1 else ""
-        return (f"phase {rec['phase']}: {rec['epochs']} epochs at learning rate {rec['learning_rate']:g}, "
-                f"{rec.get('trainable_params', 0):,} trainable parameters{cached}{start}")
+        return (
+            f"phase {rec['phase']}: {rec['epochs']} epochs at learning rate {rec['learning_rate']:g}, "
+            f"{rec.get('trainable_params', 0):,} trainable parameters{cached}{start}"
+        )
     if ev == FEATURES:
         return f"features computed once: {rec['images']} images in {rec['seconds']:.1f} s"
     if ev == PARENT:
         return f"starting from the parent run's best weights ({rec['weights']})"
     if ev == EPOCH:
-        return (f"{rec['phase']} epoch {rec['epoch']}/{rec.get('epochs', '?')}: loss {rec['loss']:.4f}, accuracy "
-                f"{rec['accuracy']:.4f}, validation loss {rec['val_loss']:.4f}, validation accuracy "
-                f"{rec['val_accuracy']:.4f}, learning rate {rec.get('lr', 0):.2g}, {rec.get('seconds', 0):.1f} s"
-                + (f" ({rec['images_per_second']:.0f} images/s)" if rec.get("images_per_second") else ""))
+        return (
+            f"{rec['phase']} epoch {rec['epoch']}/{rec.get('epochs', '?')}: loss {rec['loss']:.4f}, accuracy "
+            f"{rec['accuracy']:.4f}, validation loss {rec['val_loss']:.4f}, validation accuracy "
+            f"{rec['val_accuracy']:.4f}, learning rate {rec.get('lr', 0):.2g}, {rec.get('seconds', 0):.1f} s"
+            + (f" ({rec['images_per_second']:.0f} images/s)" if rec.get("images_per_second") else "")
+        )
     if ev == WARNING:
         return f"warning: {rec.get('message')}"
     if ev == ROLLBACK:
@@ -196,8 +215,11 @@ def describe(rec: dict[str, Any]) -> str | None:
         return "evaluating" if "done" not in rec else None
     if ev == DONE:
         best = rec.get("best") or {}
-        return "done" + (f"; best weights: {best['phase']} epoch {best['epoch']}, validation accuracy "
-                         f"{best['val_accuracy']:.4f}" if {"phase", "epoch", "val_accuracy"} <= best.keys() else "")
+        return "done" + (
+            f"; best weights: {best['phase']} epoch {best['epoch']}, validation accuracy {best['val_accuracy']:.4f}"
+            if {"phase", "epoch", "val_accuracy"} <= best.keys()
+            else ""
+        )
     if ev == CANCELLED:
         return "cancelled; the last finished epoch is kept"
     return None
@@ -217,8 +239,10 @@ def progress(rec: dict[str, Any]) -> tuple[str, bool] | None:
     if ev == CACHE:
         return f"decoding {rec['split']}: {rec['done']}/{rec['total']}", rec["done"] == rec["total"]
     if ev == PROGRESS:
-        return (f"  {rec['phase']} epoch {rec['epoch']} batch {rec['batch']}/{rec['steps']} loss {rec['loss']:.4f}",
-                False)
+        return (
+            f"  {rec['phase']} epoch {rec['epoch']} batch {rec['batch']}/{rec['steps']} loss {rec['loss']:.4f}",
+            False,
+        )
     return None
 
 
@@ -245,27 +269,38 @@ def stage(state: str, lines: list[dict[str, Any]], cfg: RunConfig | None) -> tup
     if ev in (SCAN, START, RESUMED):
         return "Loading the images.", None
     if ev == CACHE and last["done"] < last["total"]:
-        return (f"Decoding and resizing the {last['split']} images: {last['done']}/{last['total']}",
-                last["done"] / max(1, last["total"]))
+        return (
+            f"Decoding and resizing the {last['split']} images: {last['done']}/{last['total']}",
+            last["done"] / max(1, last["total"]),
+        )
     if ev == CACHE:
         if last["split"] == "train":
             return "Decoding the validation images.", None
         cached = cfg is not None and not cfg.augment.active and cfg.train.strategy != "from_scratch"
-        return ("Building the model" + (" and computing the base's features once" if cached else "")
-                + " (loading the pretrained weights).", None)
+        return (
+            "Building the model"
+            + (" and computing the base's features once" if cached else "")
+            + " (loading the pretrained weights).",
+            None,
+        )
     if ev == FEATURES:
         return "Features computed; starting the head phase.", None
     if ev == PHASE:
         name = _PHASE_NAMES.get(last["phase"], last["phase"])
-        return (f"{name.capitalize()} phase, epoch {last.get('first_epoch', 1)} of {last['epochs']}: compiling the "
-                "first step (tracing the model; the first epoch is the slowest).", None)
+        return (
+            f"{name.capitalize()} phase, epoch {last.get('first_epoch', 1)} of {last['epochs']}: compiling the "
+            "first step (tracing the model; the first epoch is the slowest).",
+            None,
+        )
     if ev == PROGRESS:
         n = planned.get(last["phase"], "?")
         name = _PHASE_NAMES.get(last["phase"], last["phase"])
         if last["batch"] >= last["steps"]:
             return f"{name.capitalize()} epoch {last['epoch']} of {n}: validating.", None
-        return (f"{name.capitalize()} epoch {last['epoch']} of {n}: batch {last['batch']} of {last['steps']}",
-                last["batch"] / max(1, last["steps"]))
+        return (
+            f"{name.capitalize()} epoch {last['epoch']} of {n}: batch {last['batch']} of {last['steps']}",
+            last["batch"] / max(1, last["steps"]),
+        )
     if ev == EPOCH:
         n = last.get("epochs") or planned.get(last["phase"], 0)
         name = _PHASE_NAMES.get(last["phase"], last["phase"])

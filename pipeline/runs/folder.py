@@ -75,7 +75,8 @@ def save_variables(path: Path, variables: dict[str, Any], *, fault: str | None =
 
     Args:
         path: The ``.npz`` file.
-        variables: Name (a variable's ``path``, see :func:`pipeline.training.callbacks.checkpoint_variables`) -> variable.
+        variables: Name (a variable's ``path``, see :func:`pipeline.training.callbacks.checkpoint_variables`) ->
+            variable.
         fault: The test hook's name for the moment before the rename (:func:`pipeline.host.atomic.fault_point`).
         meta: Small integers stored beside the values (epoch, steps).
     """
@@ -124,11 +125,16 @@ def load_variables(path: Path, variables: dict[str, Any]) -> dict[str, int]:
     wrong = [k for k in variables if k in values and tuple(values[k].shape) != tuple(variables[k].shape)]
     if missing or extra or wrong:
         parts = []
-        for what, names in (("missing from the file", missing), ("not in this model", extra), ("of another shape", wrong)):
+        for what, names in (
+            ("missing from the file", missing),
+            ("not in this model", extra),
+            ("of another shape", wrong),
+        ):
             if names:
                 parts.append(f"{len(names)} {what} (e.g. {', '.join(names[:3])})")
         raise CheckpointMismatchError(
-            f"the checkpoint {path} does not match this model: variables " + "; ".join(parts)
+            f"the checkpoint {path} does not match this model: variables "
+            + "; ".join(parts)
             + ". The code or the config changed since it was written; train into a new run folder."
         )
     for name, variable in variables.items():
@@ -188,11 +194,29 @@ class MetricsWriter:
 # Every top-level name a run folder can hold (this module, the training child, export, the label-issue search,
 # the app): the layout `delete` checks before it removes a folder that no job names. Hidden temporary files
 # (``.NAME.*.tmp``, ``.*.lock``) are a run's too.
-RUN_ENTRIES = frozenset({
-    "config.json", "dataset.json", "metrics.jsonl", "state.json", "state.prev.json", "state.json.damaged",
-    "checkpoints", "model.keras", "eval.json", "CANCEL", "exports", "export_status.json", "export.log",
-    "train.log", "error.txt", "job.json", "label_issues.json", "label_issues.status.json", "label_issues.log",
-})
+RUN_ENTRIES = frozenset(
+    {
+        "config.json",
+        "dataset.json",
+        "metrics.jsonl",
+        "state.json",
+        "state.prev.json",
+        "state.json.damaged",
+        "checkpoints",
+        "model.keras",
+        "eval.json",
+        "CANCEL",
+        "exports",
+        "export_status.json",
+        "export.log",
+        "train.log",
+        "error.txt",
+        "job.json",
+        "label_issues.json",
+        "label_issues.status.json",
+        "label_issues.log",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -277,8 +301,12 @@ class RunFolder:
                 raise ValueError("no splits")
         except (OSError, ValueError, KeyError, config_mod.ConfigError) as exc:
             return f"{self.root} holds no run's config.json and dataset.json ({type(exc).__name__}: {exc})"
-        foreign = sorted(p.name for p in self.root.iterdir() if p.name not in RUN_ENTRIES
-                         and not (p.name.startswith(".") and p.name.endswith((".tmp", ".lock", ".tmp.keras"))))
+        foreign = sorted(
+            p.name
+            for p in self.root.iterdir()
+            if p.name not in RUN_ENTRIES
+            and not (p.name.startswith(".") and p.name.endswith((".tmp", ".lock", ".tmp.keras")))
+        )
         if foreign:
             return f"{self.root} holds what a run does not write ({', '.join(foreign[:5])})"
         return None
@@ -303,9 +331,12 @@ class RunFolder:
         except FileNotFoundError:
             return Ledger()
         except (ValueError, OSError) as exc:  # LedgerFormatError is a ValueError
-            way = ("resume the run (`python -m pipeline resume JOB`, or the same `python -m pipeline train` command): "
-                   "it goes on from state.prev.json, the copy before the last epoch"
-                   if self.previous_state.exists() else "train into a new run folder")
+            way = (
+                "resume the run (`python -m pipeline resume JOB`, or the same `python -m pipeline train` command): "
+                "it goes on from state.prev.json, the copy before the last epoch"
+                if self.previous_state.exists()
+                else "train into a new run folder"
+            )
             raise DamagedFileError(f"{self.state} is damaged ({exc}); {way}.") from exc
 
     def recover_state(self) -> tuple[Ledger, str | None]:
@@ -360,7 +391,9 @@ class RunFolder:
         try:
             return _read_json_object(self.dataset)
         except (OSError, ValueError) as exc:
-            raise DamagedFileError(f"{self.dataset} is damaged or missing ({exc}); train into a new run folder.") from exc
+            raise DamagedFileError(
+                f"{self.dataset} is damaged or missing ({exc}); train into a new run folder."
+            ) from exc
 
     def splits(self):
         """The exact train/val/test file lists (dataset.json's ``splits``), a ``data.Splits``.
@@ -373,7 +406,9 @@ class RunFolder:
         try:
             return data_mod.Splits.from_dict(self.dataset_record()["splits"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise DamagedFileError(f"{self.dataset} holds no usable splits ({exc}); train into a new run folder.") from exc
+            raise DamagedFileError(
+                f"{self.dataset} holds no usable splits ({exc}); train into a new run folder."
+            ) from exc
 
     def evaluation(self) -> dict[str, Any] | None:
         """eval.json (None before the run is evaluated).
@@ -386,7 +421,9 @@ class RunFolder:
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
-            raise DamagedFileError(f"{self.eval} is damaged ({exc}); run `python -m pipeline evaluate {self.root}`.") from exc
+            raise DamagedFileError(
+                f"{self.eval} is damaged ({exc}); run `python -m pipeline evaluate {self.root}`."
+            ) from exc
 
     # === metrics.jsonl ===
 

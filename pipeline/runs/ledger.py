@@ -51,10 +51,15 @@ class PhaseProgress:
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> PhaseProgress:
-        return cls(epochs_done=_int(doc, "epochs_done"), steps_done=_int(doc, "steps_done"),
-                   done=bool(doc.get("done", False)), stopped_early=bool(doc.get("stopped_early", False)),
-                   wait=_int(doc, "wait"), best_val_loss=_float_or_none(doc, "best_val_loss"),
-                   last_epoch=_dict_or_none(doc, "last_epoch"))
+        return cls(
+            epochs_done=_int(doc, "epochs_done"),
+            steps_done=_int(doc, "steps_done"),
+            done=bool(doc.get("done", False)),
+            stopped_early=bool(doc.get("stopped_early", False)),
+            wait=_int(doc, "wait"),
+            best_val_loss=_float_or_none(doc, "best_val_loss"),
+            last_epoch=_dict_or_none(doc, "last_epoch"),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"epochs_done": self.epochs_done, "steps_done": self.steps_done, "done": self.done}
@@ -82,14 +87,24 @@ class Best:
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> Best:
         try:
-            return cls(phase=str(doc["phase"]), epoch=int(doc["epoch"]), val_accuracy=float(doc["val_accuracy"]),
-                       val_loss=float(doc["val_loss"]), file=None if doc.get("file") is None else str(doc["file"]))
+            return cls(
+                phase=str(doc["phase"]),
+                epoch=int(doc["epoch"]),
+                val_accuracy=float(doc["val_accuracy"]),
+                val_loss=float(doc["val_loss"]),
+                file=None if doc.get("file") is None else str(doc["file"]),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise LedgerFormatError(f"its best epoch is not one ({exc})") from exc
 
     def to_dict(self) -> dict[str, Any]:
-        return {"phase": self.phase, "epoch": self.epoch, "val_accuracy": self.val_accuracy,
-                "val_loss": self.val_loss, "file": self.file}
+        return {
+            "phase": self.phase,
+            "epoch": self.epoch,
+            "val_accuracy": self.val_accuracy,
+            "val_loss": self.val_loss,
+            "file": self.file,
+        }
 
     def beaten_by(self, val_accuracy: float, val_loss: float) -> bool:
         return (val_accuracy, -val_loss) > (self.val_accuracy, -self.val_loss)
@@ -134,8 +149,13 @@ class Ledger:
             raise LedgerFormatError(f"a phase's progress is not one ({exc})") from exc
         best = doc.get("best")
         placement = doc.get("placement")
-        return cls(status=status, phases=parsed, best=None if best is None else Best.from_dict(best),
-                   placement=placement if isinstance(placement, dict) else None, legacy=phases is None)
+        return cls(
+            status=status,
+            phases=parsed,
+            best=None if best is None else Best.from_dict(best),
+            placement=placement if isinstance(placement, dict) else None,
+            legacy=phases is None,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -215,9 +235,17 @@ class Ledger:
     def best_from_last_epoch(self) -> None:
         """The best weights cannot be read: the last committed epoch (whose weights the model holds) is the best."""
         name, last = next(((n, p) for n, p in reversed(list(self.phases.items())) if p.last_epoch), (None, None))
-        self.best = None if last is None or name is None else Best(
-            phase=name, epoch=last.epochs_done, val_accuracy=last.last_epoch["val_accuracy"],
-            val_loss=last.last_epoch["val_loss"], file=None)
+        self.best = (
+            None
+            if last is None or name is None
+            else Best(
+                phase=name,
+                epoch=last.epochs_done,
+                val_accuracy=last.last_epoch["val_accuracy"],
+                val_loss=last.last_epoch["val_loss"],
+                file=None,
+            )
+        )
 
 
 def _int(doc: dict[str, Any], key: str) -> int:

@@ -92,11 +92,17 @@ class Progress(keras.callbacks.Callback):
             raise TrainingCancelled()
         logs = logs or {}
         if (batch + 1) % self.every == 0 and batch + 1 < self.steps:
-            self.emit({
-                "event": events.PROGRESS, "phase": self.phase, "epoch": self.epoch + 1, "batch": batch + 1,
-                "steps": self.steps, "loss": float(logs.get("loss", float("nan"))),
-                "accuracy": float(logs.get("accuracy", float("nan"))),
-            })
+            self.emit(
+                {
+                    "event": events.PROGRESS,
+                    "phase": self.phase,
+                    "epoch": self.epoch + 1,
+                    "batch": batch + 1,
+                    "steps": self.steps,
+                    "loss": float(logs.get("loss", float("nan"))),
+                    "accuracy": float(logs.get("accuracy", float("nan"))),
+                }
+            )
 
 
 class Validation(keras.callbacks.Callback):
@@ -145,8 +151,21 @@ class EpochCommit(keras.callbacks.Callback):
     counters in state.json, so a resumed phase stops where an uninterrupted one would.
     """
 
-    def __init__(self, run: RunFolder, state: Ledger, phase: str, epochs: int, *, inference, n_images: int,
-                 epoch_offset: int, patience: int, emit: EventFn, keep: int = 2, input_wait=None):
+    def __init__(
+        self,
+        run: RunFolder,
+        state: Ledger,
+        phase: str,
+        epochs: int,
+        *,
+        inference,
+        n_images: int,
+        epoch_offset: int,
+        patience: int,
+        emit: EventFn,
+        keep: int = 2,
+        input_wait=None,
+    ):
         super().__init__()
         self.run, self.state, self.phase, self.epochs = run, state, phase, epochs
         self.inference, self.n_images, self.epoch_offset = inference, n_images, epoch_offset
@@ -167,17 +186,30 @@ class EpochCommit(keras.callbacks.Callback):
         optimizer = self.model.optimizer
         steps = int(keras.ops.convert_to_numpy(optimizer.iterations))
         record = {
-            "time": round(time.time(), 3), "event": events.EPOCH, "phase": self.phase, "epoch": done,
-            "epochs": self.epochs, "global_epoch": self.epoch_offset + done, "steps": steps,
-            "loss": float(logs["loss"]), "accuracy": float(logs["accuracy"]),
-            "val_loss": float(logs["val_loss"]), "val_accuracy": float(logs["val_accuracy"]),
-            "lr": float(np.asarray(optimizer.learning_rate)), "seconds": round(time.perf_counter() - self.t0, 3),
+            "time": round(time.time(), 3),
+            "event": events.EPOCH,
+            "phase": self.phase,
+            "epoch": done,
+            "epochs": self.epochs,
+            "global_epoch": self.epoch_offset + done,
+            "steps": steps,
+            "loss": float(logs["loss"]),
+            "accuracy": float(logs["accuracy"]),
+            "val_loss": float(logs["val_loss"]),
+            "val_accuracy": float(logs["val_accuracy"]),
+            "lr": float(np.asarray(optimizer.learning_rate)),
+            "seconds": round(time.perf_counter() - self.t0, 3),
             "images_per_second": round(self.n_images / max(self.t_train_end - self.t0, 1e-9), 2),
         }
         if self.input_wait is not None:
             record["input_wait_seconds"] = round(self.input_wait.seconds - self.wait0, 3)
-        save_variables(self.run.epoch_checkpoint(self.phase, done), checkpoint_variables(self.model, optimizer),
-                       epoch=done, steps=steps, fault="checkpoint-write")
+        save_variables(
+            self.run.epoch_checkpoint(self.phase, done),
+            checkpoint_variables(self.model, optimizer),
+            epoch=done,
+            steps=steps,
+            fault="checkpoint-write",
+        )
 
         if self.state.is_best(record["val_accuracy"], record["val_loss"]):
             path = self.run.best_file(self.phase, done)

@@ -25,8 +25,9 @@ from pipeline.runs.folder import DamagedFileError, RunFolder, load_model, load_r
 EventFn = Callable[[dict[str, Any]], None]
 
 
-def predict_split(run_dir: str | Path, split: str | None = None, *, limit: int | None = None,
-                  on_event: EventFn | None = None) -> dict[str, Any]:
+def predict_split(
+    run_dir: str | Path, split: str | None = None, *, limit: int | None = None, on_event: EventFn | None = None
+) -> dict[str, Any]:
     """Runs the inference model over a split in batches: returns paths, labels and probabilities.
 
     Args:
@@ -47,13 +48,19 @@ def predict_split(run_dir: str | Path, split: str | None = None, *, limit: int |
     probs = np.zeros((len(files), len(splits.classes)), dtype=np.float32)
     done = 0
     for batch in decoded_batches(files, cfg.model.image_size, cfg.train.batch_size, cfg.data.max_image_pixels):
-        probs[done:done + len(batch)] = np.asarray(model.predict_on_batch(batch.astype(np.float32)))
+        probs[done : done + len(batch)] = np.asarray(model.predict_on_batch(batch.astype(np.float32)))
         done += len(batch)
         fault_point("evaluate")
         if on_event:
             on_event({"event": events.EVALUATE, "done": done, "total": len(files)})
-    return {"split": split, "files": files, "relpaths": relpaths, "labels": labels, "probs": probs,
-            "classes": list(splits.classes)}
+    return {
+        "split": split,
+        "files": files,
+        "relpaths": relpaths,
+        "labels": labels,
+        "probs": probs,
+        "classes": list(splits.classes),
+    }
 
 
 def decoded_batches(files: Sequence[str], size: int, batch_size: int, max_pixels: int) -> Iterator[np.ndarray]:
@@ -63,9 +70,12 @@ def decoded_batches(files: Sequence[str], size: int, batch_size: int, max_pixels
         data_mod.DataError: a file can no longer be decoded (changed since the scan).
     """
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
+
         def submit(start: int) -> list:
-            return [pool.submit(data_mod.load_image_cached, f, size, max_pixels=max_pixels)
-                    for f in files[start:start + batch_size]]
+            return [
+                pool.submit(data_mod.load_image_cached, f, size, max_pixels=max_pixels)
+                for f in files[start : start + batch_size]
+            ]
 
         pending = submit(0)
         for start in range(0, len(files), batch_size):
@@ -91,9 +101,14 @@ def evaluate(run_dir: str | Path, *, mistakes: int = 24, on_event: EventFn | Non
     matrix = confusion_matrix(labels, pred, labels=list(range(k)))
 
     def row(i: int) -> dict[str, Any]:
-        return {"path": out["relpaths"][i], "file": out["files"][i], "true": classes[labels[i]],
-                "predicted": classes[pred[i]], "probability": float(probs[i, pred[i]]),
-                "true_probability": float(probs[i, labels[i]])}
+        return {
+            "path": out["relpaths"][i],
+            "file": out["files"][i],
+            "true": classes[labels[i]],
+            "predicted": classes[pred[i]],
+            "probability": float(probs[i, pred[i]]),
+            "true_probability": float(probs[i, labels[i]]),
+        }
 
     result = {
         "split": out["split"],
@@ -101,15 +116,26 @@ def evaluate(run_dir: str | Path, *, mistakes: int = 24, on_event: EventFn | Non
         "accuracy": float((pred == labels).mean()) if len(labels) else 0.0,
         "labels": classes,
         "per_class": {
-            c: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+            c: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
             for i, c in enumerate(classes)
         },
         # the validation split also chose the best checkpoint: its accuracy is optimistic
         "split_chose_checkpoint": out["split"] == "val",
         "confusion_matrix": matrix.tolist(),
-        "confused_pairs": sorted(({"true": classes[t], "predicted": classes[p], "images": int(matrix[t, p])}
-                                  for t in range(k) for p in range(k) if t != p and matrix[t, p]),
-                                 key=lambda x: -x["images"]),
+        "confused_pairs": sorted(
+            (
+                {"true": classes[t], "predicted": classes[p], "images": int(matrix[t, p])}
+                for t in range(k)
+                for p in range(k)
+                if t != p and matrix[t, p]
+            ),
+            key=lambda x: -x["images"],
+        ),
         "mistakes": [row(i) for i in order],
         "predictions": [row(i) for i in range(len(labels))],
         "seconds": round(time.perf_counter() - t0, 3),
@@ -132,14 +158,18 @@ def cell(result: dict[str, Any], true: str, predicted: str) -> list[dict[str, An
 
 def summary(result: dict[str, Any]) -> str:
     """Plain-text table of an eval.json."""
-    lines = [f"accuracy on {result['split']} ({result['images']} images): {result['accuracy']:.4f}",
-             f"{'class':<20} {'precision':>9} {'recall':>7} {'f1':>6} {'n':>5}"]
+    lines = [
+        f"accuracy on {result['split']} ({result['images']} images): {result['accuracy']:.4f}",
+        f"{'class':<20} {'precision':>9} {'recall':>7} {'f1':>6} {'n':>5}",
+    ]
     for c, m in result["per_class"].items():
         lines.append(f"{c:<20} {m['precision']:>9.3f} {m['recall']:>7.3f} {m['f1']:>6.3f} {m['support']:>5}")
     if result.get("split_chose_checkpoint"):
-        lines.append("note: there is no test split; the validation split also chose the best checkpoint, so this "
-                     "accuracy is optimistic (add a test/ folder, or carve a test split: data.test_fraction, and "
-                     "with train/ and val/ folders data.test_from=train or val)")
+        lines.append(
+            "note: there is no test split; the validation split also chose the best checkpoint, so this "
+            "accuracy is optimistic (add a test/ folder, or carve a test split: data.test_fraction, and "
+            "with train/ and val/ folders data.test_from=train or val)"
+        )
     for pair in result.get("confused_pairs", [])[:3]:
         lines.append(f"most confused: {pair['true']} taken for {pair['predicted']} ({pair['images']} images)")
     if result["mistakes"]:

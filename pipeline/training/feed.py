@@ -32,8 +32,9 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
-def epoch_index_batches(n: int, batch_size: int, seed: int, first_epoch: int, epochs: int,
-                        multiple_of: int = 1) -> Iterator[np.ndarray]:
+def epoch_index_batches(
+    n: int, batch_size: int, seed: int, first_epoch: int, epochs: int, multiple_of: int = 1
+) -> Iterator[np.ndarray]:
     """Index batches for epochs ``first_epoch`` .. ``epochs`` - 1, each epoch in :func:`epoch_order`.
 
     ``multiple_of``: data-parallel steps split a batch evenly over the devices, so an epoch's last, short
@@ -42,7 +43,7 @@ def epoch_index_batches(n: int, batch_size: int, seed: int, first_epoch: int, ep
     for epoch in range(first_epoch, epochs):
         order = epoch_order(n, seed, epoch)
         for start in range(0, n, batch_size):
-            idx = order[start:start + batch_size]
+            idx = order[start : start + batch_size]
             idx = idx[: len(idx) - len(idx) % multiple_of]
             if len(idx):
                 yield idx
@@ -97,8 +98,13 @@ def prefetched(items: Iterator, depth: int = PREFETCH, clock: WaitClock | None =
         thread.join(timeout=30)
 
 
-def image_batches(index_batches: Iterator[np.ndarray], take: Callable[[np.ndarray], np.ndarray], onehot: np.ndarray,
-                  class_weight: dict[int, float] | None = None, clock: WaitClock | None = None) -> Iterator[tuple]:
+def image_batches(
+    index_batches: Iterator[np.ndarray],
+    take: Callable[[np.ndarray], np.ndarray],
+    onehot: np.ndarray,
+    class_weight: dict[int, float] | None = None,
+    clock: WaitClock | None = None,
+) -> Iterator[tuple]:
     """(uint8 images, one-hot labels[, sample weights]) for each index batch, read ahead by a thread."""
     weights = None
     if class_weight:
@@ -112,8 +118,13 @@ def image_batches(index_batches: Iterator[np.ndarray], take: Callable[[np.ndarra
     return prefetched(batches(), clock=clock)
 
 
-def feature_batches(index_batches: Iterator[np.ndarray], features: np.ndarray, onehot: np.ndarray,
-                    class_weight: dict[int, float] | None = None, clock: WaitClock | None = None) -> Iterator[tuple]:
+def feature_batches(
+    index_batches: Iterator[np.ndarray],
+    features: np.ndarray,
+    onehot: np.ndarray,
+    class_weight: dict[int, float] | None = None,
+    clock: WaitClock | None = None,
+) -> Iterator[tuple]:
     """(pooled features, one-hot labels[, sample weights]) for each index batch (the cached-feature head)."""
     return image_batches(index_batches, lambda idx: features[idx], onehot, class_weight, clock)
 
@@ -143,8 +154,9 @@ def in_order(n: int, batch_size: int, take: Callable[[np.ndarray], np.ndarray], 
     return Ordered()
 
 
-def predict_all(model, n: int, batch_size: int, take: Callable[[np.ndarray], np.ndarray],
-                multiple_of: int = 1) -> np.ndarray:
+def predict_all(
+    model, n: int, batch_size: int, take: Callable[[np.ndarray], np.ndarray], multiple_of: int = 1
+) -> np.ndarray:
     """``model``'s outputs for images 0 .. n - 1 (read with ``take``), in order, the padding dropped (only the
     last batch is padded, at its end; ``batch_size`` is a multiple of ``multiple_of``)."""
     return np.asarray(model.predict(in_order(n, batch_size, take, multiple_of), verbose=0))[:n]

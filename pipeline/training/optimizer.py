@@ -54,14 +54,24 @@ def fused_adam_class():
             if isinstance(gradient, tf.Tensor):
                 beta_1, beta_2 = tf.cast(self.beta_1, dtype), tf.cast(self.beta_2, dtype)
                 tf.raw_ops.ResourceApplyAdam(
-                    var=_handle(variable), m=_handle(m), v=_handle(v),
-                    beta1_power=tf.pow(beta_1, step), beta2_power=tf.pow(beta_2, step),
-                    lr=tf.cast(learning_rate, dtype), beta1=beta_1, beta2=beta_2,
-                    epsilon=tf.cast(self.epsilon, dtype), grad=tf.cast(gradient, dtype))
+                    var=_handle(variable),
+                    m=_handle(m),
+                    v=_handle(v),
+                    beta1_power=tf.pow(beta_1, step),
+                    beta2_power=tf.pow(beta_2, step),
+                    lr=tf.cast(learning_rate, dtype),
+                    beta1=beta_1,
+                    beta2=beta_2,
+                    epsilon=tf.cast(self.epsilon, dtype),
+                    grad=tf.cast(gradient, dtype),
+                )
                 return
             lr, gradient = ops.cast(learning_rate, dtype), ops.cast(gradient, dtype)
-            alpha = lr * ops.sqrt(1 - ops.power(ops.cast(self.beta_2, dtype), step)) / (
-                1 - ops.power(ops.cast(self.beta_1, dtype), step))
+            alpha = (
+                lr
+                * ops.sqrt(1 - ops.power(ops.cast(self.beta_2, dtype), step))
+                / (1 - ops.power(ops.cast(self.beta_1, dtype), step))
+            )
             self.assign_add(m, ops.multiply(ops.subtract(gradient, m), 1 - self.beta_1))
             self.assign_add(v, ops.multiply(ops.subtract(ops.square(gradient), v), 1 - self.beta_2))
             self.assign_sub(variable, ops.divide(ops.multiply(m, alpha), ops.add(ops.sqrt(v), self.epsilon)))

@@ -49,9 +49,11 @@ class Placement:
         return self.strategy.scope() if self.strategy is not None else contextlib.nullcontext()
 
     def describe(self) -> dict[str, Any]:
-        return {"backend": self.backend, "devices": {"given": self.given, "framework": self.devices,
-                                                      "replicas": self.replicas},
-                "precision": self.precision}
+        return {
+            "backend": self.backend,
+            "devices": {"given": self.given, "framework": self.devices, "replicas": self.replicas},
+            "precision": self.precision,
+        }
 
 
 def xla_flags_for(cfg: RunConfig, environ: dict[str, str] | None = None) -> str | None:
@@ -97,8 +99,10 @@ def place(cfg: RunConfig) -> Placement:
         raise ConfigError(f"KERAS_BACKEND={keras.backend.backend()!r}: Transfer Studio trains on tensorflow or jax.")
     keras.mixed_precision.set_global_policy(cfg.train.precision)  # last: nothing above leaves it changed
     if out.replicas > 1:
-        out.notes.append(f"data-parallel on {out.replicas} devices ({', '.join(out.devices)}): each step sees "
-                         f"{cfg.train.batch_size} x {out.replicas} = {cfg.train.batch_size * out.replicas} images")
+        out.notes.append(
+            f"data-parallel on {out.replicas} devices ({', '.join(out.devices)}): each step sees "
+            f"{cfg.train.batch_size} x {out.replicas} = {cfg.train.batch_size * out.replicas} images"
+        )
     return out
 
 
@@ -109,8 +113,10 @@ def _take(cfg: RunConfig, names: list[str], kind: str) -> list[str]:
     else:
         want, key = cfg.train.devices or 1, "train.devices"
     if want > len(names):
-        raise ConfigError(f"{key}={want} is not allowed: this process sees {len(names)} {kind} device(s) "
-                          f"({', '.join(names)}); use 1 to {len(names)}.")
+        raise ConfigError(
+            f"{key}={want} is not allowed: this process sees {len(names)} {kind} device(s) "
+            f"({', '.join(names)}); use 1 to {len(names)}."
+        )
     return names[:want]
 
 
@@ -124,11 +130,15 @@ def _place_tensorflow(cfg: RunConfig, given: str) -> Placement:
     if not gpus and cfg.train.devices > 1:
         cpu = tf.config.list_physical_devices("CPU")[0]
         try:
-            tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * cfg.train.devices)
+            tf.config.set_logical_device_configuration(
+                cpu, [tf.config.LogicalDeviceConfiguration()] * cfg.train.devices
+            )
         except RuntimeError as exc:
             if len(tf.config.list_logical_devices("CPU")) < cfg.train.devices:
-                raise ConfigError(f"train.devices={cfg.train.devices}: TensorFlow already started in this process "
-                                  "with one CPU device; train in a new process (a job does).") from exc
+                raise ConfigError(
+                    f"train.devices={cfg.train.devices}: TensorFlow already started in this process "
+                    "with one CPU device; train in a new process (a job does)."
+                ) from exc
     if cfg.train.deterministic:
         tf.config.experimental.enable_op_determinism()
     kind = "GPU" if gpus else "CPU"

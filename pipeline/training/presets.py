@@ -11,8 +11,14 @@ from pipeline import data as data_mod
 from pipeline.runs.folder import RunFolder, RunFolderError
 
 
-def config_for(source: str, *, config_file: str | None = None, overrides: Sequence[str] = (),
-               parent: str | Path | None = None, head_only: bool = False) -> config_mod.RunConfig:
+def config_for(
+    source: str,
+    *,
+    config_file: str | None = None,
+    overrides: Sequence[str] = (),
+    parent: str | Path | None = None,
+    head_only: bool = False,
+) -> config_mod.RunConfig:
     """The run config: where it starts, then the config file, then ``--set`` overrides.
 
     It starts from the parent run's own settings for a retrain (``parent``; the new run starts from its best
@@ -27,8 +33,12 @@ def config_for(source: str, *, config_file: str | None = None, overrides: Sequen
         if not folder.config.exists():
             raise RunFolderError(f"--from {folder.root}: not a run folder (no config.json).")
         cfg = config_mod.load(folder.config)
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(
-            cfg.train, init_from=str(folder.root), from_phase="head" if head_only else "fine_tune"))
+        cfg = dataclasses.replace(
+            cfg,
+            train=dataclasses.replace(
+                cfg.train, init_from=str(folder.root), from_phase="head" if head_only else "fine_tune"
+            ),
+        )
     elif data_mod.is_sample(source):
         cfg = config_mod.from_dict(data_mod.sample_preset())
     else:

@@ -68,7 +68,9 @@ MODEL_TMP = ".model.tmp.keras"
 # === Preparing the run folder ===
 
 
-def prepare_run(source: str, run_dir: str | Path, cfg: RunConfig, on_event: EventFn | None = None) -> tuple[RunFolder, RunConfig, data_mod.Splits]:
+def prepare_run(
+    source: str, run_dir: str | Path, cfg: RunConfig, on_event: EventFn | None = None
+) -> tuple[RunFolder, RunConfig, data_mod.Splits]:
     """Creates (or reopens, to resume) a run folder: config.json and dataset.json with the exact splits.
 
     Raises:
@@ -77,14 +79,18 @@ def prepare_run(source: str, run_dir: str | Path, cfg: RunConfig, on_event: Even
     """
     run = RunFolder(Path(run_dir).expanduser().resolve())
     if run.root.exists() and not run.root.is_dir():
-        raise RunFolderError(f"--run-dir {run.root} is a file, not a folder; give the name of a new folder (or of "
-                             "a run folder to resume).")
+        raise RunFolderError(
+            f"--run-dir {run.root} is a file, not a folder; give the name of a new folder (or of "
+            "a run folder to resume)."
+        )
     if run.config.exists():
         try:
             saved = config_mod.load(run.config)
         except config_mod.ConfigError as exc:
-            raise RunFolderError(f"{run.root} holds a config.json that is not a Transfer Studio run's ({exc}); give "
-                                 "--run-dir a new folder.") from exc
+            raise RunFolderError(
+                f"{run.root} holds a config.json that is not a Transfer Studio run's ({exc}); give "
+                "--run-dir a new folder."
+            ) from exc
         if saved != cfg:
             raise RunFolderError(
                 f"{run.root} already holds a run with a different configuration; "
@@ -99,7 +105,9 @@ def prepare_run(source: str, run_dir: str | Path, cfg: RunConfig, on_event: Even
         try:
             splits = data_mod.Splits.from_dict(json.loads(run.dataset.read_text(encoding="utf-8"))["splits"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise DamagedFileError(f"{run.dataset} is damaged or missing ({exc}); train into a new run folder.") from exc
+            raise DamagedFileError(
+                f"{run.dataset} is damaged or missing ({exc}); train into a new run folder."
+            ) from exc
         return run, saved, splits
 
     def scan_progress(done: int, total: int) -> None:
@@ -113,9 +121,16 @@ def prepare_run(source: str, run_dir: str | Path, cfg: RunConfig, on_event: Even
     splits = data_mod.make_splits(report, cfg.data, cfg.train.seed)
     parent = _parent_run(cfg, splits) if cfg.train.init_from else None
     run.root.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run.dataset, {"source": str(source), "revision": {"number": rev.number, "file": str(rev.file)},
-                                    "scan": report.to_dict(), "splits": splits.to_dict(),
-                                    **({"parent": str(parent.root)} if parent else {})})
+    atomic_write_json(
+        run.dataset,
+        {
+            "source": str(source),
+            "revision": {"number": rev.number, "file": str(rev.file)},
+            "scan": report.to_dict(),
+            "splits": splits.to_dict(),
+            **({"parent": str(parent.root)} if parent else {}),
+        },
+    )
     config_mod.save(cfg, run.config)  # written last: its presence means the folder is a prepared run
     return run, cfg, splits
 
@@ -131,20 +146,26 @@ def _parent_run(cfg: RunConfig, splits: data_mod.Splits) -> RunFolder:
         raise RunFolderError(f"--from {parent.root}: not a run folder (no config.json or dataset.json).")
     if not parent.finished():
         status = (parent.read_state().status if parent.state.exists() else None) or "not started"
-        raise RunFolderError(f"--from {parent.root}: the run has not finished ({status}); a retrain starts from a "
-                             "finished run's best weights: let it finish (or resume it) first.")
+        raise RunFolderError(
+            f"--from {parent.root}: the run has not finished ({status}); a retrain starts from a "
+            "finished run's best weights: let it finish (or resume it) first."
+        )
     best = parent.best_weights
     if best is None or not best.exists():
         raise RunFolderError(f"--from {parent.root}: the run has no best weights file; train into a new run folder.")
     theirs = config_mod.load(parent.config).model
     for key in ("backbone", "alpha", "image_size"):
         if getattr(theirs, key) != getattr(cfg.model, key):
-            raise RunFolderError(f"--from {parent.root}: its model.{key} is {getattr(theirs, key)!r}, this run's is "
-                                 f"{getattr(cfg.model, key)!r}; a retrain keeps the parent's model settings.")
+            raise RunFolderError(
+                f"--from {parent.root}: its model.{key} is {getattr(theirs, key)!r}, this run's is "
+                f"{getattr(cfg.model, key)!r}; a retrain keeps the parent's model settings."
+            )
     classes = json.loads(parent.dataset.read_text(encoding="utf-8"))["splits"]["classes"]
     if list(classes) != list(splits.classes):
-        raise RunFolderError(f"--from {parent.root}: its classes ({', '.join(classes)}) differ from this data's "
-                             f"({', '.join(splits.classes)}); a retrain needs the same classes.")
+        raise RunFolderError(
+            f"--from {parent.root}: its classes ({', '.join(classes)}) differ from this data's "
+            f"({', '.join(splits.classes)}); a retrain needs the same classes."
+        )
     return parent
 
 
@@ -216,8 +237,10 @@ def train(
     (run.root / MODEL_TMP).unlink(missing_ok=True)
     state, note = run.recover_state()
     if state.legacy:
-        raise RunFolderError(f"{run.state} was written by an older version of Transfer Studio and cannot be resumed; "
-                             "train into a new run folder.")
+        raise RunFolderError(
+            f"{run.state} was written by an older version of Transfer Studio and cannot be resumed; "
+            "train into a new run folder."
+        )
     writer = MetricsWriter(run.metrics)
     emit = functools.partial(_record, writer, on_event)
     if note:
@@ -285,14 +308,27 @@ def _reconcile_metrics(run: RunFolder, state: Ledger, emit: EventFn) -> None:
         done = ph.epochs_done
         seen = [e["epoch"] for e in lines if e.get("phase") == name]
         if any(epoch > done for epoch in seen):
-            emit({"event": events.ROLLBACK, "phase": name, "epoch": done,
-                  "reason": "state.json records fewer finished epochs than metrics.jsonl; they are trained again"})
+            emit(
+                {
+                    "event": events.ROLLBACK,
+                    "phase": name,
+                    "epoch": done,
+                    "reason": "state.json records fewer finished epochs than metrics.jsonl; they are trained again",
+                }
+            )
         if done and done not in seen and ph.last_epoch:
             emit(ph.last_epoch)
 
 
-def _train_phases(run: RunFolder, cfg: RunConfig, splits: data_mod.Splits, state: Ledger, emit: EventFn,
-                  cancel: threading.Event, launched_at: float | None = None) -> None:
+def _train_phases(
+    run: RunFolder,
+    cfg: RunConfig,
+    splits: data_mod.Splits,
+    state: Ledger,
+    emit: EventFn,
+    cancel: threading.Event,
+    launched_at: float | None = None,
+) -> None:
     """Trains every phase not yet done (resuming a started one) and writes model.keras from the best weights."""
     _reconcile_metrics(run, state, emit)
     resumed = state.resumed
@@ -304,14 +340,22 @@ def _train_phases(run: RunFolder, cfg: RunConfig, splits: data_mod.Splits, state
         raise RunFolderError(
             f"{run.root} was trained on {before['backend']} with {before['replicas']} device(s) and this process has "
             f"{here['backend']} with {here['replicas']}; resume it as it started (KERAS_BACKEND or train.backend, and "
-            "the same GPUs or train.devices), or train into a new run folder.")
+            "the same GPUs or train.devices), or train into a new run folder."
+        )
     state.start(placement=here)
     run.write_state(state)
     try:
-        emit({"event": events.RESUMED if resumed else events.START, "phases": [p.name for p in phases_for(cfg)],
-              **({"process_started": launched_at} if launched_at and not resumed else {}),
-              **placement.describe(), "batch_size": cfg.train.batch_size,
-              "global_batch_size": cfg.train.batch_size * placement.replicas, "notes": placement.notes})
+        emit(
+            {
+                "event": events.RESUMED if resumed else events.START,
+                "phases": [p.name for p in phases_for(cfg)],
+                **({"process_started": launched_at} if launched_at and not resumed else {}),
+                **placement.describe(),
+                "batch_size": cfg.train.batch_size,
+                "global_batch_size": cfg.train.batch_size * placement.replicas,
+                "notes": placement.notes,
+            }
+        )
         with placement.scope():
             models = _fit_phases(run, cfg, splits, state, emit, cancel, placement, resumed)
         _load_best(run, state, models, emit)
@@ -348,8 +392,16 @@ def _saved_model(cfg: RunConfig, models: model_mod.Models, placement: Placement)
     return plain
 
 
-def _fit_phases(run: RunFolder, cfg: RunConfig, splits: data_mod.Splits, state: Ledger, emit: EventFn,
-                cancel: threading.Event, placement: Placement, resumed: bool) -> model_mod.Models:
+def _fit_phases(
+    run: RunFolder,
+    cfg: RunConfig,
+    splits: data_mod.Splits,
+    state: Ledger,
+    emit: EventFn,
+    cancel: threading.Event,
+    placement: Placement,
+    resumed: bool,
+) -> model_mod.Models:
     """Builds the models and trains every phase not yet done (in the placement's scope); returns the models."""
     import keras
 
@@ -362,8 +414,11 @@ def _fit_phases(run: RunFolder, cfg: RunConfig, splits: data_mod.Splits, state: 
     def build_caches() -> dict[str, data_mod.ImageCache]:
         return {
             split: data_mod.ImageCache(
-                splits.paths(split), cfg.model.image_size, memory_budget_mb=cfg.data.cache_memory_mb // 2,
-                max_pixels=cfg.data.max_image_pixels, progress=cache_progress(split),
+                splits.paths(split),
+                cfg.model.image_size,
+                memory_budget_mb=cfg.data.cache_memory_mb // 2,
+                max_pixels=cfg.data.max_image_pixels,
+                progress=cache_progress(split),
             )
             for split in ("train", "val")
         }
@@ -382,9 +437,19 @@ def _fit_phases(run: RunFolder, cfg: RunConfig, splits: data_mod.Splits, state: 
         if cfg.train.init_from and not resumed:
             _start_from_parent(cfg, models, emit)
         labels = {s: splits.labels(s) for s in ("train", "val")}
-        shared = PhaseShared(run=run, cfg=cfg, models=models, caches=caches, labels=labels, num_classes=num_classes,
-                             class_weight=data_mod.class_weights(labels["train"], num_classes, cfg.train.class_weight),
-                             state=state, emit=emit, cancel=cancel, placement=placement)
+        shared = PhaseShared(
+            run=run,
+            cfg=cfg,
+            models=models,
+            caches=caches,
+            labels=labels,
+            num_classes=num_classes,
+            class_weight=data_mod.class_weights(labels["train"], num_classes, cfg.train.class_weight),
+            state=state,
+            emit=emit,
+            cancel=cancel,
+            placement=placement,
+        )
         for phase in phases_for(cfg):
             ph = state.phase(phase.name)
             if ph.done:
@@ -410,8 +475,13 @@ def _load_best(run: RunFolder, state: Ledger, models: model_mod.Models, emit: Ev
     except (DamagedFileError, FileNotFoundError) as exc:
         reason = str(exc)
     state.best_from_last_epoch()
-    emit({"event": events.WARNING, "message": f"the best weights cannot be read ({reason}); model.keras holds the last "
-          "epoch's weights instead"})
+    emit(
+        {
+            "event": events.WARNING,
+            "message": f"the best weights cannot be read ({reason}); model.keras holds the last "
+            "epoch's weights instead",
+        }
+    )
 
 
 # === One phase ===
@@ -479,8 +549,10 @@ def _phase_options(shared: PhaseShared, phase: Phase, first_epoch: int) -> Phase
 
     n = len(labels["train"])
     if n < replicas:
-        raise config_mod.ConfigError(f"train.devices: {replicas} devices need at least {replicas} training images "
-                                     f"and this split has {n}; train on fewer devices or add images.")
+        raise config_mod.ConfigError(
+            f"train.devices: {replicas} devices need at least {replicas} training images "
+            f"and this split has {n}; train on fewer devices or add images."
+        )
     onehot = {split: np.eye(shared.num_classes, dtype=np.float32)[labels[split]] for split in ("train", "val")}
     if shared.placement.backend == "tensorflow":
         steps, class_weight = -(-n // bs), shared.class_weight
@@ -502,24 +574,28 @@ def _phase_options(shared: PhaseShared, phase: Phase, first_epoch: int) -> Phase
             return feed.epoch_index_batches(n, bs, seed, first_epoch, phase.epochs, multiple_of=replicas)
 
         def images():
-            return feed.image_batches(index_batches(), caches["train"].take, onehot["train"], shared.class_weight,
-                                      shared.input_wait)
+            return feed.image_batches(
+                index_batches(), caches["train"].take, onehot["train"], shared.class_weight, shared.input_wait
+            )
 
         def feature_feed(features):
-            return feed.feature_batches(index_batches(), features, onehot["train"], shared.class_weight,
-                                        shared.input_wait)
+            return feed.feature_batches(
+                index_batches(), features, onehot["train"], shared.class_weight, shared.input_wait
+            )
 
         def predict(model, split):
             return feed.predict_all(model, len(caches[split]), bs, caches[split].take, multiple_of=replicas)
 
     if phase.name != "head":
         if shared.placement.backend == "tensorflow":
-            val_ds = data_mod.make_dataset(caches["val"], labels["val"], shared.num_classes, bs, shuffle=False,
-                                           seed=seed)
+            val_ds = data_mod.make_dataset(
+                caches["val"], labels["val"], shared.num_classes, bs, shuffle=False, seed=seed
+            )
             return PhaseOptions(phase, models.train, images(), val_ds, steps, first_epoch, class_weight=class_weight)
         validation = Validation(lambda: predict(models.inference, "val"), onehot["val"], cfg.train.label_smoothing)
-        return PhaseOptions(phase, models.train, images(), None, steps, first_epoch, (validation,),
-                            class_weight=class_weight)
+        return PhaseOptions(
+            phase, models.train, images(), None, steps, first_epoch, (validation,), class_weight=class_weight
+        )
 
     # The base is frozen in the head phase and validation images are never augmented, so validation
     # features are fixed for the whole phase: computed once, like the training features when
@@ -529,14 +605,31 @@ def _phase_options(shared: PhaseShared, phase: Phase, first_epoch: int) -> Phase
     feats = {split: predict(models.features, split) for split in (("train", "val") if cached else ("val",))}
     seconds = time.perf_counter() - t0
     images_done = sum(len(f) for f in feats.values())
-    shared.emit({"event": events.FEATURES, "images": images_done, "splits": sorted(feats), "seconds": round(seconds, 3),
-                 "images_per_second": round(images_done / max(seconds, 1e-9), 2)})
+    shared.emit(
+        {
+            "event": events.FEATURES,
+            "images": images_done,
+            "splits": sorted(feats),
+            "seconds": round(seconds, 3),
+            "images_per_second": round(images_done / max(seconds, 1e-9), 2),
+        }
+    )
     validation = FeatureValidation(models.head, feats["val"], onehot["val"], cfg.train.label_smoothing)
     if cached:
-        return PhaseOptions(phase, models.head, feature_feed(feats["train"]), None, steps, first_epoch, (validation,),
-                            cached_features=True, class_weight=class_weight)
-    return PhaseOptions(phase, models.train, images(), None, steps, first_epoch, (validation,),
-                        class_weight=class_weight)
+        return PhaseOptions(
+            phase,
+            models.head,
+            feature_feed(feats["train"]),
+            None,
+            steps,
+            first_epoch,
+            (validation,),
+            cached_features=True,
+            class_weight=class_weight,
+        )
+    return PhaseOptions(
+        phase, models.train, images(), None, steps, first_epoch, (validation,), class_weight=class_weight
+    )
 
 
 def run_phase(shared: PhaseShared, options: PhaseOptions) -> None:
@@ -557,27 +650,53 @@ def run_phase(shared: PhaseShared, options: PhaseOptions) -> None:
     if first != options.first_epoch:  # a damaged checkpoint moved the start back: rebuild the inputs
         options = _phase_options(shared, phase, first_epoch=first)
     epoch_offset = shared.state.epochs_before(phase.name)
-    shared.emit({
-        "event": events.PHASE, "phase": phase.name, "epochs": phase.epochs, "learning_rate": phase.learning_rate,
-        "cached_features": options.cached_features, "trainable_params": model_mod.trainable_count(model),
-        "first_epoch": first + 1,
-    })
+    shared.emit(
+        {
+            "event": events.PHASE,
+            "phase": phase.name,
+            "epochs": phase.epochs,
+            "learning_rate": phase.learning_rate,
+            "cached_features": options.cached_features,
+            "trainable_params": model_mod.trainable_count(model),
+            "first_epoch": first + 1,
+        }
+    )
     if first < phase.epochs and not ph.stopped_early:
         callbacks = [
             *options.callbacks,  # first: they fill in val_loss and val_accuracy for the commit
-            Progress(shared.emit, phase.name, options.steps_per_epoch, cfg.train.progress_every,
-                     lambda: shared.cancel.is_set() or run.cancel_file.exists()),
-            EpochCommit(run, shared.state, phase.name, phase.epochs, inference=shared.models.inference,
-                        n_images=len(shared.labels["train"]), epoch_offset=epoch_offset,
-                        patience=cfg.train.early_stopping_patience, emit=shared.emit,
-                        input_wait=None if shared.placement.backend == "tensorflow" else shared.input_wait),
+            Progress(
+                shared.emit,
+                phase.name,
+                options.steps_per_epoch,
+                cfg.train.progress_every,
+                lambda: shared.cancel.is_set() or run.cancel_file.exists(),
+            ),
+            EpochCommit(
+                run,
+                shared.state,
+                phase.name,
+                phase.epochs,
+                inference=shared.models.inference,
+                n_images=len(shared.labels["train"]),
+                epoch_offset=epoch_offset,
+                patience=cfg.train.early_stopping_patience,
+                emit=shared.emit,
+                input_wait=None if shared.placement.backend == "tensorflow" else shared.input_wait,
+            ),
         ]
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*shuffle=True.*")
             try:
-                options.model.fit(options.train_data, validation_data=options.val_data, epochs=phase.epochs,
-                                  initial_epoch=first, steps_per_epoch=options.steps_per_epoch,
-                                  class_weight=options.class_weight, callbacks=callbacks, verbose=0)
+                options.model.fit(
+                    options.train_data,
+                    validation_data=options.val_data,
+                    epochs=phase.epochs,
+                    initial_epoch=first,
+                    steps_per_epoch=options.steps_per_epoch,
+                    class_weight=options.class_weight,
+                    callbacks=callbacks,
+                    verbose=0,
+                )
             finally:
                 if hasattr(options.train_data, "close"):  # the JAX feed's reading thread stops here
                     options.train_data.close()
@@ -605,20 +724,33 @@ def _restore_epoch(shared: PhaseShared, phase: Phase, model) -> int:
             if path.exists():
                 path.replace(path.with_suffix(".npz.damaged"))
             epoch -= 1
-            shared.emit({"event": events.WARNING, "message": f"{why}; going on from "
-                         + (f"epoch {epoch} of the {phase.name} phase" if epoch else f"the start of the {phase.name} phase")})
+            shared.emit(
+                {
+                    "event": events.WARNING,
+                    "message": f"{why}; going on from "
+                    + (f"epoch {epoch} of the {phase.name} phase" if epoch else f"the start of the {phase.name} phase"),
+                }
+            )
             continue
         if meta.get("steps") != ph.steps_done and epoch == ph.epochs_done:
-            raise RunFolderError(f"{path} holds {meta.get('steps')} optimizer steps but {run.state} records "
-                                 f"{ph.steps_done}; the run folder was changed by hand: train into a new one.")
+            raise RunFolderError(
+                f"{path} holds {meta.get('steps')} optimizer steps but {run.state} records "
+                f"{ph.steps_done}; the run folder was changed by hand: train into a new one."
+            )
         break
     if epoch != ph.epochs_done:  # nothing was assigned from a file that failed: epoch 0 is the phase's start
         if epoch == 0 and shared.cfg.train.init_from and phase.name == phases_for(shared.cfg)[0].name:
             _start_from_parent(shared.cfg, shared.models, shared.emit)  # a retrain's first phase starts there
         state.roll_back(phase.name, epoch, steps=_steps(model.optimizer))
         run.write_state(state)
-        shared.emit({"event": events.ROLLBACK, "phase": phase.name, "epoch": epoch,
-                     "reason": "a damaged or missing checkpoint; these epochs are trained again"})
+        shared.emit(
+            {
+                "event": events.ROLLBACK,
+                "phase": phase.name,
+                "epoch": epoch,
+                "reason": "a damaged or missing checkpoint; these epochs are trained again",
+            }
+        )
     return epoch
 
 
@@ -642,15 +774,22 @@ def _load_finished_phase(shared: PhaseShared, name: str) -> None:
         try:
             saved, _ = read_variables(last)
         except (DamagedFileError, FileNotFoundError):
-            raise RunFolderError(f"{run.root} records the {name} phase as finished but {done.name} is missing or "
-                                 "damaged and so is its last epoch checkpoint; train into a new run folder") from exc
+            raise RunFolderError(
+                f"{run.root} records the {name} phase as finished but {done.name} is missing or "
+                "damaged and so is its last epoch checkpoint; train into a new run folder"
+            ) from exc
     # The epoch checkpoint holds the model that phase fitted (the head alone on cached features): the rest
     # of the model did not change in that phase.
     for key, value in saved.items():
         if key in variables:
             variables[key].assign(value)
-    shared.emit({"event": events.WARNING, "message": f"{done} is missing or damaged; the {name} phase's weights come "
-                 f"from its last epoch checkpoint {last.name}"})
+    shared.emit(
+        {
+            "event": events.WARNING,
+            "message": f"{done} is missing or damaged; the {name} phase's weights come "
+            f"from its last epoch checkpoint {last.name}",
+        }
+    )
 
 
 def _variables(model, optimizer=None) -> dict[str, Any]:
@@ -672,8 +811,9 @@ def _epoch_batches(n: int, batch_size: int, seed: int, first_epoch: int, epochs:
     import tensorflow as tf
 
     def one_epoch(epoch):
-        order = tf.random.experimental.stateless_shuffle(tf.range(n, dtype=tf.int64),
-                                                         seed=tf.stack([tf.constant(seed, tf.int64), epoch]))
+        order = tf.random.experimental.stateless_shuffle(
+            tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch])
+        )
         return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
 
     return tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch)
