@@ -68,6 +68,11 @@ class FormatSpec:
     def float32(self) -> bool:
         return self.gate is None
 
+    @property
+    def mediapipe_row(self) -> str | None:
+        """Its MediaPipe row's name in verify.json (``mediapipe-int8`` for ``tflite-int8``), None without one."""
+        return f"mediapipe-{self.name.split('-', 1)[1]}" if self.mediapipe else None
+
 
 REGISTRY: dict[str, FormatSpec] = {
     spec.name: spec

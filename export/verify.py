@@ -319,7 +319,7 @@ def verify(
         row = mediapipe_row(bundle, fmt, images, probs, labels, classes)
         if "accuracy" in row:
             row["accuracy_change"] = round((row["accuracy"] - keras_acc) * 100, 4)
-        rows[f"mediapipe-{fmt.removeprefix('tflite-')}"] = {**row, "seconds": round(time.perf_counter() - t0, 2)}
+        rows[formats.get(fmt).mediapipe_row] = {**row, "seconds": round(time.perf_counter() - t0, 2)}
     return {"images": int(n), "passed": all(r["passed"] for r in rows.values()), "formats": rows}
 
 
