@@ -362,7 +362,9 @@ def _tiny_fit_model(names=("hidden", "out"), width=8):
 
 
 def _commit(run, model, phase="scratch", epochs=3):
-    state = {"phases": {phase: {"epochs_done": 0, "steps_done": 0, "done": False}}}
+    from pipeline.runs.ledger import Ledger
+
+    state = Ledger.from_dict({"phases": {phase: {"epochs_done": 0, "steps_done": 0, "done": False}}})
     return state, EpochCommit(
         run, state, phase, epochs, inference=model, n_images=64, epoch_offset=0, patience=0, emit=lambda record: None
     )
@@ -372,6 +374,8 @@ def test_epoch_commit_then_resume_restores_weights_optimizer_state_and_steps(tmp
     """The commit writes the checkpoint and state.json; a new model restored from them continues where it was,
     the epoch given to fit explicitly (no private Keras attribute)."""
     import keras
+
+    from pipeline.runs.ledger import Ledger
 
     run = RunFolder(tmp_path / "run")
     rng = np.random.default_rng(0)
@@ -392,7 +396,7 @@ def test_epoch_commit_then_resume_restores_weights_optimizer_state_and_steps(tmp
     for a, b in zip(second.weights, first.weights, strict=True):
         np.testing.assert_array_equal(np.array(a), np.array(b))
     _, commit = _commit(run, second)
-    commit.state.update(saved)
+    commit.state = Ledger.from_dict(saved)  # the ledger a resumed run reads
     history = second.fit(
         x, y, batch_size=16, epochs=3, initial_epoch=2, verbose=0, validation_data=(x, y), callbacks=[commit]
     )

@@ -16,6 +16,7 @@ methods below, and writes it at its commit points.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
@@ -217,7 +218,7 @@ class Ledger:
         ph = self.phase(phase)
         ph.wait += 1
         stop = False
-        if ph.best_val_loss is None or record["val_loss"] < ph.best_val_loss:
+        if record["val_loss"] < (math.inf if ph.best_val_loss is None else ph.best_val_loss):  # NaN never improves
             ph.best_val_loss, ph.wait = record["val_loss"], 0
         elif patience and ph.wait >= patience and record["epoch"] > 1:
             ph.stopped_early = stop = True
