@@ -92,26 +92,29 @@ def _script_crashes(log: Path) -> str:
     return "\n".join(block for block in text.split("Traceback")[1:] if "exec_func_with_error_handling" in block)
 
 
+def launch_chromium(pw, camera: bool = False):
+    """Debian's chromium, headless, without the background connections this closed network refuses; with
+    ``camera``, a test-pattern camera that needs no permission prompt."""
+    args = [
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-quic",
+    ]
+    if camera:
+        args += ["--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"]
+    return pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+
+
 def open_page(pw, height: int = 1000):
     """Debian's chromium, headless, without the background connections this closed network refuses; one page
     with generous timeouts (a busy 2-core machine trains while the page waits). Returns (browser, page)."""
     from playwright.sync_api import expect
 
-    browser = pw.chromium.launch(
-        executable_path=CHROMIUM,
-        headless=True,
-        args=[
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--disable-quic",
-            "--use-fake-ui-for-media-stream",
-            "--use-fake-device-for-media-stream",
-        ],  # a test-pattern camera
-    )
+    browser = launch_chromium(pw, camera=True)
     page = browser.new_page(viewport={"width": 1400, "height": height})
     page.set_default_timeout(120_000)
     expect.set_options(timeout=120_000)

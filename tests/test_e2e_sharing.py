@@ -6,7 +6,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from tests.test_e2e_browser import CHROMIUM, app_url  # noqa: F401 - the fixture
+from tests.test_e2e_browser import app_url, launch_chromium  # noqa: F401 - the fixture
 from tests.test_sharing import IMAGE_NAME, LINK_NAME, NAMES, finished_job_with_eval, write_markdown_named_dataset
 
 pytestmark = pytest.mark.slow
@@ -24,19 +24,7 @@ def tricky_root(tmp_path, monkeypatch):
 
 
 def _browser(pw):
-    return pw.chromium.launch(
-        executable_path=CHROMIUM,
-        headless=True,
-        args=[
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--no-first-run",
-            "--disable-quic",
-        ],
-    )
+    return launch_chromium(pw)
 
 
 def _offline_context(browser, leaks: list[str]):

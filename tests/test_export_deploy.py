@@ -281,7 +281,7 @@ def test_a_killed_export_leaves_no_half_bundle_and_the_next_one_cleans_up(traine
 @pytest.fixture
 def served_bundle(exported, tmp_path):
     """A copy of the bundle served by ``python -m http.server`` (as the bundle README says), and a browser page."""
-    from tests.test_e2e_browser import CHROMIUM, _free_port
+    from tests.test_e2e_browser import CHROMIUM, _free_port, launch_chromium
 
     if not os.path.exists(CHROMIUM):
         pytest.skip("Debian's chromium is not installed (make test installs it)")
@@ -307,20 +307,7 @@ def served_bundle(exported, tmp_path):
             assert time.monotonic() - t0 < 30
             time.sleep(0.1)
     with sync_api.sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                "--use-fake-device-for-media-stream",
-                "--use-fake-ui-for-media-stream",
-            ],
-        )
+        browser = launch_chromium(pw, camera=True)
         page = browser.new_page()
         page.set_default_timeout(120_000)
         errors: list[str] = []
