@@ -1,6 +1,6 @@
 """Who is looking at the app: the signed-in user, else the owner key this browser keeps in a cookie.
 
-Its own module because both app_pages.shared (ownership of runs) and app_pages.state (each visitor's kept
+Its own module because both app_pages.access (ownership of runs) and app_pages.state (each visitor's kept
 choices) need it, and neither may import the other back.
 """
 
