@@ -141,6 +141,38 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_predict(args) -> int:
+    import zipfile
+
+    from pipeline.jobs import quota
+    from pipeline.quality import predict
+
+    sources, shown = [], {}
+    for source in args.sources:
+        path = Path(source).expanduser()
+        if path.is_file() and zipfile.is_zipfile(path):  # unpacked once (safely, within the disk quota)
+            folder = quota.resolve(path)
+            shown[folder] = path.name
+            sources.append(folder)
+        else:
+            sources.append(path)
+
+    def progress(done: int, total: int) -> None:
+        end = "\n" if done == total else "\r"
+        if sys.stderr.isatty() or done == total:
+            print(f"classified {done}/{total}", end=end, file=sys.stderr, flush=True)
+
+    result = predict.predict_run(args.run_dir, sources, args.out, top_k=args.top_k, shown=shown, progress=progress)
+    unreadable = (
+        f", {result['unreadable']} unreadable (named in the file with the reason)" if result["unreadable"] else ""
+    )
+    print(
+        f"{result['classified']} of {result['images']} images classified{unreadable}, "
+        f"{result['images_per_second']} images/s: {result['out']}"
+    )
+    return 0
+
+
 def cmd_submit(args) -> int:
     from pipeline.jobs.backends import get_backend
 
@@ -360,6 +392,13 @@ def parser() -> argparse.ArgumentParser:
     cp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     cp.add_argument("--json", action="store_true")
     cp.set_defaults(func=cmd_compare)
+
+    pr = sub.add_parser("predict", help="classify folders, zips or image files with a run's model into a CSV")
+    pr.add_argument("run_dir", metavar="RUN_DIR")
+    pr.add_argument("sources", nargs="+", metavar="SOURCE", help="folders (recursive), .zip files or image files")
+    pr.add_argument("--out", default="predictions.csv", help="a .csv or .jsonl file (default: predictions.csv)")
+    pr.add_argument("--top-k", type=int, default=3, help="classes per image, most likely first (default: 3)")
+    pr.set_defaults(func=cmd_predict)
 
     j = sub.add_parser("submit", help="queue a training job (starts a background worker if none runs)")
     j.add_argument("data", help="folder, .zip, or sample:digits")

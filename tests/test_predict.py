@@ -1,0 +1,106 @@
+"""Batch prediction (`python -m pipeline predict`): a real tiny run on a nested folder, a zip and a corrupt file."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT, tiny_config, write_shapes_dataset
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from pipeline.training import train as train_mod
+
+    root = tmp_path_factory.mktemp("predict")
+    data = write_shapes_dataset(root / "shapes", per_class=10)
+    run = train_mod.train(
+        str(data),
+        root / "run",
+        tiny_config(model={"backbone": "small_cnn"}, train={"strategy": "from_scratch", "head_epochs": 3}),
+    )
+    return root, run
+
+
+def _cli(*args, home):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TRANSFER_STUDIO_HOME": str(home), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_predict_names_every_file_and_agrees_with_the_runs_model(trained, tmp_path):
+    from pipeline.data import load_image
+    from pipeline.runs.folder import load_model
+
+    root, run = trained
+    new = write_shapes_dataset(tmp_path / "new" / "batch1", per_class=3, seed=5)  # nested: new/batch1/<class>/
+    (new / "disc" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)  # cut short
+    (new / ".hidden.png").write_bytes(b"x")  # hidden names are skipped
+    (new / "notes.txt").write_text("not an image")  # not an image suffix: not a file to classify
+    extra = write_shapes_dataset(tmp_path / "extra", per_class=2, seed=9)
+    archive = tmp_path / "extra.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(extra.rglob("*.png")):
+            zf.write(path, path.relative_to(extra.parent))
+    shutil.rmtree(extra)
+    out = tmp_path / "predictions.csv"
+
+    done = _cli(
+        "predict",
+        str(run.root),
+        str(tmp_path / "new"),
+        str(archive),
+        "--out",
+        str(out),
+        "--top-k",
+        "2",
+        home=tmp_path / "home",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "15 of 16 images classified, 1 unreadable" in done.stdout, done.stdout
+    with out.open(newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert len(table) == 16 and list(table[0])[:5] == ["path", "class_1", "probability_1", "class_2", "probability_2"]
+    broken = [r for r in table if r["error"]]
+    assert [r["path"] for r in broken] == ["new/batch1/disc/broken.png"]
+    assert "broken.png" in broken[0]["error"] and str(tmp_path) not in broken[0]["error"]
+    assert sum(r["path"].startswith("extra.zip/") for r in table) == 6  # named by the zip, not its extraction
+
+    # the CSV's top-1 is the run's own model on those pixels
+    model = load_model(run)
+    classes = json.loads(run.dataset.read_text())["splits"]["classes"]
+    good = [r for r in table if not r["error"] and not r["path"].startswith("extra.zip/")]
+    pixels = np.stack([load_image(tmp_path / r["path"], 32) for r in good]).astype("float32")
+    expected = model.predict(pixels, verbose=0)
+    for row, probs in zip(good, expected, strict=True):
+        assert row["class_1"] == classes[int(probs.argmax())]
+        assert abs(float(row["probability_1"]) - float(probs.max())) < 1e-5
+        top2 = np.sort(probs)[-2:]
+        assert abs(float(row["margin"]) - float(top2[1] - top2[0])) < 1e-5
+        assert row["near_tie"] == str(bool(top2[1] - top2[0] < 0.1)).lower()
+
+
+def test_predict_refuses_what_it_cannot_do_in_one_sentence(trained, tmp_path):
+    _, run = trained
+    (tmp_path / "empty").mkdir()
+    for args, said in (
+        (["predict", str(run.root), str(tmp_path / "empty")], "no image files found"),
+        (["predict", str(run.root), str(tmp_path / "missing")], "does not exist"),
+        (
+            ["predict", str(run.root), str(ROOT / "tests" / "data"), "--out", str(tmp_path / "p.xlsx")],
+            "give a .csv or .jsonl file name",
+        ),
+        (["predict", str(tmp_path), str(tmp_path)], "has no config.json"),
+    ):
+        done = _cli(*args, home=tmp_path / "home")
+        assert done.returncode == 2 and said in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert not (tmp_path / "p.xlsx").exists()
