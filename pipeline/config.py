@@ -468,28 +468,49 @@ def build(values: dict[str, Any], base: RunConfig | None = None) -> tuple[RunCon
     """A RunConfig from dotted ``{"train.seed": 1}`` values on ``base`` (a form's fields), with every invalid
     field's reason as data.
 
-    Each field is checked on its own first, so every invalid one is named (not only the first); the test
-    fraction only once the validation fraction is valid (their sum is one rule). Then the whole config, for the
-    rules across fields.
+    Every invalid field is named, not only the first: a field is invalid when it fails on its own (on ``base``)
+    and also beside the other values of its section (where those make a valid section: small_cnn alone is
+    refused with ImageNet weights, beside ``weights=none`` it is fine). The test fraction is checked only once
+    the validation fraction is valid (their sum is one rule). Then the whole config, for the rules across fields.
 
     Returns:
         (the config, or None when a field is invalid; ``{field: reason}``, the key "" for an error that names
         no field).
+
+    Raises:
+        KeyError: a key is not a config field (a programming error, not a user's).
     """
     base = base or RunConfig()
-    errors: dict[str, str] = {}
     changes: dict[str, dict[str, Any]] = {}
     for key, value in values.items():
         section, _, name = key.partition(".")
         if section not in SECTIONS or name not in _field_types(SECTIONS[section]):
             raise KeyError(f"{key} is not a config field")
         changes.setdefault(section, {})[name] = value
+
+    def fails(section: str, fields: dict[str, Any]) -> ConfigError | None:
+        try:
+            dataclasses.replace(getattr(base, section), **fields)
+        except ConfigError as exc:
+            return exc
+        return None
+
+    errors: dict[str, str] = {}
+    for key in values:
+        section, _, name = key.partition(".")
         if key == "data.test_fraction" and "data.val_fraction" in errors:
             continue
-        try:
-            dataclasses.replace(getattr(base, section), **{name: value})
-        except ConfigError as exc:
-            errors[key] = exc.reason
+        alone = fails(section, {name: values[key]})
+        if alone is None:
+            continue
+        others = {k: v for k, v in changes[section].items() if k != name}
+        if fails(section, others) is None:  # the rest of the form's section is valid: judge the field beside it
+            beside = fails(section, changes[section])
+            if beside is None:
+                continue
+            errors[key] = beside.reason if beside.field == key else alone.reason
+        else:
+            errors[key] = alone.reason
     if errors:
         return None, errors
     try:

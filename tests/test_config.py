@@ -200,5 +200,12 @@ def test_build_names_every_invalid_field_and_the_rules_across_fields_as_data():
     assert list(errors) == ["data.val_fraction"]
     cfg, errors = config.build({"train.seed": 3, "model.image_size": 160})
     assert errors == {} and cfg.train.seed == 3 and cfg.model.image_size == 160
+    # a field judged beside the form's other values: small_cnn is fine with no weights and from scratch
+    cfg, errors = config.build(
+        {"model.backbone": "small_cnn", "model.weights": "none", "train.strategy": "from_scratch", "train.seed": 0}
+    )
+    assert errors == {} and cfg.model.backbone == "small_cnn"
+    cfg, errors = config.build({"model.backbone": "small_cnn"})  # with the default ImageNet weights: refused
+    assert cfg is None and list(errors) == ["model.backbone"] and "no pretrained weights" in errors["model.backbone"]
     with pytest.raises(KeyError, match="train.sede is not a config field"):
         config.build({"train.sede": 3})
