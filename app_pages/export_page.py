@@ -101,10 +101,9 @@ if result is not None:
             "ms / image": r.get("latency_ms"),
             "agreement": 100 * r["agreement"] if r.get("agreement") is not None else None,
             "accuracy change": r.get("accuracy_change"),
-            "near-ties": r.get("near_tie_flips"),
+            "near-ties": "-" if r.get("near_tie_flips") is None else str(r["near_tie_flips"]),  # float32: none
             "max |dp|": r.get("max_abs_diff"),
             "result": "ok" if r["passed"] else "FAIL",
-            "note": r.get("note", ""),
         }
         for f, r in formats.items()
     ]
@@ -121,7 +120,6 @@ if result is not None:
         st.error("A verification gate failed: do not ship the failing format (see the result column).")
     number = st.column_config.NumberColumn
     table = pd.DataFrame(rows)
-    table["near-ties"] = pd.to_numeric(table["near-ties"])  # blank (not "None") for the float32 rows
     st.dataframe(
         table,
         hide_index=True,
@@ -131,11 +129,18 @@ if result is not None:
             "ms / image": number(format="%.2f", help="Batch 1, in its own runtime"),
             "agreement": number("top-1 agreement", format="%.2f%%", help="Same top class as the Keras model"),
             "accuracy change": number(format="%+.2f", help="Accuracy points against the Keras model"),
-            "near-ties": number(format="%d"),
+            "near-ties": st.column_config.TextColumn(
+                help="Changed top classes where Keras's top two were closer "
+                "than the format's numeric error (float32 formats: -)"
+            ),
             "max |dp|": number(format="%.1e", help="Largest probability difference"),
-            "note": st.column_config.TextColumn(width="large"),
         },
     )
+    notes = [(f, r["note"]) for f, r in formats.items() if r.get("note")]
+    if notes:  # whole, under the table (a table cell cuts a long note off)
+        st.markdown("**Notes**")
+        for fmt, note in notes:
+            st.caption(wording.plain(f"{fmt}: {note}"))
 
 
 def _file_bytes(path: Path):

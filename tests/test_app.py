@@ -234,6 +234,10 @@ def test_train_runs_evaluate_export_try_on_a_real_job(finished_job):
     _no_exception(at)
     assert not at.error, [e.value for e in at.error]
     assert any("Verification on" in s.value for s in at.subheader)
+    shown_rows = at.dataframe[0].value
+    float32 = shown_rows[shown_rows["format"].isin(["savedmodel", "tflite-float32", "tfjs"])]
+    assert len(float32) == 3 and set(float32["near-ties"]) == {"-"}  # no near-ties there: a dash, not "None"
+    assert any(shown(c.value).startswith("mediapipe-float32: same top-1 as LiteRT") for c in at.caption)  # whole
     assert (run_dir / "exports" / "tfjs" / "model.json").exists()
 
     at = _page("try_model.py", run=finished_job)
