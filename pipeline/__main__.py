@@ -162,7 +162,25 @@ def cmd_predict(args) -> int:
         if sys.stderr.isatty() or done == total:
             print(f"classified {done}/{total}", end=end, file=sys.stderr, flush=True)
 
-    result = predict.predict_run(args.run_dir, sources, args.out, top_k=args.top_k, shown=shown, progress=progress)
+    runtime = None
+    if args.model:  # the shipped file in its own runtime (the CLI is the top layer: it may use export's runtimes)
+        from export import runtimes
+
+        model_file = Path(args.model).expanduser()
+        if not model_file.exists() and (Path(args.run_dir) / model_file).exists():
+            model_file = Path(args.run_dir) / model_file  # exports/model-int8.tflite: in the run folder
+        runtime = runtimes.load(model_file)
+        print(f"classifying with {args.model} ({runtime.name})", file=sys.stderr)
+    result = predict.predict_run(
+        args.run_dir,
+        sources,
+        args.out,
+        top_k=args.top_k,
+        shown=shown,
+        runtime=None if runtime is None else runtime.predict,
+        batch=predict.BATCH if runtime is None else runtime.batch,
+        progress=progress,
+    )
     unreadable = (
         f", {result['unreadable']} unreadable (named in the file with the reason)" if result["unreadable"] else ""
     )
@@ -398,6 +416,12 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("sources", nargs="+", metavar="SOURCE", help="folders (recursive), .zip files or image files")
     pr.add_argument("--out", default="predictions.csv", help="a .csv or .jsonl file (default: predictions.csv)")
     pr.add_argument("--top-k", type=int, default=3, help="classes per image, most likely first (default: 3)")
+    pr.add_argument(
+        "--model",
+        metavar="FILE",
+        help="an exported file run in its own runtime instead of the Keras model: a .tflite or .onnx file, or a "
+        "savedmodel/ or TF.js folder (RUN_DIR/exports/model-int8.tflite, RUN_DIR/exports/tfjs, ...)",
+    )
     pr.set_defaults(func=cmd_predict)
 
     j = sub.add_parser("submit", help="queue a training job (starts a background worker if none runs)")

@@ -104,3 +104,46 @@ def test_predict_refuses_what_it_cannot_do_in_one_sentence(trained, tmp_path):
         done = _cli(*args, home=tmp_path / "home")
         assert done.returncode == 2 and said in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert not (tmp_path / "p.xlsx").exists()
+
+
+@pytest.mark.parametrize("fmt", ["tflite-int8", "tfjs"])
+def test_predict_with_a_shipped_file_agrees_as_its_verify_row_says(trained, tmp_path, fmt, exported):
+    """`--model` runs the exported file in its own runtime: on the held-out images verification used, its top-1
+    agrees with the Keras model's exactly as often as the bundle's verify.json says."""
+    from export import formats
+
+    root, run = trained
+    result, files = exported
+    keras_out, shipped_out = tmp_path / "keras.csv", tmp_path / f"{fmt}.csv"
+    model = formats.get(fmt).path(run.exports).relative_to(run.root)  # exports/...: found in the run folder
+    for out, extra in ((keras_out, []), (shipped_out, ["--model", str(model)])):
+        done = _cli("predict", str(run.root), *map(str, files), "--out", str(out), *extra, home=tmp_path / "home")
+        assert done.returncode == 0, done.stderr[-3000:]
+    keras_top = [r["class_1"] for r in csv.DictReader(keras_out.open(newline=""))]
+    shipped_top = [r["class_1"] for r in csv.DictReader(shipped_out.open(newline=""))]
+    assert len(keras_top) == len(shipped_top) == result["images"] == len(files)
+    agreement = np.mean([a == b for a, b in zip(keras_top, shipped_top, strict=True)])
+    assert agreement == pytest.approx(result["formats"][fmt]["agreement"], abs=1e-9), (
+        agreement,
+        result["formats"][fmt],
+    )
+
+
+@pytest.fixture(scope="module")
+def exported(trained):
+    """The run exported to SavedModel, int8 TFLite and TF.js, verified; and the held-out files verification used."""
+    from export import bundle
+
+    _, run = trained
+    _, result = bundle.export_run(run.root, ["savedmodel", "tflite-int8", "tfjs"])
+    splits = json.loads(run.dataset.read_text())["splits"]
+    split = "test" if splits.get("test") else "val"
+    files = [os.path.join(splits["root"], rel) for rel, _ in splits[split]]
+    return result, files
+
+
+def test_a_file_that_is_no_exported_model_is_refused(trained, tmp_path):
+    _, run = trained
+    (tmp_path / "model.bin").write_bytes(b"x")
+    done = _cli("predict", str(run.root), str(tmp_path), "--model", str(tmp_path / "model.bin"), home=tmp_path / "h")
+    assert done.returncode == 2 and "not an exported model" in done.stderr and "Traceback" not in done.stderr

@@ -91,16 +91,21 @@ def _decoded(items: list[Item], size: int, max_pixels: int) -> Iterator[tuple[It
 
 
 def rows(
-    model,
+    predict_batch: Callable[[np.ndarray], np.ndarray],
     classes: list[str],
     items: list[Item],
     size: int,
     *,
     top_k: int = 3,
+    batch: int = BATCH,
     max_pixels: int = 89_478_485,
     progress: ProgressFn | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """One row per item, in order: ``path``, ``top`` [(class, probability)...], ``margin``, ``near_tie``, ``error``."""
+    """One row per item, in order: ``path``, ``top`` [(class, probability)...], ``margin``, ``near_tie``, ``error``.
+
+    ``predict_batch`` maps raw pixels [N, S, S, 3] (float32) to probabilities; it is called ``batch`` images at a
+    time.
+    """
     k = max(1, min(top_k, len(classes)))
     pending: list[tuple[Item, np.ndarray]] = []
     done = 0
@@ -109,7 +114,7 @@ def rows(
         nonlocal done
         if not pending:
             return
-        probs = model.predict(np.stack([p for _, p in pending]).astype("float32"), verbose=0)
+        probs = np.asarray(predict_batch(np.stack([p for _, p in pending]).astype("float32")))
         for (item, _), p in zip(pending, probs, strict=True):
             order = np.argsort(p)[::-1]
             margin = float(p[order[0]] - (p[order[1]] if len(order) > 1 else 0.0))
@@ -132,7 +137,7 @@ def rows(
             yield {"path": item.name, "top": [], "margin": None, "near_tie": None, "error": error}
             continue
         pending.append((item, pixels))
-        if len(pending) == BATCH:
+        if len(pending) == batch:
             yield from flush()
     yield from flush()
 
@@ -183,9 +188,12 @@ def predict_run(
     *,
     top_k: int = 3,
     shown: dict[Path, str] | None = None,
+    runtime: Callable[[np.ndarray], np.ndarray] | None = None,
+    batch: int = BATCH,
     progress: ProgressFn | None = None,
 ) -> dict[str, Any]:
-    """Classifies every image of ``sources`` with the run's model into ``out``; returns counts and seconds.
+    """Classifies every image of ``sources`` into ``out`` with the run's Keras model, or with ``runtime`` (an
+    exported file in its own runtime: ``export.runtimes``) at ``batch`` images a call; returns counts and seconds.
 
     Raises:
         PredictError, RunNotReadyError, DamagedFileError: said in one sentence each.
@@ -197,18 +205,24 @@ def predict_run(
         raise PredictError(f"--out {out}: give a .csv or .jsonl file name.")
     run, cfg, splits = load_run(run_dir)
     items = find_images(list(sources), shown)
-    select_backend(cfg.train.backend, strict=False)  # the run's backend where Keras is not loaded yet
-    model = load_model(run)
+    if runtime is None:
+        select_backend(cfg.train.backend, strict=False)  # the run's backend where Keras is not loaded yet
+        model = load_model(run)
+
+        def runtime(x: np.ndarray) -> np.ndarray:
+            return model.predict(x, verbose=0)
+
     t0 = time.perf_counter()
     k = max(1, min(top_k, len(splits.classes)))
     counts = write(
         Path(out),
         rows(
-            model,
+            runtime,
             list(splits.classes),
             items,
             cfg.model.image_size,
             top_k=k,
+            batch=batch,
             max_pixels=cfg.data.max_image_pixels,
             progress=progress,
         ),
