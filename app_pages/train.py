@@ -295,6 +295,8 @@ cfg, invalid = config_mod.build(
     base=base,
 )
 for field_name, reason in invalid.items():  # a cross-field rule may quote an uploaded weights file's name
+    if field_name == "model.image_size" and any(p.startswith("Image size (px):") for p in problems):
+        continue  # said above with this backbone's own range
     problems.append(
         sources.user_words(
             f"{labels[field_name]}: {reason}"

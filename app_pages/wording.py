@@ -1,4 +1,7 @@
-"""Markdown-safe text: names from uploads and links shown literally, counts, the user's words in messages."""
+"""Names are text: class names, file names, run sources and error messages quoting them come from uploads and
+links, so they are shown literally, never as Markdown or HTML (an image in a folder name must not make a browser
+fetch a URL). A file name is bytes: one that is not UTF-8 is shown with those bytes escaped (readable), and opened
+by its real name. Also counts said in words ("1 class", "1,797 images")."""
 
 from __future__ import annotations
 

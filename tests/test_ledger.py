@@ -107,3 +107,16 @@ def test_a_run_folder_written_before_the_ledger_resumes_and_finishes(tmp_path):
     assert state.status == "done" and state.phases["scratch"].done and state.phases["scratch"].epochs_done == 3
     assert state.phases["scratch"].steps_done == 6  # 2 steps an epoch: nothing trained twice
     assert json.loads(run.eval.read_text())["images"] > 0
+
+
+def test_a_state_file_from_before_phases_is_read_as_it_says_and_written_back_unchanged(tmp_path):
+    """The first version wrote ``phases_done`` and a best of figures only: such a run reads as finished (it is),
+    cannot be resumed, and its document is never rewritten into a resumable-looking one."""
+    doc = {"status": "done", "phases_done": ["head", "fine_tune"], "best": {"val_accuracy": 0.9, "val_loss": 0.3}}
+    run = RunFolder(tmp_path)
+    run.state.write_text(json.dumps(doc))
+    ledger = run.read_state()
+    assert ledger.legacy and ledger.status == "done" and ledger.best is None and run.finished()
+    assert run.best_weights is None
+    run.write_state(ledger.copy(status="done"))
+    assert json.loads(run.state.read_text()) == doc

@@ -58,7 +58,8 @@ def main(argv: list[str]) -> int:
 
     try:
         cfg = config_mod.from_dict(raw_config)
-        quota.resolve(source, cfg.data)  # a zip is unpacked once, within the disk quota
+        if not RunFolder(run_dir).config.exists():  # a new run: a zip is unpacked once, within the disk quota
+            quota.resolve(source, cfg.data)  # (a resume reads its prepared folder, never the source)
         train(source, run_dir, cfg, on_event=show, launched_at=process_started())
     except TrainingCancelled:
         print("cancelled", flush=True)

@@ -134,6 +134,8 @@ def rows(
         if error is not None:
             yield from flush()  # rows stay in the order of the files
             done += 1
+            if progress:
+                progress(done, len(items))
             yield {"path": item.name, "top": [], "margin": None, "near_tie": None, "error": error}
             continue
         pending.append((item, pixels))

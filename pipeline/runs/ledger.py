@@ -120,7 +120,8 @@ class Ledger:
         phases: By phase name, in the order they trained.
         best: The best epoch so far (None before the first).
         placement: ``{"backend", "replicas"}`` it trains on (a resume elsewhere would train other batches).
-        legacy: Read from a state.json without phases (an older version's): it cannot be resumed.
+        legacy: Read from a state.json without phases (an older version's, kept as ``raw`` and written back as
+            it was): it cannot be resumed, but it can be read (a finished one is finished).
     """
 
     status: Status | None = None
@@ -128,6 +129,7 @@ class Ledger:
     best: Best | None = None
     placement: dict[str, Any] | None = None
     legacy: bool = False
+    raw: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     # --- reading and writing (RunFolder's) ---
 
@@ -139,6 +141,13 @@ class Ledger:
             LedgerFormatError: a field has the wrong type.
         """
         status = doc.get("status")
+        if doc.get("phases") is None:  # the version before phases: read what it says, keep the rest as it is
+            best = None
+            try:
+                best = Best.from_dict(doc["best"]) if isinstance(doc.get("best"), dict) else None
+            except LedgerFormatError:
+                pass  # its best was only the figures (no phase, epoch or file)
+            return cls(status=status if status in STATUSES else None, best=best, legacy=True, raw=dict(doc))
         if status is not None and status not in STATUSES:
             raise LedgerFormatError(f"its status {status!r} is not one of {', '.join(STATUSES)}")
         phases = doc.get("phases")
@@ -159,6 +168,8 @@ class Ledger:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        if self.legacy and self.raw is not None:  # an older version's document, as it was (its status kept)
+            return {**self.raw, **({"status": self.status} if self.status is not None else {})}
         out: dict[str, Any] = {}
         if self.status is not None:
             out["status"] = self.status
