@@ -7,6 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from app_pages import access, loop, picker, wording
+from pipeline.host.exitcodes import UserError
 from pipeline.runs.folder import RunFolder
 from pipeline.training.evaluate import cell
 
@@ -15,11 +16,15 @@ job = picker.pick_run(finished_only=True)
 if job is None:
     st.stop()
 run = RunFolder(Path(job.run_dir))
-result = run.evaluation()
+try:
+    result = run.evaluation()
+    dataset = run.dataset_record()
+except UserError as exc:  # eval.json or dataset.json cut short or overwritten: said without the server's paths
+    wording.error(str(exc).replace(str(run.root), "the run folder"))
+    st.stop()
 if result is None:
     st.info("This run has no evaluation yet.")
     st.stop()
-dataset = run.dataset_record()
 folder = dataset["scan"]["root"]
 editable = access.can_control(job)
 

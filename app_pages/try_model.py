@@ -25,7 +25,11 @@ job = picker.pick_run(finished_only=True)
 if job is None:
     st.stop()
 run = RunFolder(Path(job.run_dir))
-size = run.settings().model.image_size
+try:
+    size = run.settings().model.image_size
+except (OSError, ValueError) as exc:  # config.json missing or not a RunConfig (ConfigError is a ValueError)
+    wording.error(f"This run's settings cannot be read ({str(exc).replace(str(run.root), 'the run folder')}).")
+    st.stop()
 
 source = st.radio(
     "Image",

@@ -327,3 +327,24 @@ def test_cli_delete_of_an_old_jobs_folder_deletes_the_job_not_just_the_folder(ts
 
     with pytest.raises(JobError, match="no job"):
         store.get(old)
+
+
+def test_a_damaged_evaluation_or_config_is_one_message_without_server_paths():
+    """eval.json cut short (Evaluate) or config.json overwritten (Try): a message, no traceback, no server path."""
+    store = JobStore()
+    job_id = finished_job_with_eval(store, ["cat", "dog"], owner=owner_of(KEY_A))
+    run_dir = Path(store.get(job_id).run_dir)
+    (run_dir / "eval.json").write_text('{"split": "te')
+    at = _visitor(KEY_A, "evaluate.py", run=job_id)
+    assert not at.exception, at.exception
+    said = " ".join(wording_shown(e.value) for e in at.error)
+    assert "eval.json is damaged" in said and str(run_dir) not in said, said
+    (run_dir / "config.json").write_text("[1, 2]")
+    at = _visitor(KEY_A, "try_model.py", run=job_id)
+    assert not at.exception, at.exception
+    said = " ".join(wording_shown(e.value) for e in at.error)
+    assert "settings cannot be read" in said and str(run_dir) not in said, said
+
+
+def wording_shown(markdown: str) -> str:
+    return re.sub(r"\\(.)", r"\1", markdown).replace(wording.WORD_JOINER, "")
