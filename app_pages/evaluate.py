@@ -7,8 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from app_pages import access, loop, picker, wording
-from pipeline.host.exitcodes import UserError
-from pipeline.runs.folder import RunFolder
+from pipeline.runs.folder import DamagedFileError, RunFolder
 from pipeline.training.evaluate import cell
 
 st.title("Evaluate")
@@ -19,8 +18,8 @@ run = RunFolder(Path(job.run_dir))
 try:
     result = run.evaluation()
     dataset = run.dataset_record()
-except UserError as exc:  # eval.json or dataset.json cut short or overwritten: said without the server's paths
-    wording.error(str(exc).replace(str(run.root), "the run folder"))
+except DamagedFileError as exc:  # eval.json or dataset.json cut short or overwritten: said without the server's paths
+    wording.error(exc.in_words())
     st.stop()
 if result is None:
     st.info("This run has no evaluation yet.")

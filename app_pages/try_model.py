@@ -18,7 +18,7 @@ from PIL import Image
 
 from app_pages import bundle_web, picker, wording
 from pipeline import data
-from pipeline.runs.folder import RunFolder
+from pipeline.runs.folder import DamagedFileError, RunFolder
 
 st.title("Try")
 job = picker.pick_run(finished_only=True)
@@ -27,8 +27,8 @@ if job is None:
 run = RunFolder(Path(job.run_dir))
 try:
     size = run.settings().model.image_size
-except (OSError, ValueError) as exc:  # config.json missing or not a RunConfig (ConfigError is a ValueError)
-    wording.error(f"This run's settings cannot be read ({str(exc).replace(str(run.root), 'the run folder')}).")
+except DamagedFileError as exc:  # config.json missing or not a RunConfig: said without the server's paths
+    wording.error(exc.in_words())
     st.stop()
 
 source = st.radio(
@@ -58,19 +58,15 @@ def _server_model(run_dir: str, stamp: float):
 
 def server_model():
     """The run's classifier (its model loaded once per file version), or a message and the page stops."""
-    from pipeline.host.exitcodes import UserError
-
     try:
         return _server_model(str(run.root), run.model.stat().st_mtime)
-    except (OSError, UserError) as exc:  # missing, cut short, overwritten: said without the server's paths
-        reason = (str(exc).split(": ", 1)[-1] if isinstance(exc, UserError) else str(exc.strerror)).replace(
-            str(run.root), "the run folder"
-        )
+    except OSError as exc:  # gone since the run finished
         wording.error(
-            f"This run's model file cannot be read ({reason.split('. Train into')[0]}). Delete the run "
-            "and train it again."
+            f"This run's {run.model.name} cannot be read ({exc.strerror}). Delete the run and train it again."
         )
-        st.stop()
+    except DamagedFileError as exc:  # cut short, overwritten: said without the server's paths
+        wording.error(f"{exc.in_words()} Delete the run and train it again.")
+    st.stop()
 
 
 shot = (

@@ -19,16 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
+from _common import CHROMIUM, CHROMIUM_ARGS, ROOT
 
 
 def main() -> int:
@@ -48,7 +39,7 @@ def main() -> int:
         port = s.getsockname()[1]
     log = open(home / "streamlit.log", "w")  # noqa: SIM115
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS)
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         page = browser.new_page()
         t0 = time.monotonic()
         server = subprocess.Popen(

@@ -30,17 +30,8 @@ import zipfile
 from pathlib import Path
 
 import psutil
+from _common import CHROMIUM, CHROMIUM_ARGS, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
 MiB = 1024 * 1024
 SIZE_MIB = 400
 
@@ -100,7 +91,7 @@ def measure(entry: str, archive: Path, pw) -> dict:
         stderr=log,
         env=env,
     )
-    browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=ARGS)
+    browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
     try:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(600_000)

@@ -8,6 +8,7 @@ bundle that looks complete.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -229,7 +230,6 @@ def _build(
     with timer.step("convert savedmodel"):
         savedmodel.export_savedmodel(model, tmp / "savedmodel", size)
     (tmp / "labels.txt").write_text("\n".join(splits.classes) + "\n", encoding="utf-8")
-    int8_params, written_metadata = None, {}
     info = mediapipe_tasks.ModelInfo(
         name=f"Transfer Studio image classifier ({cfg.model.backbone})",
         version=f"{run.root.name} exported {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}",
@@ -240,31 +240,12 @@ def _build(
         image_size=size,
         labels=tuple(splits.classes),
     )
+    job = _Conversion(tmp, cfg, splits, info, calibration_images)
     for fmt in (f for f in formats if f != "savedmodel"):
-        family = formats_mod.get(fmt).family
         say(f"converting {fmt}")
         with timer.step(f"convert {fmt}"):
-            if family == "tflite":
-                q = tflite.PRESETS[fmt]
-                rep = _representative(splits, cfg, calibration_images) if q.full_integer else None
-                path = verify.artifact_path(tmp, fmt)
-                path.write_bytes(tflite.convert(tmp / "savedmodel", q, rep))
-                flex = sorted(op for op in tflite.op_names(path) if op.startswith("Flex"))
-                if flex:
-                    raise ConversionError(
-                        f"{fmt} needs TensorFlow Select ops ({', '.join(flex)}), which mobile apps cannot load."
-                    )
-                params = tflite.io_details(path) if q.full_integer else None
-                int8_params = params or int8_params
-                with_meta, written_metadata[fmt] = mediapipe_tasks.write_metadata(path.read_bytes(), info, params)
-                path.write_bytes(with_meta)
-            elif family == "tfjs":
-                tfjs.convert(tmp / "savedmodel", verify.artifact_path(tmp, fmt), fmt)
-            elif family == "onnx":
-                try:
-                    onnx_export.convert(tmp / "savedmodel", verify.artifact_path(tmp, fmt), size)
-                except RuntimeError as exc:
-                    raise ConversionError(str(exc)) from exc
+            CONVERTERS[formats_mod.get(fmt).family](fmt, job)
+    int8_params, written_metadata = job.int8_params, job.metadata
     if tfjs_formats := formats_mod.of_family(formats, "tfjs"):
         web.write_demo(tmp, "tfjs" if "tfjs" in tfjs_formats else tfjs_formats[0])
     (tmp / "README.md").write_text(bundle_readme(cfg, splits, formats, int8_params), encoding="utf-8")
@@ -283,6 +264,54 @@ def _build(
         _zip_bundle(tmp)
     timer.total()
     return result
+
+
+@dataclasses.dataclass
+class _Conversion:
+    """What every converter reads (the bundle's folder holding savedmodel/, the run's settings and splits) and
+    what the TFLite one leaves for the manifest (the 8-bit file's input/output quantization, each file's metadata)."""
+
+    tmp: Path
+    cfg: Any
+    splits: data_mod.Splits
+    info: mediapipe_tasks.ModelInfo
+    calibration_images: int
+    int8_params: dict[str, Any] | None = None
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _to_tflite(fmt: str, job: _Conversion) -> None:
+    """LiteRT flatbuffer with ``tflite.PRESETS[fmt]``'s quantization, builtin ops only, MediaPipe metadata inside."""
+    q = tflite.PRESETS[fmt]
+    rep = _representative(job.splits, job.cfg, job.calibration_images) if q.full_integer else None
+    path = verify.artifact_path(job.tmp, fmt)
+    path.write_bytes(tflite.convert(job.tmp / "savedmodel", q, rep))
+    flex = sorted(op for op in tflite.op_names(path) if op.startswith("Flex"))
+    if flex:
+        raise ConversionError(f"{fmt} needs TensorFlow Select ops ({', '.join(flex)}), which mobile apps cannot load.")
+    params = tflite.io_details(path) if q.full_integer else None
+    job.int8_params = params or job.int8_params
+    with_meta, job.metadata[fmt] = mediapipe_tasks.write_metadata(path.read_bytes(), job.info, params)
+    path.write_bytes(with_meta)
+
+
+def _to_tfjs(fmt: str, job: _Conversion) -> None:
+    tfjs.convert(job.tmp / "savedmodel", verify.artifact_path(job.tmp, fmt), fmt)
+
+
+def _to_onnx(fmt: str, job: _Conversion) -> None:
+    try:
+        onnx_export.convert(job.tmp / "savedmodel", verify.artifact_path(job.tmp, fmt), job.cfg.model.image_size)
+    except RuntimeError as exc:
+        raise ConversionError(str(exc)) from exc
+
+
+# Each family's converter, from the SavedModel (written first); the registry's ``family`` picks one.
+CONVERTERS: dict[formats_mod.Family, Callable[[str, _Conversion], None]] = {
+    "tflite": _to_tflite,
+    "tfjs": _to_tfjs,
+    "onnx": _to_onnx,
+}
 
 
 def _representative(splits: data_mod.Splits, cfg, count: int):

@@ -41,7 +41,8 @@ class FormatSpec:
 
     Attributes:
         name: What the CLI's ``--formats``, manifest.json and verify.json call it.
-        family: Its converter and runtime family (``export.tflite``, ``export.tfjs``, ...).
+        family: Its converter (``export.bundle.CONVERTERS[family]``, with ``export.tflite.PRESETS[name]``'s
+            quantization for LiteRT files) and runtime family (``export.tflite``, ``export.tfjs``, ...).
         file: Its file (or folder) inside the bundle.
         runtime: The runtime it is verified in, as the format table says it.
         level: How lossy it is within its family (0 float32, 1 float16, 2 dynamic range, 3 8-bit): a format never
@@ -67,6 +68,11 @@ class FormatSpec:
     @property
     def float32(self) -> bool:
         return self.gate is None
+
+    @property
+    def integer_output(self) -> bool:
+        """Its output is quantized to 8 bits (the full-integer LiteRT file): scores come in steps."""
+        return self.family == "tflite" and self.level == 3
 
     @property
     def mediapipe_row(self) -> str | None:

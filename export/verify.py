@@ -241,7 +241,7 @@ def mediapipe_row(
 def mediapipe_tie(path: Path, fmt: str) -> float:
     """How close LiteRT's two best scores may be for MediaPipe to decide either way: on a file with a quantized
     output, :data:`MEDIAPIPE_TIE_STEPS` of its quantization steps; on float outputs, an exact tie only."""
-    if formats.get(fmt).level < 3:  # only the 8-bit file has a quantized output
+    if not formats.get(fmt).integer_output:
         return 0.0
     scale = tflite.io_details(path)["output"]["quantization"]["scale"]
     return MEDIAPIPE_TIE_STEPS * scale

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -107,3 +109,16 @@ def open_files_in(folder: Path, pid: int | str = "self") -> list[str]:
         if target.startswith(prefix):
             out.append(target)
     return out
+
+
+def pipeline_cli(*args, env: dict | None = None, **kw) -> subprocess.Popen:
+    """``python -m pipeline ARGS`` as a user runs it (text pipes; this checkout on PYTHONPATH unless ``env``)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "pipeline", *args],
+        cwd=ROOT,
+        env=env if env is not None else {**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )

@@ -246,4 +246,4 @@ def _walk(odd: Path) -> None:
     at = _page("try_model.py", run=job_id)
     _no_exception(at)
     said = [e.value for e in at.error]
-    assert len(said) == 1 and "model file cannot be read" in said[0] and str(run_dir) not in said[0], said
+    assert len(said) == 1 and "model.keras cannot be read" in said[0] and str(run_dir) not in said[0], said

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from tests.test_e2e_browser import CHROMIUM, app_url  # noqa: F401 - the fixture
+from tests.test_e2e_browser import app_url, launch_chromium  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.slow
 
@@ -14,11 +14,7 @@ def test_train_settings_survive_page_switch_reload_and_new_tab(app_url):  # noqa
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+        browser = launch_chromium(pw)
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
         page = context.new_page()
         page.set_default_timeout(90_000)
@@ -72,11 +68,7 @@ def test_a_non_zip_and_an_empty_zip_upload_are_named_as_the_user_named_them(app_
     empty = tmp_path / "empty.zip"
     zipfile.ZipFile(empty, "w").close()
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(
-            executable_path=CHROMIUM,
-            headless=True,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+        browser = launch_chromium(pw)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.set_default_timeout(90_000)
         expect.set_options(timeout=90_000)

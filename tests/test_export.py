@@ -54,6 +54,8 @@ def test_an_export_says_the_steps_its_formats_list_and_the_app_counts(exported, 
     assert len(said) == len(steps) == task.steps_total(list(bundle.FORMATS))
     assert all(message.startswith(step) for message, step in zip(said, steps, strict=True)), (said, steps)
     assert set(tflite.PRESETS) == {f for f, s in formats.REGISTRY.items() if s.family == "tflite"}
+    assert set(bundle.CONVERTERS) == {s.family for s in formats.REGISTRY.values()} - {"savedmodel"}
+    assert [f for f, s in formats.REGISTRY.items() if s.integer_output] == ["tflite-int8"]
 
 
 def test_every_format_is_exported_and_verified_in_its_runtime(exported, trained_run):

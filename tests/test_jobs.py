@@ -14,26 +14,13 @@ import pytest
 from pipeline.jobs.backends import LocalBackend
 from pipeline.jobs.store import JobError, JobStore
 from pipeline.runs.folder import RunFolder
-from tests.conftest import ROOT, tiny_config, write_shapes_dataset
+from tests.conftest import ROOT, pipeline_cli, tiny_config, write_shapes_dataset
 
 QUICK = {"model": {"backbone": "small_cnn"}, "train": {"strategy": "from_scratch", "head_epochs": 2}}
 
 
-def _cli(*args, **kw):
-    env = kw.pop("env", {**os.environ, "PYTHONPATH": str(ROOT)})
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipeline", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        **kw,
-    )
-
-
 def _run_once(*extra, timeout=600, **kw):
-    proc = _cli("worker", "--once", *extra, **kw)
+    proc = pipeline_cli("worker", "--once", *extra, **kw)
     out, err = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, err
     return err
@@ -92,7 +79,7 @@ LONG = {
 def test_cancel_a_running_job_keeps_its_checkpoint(backend, tmp_path):
     data_dir = write_shapes_dataset(tmp_path / "big", per_class=20, size=64)
     job_id = backend.submit(str(data_dir), tiny_config(**LONG))
-    worker = _cli("worker")
+    worker = pipeline_cli("worker")
     try:
         run = RunFolder(backend.store.run_dir(job_id))
         _wait(lambda: len(run.epochs()) >= 1, what="the first epoch")
@@ -109,7 +96,7 @@ def test_cancel_a_running_job_keeps_its_checkpoint(backend, tmp_path):
 def test_killed_worker_and_child_resume_without_repeating_epochs(backend, tmp_path):
     data_dir = write_shapes_dataset(tmp_path / "big", per_class=20, size=64)
     job_id = backend.submit(str(data_dir), tiny_config(**LONG))
-    worker = _cli("worker")
+    worker = pipeline_cli("worker")
     run = RunFolder(backend.store.run_dir(job_id))
     _wait(lambda: len(run.epochs()) >= 4, what="four epochs")
     children = psutil.Process(worker.pid).children()
@@ -163,13 +150,13 @@ def test_crafted_job_ids_are_refused(backend):
             backend.status(bad)
         with pytest.raises(JobError):
             backend.store.run_dir(bad)
-    proc = _cli("status", "../../etc")
+    proc = pipeline_cli("status", "../../etc")
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "is not a job id" in err and "Traceback" not in err
 
 
 def test_cli_submit_starts_a_worker_and_the_job_finishes(shapes):
-    proc = _cli(
+    proc = pipeline_cli(
         "submit",
         str(shapes),
         "--set",
@@ -190,7 +177,7 @@ def test_cli_submit_starts_a_worker_and_the_job_finishes(shapes):
     try:
         _wait(lambda: store.get(job_id).state in ("done", "failed"), what="the job")
         assert store.get(job_id).state == "done"
-        status = _cli("status", job_id, "--json")
+        status = pipeline_cli("status", job_id, "--json")
         out, _ = status.communicate(timeout=60)
         assert '"state": "done"' in out and '"epochs"' in out
     finally:
@@ -210,7 +197,7 @@ def test_a_child_killed_alone_fails_with_a_way_forward_and_resumes(backend, tmp_
     planned epoch is trained exactly once and the optimizer made exactly epochs x steps steps per phase."""
     data_dir = write_shapes_dataset(tmp_path / "big", per_class=20, size=64)
     job_id = backend.submit(str(data_dir), tiny_config(**LONG))
-    worker = _cli("worker")
+    worker = pipeline_cli("worker")
     try:
         run = RunFolder(backend.store.run_dir(job_id))
         _wait(lambda: len(run.epochs()) >= 2, what="two epochs")
@@ -220,7 +207,7 @@ def test_a_child_killed_alone_fails_with_a_way_forward_and_resumes(backend, tmp_
         error = backend.status(job_id).error
         assert "killed by signal 9" in error and f"python -m pipeline resume {job_id}" in error
 
-        proc = _cli("resume", job_id)
+        proc = pipeline_cli("resume", job_id)
         out, err = proc.communicate(timeout=60)
         assert proc.returncode == 0 and "queued" in out, err
         _wait(lambda: backend.status(job_id).state in ("done", "failed"), what="the resumed job")
@@ -274,7 +261,7 @@ def test_a_job_whose_run_finished_is_done_however_its_worker_or_child_died(backe
 
     # 3. A job an older version left failed although its run finished: `resume` makes it done.
     backend.store.finish(orphan, "failed", f"{run.root} holds a finished run; use a new --run-dir to train again.")
-    proc = _cli("resume", orphan)
+    proc = pipeline_cli("resume", orphan)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0 and "done: its run had finished" in out, err
     assert backend.status(orphan).state == "done" and backend.status(orphan).error is None
@@ -282,7 +269,7 @@ def test_a_job_whose_run_finished_is_done_however_its_worker_or_child_died(backe
 
 def test_a_damaged_job_database_is_a_message_not_a_traceback(ts_home):
     (ts_home / "jobs.sqlite3").write_bytes(b"this is not a database" * 100)
-    proc = _cli("jobs")
+    proc = pipeline_cli("jobs")
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and "Traceback" not in err
     assert "jobs.sqlite3 is damaged" in err and "jobs.sqlite3.damaged" in err and "run folder" in err

@@ -343,7 +343,7 @@ def test_a_damaged_evaluation_or_config_is_one_message_without_server_paths():
     at = _visitor(KEY_A, "try_model.py", run=job_id)
     assert not at.exception, at.exception
     said = " ".join(wording_shown(e.value) for e in at.error)
-    assert "settings cannot be read" in said and str(run_dir) not in said, said
+    assert "config.json cannot be read" in said and str(run_dir) not in said, said
 
 
 def wording_shown(markdown: str) -> str:

@@ -3,8 +3,6 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -19,7 +17,7 @@ from pipeline.training.callbacks import EpochCommit, FeatureValidation, checkpoi
 from pipeline.training.evaluate import evaluate
 from pipeline.training.optimizer import fused_adam_class
 from pipeline.training.placement import place
-from tests.conftest import ROOT, tiny_config, write_shapes_dataset
+from tests.conftest import pipeline_cli, tiny_config, write_shapes_dataset
 
 
 def _initial_models(cfg, num_classes=3):
@@ -183,19 +181,6 @@ def test_sample_set_trains_to_95_percent_with_its_defaults(tmp_path):
 # === Processes: kill, resume, cancel (the CLI as a user runs it) ===
 
 
-def _cli(*args, **kw):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "pipeline", *args],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        **kw,
-    )
-
-
 def _wait_for_epochs(run: RunFolder, n: int, proc, timeout=300):
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
@@ -230,14 +215,14 @@ SLOW_SETS = [
 def test_a_killed_training_resumes_at_its_last_finished_epoch(tmp_path):
     data_dir = write_shapes_dataset(tmp_path / "shapes", per_class=20, size=64)
     run = RunFolder(tmp_path / "run")
-    proc = _cli("train", str(data_dir), "--run-dir", str(run.root), *SLOW_SETS)
+    proc = pipeline_cli("train", str(data_dir), "--run-dir", str(run.root), *SLOW_SETS)
     _wait_for_epochs(run, 4, proc)  # the head phase (3) is done, and fine-tune epoch 1 too
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed = [(e["phase"], e["epoch"]) for e in run.epochs()]
     assert ("head", 3) in killed and len(killed) < 7
 
-    proc = _cli("train", str(data_dir), "--run-dir", str(run.root), *SLOW_SETS)
+    proc = pipeline_cli("train", str(data_dir), "--run-dir", str(run.root), *SLOW_SETS)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
     assert "resuming" in err
@@ -253,7 +238,7 @@ def test_a_killed_training_resumes_at_its_last_finished_epoch(tmp_path):
 def test_sigterm_cancels_at_the_next_batch_keeping_the_checkpoint(tmp_path):
     data_dir = write_shapes_dataset(tmp_path / "shapes", per_class=20, size=64)
     run = RunFolder(tmp_path / "run")
-    proc = _cli("train", str(data_dir), "--run-dir", str(run.root), *SLOW_SETS)
+    proc = pipeline_cli("train", str(data_dir), "--run-dir", str(run.root), *SLOW_SETS)
     _wait_for_epochs(run, 2, proc)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
@@ -265,31 +250,31 @@ def test_sigterm_cancels_at_the_next_batch_keeping_the_checkpoint(tmp_path):
     assert finished < 7
 
     run.cancel_file.touch()  # a cancel file stops it too, right away
-    proc = _cli("train", str(data_dir), "--run-dir", str(run.root), *SLOW_SETS)
+    proc = pipeline_cli("train", str(data_dir), "--run-dir", str(run.root), *SLOW_SETS)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 3 and len(run.epochs()) == finished
     run.cancel_file.unlink()
 
 
 def test_cli_reports_bad_input_in_one_line(tmp_path, shapes_dir):
-    proc = _cli("train", str(shapes_dir), "--run-dir", str(tmp_path / "r"), "--set", "train.strategy=magic")
+    proc = pipeline_cli("train", str(shapes_dir), "--run-dir", str(tmp_path / "r"), "--set", "train.strategy=magic")
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 2
     assert err.strip().splitlines()[-1].startswith("error: train.strategy='magic' is not allowed")
     assert "Traceback" not in err
 
     (shapes_dir / "bar" / "oops.jpg").write_bytes(b"\x00" * 50)
-    proc = _cli("scan", str(shapes_dir))
+    proc = pipeline_cli("scan", str(shapes_dir))
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0 and "bar/oops.jpg: not an image" in out
 
-    proc = _cli("evaluate", str(tmp_path / "nothing"))
+    proc = pipeline_cli("evaluate", str(tmp_path / "nothing"))
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 2 and "is not a run folder" in err and "Traceback" not in err
 
 
 def test_offline_weights_message_from_the_cli(tmp_path, shapes_dir):
-    proc = _cli("train", str(shapes_dir), "--run-dir", str(tmp_path / "r"), "--set", "model.image_size=96")
+    proc = pipeline_cli("train", str(shapes_dir), "--run-dir", str(tmp_path / "r"), "--set", "model.image_size=96")
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 2 and "Traceback" not in err
     last = err.strip().splitlines()[-1]

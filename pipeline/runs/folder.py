@@ -61,7 +61,23 @@ class CheckpointMismatchError(RunFolderError):
 
 
 class DamagedFileError(RunFolderError):
-    """A file of the run folder cannot be read (cut short, overwritten, disk trouble)."""
+    """A file of the run folder cannot be read (cut short, overwritten, disk trouble).
+
+    The message (for the CLIs and logs) names the file by its path and says the way on. The app, which shows no
+    server path, says :meth:`in_words` instead, built from the two attributes.
+
+    Attributes:
+        file: The file's name inside the run folder (``model.keras``, ``checkpoints/head/last.npz``).
+        problem: What is wrong with it, in words that hold no path (``is damaged``, ``cannot be read (...)``).
+    """
+
+    def __init__(self, message: str, *, file: str, problem: str):
+        super().__init__(message)
+        self.file, self.problem = file, problem
+
+    def in_words(self) -> str:
+        """The problem said without a path: ``This run's model.keras cannot be read (...).``"""
+        return f"This run's {self.file} {self.problem}."
 
 
 # === Checkpoints: variables keyed by name ===
@@ -108,7 +124,11 @@ def read_variables(path: Path) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     except FileNotFoundError:
         raise
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-        raise DamagedFileError(f"the checkpoint {path} is damaged ({type(exc).__name__}: {exc})") from exc
+        raise DamagedFileError(
+            f"the checkpoint {path} is damaged ({type(exc).__name__}: {exc})",
+            file=f"checkpoint {Path(path).name}",
+            problem="is damaged",
+        ) from exc
     return values, meta
 
 
@@ -337,7 +357,9 @@ class RunFolder:
                 if self.previous_state.exists()
                 else "train into a new run folder"
             )
-            raise DamagedFileError(f"{self.state} is damaged ({exc}); {way}.") from exc
+            raise DamagedFileError(
+                f"{self.state} is damaged ({exc}); {way}.", file=self.state.name, problem="is damaged"
+            ) from exc
 
     def recover_state(self) -> tuple[Ledger, str | None]:
         """The state to resume from, and a sentence when it had to fall back to state.prev.json.
@@ -355,7 +377,9 @@ class RunFolder:
             except (ValueError, OSError):
                 raise DamagedFileError(
                     f"{self.state} is damaged and so is (or is missing) its previous copy {self.previous_state.name}; "
-                    "train into a new run folder (this one's checkpoints stay where they are)."
+                    "train into a new run folder (this one's checkpoints stay where they are).",
+                    file=self.state.name,
+                    problem=f"is damaged and so is (or is missing) its previous copy {self.previous_state.name}",
                 ) from exc
             os.replace(self.state, self.state.with_name("state.json.damaged"))
             atomic_write_json(self.state, previous.to_dict())
@@ -376,11 +400,18 @@ class RunFolder:
         """Its RunConfig (config.json).
 
         Raises:
-            ConfigError, OSError: config.json is missing or not a RunConfig.
+            DamagedFileError: config.json is missing, cut short, or not a RunConfig.
         """
         from pipeline import config as config_mod
 
-        return config_mod.load(self.config)
+        try:
+            return config_mod.load(self.config)
+        except (OSError, ValueError) as exc:  # ConfigError is a ValueError
+            raise DamagedFileError(
+                f"{self.config} cannot be read ({exc}); train into a new run folder.",
+                file=self.config.name,
+                problem="cannot be read (missing, cut short, or not a Transfer Studio run's settings)",
+            ) from exc
 
     def dataset_record(self) -> dict[str, Any]:
         """dataset.json: source, revision, scan and splits.
@@ -392,7 +423,9 @@ class RunFolder:
             return _read_json_object(self.dataset)
         except (OSError, ValueError) as exc:
             raise DamagedFileError(
-                f"{self.dataset} is damaged or missing ({exc}); train into a new run folder."
+                f"{self.dataset} is damaged or missing ({exc}); train into a new run folder.",
+                file=self.dataset.name,
+                problem="is damaged or missing",
             ) from exc
 
     def splits(self):
@@ -407,7 +440,9 @@ class RunFolder:
             return data_mod.Splits.from_dict(self.dataset_record()["splits"])
         except (KeyError, TypeError, ValueError) as exc:
             raise DamagedFileError(
-                f"{self.dataset} holds no usable splits ({exc}); train into a new run folder."
+                f"{self.dataset} holds no usable splits ({exc}); train into a new run folder.",
+                file=self.dataset.name,
+                problem="holds no usable splits",
             ) from exc
 
     def evaluation(self) -> dict[str, Any] | None:
@@ -422,7 +457,9 @@ class RunFolder:
             return None
         except (OSError, ValueError) as exc:
             raise DamagedFileError(
-                f"{self.eval} is damaged ({exc}); run `python -m pipeline evaluate {self.root}`."
+                f"{self.eval} is damaged ({exc}); run `python -m pipeline evaluate {self.root}`.",
+                file=self.eval.name,
+                problem="is damaged",
             ) from exc
 
     # === metrics.jsonl ===
@@ -461,7 +498,6 @@ def load_run(run_dir: str | Path):
         RunNotReadyError: in one sentence, what is missing.
     """
     from pipeline import config as config_mod
-    from pipeline import data as data_mod
 
     run = RunFolder(Path(run_dir).expanduser().resolve())
     if not run.root.is_dir():
@@ -471,12 +507,7 @@ def load_run(run_dir: str | Path):
             hint = "training has not finished" if what == "model.keras" else "it was not written by `pipeline train`"
             raise RunNotReadyError(f"{run.root} has no {what}: {hint}.")
     cfg = config_mod.load(run.config)
-    try:
-        dataset = _read_json_object(run.dataset)
-        splits = data_mod.Splits.from_dict(dataset["splits"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DamagedFileError(f"{run.dataset} is damaged ({exc}); train into a new run folder.") from exc
-    return run, cfg, splits
+    return run, cfg, run.splits()
 
 
 def load_model(run: RunFolder):
@@ -495,5 +526,7 @@ def load_model(run: RunFolder):
         cut = "" if zipfile.is_zipfile(run.model) else " (it is not a whole .keras file: cut short or overwritten)"
         raise DamagedFileError(
             f"{run.model} cannot be read{cut}: {type(exc).__name__}: {exc}. Train into a new run folder "
-            f"(`python -m pipeline train SOURCE --run-dir NEW --from {run.root}` starts from this run's best weights)."
+            f"(`python -m pipeline train SOURCE --run-dir NEW --from {run.root}` starts from this run's best weights).",
+            file=run.model.name,
+            problem=f"cannot be read{cut}",
         ) from exc

@@ -208,6 +208,18 @@ class Ledger:
         """Training (re)starts on ``placement``."""
         self.status, self.placement = "running", dict(placement)
 
+    def trained(self, *, evaluate_after: bool) -> None:
+        """Every phase has finished: the run is evaluated next (``evaluating``), or it is done."""
+        self.status = "evaluating" if evaluate_after else "done"
+
+    def evaluated(self) -> None:
+        """The evaluation is written: the run is done."""
+        self.status = "done"
+
+    def cancelled(self) -> Ledger:
+        """The document a cancelled run commits (a copy: this one stays as training left it)."""
+        return self.copy(status="cancelled")
+
     def phase(self, name: str) -> PhaseProgress:
         """The phase's progress, added (nothing done) when it has not started."""
         return self.phases.setdefault(name, PhaseProgress())

@@ -146,7 +146,8 @@ def evaluate(run_dir: str | Path, *, mistakes: int = 24, on_event: EventFn | Non
     except DamagedFileError:
         return result  # training's resume repairs it
     if state.status == "evaluating":  # training finished and its evaluation was interrupted: now complete
-        run.write_state(state.with_(status="done"))
+        state.evaluated()
+        run.write_state(state)
     return result
 
 

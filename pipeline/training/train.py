@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import functools
 import gc
-import json
 import shutil
 import signal
 import threading
@@ -102,13 +101,7 @@ def prepare_run(
             status = None  # train() falls back to state.prev.json
         if status == "done":
             raise RunFolderError(f"{run.root} holds a finished run; use a new --run-dir to train again.")
-        try:
-            splits = data_mod.Splits.from_dict(json.loads(run.dataset.read_text(encoding="utf-8"))["splits"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise DamagedFileError(
-                f"{run.dataset} is damaged or missing ({exc}); train into a new run folder."
-            ) from exc
-        return run, saved, splits
+        return run, saved, run.splits()
 
     def scan_progress(done: int, total: int) -> None:
         if on_event:
@@ -160,7 +153,7 @@ def _parent_run(cfg: RunConfig, splits: data_mod.Splits) -> RunFolder:
                 f"--from {parent.root}: its model.{key} is {getattr(theirs, key)!r}, this run's is "
                 f"{getattr(cfg.model, key)!r}; a retrain keeps the parent's model settings."
             )
-    classes = json.loads(parent.dataset.read_text(encoding="utf-8"))["splits"]["classes"]
+    classes = parent.splits().classes
     if list(classes) != list(splits.classes):
         raise RunFolderError(
             f"--from {parent.root}: its classes ({', '.join(classes)}) differ from this data's "
@@ -252,7 +245,7 @@ def train(
             return run
         if state.status != "evaluating":
             _train_phases(run, cfg, splits, state, emit, cancel, launched_at)
-            state.status = "evaluating" if evaluate_after else "done"
+            state.trained(evaluate_after=evaluate_after)
             run.write_state(state)
         if evaluate_after:
             from pipeline.training.evaluate import evaluate
@@ -260,13 +253,13 @@ def train(
             gc.collect()  # the training models and their traced steps are garbage now: free them before evaluating
             emit({"event": events.EVALUATE})
             evaluate(run.root)
-            state.status = "done"
+            state.evaluated()
             run.write_state(state)
             fault_point("run-done")
         emit({"event": events.DONE, "best": None if state.best is None else state.best.to_dict()})
     except TrainingCancelled:
         emit({"event": events.CANCELLED})
-        run.write_state(state.copy(status="cancelled"))
+        run.write_state(state.cancelled())
         raise
     finally:
         writer.close()
