@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from app_pages import access, picker, wording
-from export import bundle, task
+from export import bundle, model_card, task
 from pipeline.runs.folder import RunFolder
 
 st.title("Export")
@@ -141,6 +141,14 @@ if result is not None:
         st.markdown("**Notes**")
         for fmt, note in notes:
             st.caption(wording.plain(f"{fmt}: {note}"))
+
+
+card = manifest.get("model_card")
+if card:
+    with st.expander("Model card (MODEL_CARD.md in the bundle)"):
+        st.markdown(model_card.render(card, name=wording.plain, image=False))
+        if (matrix := run.exports / model_card.MATRIX_NAME).exists():
+            st.image(str(matrix), caption="Confusion matrix (confusion_matrix.png in the bundle)", width=420)
 
 
 def _file_bytes(path: Path):

@@ -93,8 +93,15 @@ except data.DataError as exc:
 left, right = st.columns(2)
 with left:
     st.image(pixels, caption=f"model input ({size}x{size}, raw RGB)", width=256)
-    top = server_model().top(pixels, k=5)
+    classifier = server_model()
+    top = classifier.top(pixels, k=5)
     st.subheader(f"Server: {wording.plain(top[0][0])} ({top[0][1]:.1%})")
+    if classifier.unsure(top[0][1]):
+        st.warning(
+            f"Not sure: {top[0][1]:.1%} is below this run's confidence threshold ({classifier.threshold:.1%}). "
+            f"The model only knows its {len(classifier.classes)} classes; a photo of anything else still gets one "
+            "of them, so this may be none of these."
+        )
     st.bar_chart(
         pd.DataFrame({"probability": dict(top)}), horizontal=True, sort="-probability"
     )  # most likely first, as in the browser column

@@ -25,13 +25,14 @@ from typing import Any
 import numpy as np
 
 from export import formats as formats_mod
-from export import mediapipe_tasks, onnx_export, savedmodel, tfjs, tflite, verify, web
+from export import mediapipe_tasks, model_card, onnx_export, savedmodel, tfjs, tflite, verify, web
 from export.tflite import ConversionError
 from pipeline import data as data_mod
 from pipeline.host import paths
 from pipeline.host.atomic import atomic_write_json
 from pipeline.host.disk import full_disk_is_a_message
 from pipeline.host.exitcodes import UserError
+from pipeline.runs.confidence import threshold_of
 from pipeline.runs.folder import load_model, load_run
 
 FORMATS = formats_mod.DEFAULT  # what ``all`` writes (export.formats.REGISTRY has every format)
@@ -248,7 +249,9 @@ def _build(
     int8_params, written_metadata = job.int8_params, job.metadata
     if tfjs_formats := formats_mod.of_family(formats, "tfjs"):
         web.write_demo(tmp, "tfjs" if "tfjs" in tfjs_formats else tfjs_formats[0])
-    (tmp / "README.md").write_text(bundle_readme(cfg, splits, formats, int8_params), encoding="utf-8")
+    eval_result = run.evaluation()
+    threshold = threshold_of(eval_result)
+    (tmp / "README.md").write_text(bundle_readme(cfg, splits, formats, int8_params, threshold), encoding="utf-8")
     result = None
     if run_verify:
         with held_out(run.root, verify_limit, scratch=tmp / ".verify-cache") as (images, labels, _split):
@@ -257,7 +260,11 @@ def _build(
         for fmt, row in result["formats"].items():
             timer.record(f"verify {fmt} ({result['images']} images)", row.get("seconds", 0.0))
         atomic_write_json(tmp / "verify.json", result)
-    manifest = build_manifest(run, cfg, splits, formats, int8_params, tmp, written_metadata)
+    card = model_card.fields(run, cfg, splits, result)
+    if eval_result is not None:
+        model_card.write_confusion_png(eval_result, tmp / model_card.MATRIX_NAME)
+    (tmp / model_card.CARD_NAME).write_text(model_card.render(card), encoding="utf-8")
+    manifest = build_manifest(run, cfg, splits, formats, int8_params, tmp, written_metadata, card)
     atomic_write_json(tmp / "manifest.json", manifest)
     say("zipping the bundle")
     with timer.step("zip"):
@@ -328,12 +335,19 @@ def _representative(splits: data_mod.Splits, cfg, count: int):
 
 
 def build_manifest(
-    run, cfg, splits, formats, int8_params, bundle: Path, tflite_metadata: dict[str, dict] | None = None
+    run,
+    cfg,
+    splits,
+    formats,
+    int8_params,
+    bundle: Path,
+    tflite_metadata: dict[str, dict] | None = None,
+    card: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     from pipeline import backbones
 
     spec = backbones.get(cfg.model.backbone)
-    eval_result = json.loads(run.eval.read_text()) if run.eval.exists() else None
+    eval_result = run.evaluation()
     files = {}
     for path in sorted(p for p in bundle.rglob("*") if p.is_file() and p.name != "manifest.json"):
         rel = path.relative_to(bundle).as_posix()
@@ -359,6 +373,8 @@ def build_manifest(
             "dtype": "float32",
             "meaning": "softmax probabilities in label order",
         },
+        # below it, "none of these": the model only knows its classes (model_card.results has how it was chosen)
+        "confidence_threshold": threshold_of(eval_result),
         "tflite_int8": int8_params,
         "tflite_metadata": tflite_metadata or {},
         "web_demo": "web/index.html" if (bundle / "web" / "index.html").exists() else None,
@@ -373,6 +389,7 @@ def build_manifest(
             "best": None if (best := run.read_state().best) is None else best.to_dict(),
             "eval": {k: eval_result[k] for k in ("split", "images", "accuracy")} if eval_result else None,
         },
+        "model_card": card,
         "files": files,
         "versions": _versions(),
     }
@@ -465,7 +482,7 @@ def _replace_dir(src: Path, dest: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def bundle_readme(cfg, splits, formats, int8_params) -> str:
+def bundle_readme(cfg, splits, formats, int8_params, threshold: float | None = None) -> str:
     """The bundle's README.md from ``export/templates/bundle_readme.md`` (``@NAME@`` placeholders)."""
     int8 = ""
     if int8_params:
@@ -482,6 +499,8 @@ def bundle_readme(cfg, splits, formats, int8_params) -> str:
         "FORMATS": ", ".join(formats),
         "INT8": int8,
         "CLASSES": str(len(splits.classes)),
+        "THRESHOLD": "none (the run has no evaluation)" if threshold is None else f"{threshold:.3f}",
+        "THRESHOLD_VALUE": "0" if threshold is None else f"{threshold:.3f}",
     }.items():
         text = text.replace(f"@{key}@", value)
     return text

@@ -184,9 +184,15 @@ def cmd_predict(args) -> int:
     unreadable = (
         f", {result['unreadable']} unreadable (named in the file with the reason)" if result["unreadable"] else ""
     )
+    uncertain = (
+        f"; {result['uncertain']} below the run's confidence threshold {result['threshold']:.2f}, marked uncertain "
+        "(the model only knows its classes: a photo of anything else still gets one of them)"
+        if result["threshold"] is not None
+        else ""
+    )
     print(
         f"{result['classified']} of {result['images']} images classified{unreadable}, "
-        f"{result['images_per_second']} images/s: {result['out']}"
+        f"{result['images_per_second']} images/s: {result['out']}{uncertain}"
     )
     return 0
 

@@ -78,6 +78,7 @@ def test_predict_names_every_file_and_agrees_with_the_runs_model(trained, tmp_pa
     # the CSV's top-1 is the run's own model on those pixels
     model = load_model(run)
     classes = json.loads(run.dataset.read_text())["splits"]["classes"]
+    threshold = json.loads(run.eval.read_text())["confidence_threshold"]["value"]  # "none of these"
     good = [r for r in table if not r["error"] and not r["path"].startswith("extra.zip/")]
     pixels = np.stack([load_image(tmp_path / r["path"], 32) for r in good]).astype("float32")
     expected = model.predict(pixels, verbose=0)
@@ -87,6 +88,8 @@ def test_predict_names_every_file_and_agrees_with_the_runs_model(trained, tmp_pa
         top2 = np.sort(probs)[-2:]
         assert abs(float(row["margin"]) - float(top2[1] - top2[0])) < 1e-5
         assert row["near_tie"] == str(bool(top2[1] - top2[0] < 0.1)).lower()
+        assert row["uncertain"] == str(bool(probs.max() < threshold)).lower()
+    assert f"below the run's confidence threshold {threshold:.2f}, marked uncertain" in done.stdout, done.stdout
 
 
 def test_predict_refuses_what_it_cannot_do_in_one_sentence(trained, tmp_path):
@@ -147,3 +150,22 @@ def test_a_file_that_is_no_exported_model_is_refused(trained, tmp_path):
     (tmp_path / "model.bin").write_bytes(b"x")
     done = _cli("predict", str(run.root), str(tmp_path), "--model", str(tmp_path / "model.bin"), home=tmp_path / "h")
     assert done.returncode == 2 and "not an exported model" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_confidence_threshold_is_the_lowest_that_keeps_95_percent_of_the_correct_answers():
+    from pipeline.runs.confidence import confidence_threshold, threshold_of
+
+    rng = np.random.default_rng(0)
+    rows = [
+        {"true": "a", "predicted": "a" if i % 5 else "b", "probability": float(p)}
+        for i, p in enumerate(rng.uniform(0.34, 1.0, 200))
+    ]
+    found = confidence_threshold({"predictions": rows, "split": "test"})
+    correct = np.array([r["probability"] for r in rows if r["true"] == r["predicted"]])
+    wrong = np.array([r["probability"] for r in rows if r["true"] != r["predicted"]])
+    assert (correct >= found["value"]).mean() >= 0.95 > (correct > found["value"]).mean()  # any higher keeps fewer
+    assert found["keeps"] == (correct >= found["value"]).mean() and found["correct"] == len(correct) == 160
+    assert found["mistakes_below"] == int((wrong < found["value"]).sum()) and found["mistakes"] == 40
+    assert threshold_of({"predictions": rows}) == found["value"]  # an eval.json written before it was stored
+    assert threshold_of({"predictions": rows, "confidence_threshold": None}) is None
+    assert confidence_threshold({"predictions": [{"true": "a", "predicted": "b", "probability": 0.9}]}) is None

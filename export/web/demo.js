@@ -4,6 +4,7 @@
 // resized whole, as training saw it; a webcam frame is first cropped to its centre square (as MediaPipe's image
 // classifier does), so it is not squashed. The webcam is classified continuously (Pause stops it).
 // URL options: ?model=../tfjs-float16/ (another graph-model folder of the bundle), ?labels=../labels.txt,
+// ?manifest=../manifest.json (its confidence_threshold marks a result below it "not sure"),
 // ?embedded=1 (only the result; used by the Transfer Studio app), ?embedded=webcam (the webcam, started at once, and
 // its result: the app's live mode), #image=<data: URL> (classify that image; a new
 // fragment classifies the new image with the model already loaded, and the old result is cleared first, so a
@@ -17,6 +18,7 @@
   let model = null;
   let labels = [];
   let size = 224;
+  let threshold = null;  // manifest.json's confidence_threshold: below it the model is not sure (maybe none of these)
   let stream = null;
   let latest = 0;  // the newest image asked for: an older classification finishing late is not drawn
 
@@ -74,7 +76,11 @@
     if (ticket !== undefined && ticket !== latest) return probs;  // another image was asked for meanwhile
     const order = probs.map((p, i) => i).sort((a, b) => probs[b] - probs[a]);
     const prefix = params.get('embedded') ? 'Browser (TF.js, ' + tf.getBackend() + '): ' : '';
-    $('top').textContent = prefix + labels[order[0]] + ' (' + (probs[order[0]] * 100).toFixed(1) + '%)';
+    const unsure = threshold !== null && probs[order[0]] < threshold;
+    $('top').textContent = prefix + labels[order[0]] + ' (' + (probs[order[0]] * 100).toFixed(1) + '%)' +
+      (unsure ? ': not sure, maybe none of these (below the confidence threshold, ' +
+        (threshold * 100).toFixed(1) + '%; the model only knows its classes)' : '');
+    $('out').dataset.uncertain = String(unsure);
     $('bars').replaceChildren(...order.slice(0, 5).map(i => bar(labels[i], probs[i])));
     $('out').dataset.probs = JSON.stringify(probs);
     $('out').dataset.top1 = labels[order[0]];
@@ -104,6 +110,10 @@
     await tf.ready();
     model = await tf.loadGraphModel(modelUrl + 'model.json');
     labels = (await (await fetch(labelsUrl)).text()).split('\n').filter(line => line.length > 0);
+    try {  // optional: a page copied without the manifest still classifies, with no "not sure"
+      const manifest = await (await fetch(params.get('manifest') || '../manifest.json')).json();
+      if (typeof manifest.confidence_threshold === 'number') threshold = manifest.confidence_threshold;
+    } catch (e) { threshold = null; }
     const shape = model.inputs[0].shape;  // [-1, size, size, 3]
     if (shape && shape[1] > 0) size = shape[1];
     show('Model loaded (' + labels.length + ' classes, ' + size + 'x' + size + ' input). Choose a photo or use the webcam.');

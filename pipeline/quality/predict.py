@@ -2,9 +2,10 @@
 
 Images are found under folders (recursively, hidden names and links skipped) or given as files, decoded on threads
 a batch at a time and predicted in batches, so memory stays flat in the number of images. Every file gets a row:
-its top-k classes and probabilities, the margin (top-1 minus top-2 probability) and ``near_tie`` (margin below
-:data:`NEAR_TIE_MARGIN`), or the reason it could not be read. The output is written to a temporary name and
-renamed when whole: a killed run leaves no half-written file.
+its top-k classes and probabilities, the margin (top-1 minus top-2 probability), ``near_tie`` (margin below
+:data:`NEAR_TIE_MARGIN`) and ``uncertain`` (top-1 below the run's "none of these" threshold, calibrated on its
+held-out images: the model only knows its classes), or the reason it could not be read. The output is written to a
+temporary name and renamed when whole: a killed run leaves no half-written file.
 """
 
 from __future__ import annotations
@@ -99,9 +100,11 @@ def rows(
     top_k: int = 3,
     batch: int = BATCH,
     max_pixels: int = 89_478_485,
+    threshold: float | None = None,
     progress: ProgressFn | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """One row per item, in order: ``path``, ``top`` [(class, probability)...], ``margin``, ``near_tie``, ``error``.
+    """One row per item, in order: ``path``, ``top`` [(class, probability)...], ``margin``, ``near_tie``,
+    ``uncertain`` (top-1 below ``threshold``; None without one), ``error``.
 
     ``predict_batch`` maps raw pixels [N, S, S, 3] (float32) to probabilities; it is called ``batch`` images at a
     time.
@@ -123,6 +126,7 @@ def rows(
                 "top": [(classes[i], float(p[i])) for i in order[:k]],
                 "margin": margin,
                 "near_tie": margin < NEAR_TIE_MARGIN,
+                "uncertain": None if threshold is None else bool(p[order[0]] < threshold),
                 "error": None,
             }
         done += len(pending)
@@ -136,7 +140,7 @@ def rows(
             done += 1
             if progress:
                 progress(done, len(items))
-            yield {"path": item.name, "top": [], "margin": None, "near_tie": None, "error": error}
+            yield {"path": item.name, "top": [], "margin": None, "near_tie": None, "uncertain": None, "error": error}
             continue
         pending.append((item, pixels))
         if len(pending) == batch:
@@ -146,11 +150,11 @@ def rows(
 
 def write(out: Path, produced: Iterable[dict[str, Any]], top_k: int) -> dict[str, int]:
     """Streams the rows into ``out`` (.csv or .jsonl) under a temporary name renamed when whole; returns counts
-    (images, classified, unreadable)."""
+    (images, classified, unreadable, uncertain)."""
     out = Path(out)
     if out.suffix not in (".csv", ".jsonl"):
         raise PredictError(f"--out {out}: give a .csv or .jsonl file name.")
-    counts = {"images": 0, "classified": 0, "unreadable": 0}
+    counts = {"images": 0, "classified": 0, "unreadable": 0, "uncertain": 0}
 
     def stream(fh) -> None:
         text = io.TextIOWrapper(fh, encoding="utf-8", newline="")
@@ -162,20 +166,22 @@ def write(out: Path, produced: Iterable[dict[str, Any]], top_k: int) -> dict[str
                     *[f"{w}_{i}" for i in range(1, top_k + 1) for w in ("class", "probability")],
                     "margin",
                     "near_tie",
+                    "uncertain",
                     "error",
                 ]
             )
         for row in produced:
             counts["images"] += 1
             counts["classified" if row["error"] is None else "unreadable"] += 1
+            counts["uncertain"] += bool(row.get("uncertain"))
             if out.suffix == ".jsonl":
                 text.write(json.dumps(row) + "\n")
                 continue
             cells = [c for pair in row["top"] for c in (pair[0], f"{pair[1]:.6f}")]
             cells += [""] * (2 * top_k - len(cells))
             margin = "" if row["margin"] is None else f"{row['margin']:.6f}"
-            near_tie = "" if row["near_tie"] is None else str(row["near_tie"]).lower()
-            writer.writerow([row["path"], *cells, margin, near_tie, row["error"] or ""])
+            flags = ["" if row[f] is None else str(row[f]).lower() for f in ("near_tie", "uncertain")]
+            writer.writerow([row["path"], *cells, margin, *flags, row["error"] or ""])
         text.flush()
         text.detach()  # the file is atomic_write's to close
 
@@ -201,6 +207,7 @@ def predict_run(
         PredictError, RunNotReadyError, DamagedFileError: said in one sentence each.
     """
     from pipeline.host.devices import select_backend
+    from pipeline.runs.confidence import threshold_of
     from pipeline.runs.folder import load_model, load_run
 
     if Path(out).suffix not in (".csv", ".jsonl"):
@@ -226,6 +233,7 @@ def predict_run(
             top_k=k,
             batch=batch,
             max_pixels=cfg.data.max_image_pixels,
+            threshold=(threshold := threshold_of(run.evaluation())),
             progress=progress,
         ),
         k,
@@ -235,5 +243,6 @@ def predict_run(
         **counts,
         "seconds": round(seconds, 2),
         "images_per_second": round(counts["images"] / max(seconds, 1e-9), 1),
+        "threshold": threshold,
         "out": str(out),
     }

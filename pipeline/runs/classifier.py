@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.runs.confidence import threshold_of
 from pipeline.runs.folder import RunFolder, load_model
 
 
@@ -31,10 +32,20 @@ class Classifier:
     model: object
     classes: tuple[str, ...]
     size: int
+    threshold: float | None = None  # "none of these" below it (None: the run has no evaluation)
 
     @classmethod
     def load(cls, run: RunFolder) -> Classifier:
-        return cls(model=load_model(run), classes=tuple(run.splits().classes), size=run.settings().model.image_size)
+        return cls(
+            model=load_model(run),
+            classes=tuple(run.splits().classes),
+            size=run.settings().model.image_size,
+            threshold=threshold_of(run.evaluation()),
+        )
+
+    def unsure(self, probability: float) -> bool:
+        """A top-1 ``probability`` below the run's confidence threshold: maybe none of these classes."""
+        return self.threshold is not None and probability < self.threshold
 
     def probabilities(self, pixels: np.ndarray) -> np.ndarray:
         """Class probabilities of one image of raw RGB pixels (``size`` x ``size`` x 3, uint8)."""

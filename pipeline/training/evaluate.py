@@ -20,6 +20,7 @@ import numpy as np
 from pipeline import data as data_mod
 from pipeline.host.atomic import atomic_write_json, fault_point
 from pipeline.runs import events
+from pipeline.runs.confidence import confidence_threshold
 from pipeline.runs.folder import DamagedFileError, RunFolder, load_model, load_run
 
 EventFn = Callable[[dict[str, Any]], None]
@@ -140,6 +141,7 @@ def evaluate(run_dir: str | Path, *, mistakes: int = 24, on_event: EventFn | Non
         "predictions": [row(i) for i in range(len(labels))],
         "seconds": round(time.perf_counter() - t0, 3),
     }
+    result["confidence_threshold"] = confidence_threshold(result)
     atomic_write_json(run.eval, result, fault="eval-write")
     try:
         state = run.read_state()
