@@ -51,6 +51,16 @@ with right:
     picked = loop.confused_pairs(result, key=loop.widget_key(f"pairs-{job.id}", selection, "pair"))
 
 choice = loop.newest(selection, cell=clicked, pair=picked)  # the widget used last wins
+why = None  # or (run folder, image size): each image below with its Grad-CAM heatmap
+if st.toggle(
+    "Show why (Grad-CAM heatmaps)",
+    key=f"why-{job.id}",
+    help="Each image with a heatmap of where the model found the class it predicted (red: strongest).",
+):
+    try:
+        why = (job.run_dir, run.settings().model.image_size)
+    except DamagedFileError as exc:  # config.json cut short: no heatmaps, the rest of the page stays
+        wording.error(exc.in_words())
 selected = choice[1] if choice else None
 if selected and "predictions" in result:
     true, predicted = selected
@@ -65,12 +75,14 @@ if selected and "predictions" in result:
         loop.clear_selection(selection)
         st.rerun()
     if rows:
-        loop.image_grid(rows[:48], folder=folder, classes=labels, editable=editable, key=f"cell-{job.id}")
+        loop.image_grid(rows[:48], folder=folder, classes=labels, editable=editable, key=f"cell-{job.id}", why=why)
 else:
     st.subheader("Most confident mistakes")
     if not result["mistakes"]:
         st.success("No mistakes on this split.")
-    loop.image_grid(result["mistakes"][:24], folder=folder, classes=labels, editable=editable, key=f"mistakes-{job.id}")
+    loop.image_grid(
+        result["mistakes"][:24], folder=folder, classes=labels, editable=editable, key=f"mistakes-{job.id}", why=why
+    )
 
 loop.label_issues_panel(job.run_dir, folder, labels, editable, key=f"issues-{job.id}")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
@@ -152,6 +153,33 @@ def _thumb(path: bytes, size: int = 160):  # path: bytes (wording.fs_key), a cac
     return data.load_image(os.fsdecode(path), size)
 
 
+@st.cache_resource(max_entries=2, show_spinner=False)
+def _explainer(run_dir: str, stamp: float):
+    """The run's Grad-CAM explainer, its model loaded once per file version (``stamp``: model.keras's mtime)."""
+    from pipeline.quality.explain import Explainer
+    from pipeline.runs.folder import RunFolder, load_model
+
+    return Explainer(load_model(RunFolder(Path(run_dir))))
+
+
+def why_image(run_dir: str | Path, pixels: np.ndarray) -> np.ndarray:
+    """One image (raw RGB at the model's size) with the Grad-CAM heatmap of its top class blended over it.
+
+    Raises:
+        DamagedFileError, OSError: the run's model cannot be read.
+    """
+    from pipeline.quality import explain
+
+    model_file = Path(run_dir) / "model.keras"
+    found = _explainer(str(run_dir), model_file.stat().st_mtime).explain(pixels[None])[0]
+    return np.asarray(explain.overlay(pixels, found))
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _why_file(run_dir: str, stamp: float, path: bytes, size: int) -> np.ndarray:  # stamp: a new model, new heatmaps
+    return why_image(run_dir, data.load_image(os.fsdecode(path), size))
+
+
 def _report(folder: str) -> data.ScanReport:
     """The dataset as scanned (before corrections): what a correction is checked against."""
     _, report = sources.resolve_and_scan(folder)
@@ -178,7 +206,14 @@ def _correct(folder: str, action: str, path: str, cls: str | None = None) -> Non
 
 
 def image_grid(
-    rows: list[dict], *, folder: str, classes: list[str], editable: bool, key: str, suggested_key: str | None = None
+    rows: list[dict],
+    *,
+    folder: str,
+    classes: list[str],
+    editable: bool,
+    key: str,
+    suggested_key: str | None = None,
+    why: tuple[str, int] | None = None,
 ) -> None:
     """Images with their label and prediction; owners get Relabel / Exclude under each.
 
@@ -186,6 +221,7 @@ def image_grid(
         rows: Dicts with ``file``, ``path`` (relative to ``folder``), a label under ``true`` or ``label``,
             and a prediction under ``predicted``/``probability`` or ``suggested``/``suggested_probability``.
         suggested_key: The key of the class a relabel defaults to (the prediction or the suggestion).
+        why: (run folder, image size): each image shown with the Grad-CAM heatmap of the run's top class.
     """
     if said := st.session_state.pop(TOAST, None):
         st.toast(said)
@@ -198,9 +234,15 @@ def image_grid(
         prob = r.get("probability", r.get("suggested_probability", 0.0))
         with cols[i % GRID_COLUMNS]:
             try:
-                st.image(_thumb(wording.fs_key(r["file"])), width="stretch")
+                if why is None:
+                    st.image(_thumb(wording.fs_key(r["file"])), width="stretch")
+                else:
+                    stamp = (Path(why[0]) / "model.keras").stat().st_mtime
+                    st.image(_why_file(why[0], stamp, wording.fs_key(r["file"]), why[1]), width="stretch")
             except data.DataError:
                 st.caption("(image no longer available)")
+            except (UserError, OSError) as exc:  # the run's model cut short or gone: no heatmap, the rest stays
+                st.caption(f"(no heatmap: {wording.plain(getattr(exc, 'in_words', lambda: 'the model is gone')())})")
             st.caption(
                 f"labelled **{wording.plain(label)}**, looks like **{wording.plain(guess)}** ({prob:.0%})"
                 + (f", score {r['score']:.2f}" if "score" in r else "")

@@ -69,6 +69,14 @@ def server_model():
     st.stop()
 
 
+@st.cache_resource(max_entries=3, show_spinner=False)
+def _explainer(run_dir: str, stamp: float):
+    """Grad-CAM on the server column's model (the same loaded model, not a second copy)."""
+    from pipeline.quality.explain import Explainer
+
+    return Explainer(_server_model(run_dir, stamp).model)
+
+
 shot = (
     st.file_uploader("Photo", type=["jpg", "jpeg", "png", "bmp", "gif", "webp", "tif", "tiff"])
     if source == "Upload"
@@ -105,6 +113,15 @@ with left:
     st.bar_chart(
         pd.DataFrame({"probability": dict(top)}), horizontal=True, sort="-probability"
     )  # most likely first, as in the browser column
+    if st.toggle("Show why (Grad-CAM heatmap)", key="try-why"):
+        from pipeline.quality import explain
+
+        found = _explainer(str(run.root), run.model.stat().st_mtime).explain(pixels[None])[0]
+        st.image(
+            explain.overlay(pixels, found),
+            caption=f"Where the model found {wording.plain(classifier.classes[found.class_index])} (red: strongest)",
+            width=256,
+        )
 
 with right:
     page = run.exports / "web" / "index.html"

@@ -92,7 +92,8 @@ def _records(run) -> list[dict[str, Any]]:
 
 def _shown_source(source: str) -> str:
     """``sample:digits`` as it is; a folder or zip by its name alone (the card ships: no server path)."""
-    return source if ":" in source.split("/")[0] else Path(source).name
+    shown = source if ":" in source.split("/")[0] else Path(source).name
+    return shown.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")  # bytes not UTF-8: \xNN
 
 
 def _format_rows(verify_result: dict[str, Any]) -> dict[str, dict[str, Any]]:

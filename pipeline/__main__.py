@@ -197,6 +197,22 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_explain(args) -> int:
+    from pipeline.quality import explain
+
+    rows = explain.explain_run(args.run_dir, args.images, args.out, class_name=args.class_name)
+    for row in rows:
+        if row["error"]:
+            print(f"{row['path']}: not explained: {row['error']}")
+        else:
+            print(f"{row['path']}: {row['class']} ({row['probability']:.1%}) -> {row['overlay']}")
+    bad = sum(1 for r in rows if r["error"])
+    print(
+        f"{len(rows) - bad} of {len(rows)} images explained" + (f", {bad} unreadable" if bad else ""), file=sys.stderr
+    )
+    return 0
+
+
 def cmd_submit(args) -> int:
     from pipeline.jobs.backends import get_backend
 
@@ -429,6 +445,13 @@ def parser() -> argparse.ArgumentParser:
         "savedmodel/ or TF.js folder (RUN_DIR/exports/model-int8.tflite, RUN_DIR/exports/tfjs, ...)",
     )
     pr.set_defaults(func=cmd_predict)
+
+    xp = sub.add_parser("explain", help="Grad-CAM overlays: where in each image the model found its class")
+    xp.add_argument("run_dir", metavar="RUN_DIR")
+    xp.add_argument("images", nargs="+", metavar="IMAGE", help="image files or folders (recursive)")
+    xp.add_argument("--out", required=True, metavar="DIR", help="folder for the overlay PNGs (NAME.gradcam.png)")
+    xp.add_argument("--class", dest="class_name", metavar="NAME", help="explain this class (default: the top one)")
+    xp.set_defaults(func=cmd_explain)
 
     j = sub.add_parser("submit", help="queue a training job (starts a background worker if none runs)")
     j.add_argument("data", help="folder, .zip, or sample:digits")

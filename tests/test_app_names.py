@@ -120,7 +120,7 @@ def _walk(odd: Path) -> None:
     assert at.selectbox[0].value == "odd"
     cells = _cells(at)
     assert "val/disc/" + escaped(BROKEN_NAME) in cells and "train/bar/" + escaped(TWIN_NAME) in cells, cells
-    assert at.get("imgs") or at.get("image")
+    assert at.get("image")
 
     # Augment: the image box lists the name escaped; the preview of that very file is drawn
     at.switch_page("app_pages/augment.py")
@@ -173,6 +173,12 @@ def _walk(odd: Path) -> None:
     at.run()
     _no_exception(at)
     assert escaped(TEST_NAME) in _texts(at)
+    shown_plain = len(at.get("image"))
+    at.toggle(key=f"why-{job_id}").set_value(True).run()  # the same cell's images with their Grad-CAM heatmaps
+    _no_exception(at)
+    assert len(at.get("image")) == shown_plain > 0 and not any("no heatmap" in c.value for c in at.caption)
+    assert escaped(TEST_NAME) in _texts(at)
+    at.toggle(key=f"why-{job_id}").set_value(False).run()
     # relabel it: the correction keeps the real name, and training applies it
     cell_rows = sorted(
         (p for p in result["predictions"] if (p["true"], p["predicted"]) == (row["true"], row["predicted"])),
@@ -231,6 +237,8 @@ def _walk(odd: Path) -> None:
     _no_exception(at)
     assert not at.error, [e.value for e in at.error]
     assert any("Verification on" in s.value for s in at.subheader)
+    assert any(e.label.startswith("Model card") for e in at.expander)
+    assert any(m.value.startswith("# Model card") for m in at.markdown)
 
     # Try: the odd image itself, uploaded (a browser sends its name as valid text)
     at = _page("try_model.py", run=job_id)
@@ -239,6 +247,9 @@ def _walk(odd: Path) -> None:
     at.file_uploader[0].set_value((escaped(TEST_NAME), photo.read_bytes(), "image/jpeg")).run()
     _no_exception(at)
     assert any(s.value.startswith("Server: ") for s in at.subheader)
+    at.toggle(key="try-why").set_value(True).run()
+    _no_exception(at)
+    assert any("Where the model found" in c for i in at.get("image") for c in i.captions)
 
     # the model file cut short afterwards: Try says so in one message, without the server's paths
     model_file = run_dir / "model.keras"
@@ -246,4 +257,4 @@ def _walk(odd: Path) -> None:
     at = _page("try_model.py", run=job_id)
     _no_exception(at)
     said = [e.value for e in at.error]
-    assert len(said) == 1 and "model.keras cannot be read" in said[0] and str(run_dir) not in said[0], said
+    assert len(said) == 1 and "model.keras cannot be read" in shown(said[0]) and str(run_dir) not in said[0], said

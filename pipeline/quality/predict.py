@@ -77,7 +77,7 @@ def find_images(sources: Iterable[str | os.PathLike], shown: dict[Path, str] | N
     return items
 
 
-def _decoded(items: list[Item], size: int, max_pixels: int) -> Iterator[tuple[Item, np.ndarray | None, str | None]]:
+def decode_items(items: list[Item], size: int, max_pixels: int) -> Iterator[tuple[Item, np.ndarray | None, str | None]]:
     """(item, pixels or None, error) in order, decoded on threads a batch ahead."""
 
     def one(item: Item):
@@ -134,7 +134,7 @@ def rows(
         if progress:
             progress(done, len(items))
 
-    for item, pixels, error in _decoded(items, size, max_pixels):
+    for item, pixels, error in decode_items(items, size, max_pixels):
         if error is not None:
             yield from flush()  # rows stay in the order of the files
             done += 1
