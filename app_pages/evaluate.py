@@ -85,6 +85,7 @@ else:
     )
 
 loop.label_issues_panel(job.run_dir, folder, labels, editable, key=f"issues-{job.id}")
+loop.dataset_map_panel(job.run_dir, folder, labels, editable, key=f"map-{job.id}")
 
 st.subheader("Corrections and retraining")
 used = dataset.get("revision", {}).get("number")

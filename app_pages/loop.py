@@ -244,8 +244,9 @@ def image_grid(
             except (UserError, OSError) as exc:  # the run's model cut short or gone: no heatmap, the rest stays
                 st.caption(f"(no heatmap: {wording.plain(getattr(exc, 'in_words', lambda: 'the model is gone')())})")
             st.caption(
-                f"labelled **{wording.plain(label)}**, looks like **{wording.plain(guess)}** ({prob:.0%})"
-                + (f", score {r['score']:.2f}" if "score" in r else "")
+                f"labelled **{wording.plain(label)}**, looks like **{wording.plain(guess)}**"
+                + (f" ({prob:.0%})" if prob is not None else "")
+                + (f", score {r['score']:.2f}" if r.get("score") is not None else "")
             )
             if now == EXCLUDED:
                 st.caption(":orange[**excluded** since (retrain to use it)]")
@@ -420,6 +421,67 @@ def label_issues_panel(run_dir: str, folder: str, classes: list[str], editable: 
     )
     for c in result.get("in_two_classes", []):
         wording.warning(f"In two classes: {c['path']} ({c['class']}); exclude the copy in the wrong class to use it.")
+
+
+@st.fragment(run_every=1.0)
+def map_build(run_dir: str) -> None:
+    """Progress of a dataset map being built; reruns the page once it finishes."""
+    from pipeline.quality import dataset_map
+
+    status = dataset_map.background_status(run_dir)
+    if status["state"] == "running":
+        st.progress(
+            min(status["seconds"] / 90, 0.95),
+            text=f"Drawing the dataset map... ({status['seconds']:.0f} s; "
+            f"{wording.plain(status['step'] or 'starting')})",
+        )
+    elif st.session_state.get(f"mapping-{run_dir}"):
+        del st.session_state[f"mapping-{run_dir}"]
+        st.rerun(scope="app")
+
+
+def dataset_map_panel(run_dir: str, folder: str, classes: list[str], editable: bool, key: str) -> None:
+    """Every image of the run's data on a 2-D map of its features; a click opens the image with its actions."""
+    from pipeline.quality import dataset_map
+
+    st.subheader("Dataset map")
+    status = dataset_map.background_status(run_dir)
+    if status["state"] == "running" or st.session_state.get(f"mapping-{run_dir}"):
+        map_build(run_dir)
+        return
+    if status["state"] == "failed":
+        wording.error(f"The dataset map failed: {status['error']}")
+    if status["state"] != "done":
+        st.caption(
+            "Every image of this run's data placed by what the trained model sees in it (UMAP of the pooled "
+            "features): look for images among another class's, suspected label errors (crosses) and near-copies "
+            "(diamonds)."
+        )
+        if editable and st.button("Draw the dataset map", key=f"{key}-start", icon=":material/scatter_plot:"):
+            dataset_map.start_background(run_dir)
+            st.session_state[f"mapping-{run_dir}"] = True
+            st.rerun()
+        return
+    result = status["result"]
+    st.caption(
+        f"{result['images']} images: {result['issues']} suspected label error(s) (crosses), "
+        f"{result['near_duplicates']} near-copies (diamonds); {result['seconds']['total']:.0f} s to draw. "
+        "Click a point to see the image" + (" and fix its label." if editable else ".")
+    )
+    event = st.plotly_chart(
+        dataset_map.figure(result), key=f"{key}-map", on_select="rerun", selection_mode="points", width="stretch"
+    )
+    picked = [p.get("customdata") for p in ((event or {}).get("selection", {}).get("points", []) if event else [])]
+    picked = [int(i[0] if isinstance(i, list) else i) for i in picked if i is not None]
+    if picked:
+        points = [result["points"][i] for i in picked[:8]]
+        rows = [{**p, "suggested": p["suggested"] or p["label"], "suggested_probability": None} for p in points]
+        image_grid(
+            rows, folder=folder, classes=classes, editable=editable, key=f"{key}-picked", suggested_key="suggested"
+        )
+        for p in points:
+            if p["near_copy_of"]:
+                wording.warning(f"{p['path']} looks like a copy of {p['near_copy_of']}: exclude one of them.")
 
 
 # === Retrain and compare ===

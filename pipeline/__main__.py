@@ -111,6 +111,30 @@ def cmd_label_issues(args) -> int:
     return 0
 
 
+def cmd_map(args) -> int:
+    from pipeline.quality import dataset_map
+    from pipeline.runs.folder import RunFolder
+
+    def progress(msg: str) -> None:
+        print(f"{msg} ...", file=sys.stderr, flush=True)
+
+    target = Path(args.source).expanduser()
+    if target.is_dir() and not RunFolder(target).not_a_run():  # a run: its images through its own model
+        result = dataset_map.for_run(target, progress=progress, fresh=args.fresh)
+    else:  # a dataset, before any run: the pretrained base of the config's backbone
+        from pipeline.training import presets
+
+        cfg = presets.config_for(args.source, config_file=args.config, overrides=args.set or [])
+        result = dataset_map.for_data(args.source, cfg, progress=progress, fresh=args.fresh)
+    if args.out:
+        dataset_map.write_html(result, args.out)
+    print(
+        f"{result['images']} images mapped ({result['features']}): {result['issues']} suspected label error(s), "
+        f"{result['near_duplicates']} near-copies marked" + (f": {args.out}" if args.out else "")
+    )
+    return 0
+
+
 def cmd_correct(args) -> int:
     """relabel / exclude / add / undo / revision: the dataset's corrections (its originals stay as they are)."""
     from pipeline import data as data_mod
@@ -401,6 +425,14 @@ def parser() -> argparse.ArgumentParser:
     li.add_argument("--limit", type=int, default=30, help="rows to print (all are in label_issues.json)")
     li.add_argument("--json", action="store_true")
     li.set_defaults(func=cmd_label_issues)
+
+    mp = sub.add_parser("map", help="a 2-D map of every image's features (UMAP) with label issues and copies marked")
+    mp.add_argument("source", metavar="DATA|RUN_DIR", help="a run folder (its model), or a dataset (pretrained base)")
+    mp.add_argument("--out", metavar="FILE.html", help="a standalone HTML page (Plotly bundled, thumbnails on hover)")
+    mp.add_argument("--config", help="for a dataset: TOML or JSON config (the backbone, size and weights used)")
+    mp.add_argument("--set", action="append", metavar="KEY=VALUE", help="for a dataset: model.backbone=... and so on")
+    mp.add_argument("--fresh", action="store_true", help="compute again instead of reading the kept map")
+    mp.set_defaults(func=cmd_map)
 
     data_help = "folder, .zip, or sample:digits (the dataset whose corrections these are)"
     rl = sub.add_parser("relabel", help="record that one image belongs to another class (the file is not moved)")

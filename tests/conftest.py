@@ -122,3 +122,19 @@ def pipeline_cli(*args, env: dict | None = None, **kw) -> subprocess.Popen:
         text=True,
         **kw,
     )
+
+
+def plant_flips(src: Path, dest: Path, fraction: float, seed: int) -> set[str]:
+    """Hymenoptera's train+val as class folders under ``dest`` with ``fraction`` of the files in the wrong class."""
+    files = sorted(p for split in ("train", "val") for p in (src / split).glob("*/*") if p.is_file())
+    flip = set(np.random.default_rng(seed).choice(len(files), round(len(files) * fraction), replace=False).tolist())
+    flipped = set()
+    for i, path in enumerate(files):
+        cls = path.parent.name
+        target = {"ants": "bees", "bees": "ants"}[cls] if i in flip else cls
+        name = f"{path.parent.parent.name}-{path.name}"
+        (dest / target).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, dest / target / name)
+        if i in flip:
+            flipped.add(f"{target}/{name}")
+    return flipped

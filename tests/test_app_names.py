@@ -204,6 +204,29 @@ def _walk(odd: Path) -> None:
     _no_exception(at)
     assert any(escaped(TWIN_NAME) in shown(w.value) for w in at.warning), [w.value for w in at.warning]
 
+    # the dataset map, drawn in the background; a click on the odd test image's point opens it with its actions
+    from pipeline.quality import dataset_map
+
+    next(b for b in at.button if b.label == "Draw the dataset map").click().run()
+    _no_exception(at)
+    t0 = time.monotonic()
+    while dataset_map.background_status(run_dir)["state"] == "running":
+        assert time.monotonic() - t0 < 300
+        time.sleep(0.5)
+    status = dataset_map.background_status(run_dir)
+    assert status["state"] == "done", status
+    at = _page("evaluate.py", run=job_id)
+    _no_exception(at)
+    assert any(c.value.startswith(f"{status['result']['images']} images:") for c in at.caption)
+    point = next(i for i, p in enumerate(status["result"]["points"]) if p["path"] == "test/square/" + TEST_NAME)
+    at.session_state[f"map-{job_id}-map"] = {
+        "selection": {"points": [{"customdata": point}], "point_indices": [0], "box": [], "lasso": []}
+    }
+    at.run()
+    _no_exception(at)
+    assert any(escaped(TEST_NAME) == t for t in _texts(at))
+    assert any(b.key == f"map-{job_id}-picked-relabel-0" for b in at.button)
+
     # Data again: the run's suspected label errors and the corrections are shown there too
     at = _page("data.py")
     _no_exception(at)

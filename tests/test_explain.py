@@ -147,3 +147,15 @@ def test_cli_writes_an_overlay_per_image_and_names_an_unreadable_file(patch_run,
     refused = cli(str(photos / "a.png"), "--out", str(out), "--class", "green")
     assert refused.returncode == 2 and "'green' is not one of the run's classes (blue, red)" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_every_file_the_background_commands_write_is_a_run_entry():
+    """``delete`` removes a folder only when all it holds are names a run writes: the map's and the label-issue
+    search's files among them (a new one missing here would make a run undeletable)."""
+    from export import task
+    from pipeline.quality import dataset_map, label_issues
+    from pipeline.runs.folder import RUN_ENTRIES
+
+    for background in (label_issues.SEARCH, dataset_map.BUILD, task.EXPORT):
+        assert {background.status_name, background.log_name} <= RUN_ENTRIES, background
+    assert {label_issues.RESULT_NAME, dataset_map.RUN_MAP_NAME} <= RUN_ENTRIES

@@ -13,7 +13,7 @@ from PIL import Image
 from pipeline import data as data_mod
 from pipeline.data import DataError, revision
 from pipeline.quality import label_issues
-from tests.conftest import tiny_config
+from tests.conftest import plant_flips, tiny_config
 
 
 def _sha256_tree(root: Path) -> dict[str, str]:
@@ -24,22 +24,6 @@ def _sha256_tree(root: Path) -> dict[str, str]:
     }
 
 
-def _plant_flips(src: Path, dest: Path, fraction: float, seed: int) -> set[str]:
-    """Hymenoptera's train+val as class folders under ``dest`` with ``fraction`` of the files in the wrong class."""
-    files = sorted(p for split in ("train", "val") for p in (src / split).glob("*/*") if p.is_file())
-    flip = set(np.random.default_rng(seed).choice(len(files), round(len(files) * fraction), replace=False).tolist())
-    flipped = set()
-    for i, path in enumerate(files):
-        cls = path.parent.name
-        target = {"ants": "bees", "bees": "ants"}[cls] if i in flip else cls
-        name = f"{path.parent.parent.name}-{path.name}"
-        (dest / target).mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, dest / target / name)
-        if i in flip:
-            flipped.add(f"{target}/{name}")
-    return flipped
-
-
 @pytest.mark.slow
 def test_planted_label_flips_are_found(shared_dir, keras_home_with_weights, tmp_path):
     """10% of the labels flipped: most of them flagged, and the flagged set is mostly flips.
@@ -48,7 +32,7 @@ def test_planted_label_flips_are_found(shared_dir, keras_home_with_weights, tmp_
     """
     from pipeline import config as config_mod
 
-    flipped = _plant_flips(shared_dir / "data" / "hymenoptera", tmp_path / "flipped", 0.1, seed=1)
+    flipped = plant_flips(shared_dir / "data" / "hymenoptera", tmp_path / "flipped", 0.1, seed=1)
     cfg = config_mod.apply_overrides(config_mod.RunConfig(), ["data.test_fraction=0"])
     report = data_mod.scan(tmp_path / "flipped", cfg.data)
     splits = data_mod.make_splits(report, cfg.data, cfg.train.seed)

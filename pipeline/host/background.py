@@ -89,3 +89,32 @@ class Background:
         text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
         errors = [line.removeprefix("error: ") for line in text.splitlines() if line.startswith("error: ")]
         return errors[-1] if errors else None
+
+    def outcome(self, run_dir: str | Path, result_name: str, what: str = "it") -> dict[str, Any]:
+        """Where a command that writes ``result_name`` (JSON) in the run folder stands, for the pages:
+        ``state`` none (never started), running (``seconds``, ``step``: its log's last line), done (``result``)
+        or failed (``error``: its last ``error:`` line, or where its log is)."""
+        run = Path(run_dir)
+        status = self.read(run)
+        result_file = run / result_name
+        fresh = result_file.exists() and (status is None or result_file.stat().st_mtime >= status.get("started", 0))
+        if fresh:
+            try:
+                return {"state": "done", "result": json.loads(result_file.read_text(encoding="utf-8"))}
+            except ValueError:
+                pass  # being replaced right now
+        if status is None:
+            return {"state": "none"}
+        if status.get("state", "running") == "running":
+            return {"state": "running", "seconds": time.time() - status["started"], "step": self.last_line(run)}
+        return {
+            "state": "failed",
+            "error": self.last_error(run) or f"{what} stopped unexpectedly (see {self.log_path(run)})",
+        }
+
+    def last_line(self, run_dir: str | Path) -> str | None:
+        """The last line its log holds (its latest progress message), or None."""
+        path = self.log_path(run_dir)
+        text = path.read_text(encoding="utf-8", errors="replace") if path.exists() else ""
+        lines = [line.strip() for line in text.replace("\r", "\n").splitlines() if line.strip()]
+        return lines[-1] if lines else None

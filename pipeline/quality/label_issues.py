@@ -196,22 +196,4 @@ def start_background(run_dir: str | Path) -> None:
 
 def background_status(run_dir: str | Path) -> dict[str, Any]:
     """``state``: none (never started), running, done (``result`` holds it) or failed (``error`` says why)."""
-    import json
-
-    run = Path(run_dir)
-    status = SEARCH.read(run)
-    result_file = run / RESULT_NAME
-    fresh = result_file.exists() and (status is None or result_file.stat().st_mtime >= status.get("started", 0))
-    if fresh:
-        try:
-            return {"state": "done", "result": json.loads(result_file.read_text(encoding="utf-8"))}
-        except ValueError:
-            pass  # being replaced right now
-    if status is None:
-        return {"state": "none"}
-    if status.get("state", "running") == "running":
-        return {"state": "running", "seconds": time.time() - status["started"]}
-    return {
-        "state": "failed",
-        "error": SEARCH.last_error(run) or f"the search stopped unexpectedly (see {SEARCH.log_path(run)})",
-    }
+    return SEARCH.outcome(run_dir, RESULT_NAME, "the search")

@@ -235,6 +235,9 @@ RUN_ENTRIES = frozenset(
         "label_issues.json",
         "label_issues.status.json",
         "label_issues.log",
+        "dataset_map.json",
+        "dataset_map.status.json",
+        "dataset_map.log",
     }
 )
 
