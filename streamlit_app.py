@@ -20,6 +20,7 @@ pages = [
     st.Page("app_pages/evaluate.py", title="Evaluate", icon=":material/fact_check:"),
     st.Page("app_pages/export_page.py", title="Export", icon=":material/download:"),
     st.Page("app_pages/try_model.py", title="Try", icon=":material/photo_camera:"),
+    st.Page("app_pages/predict.py", title="Predict", icon=":material/table_view:"),
 ]
 access.remember_visitor()  # the owner key in a cookie: a refresh or a new tab is the same owner
 sources.source()  # this visitor's data source: the link's, this session's, or the one kept from their last visit

@@ -345,6 +345,18 @@ def add_images(folder: str, scanned: dict, cls: str, files: list, *, force: bool
     st.rerun()
 
 
+def add_files(folder: str, cls: str, given: list[tuple[str, str]]) -> None:
+    """Adds files on this server (``given``: path, the name the person knows it by) to class ``cls`` of the
+    dataset's revision: all of them or, when one is refused (a copy of a dataset image, not an image), none."""
+    rev = revision.Revision(folder)
+    try:
+        added = rev.add_all(_report(folder), cls, given)
+    except UserError as exc:  # DataError, or a full disk: nothing was added
+        wording.error(exc)
+        return
+    st.toast(wording.plain(f"Added {len(added)} image(s) to {cls}. Retrain to use them."))
+
+
 def latest_finished_run(source: str):
     """This visitor's newest finished run on ``source`` (None without one)."""
     from pipeline.data import absolute_source

@@ -183,8 +183,8 @@ def cmd_predict(args) -> int:
 
     def progress(done: int, total: int) -> None:
         end = "\n" if done == total else "\r"
-        if sys.stderr.isatty() or done == total:
-            print(f"classified {done}/{total}", end=end, file=sys.stderr, flush=True)
+        if sys.stderr.isatty() or done == total or args.summary:  # the app reads the log's last line
+            print(f"classified {done}/{total}", end=end if not args.summary else "\n", file=sys.stderr, flush=True)
 
     runtime = None
     if args.model:  # the shipped file in its own runtime (the CLI is the top layer: it may use export's runtimes)
@@ -205,6 +205,8 @@ def cmd_predict(args) -> int:
         batch=predict.BATCH if runtime is None else runtime.batch,
         progress=progress,
     )
+    if args.summary:
+        predict.write_summary(args.summary, result)
     unreadable = (
         f", {result['unreadable']} unreadable (named in the file with the reason)" if result["unreadable"] else ""
     )
@@ -476,6 +478,7 @@ def parser() -> argparse.ArgumentParser:
         help="an exported file run in its own runtime instead of the Keras model: a .tflite or .onnx file, or a "
         "savedmodel/ or TF.js folder (RUN_DIR/exports/model-int8.tflite, RUN_DIR/exports/tfjs, ...)",
     )
+    pr.add_argument("--summary", metavar="FILE.json", help="also write the counts as JSON (the app reads them)")
     pr.set_defaults(func=cmd_predict)
 
     xp = sub.add_parser("explain", help="Grad-CAM overlays: where in each image the model found its class")

@@ -153,9 +153,9 @@ def test_every_file_the_background_commands_write_is_a_run_entry():
     """``delete`` removes a folder only when all it holds are names a run writes: the map's and the label-issue
     search's files among them (a new one missing here would make a run undeletable)."""
     from export import task
-    from pipeline.quality import dataset_map, label_issues
+    from pipeline.quality import dataset_map, label_issues, predict
     from pipeline.runs.folder import RUN_ENTRIES
 
-    for background in (label_issues.SEARCH, dataset_map.BUILD, task.EXPORT):
+    for background in (label_issues.SEARCH, dataset_map.BUILD, task.EXPORT, predict.APP):
         assert {background.status_name, background.log_name} <= RUN_ENTRIES, background
-    assert {label_issues.RESULT_NAME, dataset_map.RUN_MAP_NAME} <= RUN_ENTRIES
+    assert {label_issues.RESULT_NAME, dataset_map.RUN_MAP_NAME, predict.APP_OUT, predict.APP_SUMMARY} <= RUN_ENTRIES

@@ -25,13 +25,18 @@ import numpy as np
 
 from pipeline import data as data_mod
 from pipeline.data.sources import is_hidden
-from pipeline.host.atomic import atomic_write
+from pipeline.host.atomic import atomic_write, atomic_write_json
+from pipeline.host.background import Background
 from pipeline.host.exitcodes import UserError
 
 NEAR_TIE_MARGIN = 0.1  # top-1 minus top-2 below this: the model hesitates between the two
 BATCH = 32
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 ProgressFn = Callable[[int, int], None]
+# The app's predictions for a run (one at a time, the newest kept): the CSV, its counts, the status and the log.
+APP_OUT = "predictions.csv"
+APP_SUMMARY = "predictions.json"
+APP = Background(status_name="predict.status.json", log_name="predict.log")
 
 
 class PredictError(UserError, ValueError):
@@ -246,3 +251,23 @@ def predict_run(
         "threshold": threshold,
         "out": str(out),
     }
+
+
+# === In the background (the app) ===
+
+
+def start_background(run_dir: str | Path, sources: list[str]) -> None:
+    """Starts ``python -m pipeline predict RUN_DIR SOURCES --out RUN_DIR/predictions.csv`` as its own process."""
+    run = Path(run_dir)
+    APP.start(run, "pipeline", "predict", str(run), *sources, "--out", str(run / APP_OUT), "--summary",
+              str(run / APP_SUMMARY), sources=list(sources))  # fmt: skip
+
+
+def background_status(run_dir: str | Path) -> dict[str, Any]:
+    """``state``: none, running (``step``: "classified N/M"), done (``result``: the counts) or failed (``error``)."""
+    return APP.outcome(run_dir, APP_SUMMARY, "the prediction")
+
+
+def write_summary(path: str | Path, result: dict[str, Any]) -> None:
+    """The counts the app shows beside the table (written when the CSV is whole)."""
+    atomic_write_json(Path(path), {k: v for k, v in result.items() if k != "out"})

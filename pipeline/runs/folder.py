@@ -238,6 +238,10 @@ RUN_ENTRIES = frozenset(
         "dataset_map.json",
         "dataset_map.status.json",
         "dataset_map.log",
+        "predictions.csv",
+        "predictions.json",
+        "predict.status.json",
+        "predict.log",
     }
 )
 
