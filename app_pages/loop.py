@@ -465,7 +465,7 @@ def dataset_map_panel(run_dir: str, folder: str, classes: list[str], editable: b
         wording.error(f"The dataset map failed: {status['error']}")
     if status["state"] != "done":
         st.caption(
-            "Every image of this run's data placed by what the trained model sees in it (UMAP of the pooled "
+            "Every image of this run's data placed by what the trained model sees in it (t-SNE of the pooled "
             "features): look for images among another class's, suspected label errors (crosses) and near-copies "
             "(diamonds)."
         )

@@ -6,7 +6,10 @@ images each layout, each in a fresh process (UMAP's first call in a process comp
 its own, as ``compile``, from a 50-point call before the timed one). Then ``pipeline.quality.dataset_map.for_data``
 end to end (scan, decode, features, layout, label-error search, near-copies) on a 1,000-image and the whole set.
 
-Usage: ``python bench/bench_map.py [--out bench/results_map.json]``. Not a test.
+The comparison needs umap-learn, which the project does not install (t-SNE won: BENCHMARKS.md):
+``pip install umap-learn==0.5.12`` first, or ``--maps-only`` for the end-to-end times alone.
+
+Usage: ``python bench/bench_map.py [--maps-only] [--out bench/results_map.json]``. Not a test.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ def subset(src: Path, dest: Path, per_class: int | None) -> Path:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", default=str(ROOT / "bench" / "results_map.json"))
+    parser.add_argument("--maps-only", action="store_true", help="the end-to-end map times, no layout comparison")
     args = parser.parse_args()
     os.environ["KERAS_HOME"] = str(seeded_keras_home())
     os.environ["TRANSFER_STUDIO_HOME"] = tempfile.mkdtemp(prefix="bench-ts-")
@@ -85,6 +89,11 @@ def main() -> int:
             "near_duplicates": result["near_duplicates"],
         }
         print(label, json.dumps(results["maps"][label]), flush=True)
+    if args.maps_only:
+        previous = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
+        results["layouts"] = previous.get("layouts", {})
+        Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
+        return 0
     # the layouts alone, on the whole set's features (computed again here, once, through the same base)
     from pipeline import data as data_mod
     from pipeline.quality import label_issues

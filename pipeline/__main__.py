@@ -428,7 +428,7 @@ def parser() -> argparse.ArgumentParser:
     li.add_argument("--json", action="store_true")
     li.set_defaults(func=cmd_label_issues)
 
-    mp = sub.add_parser("map", help="a 2-D map of every image's features (UMAP) with label issues and copies marked")
+    mp = sub.add_parser("map", help="a 2-D map of the images' features (t-SNE), label issues and copies marked")
     mp.add_argument("source", metavar="DATA|RUN_DIR", help="a run folder (its model), or a dataset (pretrained base)")
     mp.add_argument("--out", metavar="FILE.html", help="a standalone HTML page (Plotly bundled, thumbnails on hover)")
     mp.add_argument("--config", help="for a dataset: TOML or JSON config (the backbone, size and weights used)")

@@ -1,14 +1,15 @@
 """The dataset map: every image's pooled features laid out in 2-D, with suspected label errors and near-duplicates
-marked, as data for a scatter plot (the Data page's map, ``python -m pipeline map ... --out map.html``).
+marked, as data for a scatter plot (Evaluate's map, ``python -m pipeline map ... --out map.html``).
 
 Features come from a run's own model (``RUN``: the images of its splits, as it trained on them) or from the
-pretrained base before any run (``DATA``: the dataset as scanned, its corrections applied). The layout is UMAP
-(umap-learn): on 4,317 flower photos here it took a fraction of scikit-learn's t-SNE time (BENCHMARKS.md, "Dataset
-map"). Suspected label errors are found as ``pipeline.quality.label_issues`` finds them (out-of-fold logistic heads
-on the same features, ranked by cleanlab); near-duplicates are pairs whose features have cosine similarity at or
-above :data:`NEAR_DUPLICATE` (exact byte copies never reach the map: the scan skips them, and the result lists
-them). A map is computed once per (dataset revision, model, image size) and kept under
-``TRANSFER_STUDIO_HOME/maps`` (a run's map: ``dataset_map.json`` in the run folder).
+pretrained base before any run (``DATA``: the dataset as scanned, its corrections applied). The layout is
+scikit-learn's t-SNE: on 4,307 flower photos' features here it took 13.6 s, where UMAP (umap-learn 0.5.12) took
+27.7 s plus 8.5 s compiling its numba code in each new process (BENCHMARKS.md, "Dataset map"). Suspected label
+errors are found as ``pipeline.quality.label_issues`` finds them (out-of-fold logistic heads on the same features,
+ranked by cleanlab); near-duplicates are pairs whose features have cosine similarity at or above
+:data:`NEAR_DUPLICATE` (exact byte copies never reach the map: the scan skips them, and the result lists them). A
+map is computed once per (dataset revision, model, image size) and kept under ``TRANSFER_STUDIO_HOME/maps`` (a
+run's map: ``dataset_map.json`` in the run folder).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pipeline.host.background import Background
 from pipeline.host.exitcodes import UserError
 from pipeline.quality import label_issues
 
+SVG_POINTS = 5000  # up to this many points the map is drawn as SVG, beyond it with WebGL (faster, canvas only)
 NEAR_DUPLICATE = 0.98  # cosine similarity of pooled features: a resized, recompressed or lightly cropped copy
 RUN_MAP_NAME = "dataset_map.json"
 FORMAT_VERSION = 1
@@ -42,14 +44,14 @@ class MapError(UserError, ValueError):
 
 
 def project(features: np.ndarray, seed: int) -> np.ndarray:
-    """2-D coordinates of ``features`` with UMAP (cosine metric, 15 neighbours; fewer for a tiny set)."""
-    import umap
+    """2-D coordinates of ``features`` with scikit-learn's t-SNE (cosine distances, PCA start, seeded)."""
+    from sklearn.manifold import TSNE
 
     n = len(features)
-    if n < 4:  # UMAP needs a neighbourhood: a handful of images sit on a line
+    if n < 6:  # t-SNE needs a neighbourhood (perplexity below n): a handful of images sit on a line
         return np.column_stack([np.arange(n, dtype=np.float32), np.zeros(n, dtype=np.float32)])
-    reducer = umap.UMAP(n_neighbors=min(15, n - 1), metric="cosine", random_state=seed, init="random")
-    return np.asarray(reducer.fit_transform(features), dtype=np.float32)
+    tsne = TSNE(n_components=2, init="pca", metric="cosine", perplexity=min(30.0, (n - 1) / 3), random_state=seed)
+    return np.asarray(tsne.fit_transform(features), dtype=np.float32)
 
 
 def near_duplicates(features: np.ndarray, threshold: float = NEAR_DUPLICATE, block: int = 1024) -> dict[int, int]:
@@ -118,7 +120,7 @@ def compute(
         "images": len(rows),
         "classes": classes,
         "features": features_from,
-        "method": "UMAP (cosine, 15 neighbours)",
+        "method": "t-SNE (cosine)",
         "issues": len(suspected),
         "near_duplicates": len(copies),
         "note": note,
@@ -237,6 +239,7 @@ def figure(result: dict[str, Any]):
     import plotly.graph_objects as go
 
     points = result["points"]
+    trace = go.Scatter if len(points) <= SVG_POINTS else go.Scattergl  # SVG: each point a clickable element
     fig = go.Figure()
     marks = (("ok", "circle", 7), ("issue", "x", 11), ("copy", "diamond", 10))
     for cls in result["classes"]:
@@ -246,7 +249,7 @@ def figure(result: dict[str, Any]):
                 continue
             name = cls if kind == "ok" else f"{cls}: {'suspected label error' if kind == 'issue' else 'near-copy'}"
             fig.add_trace(
-                go.Scattergl(
+                trace(
                     x=[points[i]["x"] for i in idx],
                     y=[points[i]["y"] for i in idx],
                     mode="markers",
