@@ -43,8 +43,9 @@ def progress() -> None:
         st.rerun(scope="app")
 
 
-def chosen_sources() -> tuple[list[str], dict[str, str]] | None:
-    """What to classify (paths for the CLI) and where each name the CSV gives starts on this server."""
+def chosen_sources() -> tuple[dict[str, str], dict[str, str]] | None:
+    """What to classify (each source's path and the name the CSV gives it), and where each such name is on this
+    server (for thumbnails and adding images)."""
     kind = st.radio("Images", ["Upload a zip", "Upload photos", "Server folder"], horizontal=True, key="predict-kind")
     if kind == "Upload a zip":
         upload = uploads.file_input("Zip of images (any folders inside)", "uploads", [".zip"], key="predict-zip")
@@ -57,7 +58,7 @@ def chosen_sources() -> tuple[list[str], dict[str, str]] | None:
         except UserError as exc:
             uploads.refuse(upload, str(exc).replace(upload.path, upload.name))
             return None
-        return [upload.path], {Path(upload.path).name: str(folder)}
+        return {upload.path: upload.name}, {upload.name: str(folder)}
     if kind == "Upload photos":
         files = st.file_uploader(
             "Photos", type=[s.lstrip(".") for s in predict.IMAGE_SUFFIXES], accept_multiple_files=True
@@ -66,7 +67,7 @@ def chosen_sources() -> tuple[list[str], dict[str, str]] | None:
         saved = [(path, name) for path, name in saved if path]
         if not saved:
             return None
-        return [path for path, _ in saved], {Path(path).name: path for path, _ in saved}
+        return {path: name for path, name in saved}, {name: path for path, name in saved}
     root = sources.data_root()
     folders = sorted(str(p.relative_to(root)) for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     folders = [f for f in folders if wording.readable(f) == f]
@@ -74,7 +75,7 @@ def chosen_sources() -> tuple[list[str], dict[str, str]] | None:
         wording.info(f"No folders under {root}. Put images there, or set TRANSFER_STUDIO_DATA_ROOT.")
         return None
     picked = (root / st.selectbox(f"Folder under {root} (every image inside, subfolders too)", folders)).resolve()
-    return [str(picked)], {picked.name: str(picked)}
+    return {str(picked): picked.name}, {picked.name: str(picked)}
 
 
 status = predict.background_status(run.root)

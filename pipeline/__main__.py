@@ -171,14 +171,17 @@ def cmd_predict(args) -> int:
     from pipeline.jobs import quota
     from pipeline.quality import predict
 
+    named = dict(args.name or [])
     sources, shown = [], {}
     for source in args.sources:
         path = Path(source).expanduser()
         if path.is_file() and zipfile.is_zipfile(path):  # unpacked once (safely, within the disk quota)
             folder = quota.resolve(path)
-            shown[folder] = path.name
+            shown[folder] = named.get(source, path.name)
             sources.append(folder)
         else:
+            if source in named:
+                shown[path] = named[source]
             sources.append(path)
 
     def progress(done: int, total: int) -> None:
@@ -479,6 +482,13 @@ def parser() -> argparse.ArgumentParser:
         "savedmodel/ or TF.js folder (RUN_DIR/exports/model-int8.tflite, RUN_DIR/exports/tfjs, ...)",
     )
     pr.add_argument("--summary", metavar="FILE.json", help="also write the counts as JSON (the app reads them)")
+    pr.add_argument(
+        "--name",
+        action="append",
+        nargs=2,
+        metavar=("SOURCE", "NAME"),
+        help="how the output names a folder or zip SOURCE (default: its own name); the app gives an upload's name",
+    )
     pr.set_defaults(func=cmd_predict)
 
     xp = sub.add_parser("explain", help="Grad-CAM overlays: where in each image the model found its class")

@@ -57,7 +57,8 @@ def find_images(sources: Iterable[str | os.PathLike], shown: dict[Path, str] | N
 
     Args:
         sources: Folders and files.
-        shown: The name a folder's rows start with, where it is not the folder's own (a zip's extraction: the zip).
+        shown: The name a folder's rows start with, or a file's row has, where it is not its own (a zip's
+            extraction: the zip; an upload: the name it was given).
 
     Raises:
         PredictError: a source does not exist, or nothing to classify was found.
@@ -69,7 +70,7 @@ def find_images(sources: Iterable[str | os.PathLike], shown: dict[Path, str] | N
         if root.is_symlink() or not root.exists():
             raise PredictError(f"{root} does not exist (or is a link); give folders, a .zip or image files.")
         if root.is_file():
-            items.append(Item(root, root.name))
+            items.append(Item(root, str(shown.get(root, root.name))))
             continue
         for path in sorted(root.rglob("*")):
             rel = path.relative_to(root)
@@ -256,11 +257,13 @@ def predict_run(
 # === In the background (the app) ===
 
 
-def start_background(run_dir: str | Path, sources: list[str]) -> None:
-    """Starts ``python -m pipeline predict RUN_DIR SOURCES --out RUN_DIR/predictions.csv`` as its own process."""
+def start_background(run_dir: str | Path, sources: dict[str, str]) -> None:
+    """Starts ``python -m pipeline predict RUN_DIR SOURCES --out RUN_DIR/predictions.csv`` as its own process;
+    ``sources``: each source's path and the name the CSV gives it (an upload's own name, not the server's)."""
     run = Path(run_dir)
+    names = [arg for path, name in sources.items() for arg in ("--name", path, name)]
     APP.start(run, "pipeline", "predict", str(run), *sources, "--out", str(run / APP_OUT), "--summary",
-              str(run / APP_SUMMARY), sources=list(sources))  # fmt: skip
+              str(run / APP_SUMMARY), *names, sources=list(sources))  # fmt: skip
 
 
 def background_status(run_dir: str | Path) -> dict[str, Any]:
