@@ -340,6 +340,11 @@ def test_web_demo_in_the_bundle_classifies_a_picked_photo_like_the_savedmodel(se
     labels = (root / "labels.txt").read_text().splitlines()
     assert out.get_attribute("data-top1") == labels[int(expected.argmax())]
     assert page.locator("#bars .bar").count() == len(labels)
+    # "none of these": the manifest's confidence threshold marks a result below it, and the page says so
+    threshold = json.loads((root / "manifest.json").read_text())["confidence_threshold"]
+    unsure = bool(expected.max() < threshold)
+    assert out.get_attribute("data-uncertain") == str(unsure).lower(), (expected.max(), threshold)
+    assert ("not sure" in page.locator("#top").inner_text()) == unsure
     # The app's Try page: the same page embedded, the photo in the URL fragment (base64 has '+' and '/').
     import base64
 
