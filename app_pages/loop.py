@@ -8,6 +8,7 @@ pipeline.quality.compare; label-error search and training run as their own proce
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -380,20 +381,19 @@ def undo_button(folder: str, key: str) -> None:
 # === Label errors ===
 
 
-@st.fragment(run_every=2.0)
-def label_issue_search(run_dir: str) -> None:
-    """Progress of a running label-error search; reruns the page once it finishes."""
-    from pipeline.quality import label_issues
-
-    status = label_issues.background_status(run_dir)
+@st.fragment(run_every=1.0)
+def background_progress(flag: str, status_of, text: str, expected_seconds: float) -> None:
+    """Progress of a command a page started in the background (``status_of()``: where it stands, with its log's
+    latest line); reruns the whole page once it finishes. ``flag``: the session key set when it was started."""
+    status = status_of()
     if status["state"] == "running":
+        step = status.get("step")
         st.progress(
-            min(status["seconds"] / 60, 0.95),
-            text=f"Looking for suspected label errors... "
-            f"({status['seconds']:.0f} s; features of every train/val image, then 5 fold heads)",
+            min(status["seconds"] / expected_seconds, 0.95),
+            text=f"{text} ({status['seconds']:.0f} s" + (f"; {wording.plain(step)})" if step else ")"),
         )
-    elif st.session_state.get(f"searching-{run_dir}"):
-        del st.session_state[f"searching-{run_dir}"]
+    elif st.session_state.get(flag):
+        del st.session_state[flag]
         st.rerun(scope="app")
 
 
@@ -404,7 +404,12 @@ def label_issues_panel(run_dir: str, folder: str, classes: list[str], editable: 
     st.subheader("Suspected label errors")
     status = label_issues.background_status(run_dir)
     if status["state"] == "running" or st.session_state.get(f"searching-{run_dir}"):
-        label_issue_search(run_dir)
+        background_progress(
+            f"searching-{run_dir}",
+            functools.partial(label_issues.background_status, run_dir),
+            "Looking for suspected label errors: features of every train/val image, then 5 fold heads...",
+            60,
+        )
         return
     if status["state"] == "failed":
         wording.error(f"The label-error search failed: {status['error']}")
@@ -435,23 +440,6 @@ def label_issues_panel(run_dir: str, folder: str, classes: list[str], editable: 
         wording.warning(f"In two classes: {c['path']} ({c['class']}); exclude the copy in the wrong class to use it.")
 
 
-@st.fragment(run_every=1.0)
-def map_build(run_dir: str) -> None:
-    """Progress of a dataset map being built; reruns the page once it finishes."""
-    from pipeline.quality import dataset_map
-
-    status = dataset_map.background_status(run_dir)
-    if status["state"] == "running":
-        st.progress(
-            min(status["seconds"] / 90, 0.95),
-            text=f"Drawing the dataset map... ({status['seconds']:.0f} s; "
-            f"{wording.plain(status['step'] or 'starting')})",
-        )
-    elif st.session_state.get(f"mapping-{run_dir}"):
-        del st.session_state[f"mapping-{run_dir}"]
-        st.rerun(scope="app")
-
-
 def dataset_map_panel(run_dir: str, folder: str, classes: list[str], editable: bool, key: str) -> None:
     """Every image of the run's data on a 2-D map of its features; a click opens the image with its actions."""
     from pipeline.quality import dataset_map
@@ -459,7 +447,9 @@ def dataset_map_panel(run_dir: str, folder: str, classes: list[str], editable: b
     st.subheader("Dataset map")
     status = dataset_map.background_status(run_dir)
     if status["state"] == "running" or st.session_state.get(f"mapping-{run_dir}"):
-        map_build(run_dir)
+        background_progress(
+            f"mapping-{run_dir}", functools.partial(dataset_map.background_status, run_dir), "Drawing the map...", 90
+        )
         return
     if status["state"] == "failed":
         wording.error(f"The dataset map failed: {status['error']}")
