@@ -356,6 +356,57 @@ if splits is not None:
     )
     st.caption(f"Estimate: {est.basis}.")
 
+
+def _use_learning_rate(value: float) -> None:  # a callback: it runs before the widget is drawn again
+    st.session_state[P + "learning_rate"] = float(f"{value:.2g}")
+
+
+def lr_finder(source: str, run_cfg) -> None:
+    """The learning-rate finder for these settings: a sweep in the background, its curve, its suggestion."""
+    from pipeline.training import lr_find
+
+    with st.expander("Find a learning rate (a short sweep of the head's learning rate)"):
+        status = lr_find.background_status(source, run_cfg)
+        flag = f"lr-finding-{lr_find.folder_for(source, run_cfg).name}"
+        if status["state"] == "running" or st.session_state.get(flag):
+            from app_pages import loop
+
+            loop.background_progress(
+                flag, lambda: lr_find.background_status(source, run_cfg), "Sweeping the learning rate...", 30
+            )
+            return
+        if status["state"] == "failed":
+            wording.error(f"The sweep failed: {status['error']}")
+        if status["state"] != "done":
+            st.caption(
+                "The head trains a batch a step while its learning rate grows from 1e-7 to 10; the loss on the "
+                "validation images falls, then climbs. The suggestion is a tenth of the rate at the lowest loss "
+                "(fastai's lr_find). Seconds on the cached features; nothing is trained into a run."
+            )
+            if st.button("Sweep the learning rate", icon=":material/tune:"):
+                lr_find.start_background(source, run_cfg)
+                st.session_state[flag] = True
+                st.rerun()
+            return
+        result = status["result"]
+        import plotly.graph_objects as go
+
+        fig = go.Figure(go.Scatter(x=result["learning_rates"], y=result["smoothed"], mode="lines", name="loss"))
+        fig.add_vline(x=result["suggestion"], line_dash="dash", annotation_text=f"{result['suggestion']:.2g}")
+        fig.update_xaxes(type="log", title="learning rate")
+        fig.update_yaxes(title=f"{result['curve']} (smoothed)")
+        fig.update_layout(height=300, margin=dict(t=20, b=40))
+        st.plotly_chart(fig, width="stretch")
+        diverged = f", diverging from {result['diverged_at']:.2g}" if result["diverged_at"] else ""
+        st.caption(f"Lowest loss at {result['lowest_loss_at']:.2g}{diverged}; {result['seconds']:.0f} s.")
+        st.button(
+            f"Use {result['suggestion']:.2g} as the learning rate",
+            on_click=_use_learning_rate,
+            args=(result["suggestion"],),
+            key="use-suggested-lr",
+        )
+
+
 for problem in problems:
     wording.error(problem)
 launch = st.button(
@@ -365,6 +416,8 @@ launch = st.button(
     disabled=bool(problems),
     help=("Fix first: " + " ".join(problems)) if problems else None,
 )
+if cfg is not None and splits is not None:
+    lr_finder(src, cfg)
 if launch and cfg is not None and splits is not None:
     job_id = access.launch(src, cfg)  # owned by this visitor; refused past the per-visitor job limit
     if job_id is None:

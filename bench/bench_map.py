@@ -96,14 +96,13 @@ def main() -> int:
         return 0
     # the layouts alone, on the whole set's features (computed again here, once, through the same base)
     from pipeline import data as data_mod
-    from pipeline.quality import label_issues
     from pipeline.training import model as model_mod
 
     report = data_mod.scan(work / "4k", cfg.data)
     splits = data_mod.make_splits(report, cfg.data, cfg.train.seed)
     files = [str(Path(splits.root) / rel) for s in ("train", "val", "test") for rel, _ in getattr(splits, s)]
     extractor = model_mod.build_models(cfg, len(splits.classes)).features
-    features = label_issues.extract_features(cfg, files, extractor)
+    features = model_mod.pooled_features(cfg, files, extractor)
     np.save(work / "features.npy", features)
     for n in (1000, len(features)):
         for method in ("umap", "tsne"):

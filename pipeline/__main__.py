@@ -135,6 +135,27 @@ def cmd_map(args) -> int:
     return 0
 
 
+def cmd_lr_find(args) -> int:
+    from pipeline.training import lr_find
+
+    cfg = _run_config(args)
+    result = lr_find.find(args.data, cfg, progress=lambda msg: print(f"{msg} ...", file=sys.stderr, flush=True))
+    if args.out:
+        from pipeline.host.atomic import atomic_write_json
+
+        atomic_write_json(Path(args.out), result)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    diverged = f"; the loss diverged at {result['diverged_at']:.2g}" if result["diverged_at"] is not None else ""
+    print(
+        f"swept {len(result['learning_rates'])} steps from {result['start']:.0e} on {result['images']} training "
+        f"images: lowest loss at {result['lowest_loss_at']:.2g}{diverged}"
+    )
+    print(f"suggested train.learning_rate={result['suggestion']:.2g}  (--set train.learning_rate=...)")
+    return 0
+
+
 def cmd_correct(args) -> int:
     """relabel / exclude / add / undo / revision: the dataset's corrections (its originals stay as they are)."""
     from pipeline import data as data_mod
@@ -430,6 +451,14 @@ def parser() -> argparse.ArgumentParser:
     li.add_argument("--limit", type=int, default=30, help="rows to print (all are in label_issues.json)")
     li.add_argument("--json", action="store_true")
     li.set_defaults(func=cmd_label_issues)
+
+    lf = sub.add_parser("lr-find", help="sweep the head phase's learning rate (fastai's lr_find) and suggest one")
+    lf.add_argument("data", help="folder, .zip, or sample:digits")
+    lf.add_argument("--config", help="TOML or JSON config file")
+    lf.add_argument("--set", action="append", metavar="KEY=VALUE")
+    lf.add_argument("--json", action="store_true", help="every step's rate and loss, as JSON")
+    lf.add_argument("--out", metavar="FILE.json", help="also write the sweep as JSON (the app reads it)")
+    lf.set_defaults(func=cmd_lr_find)
 
     mp = sub.add_parser("map", help="a 2-D map of the images' features (t-SNE), label issues and copies marked")
     mp.add_argument("source", metavar="DATA|RUN_DIR", help="a run folder (its model), or a dataset (pretrained base)")

@@ -30,6 +30,7 @@ from pipeline.host.atomic import atomic_write_json
 from pipeline.host.background import Background
 from pipeline.host.exitcodes import UserError
 from pipeline.quality import label_issues
+from pipeline.training.model import pooled_features
 
 SVG_POINTS = 5000  # up to this many points the map is drawn as SVG, beyond it with WebGL (faster, canvas only)
 # Near-copies: 16x16 grey thumbnails (centred) whose cosine is at least this: the same photo resized to 80% and
@@ -105,7 +106,7 @@ def compute(
     t0 = time.perf_counter()
     files = [str(Path(root) / rel) for _, rel, _ in rows]
     labels = np.array([label for _, _, label in rows], dtype=np.int64)
-    features = label_issues.extract_features(cfg, files, extractor, progress=progress)
+    features = pooled_features(cfg, files, extractor, progress=progress)
     t_features = time.perf_counter() - t0
     if progress:
         progress(f"laying out {len(rows)} images")

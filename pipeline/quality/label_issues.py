@@ -37,25 +37,6 @@ def pretrained_base_usable(cfg: RunConfig) -> bool:
     return cfg.train.strategy != "from_scratch" and cfg.model.weights != "none" and cfg.model.backbone != "small_cnn"
 
 
-def extract_features(
-    cfg: RunConfig, files: list[str], extractor, *, progress: Callable[[str], None] | None = None
-) -> np.ndarray:
-    """Pooled features of ``files`` through ``extractor``, decoded once to uint8 and predicted in batches."""
-    cache = data_mod.ImageCache(
-        files,
-        cfg.model.image_size,
-        memory_budget_mb=cfg.data.cache_memory_mb,
-        max_pixels=cfg.data.max_image_pixels,
-        progress=(lambda d, t: progress(f"decoding {d}/{t}")) if progress else None,
-    )
-    try:
-        if progress:
-            progress(f"features of {len(files)} images")
-        return np.asarray(extractor.predict(cache.array, batch_size=cfg.train.batch_size, verbose=0), dtype=np.float32)
-    finally:
-        cache.close()
-
-
 def out_of_sample_probabilities(
     features: np.ndarray, labels: np.ndarray, num_classes: int, seed: int
 ) -> tuple[np.ndarray, int]:
@@ -98,15 +79,15 @@ def find_in_splits(
     Args:
         extractor: A Keras model from raw pixels to pooled features; default: the config's pretrained base.
     """
+    from pipeline.training import model as model_mod
+
     t0 = time.perf_counter()
     if extractor is None:
-        from pipeline.training import model as model_mod
-
         extractor = model_mod.build_models(cfg, len(splits.classes)).features
     rows = [(split, rel, label) for split in ("train", "val") for rel, label in getattr(splits, split)]
     files = [str(Path(splits.root) / rel) for _, rel, _ in rows]
     labels = np.array([label for _, _, label in rows], dtype=np.int64)
-    features = extract_features(cfg, files, extractor, progress=progress)
+    features = model_mod.pooled_features(cfg, files, extractor, progress=progress)
     if progress:
         progress("training the fold heads")
     probs, folds = out_of_sample_probabilities(features, labels, len(splits.classes), cfg.train.seed)

@@ -148,3 +148,25 @@ def trainable_count(model) -> int:
     import numpy as np
 
     return int(sum(np.prod(v.shape) for v in model.trainable_weights))
+
+
+def pooled_features(cfg: RunConfig, files: list[str], extractor, *, progress=None):
+    """Pooled features of ``files`` through ``extractor`` (raw pixels -> features), decoded once to uint8 at the
+    model's size and predicted in batches (the label-error search, the dataset map, the learning-rate finder)."""
+    import numpy as np
+
+    from pipeline import data as data_mod
+
+    cache = data_mod.ImageCache(
+        files,
+        cfg.model.image_size,
+        memory_budget_mb=cfg.data.cache_memory_mb,
+        max_pixels=cfg.data.max_image_pixels,
+        progress=(lambda d, t: progress(f"decoding {d}/{t}")) if progress else None,
+    )
+    try:
+        if progress:
+            progress(f"features of {len(files)} images")
+        return np.asarray(extractor.predict(cache.array, batch_size=cfg.train.batch_size, verbose=0), dtype=np.float32)
+    finally:
+        cache.close()
