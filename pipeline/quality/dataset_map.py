@@ -257,13 +257,15 @@ def background_status(run_dir: str | Path) -> dict[str, Any]:
 def figure(result: dict[str, Any]):
     """A Plotly scatter of the map: coloured by label, suspected label errors as crosses, near-copies as diamonds;
     hover names the file and what is suspected. ``customdata`` holds each point's index."""
+    import plotly
     import plotly.graph_objects as go
 
     points = result["points"]
     trace = go.Scatter if len(points) <= SVG_POINTS else go.Scattergl  # SVG: each point a clickable element
     fig = go.Figure()
     marks = (("ok", "circle", 7), ("issue", "x", 11), ("copy", "diamond", 10))
-    for cls in result["classes"]:
+    palette = plotly.colors.qualitative.Plotly + plotly.colors.qualitative.Dark24  # a class keeps its colour
+    for n, cls in enumerate(result["classes"]):
         for kind, symbol, size in marks:
             idx = [i for i, p in enumerate(points) if p["label"] == cls and _kind(p) == kind]
             if not idx:
@@ -276,7 +278,12 @@ def figure(result: dict[str, Any]):
                     mode="markers",
                     name=_html_text(name),
                     legendgroup=_html_text(cls),
-                    marker={"symbol": symbol, "size": size, "line": {"width": 1 if kind != "ok" else 0}},
+                    marker={
+                        "symbol": symbol,
+                        "size": size,
+                        "color": palette[n % len(palette)],
+                        "line": {"width": 1 if kind != "ok" else 0, "color": "black"},
+                    },
                     customdata=idx,
                     text=[_hover(points[i]) for i in idx],
                     hovertemplate="%{text}<extra></extra>",
@@ -335,7 +342,7 @@ def write_html(result: dict[str, Any], out: str | Path, thumb_size: int = 64) ->
         "const thumbs = " + json.dumps(thumbs) + ";\n"
         "const plot = document.getElementById('{plot_id}');\n"
         "const img = document.createElement('img');\n"
-        "img.id = 'thumb'; img.alt = ''; img.style.cssText = 'position:fixed;right:16px;top:16px;width:160px;"
+        "img.id = 'thumb'; img.alt = ''; img.style.cssText = 'position:fixed;right:16px;bottom:16px;width:160px;"
         "border:1px solid #888;background:#fff;display:none';\n"
         "document.body.appendChild(img);\n"
         "plot.on('plotly_hover', e => { const i = e.points[0].customdata; if (thumbs[i]) { img.src = thumbs[i];"
