@@ -403,6 +403,8 @@ def label_issues_panel(run_dir: str, folder: str, classes: list[str], editable: 
 
     st.subheader("Suspected label errors")
     status = label_issues.background_status(run_dir)
+    if status["state"] == "running":
+        st.session_state[f"searching-{run_dir}"] = True  # a reload or another session reruns when it ends too
     if status["state"] == "running" or st.session_state.get(f"searching-{run_dir}"):
         background_progress(
             f"searching-{run_dir}",
@@ -412,7 +414,7 @@ def label_issues_panel(run_dir: str, folder: str, classes: list[str], editable: 
         )
         return
     if status["state"] == "failed":
-        wording.error(f"The label-error search failed: {status['error']}")
+        wording.error(sources.user_words(f"The label-error search failed: {status['error']}", "sample:none"))
     if editable and st.button(
         "Find suspected label errors" if status["state"] != "done" else "Search again",
         key=f"{key}-start",
@@ -446,13 +448,15 @@ def dataset_map_panel(run_dir: str, folder: str, classes: list[str], editable: b
 
     st.subheader("Dataset map")
     status = dataset_map.background_status(run_dir)
+    if status["state"] == "running":
+        st.session_state[f"mapping-{run_dir}"] = True  # a reload or another session reruns when it ends too
     if status["state"] == "running" or st.session_state.get(f"mapping-{run_dir}"):
         background_progress(
             f"mapping-{run_dir}", functools.partial(dataset_map.background_status, run_dir), "Drawing the map...", 90
         )
         return
     if status["state"] == "failed":
-        wording.error(f"The dataset map failed: {status['error']}")
+        wording.error(sources.user_words(f"The dataset map failed: {status['error']}", "sample:none"))
     if status["state"] != "done":
         st.caption(
             "Every image of this run's data placed by what the trained model sees in it (t-SNE of the pooled "

@@ -67,7 +67,10 @@ def chosen_sources() -> tuple[dict[str, str], dict[str, str]] | None:
         saved = [(path, name) for path, name in saved if path]
         if not saved:
             return None
-        return {path: name for path, name in saved}, {name: path for path, name in saved}
+        named = _unique_names([name for _, name in saved])  # two photos called IMG_0001.jpg stay two rows
+        return {path: name for (path, _), name in zip(saved, named, strict=True)}, {
+            name: path for (path, _), name in zip(saved, named, strict=True)
+        }
     root = sources.data_root()
     folders = sorted(str(p.relative_to(root)) for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     folders = [f for f in folders if wording.readable(f) == f]
@@ -78,7 +81,22 @@ def chosen_sources() -> tuple[dict[str, str], dict[str, str]] | None:
     return {str(picked): picked.name}, {picked.name: str(picked)}
 
 
+def _unique_names(names: list[str]) -> list[str]:
+    """``names``, a second ``a.jpg`` as ``a (2).jpg`` and so on."""
+    out: list[str] = []
+    for name in names:
+        candidate, n = name, 1
+        while candidate in out:
+            n += 1
+            stem, dot, suffix = name.rpartition(".")
+            candidate = f"{stem} ({n}).{suffix}" if dot else f"{name} ({n})"
+        out.append(candidate)
+    return out
+
+
 status = predict.background_status(run.root)
+if status["state"] == "running":
+    st.session_state[f"predicting-{job.id}"] = True  # any session watching it (a reload too) reruns when it ends
 if status["state"] == "running" or st.session_state.get(f"predicting-{job.id}"):
     progress()
     st.stop()
@@ -93,14 +111,14 @@ if editable:
 else:
     st.caption("Only whoever trained this run can classify with it here; the last result is shown below.")
 if status["state"] == "failed":
-    wording.error(f"The prediction failed: {status['error']}")
+    wording.error(sources.user_words(f"The prediction failed: {status['error']}", "sample:none"))
 if status["state"] != "done" or not (run.root / predict.APP_OUT).exists():
     st.caption("Each image gets its top classes, the margin between the first two, and 'uncertain' below the run's "
                "confidence threshold. Classified in its own process, a batch at a time.")  # fmt: skip
     st.stop()
 
 counts = status["result"]
-table = pd.read_csv(run.root / predict.APP_OUT, dtype={"path": str}, keep_default_na=False)
+table = pd.read_csv(run.root / predict.APP_OUT, dtype=str, keep_default_na=False)  # class names stay text
 st.subheader(
     f"{counts['classified']} of {counts['images']} images classified"
     + (f", {counts['unreadable']} unreadable" if counts["unreadable"] else "")
@@ -115,7 +133,8 @@ st.download_button(
 )
 
 good = table[table["error"] == ""].copy()
-good["probability_1"] = pd.to_numeric(good["probability_1"])
+for column in [c for c in good.columns if c.startswith("probability_") or c == "margin"]:
+    good[column] = pd.to_numeric(good[column], errors="coerce")
 left, right = st.columns(2)
 shown_classes = left.multiselect("Predicted class", classes, default=classes, key=f"predict-filter-{job.id}")
 at_most = right.slider(
@@ -148,13 +167,18 @@ def _thumb_url(path: str) -> str | None:
 
 PAGE = 50
 shown = view.head(PAGE).copy()
+table_key = f"predict-table-{job.id}"
+shown_now = [(run.root / predict.APP_OUT).stat().st_mtime_ns, list(shown["path"])]
+if st.session_state.get(f"{table_key}-rows") != shown_now:  # other rows now: an old selection would pick others
+    st.session_state.pop(table_key, None)
+    st.session_state[f"{table_key}-rows"] = shown_now
 shown.insert(0, "image", [_thumb_url(f) if (f := server_file(p)) else None for p in shown["path"]])
 st.caption(f"{len(view)} of {len(good)} images match; the {min(PAGE, len(view))} least confident are shown.")
 event = st.dataframe(
     shown,
     hide_index=True,
     width="stretch",
-    key=f"predict-table-{job.id}",
+    key=table_key,
     on_select="rerun",
     selection_mode="multi-row",
     column_config={
@@ -167,7 +191,7 @@ if len(bad):
     with st.expander(f"{len(bad)} unreadable file(s)"):
         st.dataframe(bad[["path", "error"]], hide_index=True, width="stretch")
 
-rows = (event or {}).get("selection", {}).get("rows", []) if event else []
+rows = [r for r in ((event or {}).get("selection", {}).get("rows", []) if event else []) if r < len(shown)]
 if editable and rows:
     picked = shown.iloc[rows]
     cls = st.selectbox("Add the selected images to the dataset as", classes, key=f"predict-add-cls-{job.id}")

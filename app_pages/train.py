@@ -168,7 +168,7 @@ with c2:
 with c3:
     learning_rate = st.number_input(
         "Learning rate",
-        format="%.5f",
+        format="%.2e",
         step=1e-4,
         key=seed("learning_rate", base.train.learning_rate),
         help=helps["train.learning_rate"],
@@ -366,45 +366,57 @@ def lr_finder(source: str, run_cfg) -> None:
     from pipeline.training import lr_find
 
     with st.expander("Find a learning rate (a short sweep of the head's learning rate)"):
-        status = lr_find.background_status(source, run_cfg)
-        flag = f"lr-finding-{lr_find.folder_for(source, run_cfg).name}"
+        if (why := lr_find.usable(run_cfg)) is not None:
+            st.caption(wording.plain(why[0].upper() + why[1:] + "."))
+            return
+        rev = revision.Revision(folder).number  # a correction since: the old sweep no longer applies
+        status = lr_find.background_status(source, run_cfg, rev)
+        flag = f"lr-finding-{lr_find.folder_for(source, run_cfg, rev).name}"
+        if status["state"] == "running":
+            st.session_state[flag] = True  # a reload or another session reruns when it ends too
         if status["state"] == "running" or st.session_state.get(flag):
             from app_pages import loop
 
             loop.background_progress(
-                flag, lambda: lr_find.background_status(source, run_cfg), "Sweeping the learning rate...", 30
+                flag, lambda: lr_find.background_status(source, run_cfg, rev), "Sweeping the learning rate...", 30
             )
             return
         if status["state"] == "failed":
-            wording.error(f"The sweep failed: {status['error']}")
-        if status["state"] != "done":
+            wording.error(sources.user_words(f"The sweep failed: {status['error']}", source))
+        if status["state"] == "done":
+            result = status["result"]
+            import plotly.graph_objects as go
+
+            fig = go.Figure(go.Scatter(x=result["learning_rates"], y=result["smoothed"], mode="lines", name="loss"))
+            fig.add_vline(x=result["suggestion"], line_dash="dash", annotation_text=f"{result['suggestion']:.2g}")
+            fig.update_xaxes(type="log", title="learning rate")
+            fig.update_yaxes(title=f"{result['curve']} (smoothed)")
+            fig.update_layout(height=300, margin=dict(t=20, b=40))
+            st.plotly_chart(fig, width="stretch")
+            diverged = f", diverging from {result['diverged_at']:.2g}" if result["diverged_at"] else ""
+            st.caption(f"Lowest loss at {result['lowest_loss_at']:.2g}{diverged}; {result['seconds']:.0f} s.")
+            st.button(
+                f"Use {result['suggestion']:.2g} as the learning rate",
+                on_click=_use_learning_rate,
+                args=(result["suggestion"],),
+                key="use-suggested-lr",
+            )
+        else:
             st.caption(
                 "The head trains a batch a step while its learning rate grows from 1e-7 to 10; the loss on the "
                 "validation images falls, then climbs. The suggestion is a tenth of the rate at the lowest loss "
                 "(fastai's lr_find). Seconds on the cached features; nothing is trained into a run."
             )
-            if st.button("Sweep the learning rate", icon=":material/tune:"):
-                lr_find.start_background(source, run_cfg)
-                st.session_state[flag] = True
-                st.rerun()
-            return
-        result = status["result"]
-        import plotly.graph_objects as go
-
-        fig = go.Figure(go.Scatter(x=result["learning_rates"], y=result["smoothed"], mode="lines", name="loss"))
-        fig.add_vline(x=result["suggestion"], line_dash="dash", annotation_text=f"{result['suggestion']:.2g}")
-        fig.update_xaxes(type="log", title="learning rate")
-        fig.update_yaxes(title=f"{result['curve']} (smoothed)")
-        fig.update_layout(height=300, margin=dict(t=20, b=40))
-        st.plotly_chart(fig, width="stretch")
-        diverged = f", diverging from {result['diverged_at']:.2g}" if result["diverged_at"] else ""
-        st.caption(f"Lowest loss at {result['lowest_loss_at']:.2g}{diverged}; {result['seconds']:.0f} s.")
-        st.button(
-            f"Use {result['suggestion']:.2g} as the learning rate",
-            on_click=_use_learning_rate,
-            args=(result["suggestion"],),
-            key="use-suggested-lr",
-        )
+        busy = lr_find.running()
+        if st.button(
+            "Sweep again" if status["state"] == "done" else "Sweep the learning rate",
+            icon=":material/tune:",
+            disabled=busy,
+            help="Another sweep is running on this server; one runs at a time." if busy else None,
+        ):
+            lr_find.start_background(source, run_cfg, rev)
+            st.session_state[flag] = True
+            st.rerun()
 
 
 for problem in problems:

@@ -173,10 +173,12 @@ def _walk(odd: Path) -> None:
     at.run()
     _no_exception(at)
     assert escaped(TEST_NAME) in _texts(at)
-    shown_plain = len(at.get("image"))
+    plain = [i.value for i in at.get("image")]
     at.toggle(key=f"why-{job_id}").set_value(True).run()  # the same cell's images with their Grad-CAM heatmaps
     _no_exception(at)
-    assert len(at.get("image")) == shown_plain > 0 and not any("no heatmap" in c.value for c in at.caption)
+    heatmaps = [i.value for i in at.get("image")]
+    assert len(heatmaps) == len(plain) > 0 and not any("no heatmap" in c.value for c in at.caption)
+    assert not set(map(str, heatmaps)) & set(map(str, plain))  # other pictures (served by content), not the same
     assert escaped(TEST_NAME) in _texts(at)
     at.toggle(key=f"why-{job_id}").set_value(False).run()
     # relabel it: the correction keeps the real name, and training applies it

@@ -34,7 +34,7 @@ def test_the_closed_form_is_the_gradient_tensorflow_takes():
         with tf.GradientTape() as tape:
             fmap = features(x)
             tape.watch(fmap)
-            logits = tf.matmul(tf.reduce_mean(fmap, axis=(1, 2)), dense.kernel) + dense.bias
+            logits = tf.matmul(model.get_layer("pool")(fmap), dense.kernel) + dense.bias  # the model's pooling
             score = logits[:, e.class_index]
         grads = tape.gradient(score, fmap)
         alpha = tf.reduce_mean(grads, axis=(1, 2))  # keras-io: pooled gradients

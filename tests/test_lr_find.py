@@ -30,9 +30,18 @@ def test_the_suggestion_is_inside_the_sweep_and_below_divergence(shared_dir, ker
     assert not np.isfinite(smoothed[-1]) or smoothed[-1] > lr_find.DIVERGED * smoothed[:-1].min()
 
 
-def test_cli_prints_the_suggestion_to_apply(tmp_path):
+@pytest.mark.slow
+def test_cli_prints_the_suggestion_to_apply(keras_home_with_weights, tmp_path):
     data_dir = write_shapes_dataset(tmp_path / "shapes", per_class=8)
-    args = ["--set", "model.image_size=32", "--set", "model.weights=none", "--set", "model.alpha=0.35"]
+    refused = subprocess.run(
+        [sys.executable, "-m", "pipeline", "lr-find", str(data_dir), "--set", "model.weights=none"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert refused.returncode == 2 and "from random values" in refused.stderr and "Traceback" not in refused.stderr
+    args = ["--set", "model.image_size=32", "--set", "model.alpha=0.35"]  # imagenet weights (the 224 file)
     done = subprocess.run(
         [sys.executable, "-m", "pipeline", "lr-find", str(data_dir), *args, "--json"],
         cwd=ROOT,
@@ -43,6 +52,7 @@ def test_cli_prints_the_suggestion_to_apply(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout)
     assert result["start"] <= result["suggestion"] <= result["lowest_loss_at"] <= result["end"]
+    assert len(result["learning_rates"]) == len(result["smoothed"]) > 10 and result["curve"] == "held-out loss"
     said = subprocess.run(
         [sys.executable, "-m", "pipeline", "lr-find", str(data_dir), *args],
         cwd=ROOT,
@@ -53,11 +63,18 @@ def test_cli_prints_the_suggestion_to_apply(tmp_path):
     assert said.returncode == 0 and "suggested train.learning_rate=" in said.stdout, said.stdout + said.stderr
 
 
-def test_the_train_page_sweeps_in_the_background_and_applies_the_suggestion():
+@pytest.mark.slow
+def test_the_train_page_sweeps_in_the_background_and_applies_the_suggestion(keras_home_with_weights):
     from pipeline.host import paths
-    from tests.test_app import _no_exception, _page
+    from tests.test_app import _no_exception, _page, shown
 
-    at = _page("train.py")
+    at = _page("train.py")  # the digits sample: a small CNN from scratch, which the finder cannot help
+    _no_exception(at)
+    assert not any(b.label == "Sweep the learning rate" for b in at.button)
+    assert any("pretrained base's features" in shown(c.value) for c in at.caption)
+    at.selectbox(key="train:backbone").set_value("mobilenet_v2").run()
+    at.selectbox(key="train:weights").set_value("imagenet").run()
+    at.selectbox(key="train:strategy").set_value("fine_tune").run()
     _no_exception(at)
     next(b for b in at.button if b.label == "Sweep the learning rate").click().run()
     _no_exception(at)

@@ -109,7 +109,7 @@ class Background:
             return {"state": "running", "seconds": time.time() - status["started"], "step": self.last_line(run)}
         return {
             "state": "failed",
-            "error": self.last_error(run) or f"{what} stopped unexpectedly (see {self.log_path(run)})",
+            "error": self.last_error(run) or f"{what} stopped unexpectedly ({self.log_name} in its folder says why)",
         }
 
     def last_line(self, run_dir: str | Path) -> str | None:

@@ -213,7 +213,7 @@ def predict_run(
         PredictError, RunNotReadyError, DamagedFileError: said in one sentence each.
     """
     from pipeline.host.devices import select_backend
-    from pipeline.runs.confidence import threshold_of
+    from pipeline.runs.confidence import threshold_of_run
     from pipeline.runs.folder import load_model, load_run
 
     if Path(out).suffix not in (".csv", ".jsonl"):
@@ -239,7 +239,7 @@ def predict_run(
             top_k=k,
             batch=batch,
             max_pixels=cfg.data.max_image_pixels,
-            threshold=(threshold := threshold_of(run.evaluation())),
+            threshold=(threshold := threshold_of_run(run)),
             progress=progress,
         ),
         k,

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.runs.confidence import threshold_of
+from pipeline.runs.confidence import threshold_of_run
 from pipeline.runs.folder import RunFolder, load_model
 
 
@@ -40,7 +40,7 @@ class Classifier:
             model=load_model(run),
             classes=tuple(run.splits().classes),
             size=run.settings().model.image_size,
-            threshold=threshold_of(run.evaluation()),
+            threshold=threshold_of_run(run),
         )
 
     def unsure(self, probability: float) -> bool:

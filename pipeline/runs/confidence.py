@@ -42,6 +42,17 @@ def confidence_threshold(result: dict[str, Any], keep: float = CONFIDENCE_KEEP) 
     }
 
 
+def threshold_of_run(run) -> float | None:
+    """A run folder's threshold; None without an evaluation, or when eval.json cannot be read (Evaluate says so:
+    predicting without the flag beats refusing to predict)."""
+    from pipeline.runs.folder import DamagedFileError
+
+    try:
+        return threshold_of(run.evaluation())
+    except DamagedFileError:
+        return None
+
+
 def threshold_of(result: dict[str, Any] | None) -> float | None:
     """The run's "none of these" threshold from its eval.json (computed for one written before it was stored)."""
     if not result:

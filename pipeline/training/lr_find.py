@@ -25,6 +25,7 @@ from pipeline import data as data_mod
 from pipeline.config import RunConfig
 from pipeline.host import paths
 from pipeline.host.background import Background
+from pipeline.host.exitcodes import UserError
 
 RESULT_NAME = "lr_find.json"
 SWEEP = Background(status_name="lr_find.status.json", log_name="lr_find.log")
@@ -102,12 +103,31 @@ def sweep(
     }
 
 
+class LrFindError(UserError, ValueError):
+    """The sweep cannot say anything for these settings; the message says why."""
+
+
+def usable(cfg: RunConfig) -> str | None:
+    """Why the sweep cannot help these settings, or None: it reads a head on a pretrained base's features, and a
+    base with random values gives features no head learns from (and a from-scratch run trains every layer)."""
+    if cfg.train.strategy == "from_scratch" or cfg.model.weights == "none" or cfg.model.backbone == "small_cnn":
+        return (
+            "the learning-rate finder sweeps the head on a pretrained base's features; these settings train "
+            f"{cfg.model.backbone} from random values (train.strategy={cfg.train.strategy}, "
+            f"model.weights={cfg.model.weights}). Choose a pretrained backbone and a transfer strategy"
+        )
+    return None
+
+
 def find(source: str, cfg: RunConfig, *, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The LR range test on ``source``'s train split (scanned and split as a run with ``cfg`` would be).
 
     Raises:
-        DataError: the data cannot be used; WeightsUnavailableError: the base's weights are not here.
+        LrFindError: the settings train from random values; DataError: the data cannot be used;
+        WeightsUnavailableError: the base's weights are not here.
     """
+    if (why := usable(cfg)) is not None:
+        raise LrFindError(why + ".")
     from pipeline.data import revision
     from pipeline.training import model as model_mod
 
@@ -133,27 +153,37 @@ def find(source: str, cfg: RunConfig, *, progress: Callable[[str], None] | None 
 # === In the background (the Train page) ===
 
 
-def folder_for(source: str, cfg: RunConfig) -> Path:
-    """Where the sweep of ``source`` with these settings keeps its config, status, log and result."""
+def folder_for(source: str, cfg: RunConfig, revision: int = 0) -> Path:
+    """Where the sweep of ``source`` (at its dataset ``revision``) with these settings keeps its config, status,
+    log and result."""
     import hashlib
 
     settings = cfg.to_dict()
     for name in ("learning_rate", "fine_tune_learning_rate", "head_epochs", "fine_tune_epochs", "lr_schedule"):
         settings["train"].pop(name, None)  # what the sweep does not depend on: applying its suggestion keeps it
-    key = hashlib.sha256(json.dumps([str(source), settings], sort_keys=True).encode()).hexdigest()[:20]
+    key = hashlib.sha256(json.dumps([str(source), revision, settings], sort_keys=True).encode()).hexdigest()[:20]
     return paths.home() / "lr_find" / key
 
 
-def start_background(source: str, cfg: RunConfig) -> Path:
+def running() -> bool:
+    """Whether a sweep runs on this server now (one at a time: each is a TensorFlow process)."""
+    root = paths.home() / "lr_find"
+    return root.is_dir() and any(
+        (SWEEP.read(folder) or {}).get("state") == "running" for folder in root.iterdir() if folder.is_dir()
+    )
+
+
+def start_background(source: str, cfg: RunConfig, revision: int = 0) -> Path:
     """Starts ``python -m pipeline lr-find SOURCE --config CONFIG --out lr_find.json`` as its own process."""
-    folder = folder_for(source, cfg)
+    folder = folder_for(source, cfg, revision)
     folder.mkdir(parents=True, exist_ok=True)
+    (folder / RESULT_NAME).unlink(missing_ok=True)  # "sweep again": the old result is not the new one
     config_mod.save(cfg, folder / "config.json")
     SWEEP.start(folder, "pipeline", "lr-find", str(source), "--config", str(folder / "config.json"), "--out",
                 str(folder / RESULT_NAME))  # fmt: skip
     return folder
 
 
-def background_status(source: str, cfg: RunConfig) -> dict[str, Any]:
+def background_status(source: str, cfg: RunConfig, revision: int = 0) -> dict[str, Any]:
     """``state``: none, running (``step``), done (``result``) or failed (``error``) for these settings."""
-    return SWEEP.outcome(folder_for(source, cfg), RESULT_NAME, "the learning-rate sweep")
+    return SWEEP.outcome(folder_for(source, cfg, revision), RESULT_NAME, "the learning-rate sweep")
