@@ -1,5 +1,5 @@
 """Command line: ``python -m export RUN_DIR [--formats LIST|all] [--out DIR] [--verify] [--no-verify]
-[--verify-images N] [--status-file FILE]`` (the status file is how the app follows an export it started:
+[--verify-images N] [--status-file FILE] [--score]`` (the status file is how the app follows an export it started:
 export.task). Exit codes: pipeline.host.exitcodes (0 done, 2 bad input, 4 a verification gate failed)."""
 
 from __future__ import annotations
@@ -26,7 +26,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-verify", action="store_true", help="export without verification")
     p.add_argument("--verify-images", type=int, default=200, help="at most this many held-out images")
     p.add_argument("--status-file", help="keep a JSON status (step, done/total, outcome) in this file")
+    p.add_argument(
+        "--score",
+        action="store_true",
+        help="after verifying, time each LiteRT file on one thread and write score.json (what a study ranks)",
+    )
     args = p.parse_args(argv)
+    if args.score and args.no_verify:
+        p.error("--score needs the verification (its accuracy is the held-out one): drop --no-verify")
     if not args.status_file:
         return _run(args, lambda msg: None)[0]
 
@@ -103,6 +110,12 @@ def _run(args, on_step) -> tuple[int, str | None]:
                 progress=say,
             )
             print(f"bundle: {dest}")
+        if args.score and result is not None:
+            from export import score
+            from pipeline.host.atomic import atomic_write_json
+
+            say("timing the LiteRT files on one thread")
+            atomic_write_json(dest / score.SCORE_NAME, score.score(dest, result))
     except (UserError, PermissionError) as exc:  # UserError: pipeline.host.exitcodes' family (export's errors too)
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR, str(exc).splitlines()[0]

@@ -156,6 +156,58 @@ def cmd_lr_find(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    """A study: create and drive one (DATA), --resume one, print one's table (--status), or --list them."""
+    from pipeline.tuning import study as study_mod
+
+    if args.list:
+        for name in study_mod.names():
+            spec, status, table = study_mod.rows(name)
+            print(f"{name}  {status:<8}  {len(table)}/{spec.trials} trials  {spec.data}")
+        return 0
+    if args.status:
+        spec, status, table = study_mod.rows(args.status)
+        if args.json:
+            print(json.dumps({"study": spec.to_dict(), "status": status, "trials": table}, indent=2))
+        else:
+            print(study_mod.format_table(spec, status, table))
+        return 0
+    if args.resume:
+        name = args.resume
+    elif args.data:
+        from pipeline.jobs import quota
+
+        quota.resolve(args.data)  # a zip is unpacked once, within the disk quota
+        lr = None
+        if args.lr_find:
+            from pipeline.training import lr_find, presets
+
+            cfg = presets.config_for(args.data, overrides=args.set or [])
+            lr = lr_find.find(args.data, cfg, progress=lambda m: print(f"{m} ...", file=sys.stderr))["suggestion"]
+            print(f"learning-rate finder: {lr:.2g}; the head's range is a decade either side", file=sys.stderr)
+        spec = study_mod.create(
+            args.data,
+            args.trials,
+            name=args.study,
+            parallel=args.parallel,
+            budget=study_mod.Budget(args.max_mb, args.max_ms, args.min_accuracy),
+            time_budget_s=study_mod.parse_duration(args.time_budget),
+            overrides=args.set or [],
+            lr_suggestion=lr,
+        )
+        name = spec.name
+        for note in spec.space_notes:
+            print(f"note: {note}", file=sys.stderr)
+        print(f"study {name}: {spec.trials} trials, {spec.parallel} at a time, budget {spec.budget.words()}")
+    else:
+        print("error: give a dataset to start a study, or --resume/--status STUDY, or --list", file=sys.stderr)
+        return 2
+    study_mod.Driver(name).run()
+    spec, status, table = study_mod.rows(name)
+    print(study_mod.format_table(spec, status, table))
+    return 0
+
+
 def cmd_correct(args) -> int:
     """relabel / exclude / add / undo / revision: the dataset's corrections (its originals stay as they are)."""
     from pipeline import data as data_mod
@@ -459,6 +511,25 @@ def parser() -> argparse.ArgumentParser:
     lf.add_argument("--json", action="store_true", help="every step's rate and loss, as JSON")
     lf.add_argument("--out", metavar="FILE.json", help="also write the sweep as JSON (the app reads it)")
     lf.set_defaults(func=cmd_lr_find)
+
+    tu = sub.add_parser(
+        "tune", help="search backbones, sizes and settings for the most accurate model within a size/latency budget"
+    )
+    tu.add_argument("data", nargs="?", help="folder, .zip, or sample:digits (starts a new study)")
+    tu.add_argument("--trials", type=int, default=12, help="trials in the study (default 12)")
+    tu.add_argument("--parallel", type=int, default=1, help="trials in flight at once (default 1)")
+    tu.add_argument("--max-mb", type=float, help="largest file a trial may ship (MB)")
+    tu.add_argument("--max-ms", type=float, help="slowest LiteRT latency per image on one thread of this machine")
+    tu.add_argument("--min-accuracy", type=float, help="lowest held-out accuracy (0-1) of the shipped file")
+    tu.add_argument("--time-budget", help="no trial starts after this (30m, 2h, 600)")
+    tu.add_argument("--study", help="the study's name (default: the dataset's name and the time)")
+    tu.add_argument("--set", action="append", metavar="KEY=VALUE", help="fix a setting for every trial")
+    tu.add_argument("--lr-find", action="store_true", help="centre the head's learning-rate range on lr-find's")
+    tu.add_argument("--resume", metavar="STUDY", help="go on with a stopped study")
+    tu.add_argument("--status", metavar="STUDY", help="print a study's table of trials")
+    tu.add_argument("--list", action="store_true", help="list the studies")
+    tu.add_argument("--json", action="store_true", help="with --status: the table as JSON")
+    tu.set_defaults(func=cmd_tune)
 
     mp = sub.add_parser("map", help="a 2-D map of the images' features (t-SNE), label issues and copies marked")
     mp.add_argument("source", metavar="DATA|RUN_DIR", help="a run folder (its model), or a dataset (pretrained base)")

@@ -22,6 +22,7 @@ LAYER_OF = {
     "pipeline.training": "training",
     "pipeline.quality": "quality",
     "pipeline.jobs": "jobs",
+    "pipeline.tuning": "tuning",
     "pipeline.__main__": "cli",
     "export": "export",
     "app_pages": "app",
@@ -30,7 +31,8 @@ LAYER_OF = {
 }
 _PIPELINE = ("host", "settings", "data", "runs", "training")
 # What each layer may import from the project, pointing one way:
-# host <- settings <- data <- runs <- training <- quality, jobs <- export <- cli, app.
+# host <- settings <- data <- runs <- training <- quality, jobs <- tuning, export <- cli, app.
+# A study (tuning) exports its trials through `python -m export` in a child process, not by importing it.
 ALLOWED = {
     "pipeline": set(),
     "host": {"host"},
@@ -40,9 +42,10 @@ ALLOWED = {
     "training": set(_PIPELINE),
     "quality": {*_PIPELINE, "quality"},
     "jobs": {*_PIPELINE, "jobs"},
-    "cli": {*_PIPELINE, "quality", "jobs", "cli", "export"},  # the top: `predict --model` runs export's runtimes
+    "tuning": {*_PIPELINE, "jobs", "tuning"},
+    "cli": {*_PIPELINE, "quality", "jobs", "tuning", "cli", "export"},  # the top: `predict --model` runs export's runtimes
     "export": {*_PIPELINE, "quality", "jobs", "export"},
-    "app": {*_PIPELINE, "quality", "jobs", "export", "app"},
+    "app": {*_PIPELINE, "quality", "jobs", "tuning", "export", "app"},
     "app_server": {"app"},
 }
 
