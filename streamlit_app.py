@@ -16,6 +16,7 @@ pages = [
     st.Page("app_pages/data.py", title="Data", icon=":material/photo_library:", default=True),
     st.Page("app_pages/augment.py", title="Augment", icon=":material/auto_fix_high:"),
     st.Page("app_pages/train.py", title="Train", icon=":material/play_circle:"),
+    st.Page("app_pages/tune.py", title="Tune", icon=":material/travel_explore:"),
     st.Page("app_pages/runs.py", title="Runs", icon=":material/monitoring:"),
     st.Page("app_pages/evaluate.py", title="Evaluate", icon=":material/fact_check:"),
     st.Page("app_pages/export_page.py", title="Export", icon=":material/download:"),

@@ -136,7 +136,9 @@ def _run(args, on_step) -> tuple[int, str | None]:
 
 
 if __name__ == "__main__":
+    from pipeline.host.launch import die_with_parent
     from pipeline.host.quiet import filter_stderr
 
+    die_with_parent()  # started by a study's driver: it ends with it (a no-op otherwise)
     filter_stderr()  # TensorFlow's start-up noise is not the user's business
     sys.exit(main())

@@ -43,7 +43,8 @@ ALLOWED = {
     "quality": {*_PIPELINE, "quality"},
     "jobs": {*_PIPELINE, "jobs"},
     "tuning": {*_PIPELINE, "jobs", "tuning"},
-    "cli": {*_PIPELINE, "quality", "jobs", "tuning", "cli", "export"},  # the top: `predict --model` runs export's runtimes
+    # the top: `predict --model` runs export's runtimes
+    "cli": {*_PIPELINE, "quality", "jobs", "tuning", "cli", "export"},
     "export": {*_PIPELINE, "quality", "jobs", "export"},
     "app": {*_PIPELINE, "quality", "jobs", "tuning", "export", "app"},
     "app_server": {"app"},

@@ -30,7 +30,6 @@ import json
 import math
 import os
 import re
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -40,7 +39,7 @@ from typing import Any
 
 from pipeline.host import paths
 from pipeline.host.exitcodes import UserError
-from pipeline.host.launch import ROOT, child_env
+from pipeline.host.launch import start_python
 from pipeline.runs.folder import RunFolder
 
 EXPORT_FORMATS = ("tflite-float16", "tflite-int8")
@@ -118,6 +117,8 @@ class Spec:
     lr_suggestion: float | None = None
     seed: int = 42
     created: float = 0.0
+    owner: str | None = None  # the visitor whose trials these are (None: the host's)
+    first: tuple[dict[str, Any], ...] = ()  # settings (Optuna parameters) to try before sampling, in order
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -135,6 +136,7 @@ class Spec:
         d["budget"] = Budget(**d.get("budget", {}))
         d["overrides"] = tuple(d.get("overrides", ()))
         d["archs"] = tuple(tuple(a) for a in d.get("archs", ()))
+        d["first"] = tuple(d.get("first", ()))
         d["space_notes"] = tuple(d.get("space_notes", ()))
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
@@ -194,6 +196,7 @@ def create(
     enqueue: list[dict[str, Any]] | None = None,
     home: Path | None = None,
     seed: int = 42,
+    owner: str | None = None,
 ) -> Spec:
     """Creates a study (its settings checked now, before any trial); ``enqueue``: settings to try first."""
     from pipeline.data import absolute_source
@@ -231,14 +234,14 @@ def create(
         lr_suggestion=lr_suggestion,
         seed=seed,
         created=time.time(),
+        owner=owner,
+        first=tuple(enqueue or ()),
     )
     optuna = _optuna()
     study = optuna.create_study(
         study_name=name, storage=storage_url(home), direction="minimize", sampler=_sampler(spec), pruner=_pruner(spec)
     )
     study.set_user_attr("spec", spec.to_dict())
-    for params in enqueue or []:
-        study.enqueue_trial(params)
     return spec
 
 
@@ -314,7 +317,7 @@ class _Active:
     job: str
     run_dir: str
     reported: int = 0
-    export: subprocess.Popen | None = None
+    export: Any = None  # the export's process (subprocess.Popen)
     export_started: float = 0.0
 
 
@@ -371,9 +374,14 @@ class Driver:
             self.lock.release()
 
     def _counted(self) -> int:
-        """Trials that count towards ``trials``: all but those a resumed driver replaced."""
+        """Trials started that count towards ``trials``: not those a resumed driver replaced, nor enqueued ones."""
+        optuna = _optuna()
         replaced = _replaced(self.study)
-        return sum(1 for t in self.study.get_trials(deepcopy=False) if t.number not in replaced)
+        return sum(
+            1
+            for t in self.study.get_trials(deepcopy=False)
+            if t.number not in replaced and t.state != optuna.trial.TrialState.WAITING
+        )
 
     def _adopt_orphans(self) -> None:
         """Trials a dead driver left running: failed here, their settings and job enqueued for the next ask."""
@@ -387,9 +395,24 @@ class Driver:
             self.study.tell(t.number, state=optuna.trial.TrialState.FAIL)
             self.study.set_user_attr(f"replaced:{t.number}", True)
             self.study.enqueue_trial(
-                t.params, user_attrs={"adopt_job": job or "", "resumed_from": t.number}, skip_if_exists=False
+                t.params,
+                user_attrs={"adopt_job": job or "", "resumed_from": t.number, "first": t.user_attrs.get("first")},
+                skip_if_exists=False,
             )
             self.say(f"trial {t.number}: its driver stopped; " + ("its job goes on" if job else "started again"))
+
+    def _enqueue_next_first(self) -> None:
+        """The study's next "try these first" settings, enqueued just before it is asked (enqueued all at once,
+        they would be asked before the trials a resumed driver adopts)."""
+        optuna = _optuna()
+        trials = self.study.get_trials(deepcopy=False)
+        if any(t.state == optuna.trial.TrialState.WAITING for t in trials):
+            return  # an adopted trial (or a first one a killed driver enqueued) goes first
+        used = {t.user_attrs.get("first") for t in trials}
+        for i, params in enumerate(self.spec.first):
+            if i not in used:
+                self.study.enqueue_trial(params, user_attrs={"first": i})
+                return
 
     def _job_name(self, number: int) -> str:
         return f"{self.spec.name} #{number}"
@@ -398,6 +421,7 @@ class Driver:
         from pipeline.training import presets
         from pipeline.tuning import space
 
+        self._enqueue_next_first()
         trial = self.study.ask()
         overrides = space.sample(
             trial,
@@ -415,7 +439,7 @@ class Driver:
             self.say(f"trial {trial.number}: goes on with job {job.id} (trial {trial.user_attrs.get('resumed_from')})")
             return
         cfg = presets.config_for(self.spec.data, overrides=[*self.spec.overrides, *space.overrides_text(overrides)])
-        job_id = self.backend.submit(self.spec.data, cfg, name=self._job_name(trial.number))
+        job_id = self.backend.submit(self.spec.data, cfg, owner=self.spec.owner, name=self._job_name(trial.number))
         job = self.backend.status(job_id)
         trial.set_user_attr("job", job_id)
         trial.set_user_attr("run_dir", job.run_dir)
@@ -453,16 +477,18 @@ class Driver:
                 return
             a.trial.set_user_attr("phase", "exporting")
             score.unlink(missing_ok=True)
-            log = open(Path(a.run_dir) / "tune-export.log", "w")  # noqa: SIM115 - the child's own file
-            a.export = subprocess.Popen(
-                [sys.executable, "-m", "export", a.run_dir, "--formats", ",".join(EXPORT_FORMATS), "--score"],
-                cwd=ROOT,
-                env=child_env(**({"TRANSFER_STUDIO_HOME": str(self.home)} if self.home else {})),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
+            log = Path(a.run_dir) / "tune-export.log"
+            log.unlink(missing_ok=True)
+            a.export = start_python(
+                "export",
+                a.run_dir,
+                "--formats",
+                ",".join(EXPORT_FORMATS),
+                "--score",
+                log=log,
+                env={"TRANSFER_STUDIO_HOME": str(self.home)} if self.home else None,
+                die_with_parent=True,  # a killed driver's export stops too: the next driver exports again
             )
-            log.close()
             a.export_started = time.monotonic()
             self.say(f"trial {number}: trained; exporting {' and '.join(EXPORT_FORMATS)}")
         elif job.state in ("failed", "cancelled"):
@@ -611,6 +637,32 @@ def rows(name: str, home: Path | None = None) -> tuple[Spec, str, list[dict[str,
     else:
         status = "stopped"
     return spec, status, out
+
+
+def start_background(name: str, home: Path | None = None):
+    """Starts ``python -m pipeline tune --resume NAME`` in its own session (the app's way to drive a study: it
+    outlives the page), its output in ``studies/NAME.log``; returns the process."""
+    folder = studies_dir(home)
+    return start_python("pipeline", "tune", "--resume", name, log=folder / f"{name}.log")
+
+
+def stop(name: str, home: Path | None = None) -> bool:
+    """Stops a study's driver (SIGTERM; its trials' jobs go on and a resumed driver adopts them)."""
+    import signal
+
+    lock = StudyLock(name, home)
+    if not lock.held_elsewhere():
+        return False
+    try:
+        os.kill(int(lock.path.read_text().strip()), signal.SIGTERM)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def last_error(name: str, home: Path | None = None) -> str | None:
+    """The last ``error:`` line a background driver printed."""
+    return _last_error(studies_dir(home) / f"{name}.log")
 
 
 def best(table: list[dict[str, Any]]) -> dict[str, Any] | None:
