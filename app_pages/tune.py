@@ -5,6 +5,7 @@ page). This page starts, stops and resumes one, and draws its table and Pareto c
 one" makes a trial's run the selected run.
 """
 
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -86,7 +87,8 @@ def new_study_form() -> None:
         wording.error(sources.user_words(exc, src))
         return
     study_mod.start_background(spec.name)
-    st.session_state["tune-study"] = spec.name
+    st.session_state["tune-show"] = spec.name  # shown by the next run (the picker above exists already)
+    st.session_state[f"tune-starting-{spec.name}"] = time.time()
     st.rerun()
 
 
@@ -148,7 +150,25 @@ def trial_table(table: list[dict]) -> None:
             for r in table
         ]
     )
-    st.dataframe(frame, hide_index=True, width="stretch")
+    st.dataframe(
+        frame,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "accuracy %": st.column_config.NumberColumn(format="%.1f"),
+            "MB": st.column_config.NumberColumn(format="%.2f"),
+            "ms": st.column_config.NumberColumn(format="%.2f"),
+        },
+    )
+
+
+def starting(name: str, status: str) -> bool:
+    """Whether this session started the study's driver in the last minute and it has not taken the study yet."""
+    since = st.session_state.get(f"tune-starting-{name}")
+    if since is None or status == "running" or time.time() - since > 60:
+        st.session_state.pop(f"tune-starting-{name}", None)
+        return False
+    return True
 
 
 def draw(name: str) -> None:
@@ -158,10 +178,12 @@ def draw(name: str) -> None:
     except UserError as exc:
         wording.error(exc)
         return
+    if starting(name, status):
+        status = "starting"
     if status != "running" and st.session_state.get(f"tune-running-{name}"):
         del st.session_state[f"tune-running-{name}"]
         st.rerun(scope="app")
-    if status == "running":
+    if status in ("running", "starting"):
         st.session_state[f"tune-running-{name}"] = True
     done = sum(1 for r in table if r["state"] not in ("queued", "training", "exporting", "stopped"))
     st.progress(
@@ -177,6 +199,8 @@ def draw(name: str) -> None:
 
 studies = my_studies()
 names = [s[0] for s in studies]
+if (shown := st.session_state.pop("tune-show", None)) in names:
+    st.session_state["tune-study"] = shown
 if st.session_state.get("tune-study") not in names:
     st.session_state.pop("tune-study", None)
 choice = st.selectbox("Study", ["New study", *names], key="tune-study", format_func=wording.readable)
@@ -185,11 +209,14 @@ if choice == "New study":
     st.stop()
 
 name, spec, status, table = next(s for s in studies if s[0] == choice)
-st.caption(
-    f"Data: {wording.plain(sources.user_words(spec.data, spec.data))}. "
-    + " ".join(wording.plain(n) for n in spec.space_notes)
-)
-if status == "running":
+st.caption(f"Data: {wording.plain(sources.user_words(spec.data, spec.data))}.")
+if spec.space_notes:
+    with st.expander("What the search covers here"):
+        for note in spec.space_notes:
+            wording.text(note)
+if starting(name, status):
+    status = "starting"
+if status in ("running", "starting"):
     if st.button("Stop the study", icon=":material/stop_circle:", help="Trials training now go on; resume later"):
         study_mod.stop(name)
         st.rerun()
@@ -198,9 +225,9 @@ elif status == "stopped":
         wording.error(sources.user_words(f"The study stopped: {error}", spec.data))
     if st.button("Resume the study", icon=":material/play_arrow:"):
         study_mod.start_background(name)
-        st.session_state[f"tune-running-{name}"] = True
+        st.session_state[f"tune-starting-{name}"] = time.time()
         st.rerun()
-if status == "running":
+if status in ("running", "starting"):
     st.fragment(run_every=2.0)(draw)(name)
 else:
     draw(name)

@@ -54,16 +54,21 @@ def test_start_a_study_watch_it_and_use_a_trial(app_url, ts_home, keras_home_wit
         point = chart.locator(".scatterlayer .point").first
         expect(point).to_be_attached()
         chart.scroll_into_view_if_needed()
+        label = chart.locator(".scatterlayer .textpoint").first.text_content().strip()  # the point's "#N"
         box = point.bounding_box()
         page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-        clicked = page.get_by_text(re.compile(r"^#\d+: \d+\.\d%, "))
-        expect(clicked.first).to_be_visible()
-        page.wait_for_timeout(1000)
-        trial = int(re.match(r"#(\d+)", clicked.first.inner_text()).group(1))
+        picker = page.get_by_role("combobox", name="Trial (or click a point)")
+        page.wait_for_function(
+            "([sel, label]) => (document.querySelector(sel)?.value || '').startsWith(label + ':')",
+            arg=['input[aria-label="Trial (or click a point)"]', label],
+        )  # the picker follows the clicked point
+        expect(picker).to_be_visible()
+        trial = int(label.lstrip("#"))
         page.get_by_role("button", name="Use this one").click()
         job = next(r["job"] for r in rows if r["trial"] == trial)
         expect(page).to_have_url(re.compile(rf"/runs\?.*run={job}"))
-        expect(page.get_by_role("heading", name="Runs")).to_be_visible()
-        expect(page.get_by_text(JobStore(ts_home).get(job).title).first).to_be_visible()
+        expect(page.get_by_role("heading", name="Runs", exact=True)).to_be_visible()
+        title = JobStore(ts_home).get(job).title
+        expect(page.get_by_role("combobox", name="Run")).to_have_value(re.compile("^" + re.escape(title)))
         page.screenshot(path=SCREENS / "tune-2-run.png", full_page=True)
         browser.close()

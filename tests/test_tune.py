@@ -18,6 +18,7 @@ from pipeline.runs.folder import RunFolder
 from pipeline.tuning import space
 from pipeline.tuning import study as study_mod
 from tests.conftest import ROOT, pipeline_cli
+from tests.test_backend_contract import ray_head  # noqa: F401 - a fixture
 
 # Every trial: the frozen base at 160 px, 6 head epochs; the study samples the rest (at 96 px the ImageNet
 # features of 48 photos barely separate the classes)
@@ -188,3 +189,35 @@ def test_a_study_prunes_marks_over_budget_and_resumes_after_its_driver_is_killed
     )
     assert said.returncode == 0 and "over budget" in said.stdout and "pruned@" in said.stdout, said.stdout
     assert f"best within the budget: trial {study_mod.best(table)['trial']}" in said.stdout
+
+
+def _spans(table: list[dict]) -> list[tuple[float, float]]:
+    """Each trial's training span (first to last metrics.jsonl record)."""
+    out = []
+    for r in table:
+        times = [e["time"] for e in RunFolder(Path(r["run_dir"])).metrics_lines()]
+        out.append((min(times), max(times)))
+    return out
+
+
+@pytest.mark.slow
+def test_the_same_study_on_a_ray_head_runs_two_trials_at_once(
+    ray_head,  # noqa: F811 - the fixture imported above
+    shared_dir,
+    keras_home_with_weights,
+    tmp_path,
+):
+    """The driver against a real local Ray head (2 CPUs): both trials' jobs train at the same time."""
+    from pipeline.jobs.ray_backend import RayBackend
+
+    data = tiny_hymenoptera(shared_dir, tmp_path / "tiny", train=16, val=8)
+    study_mod.create(
+        str(data), 2, name="on-ray", parallel=2, overrides=FIXED,
+        enqueue=[params(0.35, 3e-3, "off"), params(0.35, 1e-3, "off")],
+    )  # fmt: skip
+    said = []
+    study_mod.Driver("on-ray", backend=RayBackend(ray_head), poll=0.3, say=said.append).run()
+    _, status, table = study_mod.rows("on-ray")
+    assert status == "finished" and [r["state"] for r in table] == ["done", "done"], (table, said)
+    (a0, a1), (b0, b1) = _spans(table)
+    assert a0 < b1 and b0 < a1, "the two trials trained at the same time on the cluster"

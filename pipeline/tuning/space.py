@@ -113,8 +113,8 @@ def architectures(
             left.append(f"{title}: {borrowed} sizes start from the ImageNet weights trained at {default} px")
         if missing:
             left.append(
-                f"{title}: {len(missing)} width/size combinations left out (their ImageNet weights are not in "
-                f"{folder}; e.g. {weights_file(missing[0])})"
+                f"{title}: {len(missing)} width/size combinations left out (their ImageNet weights are not in the "
+                f"Keras cache, KERAS_HOME/models; e.g. {weights_file(missing[0])})"
             )
     return have, left
 
