@@ -40,6 +40,7 @@ from typing import Any
 from pipeline.host import paths
 from pipeline.host.exitcodes import UserError
 from pipeline.host.launch import start_python
+from pipeline.jobs.store import JobError
 from pipeline.runs.folder import RunFolder
 
 EXPORT_FORMATS = ("tflite-float16", "tflite-int8")
@@ -457,12 +458,18 @@ class Driver:
             return
         job = self.backend.status(a.job)
         epochs = RunFolder(Path(a.run_dir)).epochs()
-        for e in epochs[a.reported :]:
+        new = epochs[a.reported :]
+        for e in new:
             loss = float(e.get("val_loss", math.nan))
             a.trial.report(loss if math.isfinite(loss) else math.inf, int(e.get("global_epoch", a.reported + 1)))
             a.reported += 1
-            if job.state != "done" and a.trial.should_prune():
+        # the pruner judges the newest epoch; a run that trained every epoch is scored, not pruned (nothing saved)
+        if new and job.state != "done" and a.reported < _planned_epochs(job) and a.trial.should_prune():
+            try:
                 self.backend.cancel(a.job)
+            except JobError:  # it finished meanwhile
+                job = self.backend.status(a.job)
+            else:
                 a.trial.set_user_attr("pruned_at", a.reported)
                 a.trial.set_user_attr("phase", "pruned")
                 self.study.tell(a.trial, state=optuna.trial.TrialState.PRUNED)
@@ -529,6 +536,13 @@ class Driver:
         self.study.tell(a.trial, 1.0 - acc)
         verdict = "within the budget" if feasible else f"over the budget ({self.spec.budget.words()})"
         self.say(f"trial {number}: {fmt} {acc:.1%}, {mb:.2f} MB, {ms:.2f} ms: {verdict}")
+
+
+def _planned_epochs(job) -> int:
+    """Epochs a trial's run trains when nothing stops it (pruning a run that trained them all saves nothing)."""
+    from pipeline.config import phases_for
+
+    return sum(p.epochs for p in phases_for(job.run_config))
 
 
 def _replaced(study) -> set[int]:
@@ -632,8 +646,11 @@ def rows(name: str, home: Path | None = None) -> tuple[Spec, str, list[dict[str,
     total = sum(1 for r in out if r["state"] not in ("queued",))
     if driving:
         status = "running"
-    elif total >= spec.trials and not any(r["state"] in ("training", "exporting", "stopped") for r in out):
-        status = "finished"
+    elif (
+        total >= spec.trials
+        or (spec.time_budget_s is not None and study.user_attrs.get("spent_s", 0.0) >= spec.time_budget_s)
+    ) and not any(r["state"] in ("training", "exporting", "stopped") for r in out):
+        status = "finished"  # every trial ran, or the time budget is spent
     else:
         status = "stopped"
     return spec, status, out
