@@ -659,8 +659,9 @@ def rows(name: str, home: Path | None = None) -> tuple[Spec, str, list[dict[str,
 def start_background(name: str, home: Path | None = None):
     """Starts ``python -m pipeline tune --resume NAME`` in its own session (the app's way to drive a study: it
     outlives the page), its output in ``studies/NAME.log``; returns the process."""
-    folder = studies_dir(home)
-    return start_python("pipeline", "tune", "--resume", name, log=folder / f"{name}.log")
+    log = studies_dir(home) / f"{name}.log"
+    log.unlink(missing_ok=True)  # one driver's output: an earlier driver's error is not this one's
+    return start_python("pipeline", "tune", "--resume", name, log=log)
 
 
 def stop(name: str, home: Path | None = None) -> bool:
