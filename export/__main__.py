@@ -115,7 +115,8 @@ def _run(args, on_step) -> tuple[int, str | None]:
             from pipeline.host.atomic import atomic_write_json
 
             say("timing the LiteRT files on one thread")
-            atomic_write_json(dest / score.SCORE_NAME, score.score(dest, result))
+            # in the run folder, not the bundle: the bundle holds what its manifest lists (a later export replaces it)
+            atomic_write_json(Path(args.run_dir).resolve() / score.SCORE_NAME, score.score(dest, result))
     except (UserError, PermissionError) as exc:  # UserError: pipeline.host.exitcodes' family (export's errors too)
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR, str(exc).splitlines()[0]

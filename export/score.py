@@ -1,8 +1,9 @@
 """A study's score of an exported bundle: held-out accuracy (from verification), file size and latency on one thread.
 
-``python -m export RUN --formats tflite-float16,tflite-int8 --score`` writes ``score.json`` beside the bundle's
-``verify.json``. The latency is LiteRT's per image at batch 1 on **one thread of this machine** (median of
-:data:`CALLS` calls after a warm-up), so trials of a study are comparable; a phone's core is slower or faster.
+``python -m export RUN --formats tflite-float16,tflite-int8 --score`` writes ``score.json`` in the run folder (the
+bundle holds only what its manifest lists). The latency is LiteRT's per image at batch 1 on **one thread of this
+machine** (median of :data:`CALLS` calls after a warm-up), so trials of a study are comparable; a phone's core is
+slower or faster.
 """
 
 from __future__ import annotations

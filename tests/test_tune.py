@@ -179,6 +179,9 @@ def test_a_study_prunes_marks_over_budget_and_resumes_after_its_driver_is_killed
     first = next(r for r in done)
     score = json.loads(study_mod.score_file(first["run_dir"]).read_text())
     assert score["threads"] == 1 and score["formats"][first["format"]]["accuracy"] == first["accuracy"]
+    for r in table:  # a trial's folder is a run's (delete takes it) and its bundle only what its manifest lists
+        assert RunFolder(Path(r["run_dir"])).not_a_run() is None, r
+        assert not (Path(r["run_dir"]) / "exports" / "score.json").exists()
     said = subprocess.run(
         [sys.executable, "-m", "pipeline", "tune", "--status", "tiny"],
         cwd=ROOT,

@@ -240,6 +240,8 @@ RUN_ENTRIES = frozenset(
         "dataset_map.log",
         "predictions.csv",
         "predictions.json",
+        "score.json",
+        "tune-export.log",
         "predict.status.json",
         "predict.log",
     }

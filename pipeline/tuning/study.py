@@ -44,7 +44,7 @@ from pipeline.jobs.store import JobError
 from pipeline.runs.folder import RunFolder
 
 EXPORT_FORMATS = ("tflite-float16", "tflite-int8")
-SCORE_NAME = "score.json"  # in the run's exports/: what the export with --score measured
+SCORE_NAME = "score.json"  # in the run folder: what the export with --score measured
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,79}")
 
 
@@ -291,7 +291,7 @@ def _archs(spec: Spec):
 
 
 def score_file(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "exports" / SCORE_NAME
+    return Path(run_dir) / SCORE_NAME
 
 
 def pick(score: dict[str, Any], budget: Budget) -> tuple[str, dict[str, Any], bool]:
