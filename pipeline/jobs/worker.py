@@ -34,10 +34,11 @@ def default_concurrency() -> int:
 
 
 class WorkerLock:
-    """Exclusive, process-lifetime lock: at most one worker per home."""
+    """Exclusive, process-lifetime lock: at most one worker per home (``name``: another lock file in ``home``, for
+    another one-process-only role, such as a study's driver)."""
 
-    def __init__(self, home: Path):
-        self.path = home / "worker.lock"
+    def __init__(self, home: Path, name: str = "worker.lock"):
+        self.path = home / name
         self._fh = None
 
     def acquire(self) -> bool:

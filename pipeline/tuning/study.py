@@ -25,7 +25,6 @@ starts the same command in the background and reads :func:`table`.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import math
 import os
@@ -41,6 +40,7 @@ from pipeline.host import paths
 from pipeline.host.exitcodes import UserError
 from pipeline.host.launch import start_python
 from pipeline.jobs.store import JobError
+from pipeline.jobs.worker import WorkerLock
 from pipeline.runs.folder import RunFolder
 
 EXPORT_FORMATS = ("tflite-float16", "tflite-int8")
@@ -246,20 +246,15 @@ def create(
     return spec
 
 
-class StudyLock:
-    """One driver per study: an exclusive lock on ``studies/NAME.lock`` for the driver's lifetime."""
+class StudyLock(WorkerLock):
+    """One driver per study: an exclusive lock on ``studies/NAME.lock`` for the driver's lifetime, holding its pid
+    (what :func:`stop` signals)."""
 
     def __init__(self, name: str, home: Path | None = None):
-        self.path = studies_dir(home) / f"{name}.lock"
-        self._fh = None
+        super().__init__(studies_dir(home), f"{name}.lock")
 
     def acquire(self) -> bool:
-        self._fh = open(self.path, "a+")  # noqa: SIM115 - held for the driver's lifetime
-        try:
-            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._fh.close()
-            self._fh = None
+        if not super().acquire():
             return False
         self._fh.seek(0)
         self._fh.truncate()
@@ -268,15 +263,7 @@ class StudyLock:
         return True
 
     def held_elsewhere(self) -> bool:
-        if not self.path.exists():
-            return False
-        with open(self.path, "a+") as fh:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(fh, fcntl.LOCK_UN)
-            return False
+        return self.path.exists() and super().held_elsewhere()
 
     def release(self) -> None:
         if self._fh:
