@@ -22,6 +22,14 @@ does not grow with epochs). ``python bench/bench_train.py --memory --out bench/r
 ``--cache-pairs N``: the same studio run (1,000 test images), the image cache in memory vs in a file, N
 alternating pairs: what the file cache costs in time (added to results_memory.json as ``cache_pairs``).
 
+Whole runs against the recipe (``--whole N``, issue 26): N alternating pairs per data set of whole runs, each its
+own process timed from outside (start, imports, data, training, evaluation of the test split; peak RSS from
+``wait4``): the Keras guide's recipe (trains on all of train/, 3 head + 2 fine-tune epochs, then ``evaluate``)
+and ``python -m pipeline train`` with the same epochs (``--studio-set KEY=VALUE`` for other settings, e.g. the
+keras_guide preset's keys to time the recipe in our pipeline). Data sets: ``flowers2`` (500
+dandelion + 500 tulip to train on, the next 1,000 of the two to test on) and ``hymenoptera`` (train/, val/ as
+test). ``python bench/bench_train.py --whole 2 --out bench/results_whole.json``.
+
 Usage: ``python bench/bench_train.py [--out bench/results_train.json]``: prints a Markdown table.
 ``python bench/bench_train.py --pairs N --out FILE``: N back-to-back recipe/studio pairs (alternating
 which goes first) and the median speed-up, since the machine's speed drifts between minutes.
@@ -281,6 +289,64 @@ def run_memory_recipe(data: Path) -> dict:
     }
 
 
+def whole_dataset(root: Path, name: str) -> Path:
+    """train/ and test/ folders (hard links) for ``--whole``: ``flowers2`` is 500 dandelion + 500 tulip images to
+    train on and the next 1,000 of the two (516 + 484) to test on; ``hymenoptera``: train/ (244) and val/ (153) as test.
+    """
+    out = root / name
+    if name == "hymenoptera":
+        chosen = {("train", c): sorted((DATA / "train" / c).iterdir()) for c in ("ants", "bees")}
+        chosen |= {("test", c): sorted((DATA / "val" / c).iterdir()) for c in ("ants", "bees")}
+    else:
+        files = {c: sorted((FLOWERS / c).iterdir()) for c in ("dandelion", "tulip")}
+        n_tulip_test = min(len(files["tulip"]) - 500, 500)
+        chosen = {("train", c): f[:500] for c, f in files.items()}
+        chosen[("test", "tulip")] = files["tulip"][500 : 500 + n_tulip_test]
+        chosen[("test", "dandelion")] = files["dandelion"][500 : 500 + 1000 - n_tulip_test]
+    for (split, cls), group in chosen.items():
+        (out / split / cls).mkdir(parents=True, exist_ok=True)
+        for f in group:
+            try:
+                os.link(f, out / split / cls / f.name)
+            except OSError:
+                shutil.copy(f, out / split / cls / f.name)
+    return out
+
+
+def run_whole_recipe(data: Path) -> dict:
+    """The Keras guide's recipe on ``data`` (train/ and test/): trains on all of train/ (test/ as its validation
+    data, as the guide's notebook does), 3 head + 2 fine-tune epochs, then ``evaluate`` on test/."""
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(42)
+
+    def split(name, shuffle):
+        ds = keras.utils.image_dataset_from_directory(
+            data / name, image_size=(SIZE, SIZE), batch_size=BATCH, label_mode="categorical", shuffle=shuffle, seed=42
+        )
+        return ds.prefetch(10).cache()
+
+    train_ds, test_ds = split("train", True), split("test", False)
+    classes = len([p for p in (data / "train").iterdir() if p.is_dir()])
+    augmentation = keras.Sequential([layers.RandomFlip("horizontal"), layers.RandomRotation(0.1)])
+    base = keras.applications.MobileNetV2(
+        weights="imagenet", input_shape=(SIZE, SIZE, 3), include_top=False, alpha=ALPHA
+    )
+    base.trainable = False
+    inputs = keras.Input(shape=(SIZE, SIZE, 3))
+    x = base(layers.Rescaling(1 / 127.5, offset=-1)(augmentation(inputs)), training=False)
+    outputs = layers.Dense(classes, activation="softmax")(layers.Dropout(0.2)(layers.GlobalAveragePooling2D()(x)))
+    model = keras.Model(inputs, outputs)
+    model.compile(optimizer=keras.optimizers.Adam(), loss="categorical_crossentropy", metrics=["accuracy"])
+    model.fit(train_ds, epochs=HEAD_EPOCHS, validation_data=test_ds, verbose=0)
+    base.trainable = True
+    model.compile(optimizer=keras.optimizers.Adam(1e-5), loss="categorical_crossentropy", metrics=["accuracy"])
+    model.fit(train_ds, epochs=FT_EPOCHS, validation_data=test_ds, verbose=0)
+    accuracy = model.evaluate(test_ds, verbose=0, return_dict=True)["accuracy"]
+    return {"variant": "recipe", "test_accuracy": round(accuracy, 4)}
+
+
 # ``KEY=VALUE,...`` overrides for the studio runs of ``--memory`` (e.g. data.cache_memory_mb=2048: the image cache
 # in memory, the default before issue 13)
 MEMORY_OVERRIDES = [x for x in os.environ.get("BENCH_MEMORY_SET", "").split(",") if x]
@@ -388,8 +454,91 @@ def cache_pairs_main(out: Path, run_child, n: int) -> int:
     return 0
 
 
+def whole_main(out: Path, env: dict, pairs: int, sets: list[str], studio_set: list[str]) -> int:
+    """``--whole N``: N alternating pairs per data set of whole runs, each a process timed from outside (start,
+    imports, data, training, test evaluation): the recipe (``--child whole_recipe:DATA``) and ours
+    (``python -m pipeline train``, 3 + 2 epochs, early stopping off, as a job's child is started); peak RSS from
+    ``wait4``."""
+    from pipeline.host import launch
+
+    root = Path(tempfile.mkdtemp(prefix="bench-whole-"))
+    results = json.loads(out.read_text()) if out.exists() else {}
+    try:
+        for name in sets:
+            data = whole_dataset(root, name)
+            rows = []
+            for i in range(pairs):
+                order = ("recipe", "studio") if i % 2 == 0 else ("studio", "recipe")
+                got = {}
+                for kind in order:
+                    run_dir = root / f"run-{name}-{i}"
+                    if kind == "recipe":
+                        argv, child_env = [sys.executable, __file__, "--child", f"whole_recipe:{data}"], env
+                    else:
+                        argv = [sys.executable, "-m", "pipeline", "train", str(data), "--run-dir", str(run_dir)]
+                        argv += [
+                            "--set",
+                            f"train.head_epochs={HEAD_EPOCHS}",
+                            "--set",
+                            f"train.fine_tune_epochs={FT_EPOCHS}",
+                            "--set",
+                            "train.early_stopping_patience=0",
+                        ]
+                        for kv in studio_set:
+                            argv += ["--set", kv]
+                        child_env = launch.child_env(**env)
+                    t0 = time.perf_counter()
+                    with open(root / "out.txt", "w") as so, open(root / "err.txt", "w") as se:
+                        proc = subprocess.Popen(argv, env=child_env, stdout=so, stderr=se)
+                        _, status, usage = os.wait4(proc.pid, 0)  # the child's own peak RSS (and its children's)
+                    wall = time.perf_counter() - t0
+                    stdout = (root / "out.txt").read_text()
+                    if os.waitstatus_to_exitcode(status):
+                        print((root / "err.txt").read_text()[-3000:], file=sys.stderr)
+                        return 1
+                    row = {"wall_seconds": round(wall, 1), "peak_rss_mb": round(usage.ru_maxrss / 1024)}
+                    if kind == "recipe":
+                        line = next(x for x in stdout.splitlines() if x.startswith("RESULT "))
+                        row |= {"test_accuracy": json.loads(line[7:])["test_accuracy"]}
+                    else:
+                        result = json.loads((run_dir / "eval.json").read_text())
+                        row |= {"test_accuracy": round(result["accuracy"], 4), "eval_seconds": result["seconds"]}
+                        metrics = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+                        row["epoch_seconds"] = [round(m["seconds"], 2) for m in metrics if m.get("event") == "epoch"]
+                        start = next(m for m in metrics if m.get("event") in ("start", "resumed"))
+                        first_epoch = next(m for m in metrics if m.get("event") == "phase")
+                        row["before_first_epoch_seconds"] = round(
+                            first_epoch["time"] - start.get("process_started", start["time"]), 1
+                        )
+                        shutil.rmtree(run_dir, ignore_errors=True)
+                    got[kind] = row
+                    print(f"{name} pair {i + 1} {kind}: {row}", file=sys.stderr, flush=True)
+                r, s_ = got["recipe"], got["studio"]
+                rows.append(
+                    {
+                        **got,
+                        "time_ratio": round(s_["wall_seconds"] / r["wall_seconds"], 3),
+                        "rss_ratio": round(s_["peak_rss_mb"] / r["peak_rss_mb"], 3),
+                        "accuracy_points": round(100 * (s_["test_accuracy"] - r["test_accuracy"]), 2),
+                    }
+                )
+                last = rows[-1]
+                print(
+                    f"{name} pair {i + 1}: time {last['time_ratio']}x, RSS {last['rss_ratio']}x, "
+                    f"accuracy {last['accuracy_points']:+} points",
+                    flush=True,
+                )
+            results[name] = {"studio_set": studio_set, "pairs": rows}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    out.write_text(json.dumps({"machine": f"{os.cpu_count()} cores", **results}, indent=2) + "\n")
+    return 0
+
+
 def child(variant: str) -> None:
-    if variant.startswith("memory_"):
+    if variant.startswith("whole_recipe:"):
+        result = run_whole_recipe(Path(variant.partition(":")[2]))
+    elif variant.startswith("memory_"):
         kind, _, data = variant.partition(":")
         result = run_memory_recipe(Path(data)) if kind == "memory_recipe" else run_memory_studio(Path(data))
     elif variant == "recipe":
@@ -426,6 +575,9 @@ def main() -> int:
         default=0,
         help="instead: N interleaved recipe/studio pairs, printing each pair's and the median speed-up",
     )
+    parser.add_argument("--whole", type=int, default=0, help="instead: N alternating whole-run pairs per data set")
+    parser.add_argument("--sets", default="flowers2,hymenoptera", help="--whole: data sets (flowers2, hymenoptera)")
+    parser.add_argument("--studio-set", action="append", default=[], help="--whole: KEY=VALUE for our runs")
     args = parser.parse_args()
     if args.child:
         child(args.child)
@@ -460,6 +612,9 @@ def main() -> int:
         print(line[7:], file=sys.stderr)
         return json.loads(line[7:])
 
+    if args.whole:
+        out = Path(args.out) if args.out != parser.get_default("out") else ROOT / "bench" / "results_whole.json"
+        return whole_main(out, env, args.whole, args.sets.split(","), args.studio_set)
     if args.memory:
         out = Path(args.out) if args.out != parser.get_default("out") else ROOT / "bench" / "results_memory.json"
         return memory_main(out, run_child)

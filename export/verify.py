@@ -91,9 +91,24 @@ def run_format(bundle: Path, fmt: str, images) -> tuple[np.ndarray, float, str]:
     return result.probs, float(np.mean(result.latency_ms)), note
 
 
+# Runtimes checked in the export's second process: each a runtime of its own (Node for TF.js, onnxruntime,
+# TensorFlow's SavedModel loader), none needing the Keras model.
+ELSEWHERE_FAMILIES = ("savedmodel", "tfjs", "onnx")
+
+
+def run_format_timed(bundle: Path, fmt: str, images) -> tuple[tuple | BaseException, float]:
+    """:func:`run_format` in another process: its outcome (or the runtime's error, as the row says it) and seconds."""
+    t0 = time.perf_counter()
+    try:
+        outcome: tuple | BaseException = run_format(bundle, fmt, images)
+    except (tfjs.TfjsRuntimeMissing, RuntimeError) as exc:
+        outcome = exc
+    return outcome, time.perf_counter() - t0
+
+
 def keras_reference(model, images) -> tuple[np.ndarray, float]:
     """Keras probabilities (in batches) and its latency per image at batch 1 (on the first few images)."""
-    probs = np.concatenate([model.predict(x, batch_size=len(x), verbose=0) for x in _batches(images)])
+    probs = np.concatenate([np.asarray(model.predict_on_batch(x)) for x in _batches(images)])
     first = np.asarray(images[:LATENCY_IMAGES], dtype=np.float32)
     model(first[:1], training=False)
     t0 = time.perf_counter()
@@ -256,6 +271,7 @@ def verify(
     *,
     classes: list[str] | None = None,
     progress: ProgressFn | None = None,
+    elsewhere=None,
 ) -> dict[str, Any]:
     """Verifies each format against the Keras model on ``images``; returns the verify.json content.
 
@@ -267,10 +283,20 @@ def verify(
         labels: True class index of each image.
         classes: Class names (default: labels.txt of the bundle); MediaPipe's category names must equal them.
         progress: Called with "verifying FORMAT on N images" before each format.
+        elsewhere: The export's second process (a ``multiprocessing`` pool of one): the formats of
+            :data:`ELSEWHERE_FAMILIES` run there while this process runs the rest.
     """
     say = progress or (lambda _msg: None)
     n = len(images)
     classes = classes or (bundle / "labels.txt").read_text(encoding="utf-8").splitlines()
+    there = {}  # format -> its run in the second process, started first: it runs while this one works
+    if elsewhere is not None:
+        shipped = np.asarray(images)  # the pixels themselves (a map of a nameless file cannot be opened there)
+        there = {
+            fmt: elsewhere.apply_async(run_format_timed, (bundle, fmt, shipped))
+            for fmt in names
+            if formats.get(fmt).family in ELSEWHERE_FAMILIES
+        }
     say(f"verifying keras (reference) on {n} images")
     t0 = time.perf_counter()
     keras_probs, keras_latency = keras_reference(keras_model, images)
@@ -290,28 +316,40 @@ def verify(
         }
     }
     litert: dict[str, np.ndarray] = {}
-    for fmt in names:
-        say(f"verifying {fmt} on {n} images")
-        t0 = time.perf_counter()
-        try:
-            probs, latency, runtime = run_format(bundle, fmt, images)
-        except (tfjs.TfjsRuntimeMissing, RuntimeError) as exc:
-            rows[fmt] = {
+
+    def row(fmt: str, outcome: tuple | BaseException, seconds: float) -> dict[str, Any]:
+        if isinstance(outcome, BaseException):
+            return {
                 "passed": False,
-                "note": f"not verified: {exc}",
+                "note": f"not verified: {outcome}",
                 "size_bytes": size_bytes(artifact_path(bundle, fmt)),
-                "seconds": round(time.perf_counter() - t0, 2),
+                "seconds": round(seconds, 2),
             }
-            continue
+        probs, latency, runtime = outcome
         if formats.get(fmt).mediapipe:
             litert[fmt] = probs
-        rows[fmt] = {
+        return {
             "runtime": runtime,
             **compare(fmt, probs, keras_probs, labels),
             "latency_ms": latency,
             "size_bytes": size_bytes(artifact_path(bundle, fmt)),
-            "seconds": round(time.perf_counter() - t0, 2),
+            "seconds": round(seconds, 2),
         }
+
+    for fmt in names:
+        if fmt in there:
+            continue
+        say(f"verifying {fmt} on {n} images")
+        t0 = time.perf_counter()
+        try:
+            outcome: tuple | BaseException = run_format(bundle, fmt, images)
+        except (tfjs.TfjsRuntimeMissing, RuntimeError) as exc:
+            outcome = exc
+        rows[fmt] = row(fmt, outcome, time.perf_counter() - t0)
+    for fmt, pending in there.items():
+        say(f"verifying {fmt} on {n} images (second process)")
+        rows[fmt] = row(fmt, *pending.get())
+    rows = {"keras": rows["keras"], **{fmt: rows[fmt] for fmt in names}}
     enforce_order(rows)
     for fmt, probs in litert.items():
         say(f"verifying {fmt} in MediaPipe on {n} images")

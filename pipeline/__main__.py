@@ -56,6 +56,16 @@ def cmd_scan(args) -> int:
     return 0
 
 
+def _preset_argument(parser) -> None:
+    from pipeline.training.presets import PRESETS
+
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="start from a named set of settings (keras_guide: the Keras transfer-learning guide's recipe)",
+    )
+
+
 def _run_config(args):
     """train and submit: the run's config from the data, --config, --set, --from and --head-only (warnings said)."""
     from pipeline.jobs import quota
@@ -68,6 +78,7 @@ def _run_config(args):
         overrides=args.set or [],
         parent=getattr(args, "from_run", None),
         head_only=getattr(args, "head_only", False),
+        preset=getattr(args, "preset", None),
     )
     for w in cfg.warnings():
         print(f"warning: {w}", file=sys.stderr)
@@ -490,6 +501,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--run-dir", required=True, help="run folder to create or resume")
     t.add_argument("--config", help="TOML or JSON config file")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one setting, e.g. train.seed=1")
+    _preset_argument(t)
     _from_arguments(t)
     t.set_defaults(func=cmd_train)
 
@@ -602,6 +614,7 @@ def parser() -> argparse.ArgumentParser:
     j.add_argument("data", help="folder, .zip, or sample:digits")
     j.add_argument("--config", help="TOML or JSON config file")
     j.add_argument("--set", action="append", metavar="KEY=VALUE")
+    _preset_argument(j)
     j.add_argument("--name", help="what to call the run (default: the dataset's name and a number)")
     _from_arguments(j)
     j.set_defaults(func=cmd_submit)

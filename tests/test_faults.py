@@ -219,17 +219,27 @@ def test_kills_while_finishing_and_damaged_files_resume_to_the_same_result(setup
     assert "holds a finished run" not in err
 
 
-def test_a_head_phase_on_cached_features_resumes_to_the_same_weights(setup, tmp_path):
-    """Augmentation off: the head trains on features computed once (its own input pipeline); killed right after
-    head epoch 1 and resumed, it ends where an uninterrupted run does."""
+@pytest.mark.parametrize(
+    "augment",
+    [
+        {"enabled": False},  # one view: the images as they are
+        {**CONFIG["augment"], "rotation": 0.1, "head_views": 2},  # epoch 2 reads the augmented view
+        {**CONFIG["augment"], "head_views": 0},  # no cache: the base augments every head epoch
+    ],
+    ids=["augmentation-off", "two-views", "through-the-base"],
+)
+def test_a_head_phase_resumes_to_the_same_weights(setup, tmp_path, augment):
+    """The head trains on features computed once (augmentation off, or augment.head_views views), or through the
+    base every epoch; killed right after head epoch 1 and resumed, it ends where an uninterrupted run does."""
     data, _, _ = setup
     config = tmp_path / "cached.json"
-    config.write_text(json.dumps({**CONFIG, "augment": {"enabled": False}}))
+    config.write_text(json.dumps({**CONFIG, "augment": augment}))
     runs = {name: RunFolder(tmp_path / name) for name in ("reference", "killed")}
     proc = _start(data, config, runs["reference"])
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err
-    assert next(m for m in runs["reference"].metrics_lines() if m.get("event") == "phase")["cached_features"]
+    phase = next(m for m in runs["reference"].metrics_lines() if m.get("event") == "phase")
+    assert phase["cached_features"] is (augment.get("head_views") != 0)
 
     _kill((data, config, None), runs["killed"], _epoch_line("head", 1))
     proc = _start(data, config, runs["killed"])

@@ -63,15 +63,50 @@ def test_feature_extraction_uses_cached_features_and_leaves_the_base_untouched(s
     assert run.model.exists() and json.loads(run.state.read_text())["status"] == "done"
 
 
+def test_head_views_train_the_head_on_features_of_each_view_computed_once(shapes_dir, tmp_path):
+    """augment.head_views=2 with augmentation on: the base sees every training image twice (as it is, and one
+    augmented copy) before the head's first epoch; the augmented view is the same whenever it is computed (a
+    resumed run's features equal an uninterrupted run's) and is not the plain one."""
+    cfg = tiny_config(
+        train={"strategy": "feature_extraction", "head_epochs": 3},
+        augment={"enabled": True, "flip": "horizontal", "rotation": 0.1, "head_views": 2},
+    )
+    run = train_mod.train(str(shapes_dir), tmp_path / "run", cfg, evaluate_after=False)
+    lines = run.metrics_lines()
+    splits = run.splits()
+    features = next(x for x in lines if x["event"] == "features")
+    assert features["views"] == 2 and features["images"] == 2 * len(splits.train) + len(splits.val)
+    assert next(x for x in lines if x["event"] == "phase")["cached_features"] is True
+    assert [e["epoch"] for e in run.epochs()] == [1, 2, 3]
+
+    models = _initial_models(cfg)
+    images = np.stack([data_mod.load_image(f, 32) for f in splits.paths("train")[:8]]).astype(np.float32)
+    plain = models.features.predict(images, verbose=0)
+    first, again = (train_mod._augmented(models, cfg, 1).predict(images, verbose=0) for _ in range(2))
+    assert np.array_equal(first, again)
+    assert np.abs(first - plain).max() > 0.1 * np.abs(plain).max()  # (a random-init base's features are ~1e-11)
+
+
+def test_a_run_folder_saved_before_head_views_resumes_as_it_trained(tmp_path):
+    """A config.json written before augment.head_views existed reads as head_views=0 (every head epoch through the
+    base, as that run trained); a new config and a config file of the user's get the default."""
+    saved = json.loads(config_mod.RunConfig().to_json())
+    del saved["augment"]["head_views"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert config_mod.load(tmp_path / "config.json").augment.head_views == 0
+    (tmp_path / "mine.json").write_text(json.dumps(saved))
+    assert config_mod.load(tmp_path / "mine.json").augment.head_views == config_mod.AugmentConfig().head_views
+
+
 def test_fine_tune_freezes_base_then_unfreezes_with_batchnorm_in_inference_mode(shapes_dir, tmp_path):
     cfg = tiny_config(
         train={"strategy": "fine_tune", "head_epochs": 1, "fine_tune_epochs": 2},
-        augment={"enabled": True, "flip": "horizontal", "rotation": 0.05},
+        augment={"enabled": True, "flip": "horizontal", "rotation": 0.05, "head_views": 0},
     )
     run = train_mod.train(str(shapes_dir), tmp_path / "run", cfg, evaluate_after=False)
     phases = [x for x in run.metrics_lines() if x["event"] == "phase"]
     assert [p["phase"] for p in phases] == ["head", "fine_tune"]
-    assert phases[0]["cached_features"] is False  # augmentation on: the base runs every epoch
+    assert phases[0]["cached_features"] is False  # augment.head_views=0: the base augments every head epoch
     assert phases[1]["trainable_params"] > phases[0]["trainable_params"]
     assert [e["lr"] for e in run.epochs() if e["phase"] == "fine_tune"] == [pytest.approx(1e-3)] * 2
 

@@ -24,10 +24,18 @@ from pipeline.runs.confidence import confidence_threshold
 from pipeline.runs.folder import DamagedFileError, RunFolder, load_model, load_run
 
 EventFn = Callable[[dict[str, Any]], None]
+# Images per forward pass, whatever the training batch: on 2 cores MobileNetV2 0.35 @ 224 runs 223 / 326 / 306
+# images/s at 16 / 32 / 64, and 64 raised a whole run's peak RSS by ~300 MB (BENCHMARKS.md, issue 26).
+PREDICT_BATCH = 32
 
 
 def predict_split(
-    run_dir: str | Path, split: str | None = None, *, limit: int | None = None, on_event: EventFn | None = None
+    run_dir: str | Path,
+    split: str | None = None,
+    *,
+    limit: int | None = None,
+    on_event: EventFn | None = None,
+    model=None,
 ) -> dict[str, Any]:
     """Runs the inference model over a split in batches: returns paths, labels and probabilities.
 
@@ -36,6 +44,7 @@ def predict_split(
         split: train, val or test (default: the evaluation split, test or val when there is none).
         limit: Only the first ``limit`` images.
         on_event: Called with ``{"event": "evaluate", "done": n, "total": N}`` after each batch.
+        model: The run's model.keras already loaded (training evaluates the model it has just written).
     """
     run, cfg, splits = load_run(run_dir)
     from pipeline.host.devices import select_backend
@@ -45,10 +54,10 @@ def predict_split(
     files = splits.paths(split)[:limit]
     relpaths = [rel for rel, _ in getattr(splits, split)][:limit]
     labels = splits.labels(split)[:limit]
-    model = load_model(run)
+    model = model if model is not None else load_model(run)
     probs = np.zeros((len(files), len(splits.classes)), dtype=np.float32)
     done = 0
-    for batch in decoded_batches(files, cfg.model.image_size, cfg.train.batch_size, cfg.data.max_image_pixels):
+    for batch in decoded_batches(files, cfg.model.image_size, PREDICT_BATCH, cfg.data.max_image_pixels):
         probs[done : done + len(batch)] = np.asarray(model.predict_on_batch(batch.astype(np.float32)))
         done += len(batch)
         fault_point("evaluate")
@@ -84,12 +93,13 @@ def decoded_batches(files: Sequence[str], size: int, batch_size: int, max_pixels
             yield np.stack([f.result() for f in current])
 
 
-def evaluate(run_dir: str | Path, *, mistakes: int = 24, on_event: EventFn | None = None) -> dict[str, Any]:
-    """Evaluates the trained model on the test split (val when there is none) and writes eval.json."""
+def evaluate(run_dir: str | Path, *, mistakes: int = 24, on_event: EventFn | None = None, model=None) -> dict[str, Any]:
+    """Evaluates the trained model on the test split (val when there is none) and writes eval.json (``model``: the
+    run's model.keras already loaded)."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     t0 = time.perf_counter()
-    out = predict_split(run_dir, on_event=on_event)
+    out = predict_split(run_dir, on_event=on_event, model=model)
     run = RunFolder(Path(run_dir).expanduser().resolve())
     classes, labels, probs = out["classes"], out["labels"], out["probs"]
     pred = probs.argmax(axis=1)

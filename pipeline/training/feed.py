@@ -33,15 +33,16 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
 
 
 def epoch_index_batches(
-    n: int, batch_size: int, seed: int, first_epoch: int, epochs: int, multiple_of: int = 1
+    n: int, batch_size: int, seed: int, first_epoch: int, epochs: int, multiple_of: int = 1, views: int = 1
 ) -> Iterator[np.ndarray]:
     """Index batches for epochs ``first_epoch`` .. ``epochs`` - 1, each epoch in :func:`epoch_order`.
 
     ``multiple_of``: data-parallel steps split a batch evenly over the devices, so an epoch's last, short
     batch is cut to a multiple of the device count (at most ``multiple_of`` - 1 images of that epoch left out).
+    ``views``: the data holds that many copies of the ``n`` items one after another; epoch e reads copy e mod views.
     """
     for epoch in range(first_epoch, epochs):
-        order = epoch_order(n, seed, epoch)
+        order = epoch_order(n, seed, epoch) + n * (epoch % views)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
             idx = idx[: len(idx) - len(idx) % multiple_of]

@@ -10,6 +10,19 @@ from pipeline import config as config_mod
 from pipeline import data as data_mod
 from pipeline.runs.folder import RunFolder, RunFolderError
 
+# Named sets of settings (``--preset NAME``), applied on top of where a config starts.
+PRESETS: dict[str, tuple[str, ...]] = {
+    # The Keras transfer-learning guide's recipe as written: every head epoch augments through the frozen base,
+    # fine-tuning at 1e-5 (bench/bench_train.py --whole compares the defaults with it: BENCHMARKS.md).
+    "keras_guide": (
+        "augment.head_views=0",
+        "train.fine_tune_learning_rate=1e-05",
+        "train.batch_size=32",
+        "train.label_smoothing=0",
+        "train.lr_schedule=constant",
+    ),
+}
+
 
 def config_for(
     source: str,
@@ -18,15 +31,16 @@ def config_for(
     overrides: Sequence[str] = (),
     parent: str | Path | None = None,
     head_only: bool = False,
+    preset: str | None = None,
 ) -> config_mod.RunConfig:
-    """The run config: where it starts, then the config file, then ``--set`` overrides.
+    """The run config: where it starts, then a preset's settings, then the config file, then ``--set`` overrides.
 
     It starts from the parent run's own settings for a retrain (``parent``; the new run starts from its best
     weights), else from the sample's preset for a ``sample:*`` source, else from the defaults.
 
     Raises:
         RunFolderError: ``parent`` is not a run folder.
-        config_mod.ConfigError: the file or an override is invalid.
+        config_mod.ConfigError: the file, the preset or an override is invalid.
     """
     if parent:
         folder = RunFolder(Path(parent).expanduser().resolve())
@@ -43,6 +57,12 @@ def config_for(
         cfg = config_mod.from_dict(data_mod.sample_preset())
     else:
         cfg = config_mod.RunConfig()
+    if preset:
+        if preset not in PRESETS:
+            raise config_mod.ConfigError(
+                f"--preset {preset!r} is not a preset; choose one of {', '.join(PRESETS)}.", field="preset"
+            )
+        cfg = config_mod.apply_overrides(cfg, list(PRESETS[preset]))
     if config_file:
         cfg = config_mod.load(config_file, base=cfg)
     return config_mod.apply_overrides(cfg, list(overrides))

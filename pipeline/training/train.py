@@ -243,8 +243,9 @@ def train(
     try:
         if state.status == "evaluating" and not evaluate_after:
             return run
+        model = None
         if state.status != "evaluating":
-            _train_phases(run, cfg, splits, state, emit, cancel, launched_at)
+            model = _train_phases(run, cfg, splits, state, emit, cancel, launched_at)
             state.trained(evaluate_after=evaluate_after)
             run.write_state(state)
         if evaluate_after:
@@ -252,10 +253,11 @@ def train(
 
             gc.collect()  # the training models and their traced steps are garbage now: free them before evaluating
             emit({"event": events.EVALUATE})
-            evaluate(run.root)
+            evaluate(run.root, model=model)  # the model just saved, still in memory (else model.keras is read)
             state.evaluated()
             run.write_state(state)
             fault_point("run-done")
+        del model
         emit({"event": events.DONE, "best": None if state.best is None else state.best.to_dict()})
     except TrainingCancelled:
         emit({"event": events.CANCELLED})
@@ -321,8 +323,9 @@ def _train_phases(
     emit: EventFn,
     cancel: threading.Event,
     launched_at: float | None = None,
-) -> None:
-    """Trains every phase not yet done (resuming a started one) and writes model.keras from the best weights."""
+):
+    """Trains every phase not yet done (resuming a started one) and writes model.keras from the best weights;
+    returns the model written there."""
     _reconcile_metrics(run, state, emit)
     resumed = state.resumed
     placement = place(cfg)
@@ -361,6 +364,7 @@ def _train_phases(
     tmp.replace(run.model)
     for phase in phases_for(cfg):
         shutil.rmtree(run.backup_dir(phase.name), ignore_errors=True)
+    return saved
 
 
 def _saved_model(cfg: RunConfig, models: model_mod.Models, placement: Placement):
@@ -554,8 +558,9 @@ def _phase_options(shared: PhaseShared, phase: Phase, first_epoch: int) -> Phase
         def images():
             return data_mod.image_batches(batches, caches["train"], onehot["train"])
 
-        def feature_feed(features):
-            return _feature_feed(batches, features, onehot["train"])
+        def feature_feed(features, views):
+            feature_batches = _epoch_batches(n, bs, seed, first_epoch, phase.epochs, views=views)
+            return _feature_feed(feature_batches, features, np.tile(onehot["train"], (views, 1)))
 
         def predict(model, split):
             ds = data_mod.make_dataset(caches[split], labels[split], shared.num_classes, bs, shuffle=False, seed=seed)
@@ -571,9 +576,13 @@ def _phase_options(shared: PhaseShared, phase: Phase, first_epoch: int) -> Phase
                 index_batches(), caches["train"].take, onehot["train"], shared.class_weight, shared.input_wait
             )
 
-        def feature_feed(features):
+        def feature_feed(features, views):
             return feed.feature_batches(
-                index_batches(), features, onehot["train"], shared.class_weight, shared.input_wait
+                feed.epoch_index_batches(n, bs, seed, first_epoch, phase.epochs, multiple_of=replicas, views=views),
+                features,
+                np.tile(onehot["train"], (views, 1)),
+                shared.class_weight,
+                shared.input_wait,
             )
 
         def predict(model, split):
@@ -591,11 +600,15 @@ def _phase_options(shared: PhaseShared, phase: Phase, first_epoch: int) -> Phase
         )
 
     # The base is frozen in the head phase and validation images are never augmented, so validation
-    # features are fixed for the whole phase: computed once, like the training features when
-    # augmentation is off (the cached-feature path of the Keras guide).
-    cached = not cfg.augment.active
+    # features are fixed for the whole phase: computed once, like the training features (the cached-feature path
+    # of the Keras guide), of head_views views of each image when augmentation is on (augment.head_views).
+    views = head_views(cfg)
     t0 = time.perf_counter()
-    feats = {split: predict(models.features, split) for split in (("train", "val") if cached else ("val",))}
+    feats = {"val": predict(models.features, "val")}
+    if views:
+        feats["train"] = np.concatenate(
+            [predict(models.features if v == 0 else _augmented(models, cfg, v), "train") for v in range(views)]
+        )
     seconds = time.perf_counter() - t0
     images_done = sum(len(f) for f in feats.values())
     shared.emit(
@@ -603,16 +616,17 @@ def _phase_options(shared: PhaseShared, phase: Phase, first_epoch: int) -> Phase
             "event": events.FEATURES,
             "images": images_done,
             "splits": sorted(feats),
+            "views": views,
             "seconds": round(seconds, 3),
             "images_per_second": round(images_done / max(seconds, 1e-9), 2),
         }
     )
     validation = FeatureValidation(models.head, feats["val"], onehot["val"], cfg.train.label_smoothing)
-    if cached:
+    if views:
         return PhaseOptions(
             phase,
             models.head,
-            feature_feed(feats["train"]),
+            feature_feed(feats["train"], views),
             None,
             steps,
             first_epoch,
@@ -623,6 +637,32 @@ def _phase_options(shared: PhaseShared, phase: Phase, first_epoch: int) -> Phase
     return PhaseOptions(
         phase, models.train, images(), None, steps, first_epoch, (validation,), class_weight=class_weight
     )
+
+
+def head_views(cfg: RunConfig) -> int:
+    """Views of each training image whose features the head phase computes once (0: it runs the base every epoch):
+    ``augment.head_views`` with augmentation on, else one (the images as they are)."""
+    return cfg.augment.head_views if cfg.augment.active else 1
+
+
+def _augmented(models: model_mod.Models, cfg: RunConfig, view: int):
+    """raw pixels -> one augmented copy -> pooled features: view ``view`` of :func:`head_views`.
+
+    Its own augmentation layers, seeded by (seed, view) and made afresh for each call, so a resumed run computes
+    the very features an uninterrupted one did (the images go through in the same order).
+    """
+    import keras
+
+    from pipeline.training.augment import build_augmentation
+
+    augmentation = build_augmentation(cfg.augment, cfg.train.seed + 1009 * view)
+
+    class Augment(keras.layers.Layer):  # random transforms act only in training mode; predict runs in inference
+        def call(self, x):
+            return augmentation(x, training=True)
+
+    raw = keras.Input(shape=models.features.input_shape[1:], dtype="float32", name="image")
+    return keras.Model(raw, models.features(Augment()(raw)), name=f"features_view{view}")
 
 
 def run_phase(shared: PhaseShared, options: PhaseOptions) -> None:
@@ -794,8 +834,10 @@ def _variables(model, optimizer=None) -> dict[str, Any]:
 # === Input pipelines: shuffled as a pure function of (seed, epoch) ===
 
 
-def _epoch_batches(n: int, batch_size: int, seed: int, first_epoch: int, epochs: int):
+def _epoch_batches(n: int, batch_size: int, seed: int, first_epoch: int, epochs: int, views: int = 1):
     """Index batches for epochs ``first_epoch`` .. ``epochs`` - 1; epoch e's order depends only on (seed, e).
+
+    ``views``: the data holds that many copies of the ``n`` items one after another; epoch e reads copy e mod views.
 
     ``Dataset.shuffle(reshuffle_each_iteration=True)`` draws each epoch's order from a sequence that
     restarts with every new ``fit``, so a resumed phase would replay epoch 1's order; a stateless shuffle
@@ -807,6 +849,8 @@ def _epoch_batches(n: int, batch_size: int, seed: int, first_epoch: int, epochs:
         order = tf.random.experimental.stateless_shuffle(
             tf.range(n, dtype=tf.int64), seed=tf.stack([tf.constant(seed, tf.int64), epoch])
         )
+        if views > 1:
+            order += n * (epoch % views)
         return tf.data.Dataset.from_tensor_slices(order).batch(batch_size)
 
     return tf.data.Dataset.range(first_epoch, epochs).flat_map(one_epoch)
