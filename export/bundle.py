@@ -224,8 +224,8 @@ def _build(
 ) -> dict[str, Any] | None:
     """Writes every file of the bundle into ``tmp``; returns the verification result.
 
-    A second process (:func:`_second_process`) converts and checks the formats of :data:`ELSEWHERE` and
-    :data:`verify.ELSEWHERE_FAMILIES` while this one does the rest: two cores instead of one.
+    A second process (:func:`_second_process`) converts the formats of ``formats.CONVERTED_ELSEWHERE`` and checks
+    those of ``formats.CHECKED_ELSEWHERE`` while this one does the rest: two cores instead of one.
     """
     with _second_process() as elsewhere:
         return _build_with(
@@ -241,10 +241,6 @@ def _build(
             verify_limit=verify_limit,
             calibration_images=calibration_images,
         )
-
-
-# Converted in the export's second process (about half of the conversion time), the rest here.
-ELSEWHERE = ("tflite-int8", "tfjs", "tfjs-float16", "tfjs-uint8", "onnx")
 
 
 @contextlib.contextmanager
@@ -305,7 +301,11 @@ def _build_with(
         labels=tuple(splits.classes),
     )
     job = _Conversion(tmp, cfg, splits, info, calibration_images)
-    there = {fmt: elsewhere.apply_async(_convert_elsewhere, (fmt, job)) for fmt in formats if fmt in ELSEWHERE}
+    there = {
+        fmt: elsewhere.apply_async(_convert_elsewhere, (fmt, job))
+        for fmt in formats
+        if fmt in formats_mod.CONVERTED_ELSEWHERE
+    }
     for fmt in (f for f in formats if f != "savedmodel" and f not in there):
         say(f"converting {fmt}")
         with timer.step(f"convert {fmt}"):

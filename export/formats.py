@@ -115,16 +115,27 @@ def of_family(formats: list[str], family: Family) -> list[str]:
     return [f for f in formats if REGISTRY[f].family == family]
 
 
+# The export's second process converts these formats (about half of the conversion time) and checks the files of
+# these families (each a runtime of its own: TensorFlow's SavedModel loader, Node for TF.js, onnxruntime), while the
+# first converts and checks the rest (export.bundle, export.verify).
+CONVERTED_ELSEWHERE = ("tflite-int8", "tfjs", "tfjs-float16", "tfjs-uint8", "onnx")
+CHECKED_ELSEWHERE: tuple[Family, ...] = ("savedmodel", "tfjs", "onnx")
+
+
 def progress_steps(formats: list[str], verify: bool = True) -> list[str]:
     """Every progress message an export of ``formats`` says, in order (``bundle.export_run`` says exactly these).
 
-    Loading, SavedModel, one per converted format, then with verification the Keras reference, one per format and
-    one per MediaPipe-checked file; zipping last.
+    Loading, SavedModel, one per converted format (this process's first, then the second process's), then with
+    verification the Keras reference, one per format (the same way round) and one per MediaPipe-checked file;
+    zipping last.
     """
     steps = ["loading the trained model", "writing SavedModel"]
-    steps += [f"converting {f}" for f in formats if f != "savedmodel"]
+    converted = [f for f in formats if f != "savedmodel"]
+    steps += [f"converting {f}" for f in converted if f not in CONVERTED_ELSEWHERE]
+    steps += [f"converting {f}" for f in converted if f in CONVERTED_ELSEWHERE]
     if verify:
         steps.append("verifying keras (reference)")
-        steps += [f"verifying {f}" for f in formats]
+        steps += [f"verifying {f}" for f in formats if REGISTRY[f].family not in CHECKED_ELSEWHERE]
+        steps += [f"verifying {f}" for f in formats if REGISTRY[f].family in CHECKED_ELSEWHERE]
         steps += [f"verifying {f} in MediaPipe" for f in formats if REGISTRY[f].mediapipe]
     return [*steps, "zipping the bundle"]

@@ -91,11 +91,6 @@ def run_format(bundle: Path, fmt: str, images) -> tuple[np.ndarray, float, str]:
     return result.probs, float(np.mean(result.latency_ms)), note
 
 
-# Runtimes checked in the export's second process: each a runtime of its own (Node for TF.js, onnxruntime,
-# TensorFlow's SavedModel loader), none needing the Keras model.
-ELSEWHERE_FAMILIES = ("savedmodel", "tfjs", "onnx")
-
-
 def run_format_timed(bundle: Path, fmt: str, images) -> tuple[tuple | BaseException, float]:
     """:func:`run_format` in another process: its outcome (or the runtime's error, as the row says it) and seconds."""
     t0 = time.perf_counter()
@@ -284,7 +279,7 @@ def verify(
         classes: Class names (default: labels.txt of the bundle); MediaPipe's category names must equal them.
         progress: Called with "verifying FORMAT on N images" before each format.
         elsewhere: The export's second process (a ``multiprocessing`` pool of one): the formats of
-            :data:`ELSEWHERE_FAMILIES` run there while this process runs the rest.
+            ``formats.CHECKED_ELSEWHERE`` run there while this process runs the rest.
     """
     say = progress or (lambda _msg: None)
     n = len(images)
@@ -295,7 +290,7 @@ def verify(
         there = {
             fmt: elsewhere.apply_async(run_format_timed, (bundle, fmt, shipped))
             for fmt in names
-            if formats.get(fmt).family in ELSEWHERE_FAMILIES
+            if formats.get(fmt).family in formats.CHECKED_ELSEWHERE
         }
     say(f"verifying keras (reference) on {n} images")
     t0 = time.perf_counter()

@@ -160,6 +160,12 @@ class AugmentConfig:
             _check_range(f"augment.{name}", getattr(self, name), 0.0, 1.0, hi_open=name != "rotation")
 
     @property
+    def cached_views(self) -> int:
+        """Views of each training image whose features the head phase computes once: ``head_views`` with
+        augmentation on, else one (the images as they are); 0: the base runs every head epoch."""
+        return self.head_views if self.active else 1
+
+    @property
     def active(self) -> bool:
         """True when augmentation is enabled and at least one transform does something."""
         return self.enabled and (

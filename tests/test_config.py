@@ -209,3 +209,20 @@ def test_build_names_every_invalid_field_and_the_rules_across_fields_as_data():
     assert cfg is None and list(errors) == ["model.backbone"] and "no pretrained weights" in errors["model.backbone"]
     with pytest.raises(KeyError, match="train.sede is not a config field"):
         config.build({"train.sede": 3})
+
+
+def test_the_keras_guide_preset_is_the_guides_recipe_and_comes_before_the_file_and_set(tmp_path):
+    """--preset keras_guide: every head epoch through the base, fine-tuning at 1e-5, batches of 32 (what the defaults
+    changed, issue 26); a config file and --set still override it; an unknown preset is refused by name."""
+    from pipeline.training import presets
+
+    guide = presets.config_for("somewhere", preset="keras_guide")
+    assert (guide.augment.head_views, guide.train.fine_tune_learning_rate, guide.train.batch_size) == (0, 1e-5, 32)
+    assert (RunConfig().augment.head_views, RunConfig().train.batch_size) == (2, 16)
+    (tmp_path / "mine.toml").write_text("[train]\nbatch_size = 8\n")
+    mine = presets.config_for(
+        "somewhere", preset="keras_guide", config_file=str(tmp_path / "mine.toml"), overrides=["train.seed=3"]
+    )
+    assert (mine.augment.head_views, mine.train.batch_size, mine.train.seed) == (0, 8, 3)
+    with pytest.raises(ConfigError, match="'keras' is not a preset; choose one of keras_guide"):
+        presets.config_for("somewhere", preset="keras")

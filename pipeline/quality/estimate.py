@@ -86,7 +86,16 @@ class RunTiming:
 def shape_key(cfg: RunConfig, phase: str) -> tuple[Any, ...]:
     """What makes epochs of one phase comparable: the model's shape and what runs through it."""
     m, t = cfg.model, cfg.train
-    return (m.backbone, m.alpha, m.image_size, t.strategy, cfg.augment.enabled, t.batch_size, phase)
+    return (
+        m.backbone,
+        m.alpha,
+        m.image_size,
+        t.strategy,
+        cfg.augment.enabled,
+        cfg.augment.cached_views,
+        t.batch_size,
+        phase,
+    )
 
 
 def timing(records: list[dict[str, Any]], cfg: RunConfig, splits: dict[str, Any]) -> RunTiming:
@@ -150,9 +159,11 @@ def _scale(cfg: RunConfig) -> float:
 
 
 def _first_guess(cfg: RunConfig, phase: str, images: int) -> tuple[float, float]:
-    kind = "cached" if phase == "head" and not cfg.augment.enabled and cfg.train.strategy != "from_scratch" else phase
+    views = cfg.augment.cached_views
+    kind = "cached" if phase == "head" and views and cfg.train.strategy != "from_scratch" else phase
     steady = _REFERENCE_SECONDS_PER_IMAGE[kind] * _scale(cfg) * images
-    return steady + _REFERENCE_FIRST_EPOCH_EXTRA[kind], steady
+    extra = _REFERENCE_FIRST_EPOCH_EXTRA[kind] * (views if kind == "cached" else 1)  # one feature pass a view
+    return steady + extra, steady
 
 
 def _guess(cfg: RunConfig, images: int, evaluated: int) -> Estimate:

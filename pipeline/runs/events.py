@@ -276,11 +276,7 @@ def stage(state: str, lines: list[dict[str, Any]], cfg: RunConfig | None) -> tup
     if ev == CACHE:
         if last["split"] == "train":
             return "Decoding the validation images.", None
-        cached = (
-            cfg is not None
-            and (cfg.augment.head_views or not cfg.augment.active)
-            and cfg.train.strategy != "from_scratch"
-        )
+        cached = cfg is not None and cfg.augment.cached_views > 0 and cfg.train.strategy != "from_scratch"
         return (
             "Building the model"
             + (" and computing the base's features once" if cached else "")

@@ -602,7 +602,7 @@ def _phase_options(shared: PhaseShared, phase: Phase, first_epoch: int) -> Phase
     # The base is frozen in the head phase and validation images are never augmented, so validation
     # features are fixed for the whole phase: computed once, like the training features (the cached-feature path
     # of the Keras guide), of head_views views of each image when augmentation is on (augment.head_views).
-    views = head_views(cfg)
+    views = cfg.augment.cached_views
     t0 = time.perf_counter()
     feats = {"val": predict(models.features, "val")}
     if views:
@@ -639,14 +639,8 @@ def _phase_options(shared: PhaseShared, phase: Phase, first_epoch: int) -> Phase
     )
 
 
-def head_views(cfg: RunConfig) -> int:
-    """Views of each training image whose features the head phase computes once (0: it runs the base every epoch):
-    ``augment.head_views`` with augmentation on, else one (the images as they are)."""
-    return cfg.augment.head_views if cfg.augment.active else 1
-
-
 def _augmented(models: model_mod.Models, cfg: RunConfig, view: int):
-    """raw pixels -> one augmented copy -> pooled features: view ``view`` of :func:`head_views`.
+    """raw pixels -> one augmented copy -> pooled features: view ``view`` (1, 2, ...) of ``augment.cached_views``.
 
     Its own augmentation layers, seeded by (seed, view) and made afresh for each call, so a resumed run computes
     the very features an uninterrupted one did (the images go through in the same order).
