@@ -58,7 +58,8 @@ def predict_split(
     probs = np.zeros((len(files), len(splits.classes)), dtype=np.float32)
     done = 0
     for batch in decoded_batches(files, cfg.model.image_size, PREDICT_BATCH, cfg.data.max_image_pixels):
-        probs[done : done + len(batch)] = np.asarray(model.predict_on_batch(batch.astype(np.float32)))
+        whole = np.concatenate([batch, np.repeat(batch[-1:], PREDICT_BATCH - len(batch), axis=0)])  # one shape
+        probs[done : done + len(batch)] = np.asarray(model.predict_on_batch(whole.astype(np.float32)))[: len(batch)]
         done += len(batch)
         fault_point("evaluate")
         if on_event:

@@ -562,9 +562,8 @@ def _phase_options(shared: PhaseShared, phase: Phase, first_epoch: int) -> Phase
             feature_batches = _epoch_batches(n, bs, seed, first_epoch, phase.epochs, views=views)
             return _feature_feed(feature_batches, features, np.tile(onehot["train"], (views, 1)))
 
-        def predict(model, split):
-            ds = data_mod.make_dataset(caches[split], labels[split], shared.num_classes, bs, shuffle=False, seed=seed)
-            return model.predict(ds.map(lambda x, y: x), verbose=0)
+        def predict(model, split):  # whole batches (the last one padded): one traced shape, not two
+            return feed.predict_all(model, len(caches[split]), bs, caches[split].take, multiple_of=bs)
     else:
         steps, class_weight = feed.steps_per_epoch(n, bs, replicas), None  # the feed weights each image
 
@@ -589,11 +588,8 @@ def _phase_options(shared: PhaseShared, phase: Phase, first_epoch: int) -> Phase
             return feed.predict_all(model, len(caches[split]), bs, caches[split].take, multiple_of=replicas)
 
     if phase.name != "head":
-        if shared.placement.backend == "tensorflow":
-            val_ds = data_mod.make_dataset(
-                caches["val"], labels["val"], shared.num_classes, bs, shuffle=False, seed=seed
-            )
-            return PhaseOptions(phase, models.train, images(), val_ds, steps, first_epoch, class_weight=class_weight)
+        # Validated by the inference model in whole batches: fit's validation_data would trace its test step twice
+        # (a last batch of another size), and evaluation reuses the inference model's traced step.
         validation = Validation(lambda: predict(models.inference, "val"), onehot["val"], cfg.train.label_smoothing)
         return PhaseOptions(
             phase, models.train, images(), None, steps, first_epoch, (validation,), class_weight=class_weight
