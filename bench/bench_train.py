@@ -545,8 +545,8 @@ def child(variant: str) -> None:
         result = run_recipe()
     elif variant == "floor":
         result = run_floor()
-    elif variant == "floor_8":
-        result = run_floor(8)
+    elif variant.startswith("floor_"):  # floor_8, floor_16: the same step at that batch size
+        result = run_floor(int(variant.split("_")[1]))
     elif variant.startswith("data_"):
         result = run_data(variant)
     else:

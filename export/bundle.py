@@ -315,7 +315,7 @@ def _build_with(
         params, metadata, seconds = pending.get()
         job.int8_params = params or job.int8_params
         job.metadata.update(metadata)
-        timer.record(f"convert {fmt} (second process)", seconds)
+        timer.record(f"convert {fmt}", seconds)  # (its seconds there: the two processes overlap)
     int8_params, written_metadata = job.int8_params, {f: job.metadata[f] for f in formats if f in job.metadata}
     if tfjs_formats := formats_mod.of_family(formats, "tfjs"):
         web.write_demo(tmp, "tfjs" if "tfjs" in tfjs_formats else tfjs_formats[0])
