@@ -282,6 +282,8 @@ def _build_with(
     verify_limit: int,
     calibration_images: int,
 ) -> dict[str, Any] | None:
+    # The second process computes the Keras reference first, while this one loads the model and writes the SavedModel
+    reference = elsewhere.apply_async(verify.keras_reference_of, (run.root, verify_limit)) if run_verify else None
     say("loading the trained model")
     with timer.step("load model"):
         model = load_model(run)
@@ -326,7 +328,15 @@ def _build_with(
     if run_verify:
         with held_out(run.root, verify_limit, scratch=tmp / ".verify-cache") as (images, labels, _split):
             result = verify.verify(
-                tmp, formats, model, images, labels, classes=list(splits.classes), progress=say, elsewhere=elsewhere
+                tmp,
+                formats,
+                model,
+                images,
+                labels,
+                classes=list(splits.classes),
+                progress=say,
+                elsewhere=elsewhere,
+                reference=reference,
             )
         shutil.rmtree(tmp / ".verify-cache", ignore_errors=True)
         for fmt, row in result["formats"].items():

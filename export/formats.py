@@ -118,7 +118,7 @@ def of_family(formats: list[str], family: Family) -> list[str]:
 # The export's second process converts these formats (about half of the conversion time) and checks the files of
 # these families (each a runtime of its own: TensorFlow's SavedModel loader, Node for TF.js, onnxruntime), while the
 # first converts and checks the rest (export.bundle, export.verify).
-CONVERTED_ELSEWHERE = ("tflite-int8", "tfjs", "tfjs-float16", "tfjs-uint8", "onnx")
+CONVERTED_ELSEWHERE = ("tflite-int8", "tfjs", "tfjs-uint8", "onnx")
 CHECKED_ELSEWHERE: tuple[Family, ...] = ("savedmodel", "tfjs", "onnx")
 
 
@@ -126,8 +126,8 @@ def progress_steps(formats: list[str], verify: bool = True) -> list[str]:
     """Every progress message an export of ``formats`` says, in order (``bundle.export_run`` says exactly these).
 
     Loading, SavedModel, one per converted format (this process's first, then the second process's), then with
-    verification the Keras reference, one per format (the same way round) and one per MediaPipe-checked file;
-    zipping last.
+    verification the Keras reference, one per format checked here, one per MediaPipe-checked file, one per format
+    checked in the second process; zipping last.
     """
     steps = ["loading the trained model", "writing SavedModel"]
     converted = [f for f in formats if f != "savedmodel"]
@@ -136,6 +136,6 @@ def progress_steps(formats: list[str], verify: bool = True) -> list[str]:
     if verify:
         steps.append("verifying keras (reference)")
         steps += [f"verifying {f}" for f in formats if REGISTRY[f].family not in CHECKED_ELSEWHERE]
-        steps += [f"verifying {f}" for f in formats if REGISTRY[f].family in CHECKED_ELSEWHERE]
         steps += [f"verifying {f} in MediaPipe" for f in formats if REGISTRY[f].mediapipe]
+        steps += [f"verifying {f}" for f in formats if REGISTRY[f].family in CHECKED_ELSEWHERE]
     return [*steps, "zipping the bundle"]

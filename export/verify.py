@@ -34,6 +34,7 @@ from export import formats, savedmodel, tfjs, tflite
 
 BATCH = 32
 MEDIAPIPE_TIE_STEPS = 4  # LiteRT-vs-MediaPipe rounding on an int8 file: at most 3 output steps measured
+RUNTIME_LATENCY_IMAGES = 20  # a runtime whose batch-1 calls are slow (the SavedModel): latency on this many images
 LATENCY_IMAGES = 5  # Keras reference latency: eager batch-1 calls on this many images (~0.1-0.2 s each here)
 ProgressFn = Callable[[str], None]
 
@@ -72,9 +73,10 @@ def run_format(bundle: Path, fmt: str, images) -> tuple[np.ndarray, float, str]:
     """Probabilities, mean latency (ms per image at batch 1) and a runtime note for one artifact."""
     spec = formats.get(fmt)
     path = spec.path(bundle)
-    if spec.family == "savedmodel":
+    if spec.family == "savedmodel":  # probabilities a batch at a time; the batch-1 latency on the first few images
         _, fn = savedmodel.load_signature(path)
-        probs, ms = _timed(fn, images, one_at_a_time=True)
+        probs, _ = _timed(fn, images, one_at_a_time=False)
+        _, ms = _timed(fn, images[:RUNTIME_LATENCY_IMAGES], one_at_a_time=True)
         return probs, ms, spec.runtime
     if spec.family == "tflite":
         interp = tflite.interpreter(path)
@@ -99,6 +101,20 @@ def run_format_timed(bundle: Path, fmt: str, images) -> tuple[tuple | BaseExcept
     except (tfjs.TfjsRuntimeMissing, RuntimeError) as exc:
         outcome = exc
     return outcome, time.perf_counter() - t0
+
+
+def keras_reference_of(run_dir: Path, limit: int) -> tuple[np.ndarray, float, float]:
+    """:func:`keras_reference` of the run's model.keras on its held-out images (``export.bundle.held_out``, the same
+    images in the same order as the export verifies), for the export's second process: (probabilities, ms per
+    image, seconds)."""
+    from export.bundle import held_out
+    from pipeline.runs.folder import load_model, load_run
+
+    t0 = time.perf_counter()
+    model = load_model(load_run(run_dir)[0])
+    with held_out(run_dir, limit) as (images, _labels, _split):
+        probs, latency = keras_reference(model, images)
+    return probs, latency, time.perf_counter() - t0
 
 
 def keras_reference(model, images) -> tuple[np.ndarray, float]:
@@ -267,6 +283,7 @@ def verify(
     classes: list[str] | None = None,
     progress: ProgressFn | None = None,
     elsewhere=None,
+    reference=None,
 ) -> dict[str, Any]:
     """Verifies each format against the Keras model on ``images``; returns the verify.json content.
 
@@ -280,6 +297,8 @@ def verify(
         progress: Called with "verifying FORMAT on N images" before each format.
         elsewhere: The export's second process (a ``multiprocessing`` pool of one): the formats of
             ``formats.CHECKED_ELSEWHERE`` run there while this process runs the rest.
+        reference: The Keras reference computed elsewhere on the same images (an ``AsyncResult`` of
+            :func:`keras_reference_of`'s (probabilities, ms per image, seconds)); None: computed here.
     """
     say = progress or (lambda _msg: None)
     n = len(images)
@@ -294,7 +313,11 @@ def verify(
         }
     say(f"verifying keras (reference) on {n} images")
     t0 = time.perf_counter()
-    keras_probs, keras_latency = keras_reference(keras_model, images)
+    if reference is not None:
+        keras_probs, keras_latency, seconds = reference.get()
+    else:
+        keras_probs, keras_latency = keras_reference(keras_model, images)
+        seconds = time.perf_counter() - t0
     keras_acc = float((keras_probs.argmax(1) == labels).mean())
     rows: dict[str, dict[str, Any]] = {
         "keras": {
@@ -306,7 +329,7 @@ def verify(
             "latency_ms": keras_latency,
             "size_bytes": None,
             "passed": True,
-            "seconds": round(time.perf_counter() - t0, 2),
+            "seconds": round(seconds, 2),
             "note": "reference (Keras, batch 1)",
         }
     }
@@ -341,18 +364,20 @@ def verify(
         except (tfjs.TfjsRuntimeMissing, RuntimeError) as exc:
             outcome = exc
         rows[fmt] = row(fmt, outcome, time.perf_counter() - t0)
+    mediapipe_rows = {}  # checked before the second process's rows are awaited: meanwhile, it still runs
+    for fmt, probs in litert.items():
+        say(f"verifying {fmt} in MediaPipe on {n} images")
+        t0 = time.perf_counter()
+        mp = mediapipe_row(bundle, fmt, images, probs, labels, classes)
+        if "accuracy" in mp:
+            mp["accuracy_change"] = round((mp["accuracy"] - keras_acc) * 100, 4)
+        mediapipe_rows[formats.get(fmt).mediapipe_row] = {**mp, "seconds": round(time.perf_counter() - t0, 2)}
     for fmt, pending in there.items():
         say(f"verifying {fmt} on {n} images (second process)")
         rows[fmt] = row(fmt, *pending.get())
     rows = {"keras": rows["keras"], **{fmt: rows[fmt] for fmt in names}}
     enforce_order(rows)
-    for fmt, probs in litert.items():
-        say(f"verifying {fmt} in MediaPipe on {n} images")
-        t0 = time.perf_counter()
-        row = mediapipe_row(bundle, fmt, images, probs, labels, classes)
-        if "accuracy" in row:
-            row["accuracy_change"] = round((row["accuracy"] - keras_acc) * 100, 4)
-        rows[formats.get(fmt).mediapipe_row] = {**row, "seconds": round(time.perf_counter() - t0, 2)}
+    rows.update(mediapipe_rows)
     return {"images": int(n), "passed": all(r["passed"] for r in rows.values()), "formats": rows}
 
 
