@@ -261,6 +261,16 @@ def _warm_up() -> None:
     import tensorflow  # noqa: F401  (what every converter and runtime there needs first)
 
 
+def _keras_reference_of(run_dir: Path, limit: int) -> tuple[np.ndarray, float, float]:
+    """``verify.keras_reference`` of the run's model.keras on its held-out images (:func:`held_out`: the same images
+    in the same order as the export verifies), in the second process: (probabilities, ms per image, seconds)."""
+    t0 = time.perf_counter()
+    model = load_model(load_run(run_dir)[0])
+    with held_out(run_dir, limit) as (images, _labels, _split):
+        probs, latency = verify.keras_reference(model, images)
+    return probs, latency, time.perf_counter() - t0
+
+
 def _convert_elsewhere(fmt: str, job: _Conversion) -> tuple[dict | None, dict, float]:
     """One conversion in the second process: what it leaves for the manifest, and its seconds."""
     t0 = time.perf_counter()
@@ -283,7 +293,7 @@ def _build_with(
     calibration_images: int,
 ) -> dict[str, Any] | None:
     # The second process computes the Keras reference first, while this one loads the model and writes the SavedModel
-    reference = elsewhere.apply_async(verify.keras_reference_of, (run.root, verify_limit)) if run_verify else None
+    reference = elsewhere.apply_async(_keras_reference_of, (run.root, verify_limit)) if run_verify else None
     say("loading the trained model")
     with timer.step("load model"):
         model = load_model(run)

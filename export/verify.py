@@ -103,20 +103,6 @@ def run_format_timed(bundle: Path, fmt: str, images) -> tuple[tuple | BaseExcept
     return outcome, time.perf_counter() - t0
 
 
-def keras_reference_of(run_dir: Path, limit: int) -> tuple[np.ndarray, float, float]:
-    """:func:`keras_reference` of the run's model.keras on its held-out images (``export.bundle.held_out``, the same
-    images in the same order as the export verifies), for the export's second process: (probabilities, ms per
-    image, seconds)."""
-    from export.bundle import held_out
-    from pipeline.runs.folder import load_model, load_run
-
-    t0 = time.perf_counter()
-    model = load_model(load_run(run_dir)[0])
-    with held_out(run_dir, limit) as (images, _labels, _split):
-        probs, latency = keras_reference(model, images)
-    return probs, latency, time.perf_counter() - t0
-
-
 def keras_reference(model, images) -> tuple[np.ndarray, float]:
     """Keras probabilities (in batches) and its latency per image at batch 1 (on the first few images)."""
     probs = np.concatenate([np.asarray(model.predict_on_batch(x)) for x in _batches(images)])
@@ -298,7 +284,7 @@ def verify(
         elsewhere: The export's second process (a ``multiprocessing`` pool of one): the formats of
             ``formats.CHECKED_ELSEWHERE`` run there while this process runs the rest.
         reference: The Keras reference computed elsewhere on the same images (an ``AsyncResult`` of
-            :func:`keras_reference_of`'s (probabilities, ms per image, seconds)); None: computed here.
+            (probabilities, ms per image, seconds) of :func:`keras_reference`); None: computed here.
     """
     say = progress or (lambda _msg: None)
     n = len(images)
