@@ -250,11 +250,13 @@ def memory_dataset(root: Path, n_test: int) -> Path:
     return out
 
 
-def run_memory_recipe(data: Path) -> dict:
+def _guide_recipe(data: Path, validation: str, head_epochs: int, fine_tune_epochs: int) -> float:
+    """The Keras guide's recipe on ``data``'s train/ (float32 ``.cache()`` of each split, augmentation layers in the
+    model, the base called with training=False, recompiled at 1e-5 to fine-tune), validated on ``validation``;
+    returns ``evaluate``'s accuracy on test/."""
     import keras
     from keras import layers
 
-    t0 = time.perf_counter()
     keras.utils.set_random_seed(42)
 
     def split(name, shuffle):
@@ -263,7 +265,8 @@ def run_memory_recipe(data: Path) -> dict:
         )
         return ds.prefetch(10).cache()  # the guide's pipeline: float32 images cached in memory
 
-    train_ds, val_ds, test_ds = split("train", True), split("val", False), split("test", False)
+    train_ds, test_ds = split("train", True), split("test", False)
+    val_ds = test_ds if validation == "test" else split(validation, False)
     classes = len([p for p in (data / "train").iterdir() if p.is_dir()])
     augmentation = keras.Sequential([layers.RandomFlip("horizontal"), layers.RandomRotation(0.1)])
     base = keras.applications.MobileNetV2(
@@ -275,11 +278,16 @@ def run_memory_recipe(data: Path) -> dict:
     outputs = layers.Dense(classes, activation="softmax")(layers.Dropout(0.2)(layers.GlobalAveragePooling2D()(x)))
     model = keras.Model(inputs, outputs)
     model.compile(optimizer=keras.optimizers.Adam(), loss="categorical_crossentropy", metrics=["accuracy"])
-    model.fit(train_ds, epochs=1, validation_data=val_ds, verbose=0)
+    model.fit(train_ds, epochs=head_epochs, validation_data=val_ds, verbose=0)
     base.trainable = True
     model.compile(optimizer=keras.optimizers.Adam(1e-5), loss="categorical_crossentropy", metrics=["accuracy"])
-    model.fit(train_ds, epochs=1, validation_data=val_ds, verbose=0)
-    accuracy = model.evaluate(test_ds, verbose=0, return_dict=True)["accuracy"]
+    model.fit(train_ds, epochs=fine_tune_epochs, validation_data=val_ds, verbose=0)
+    return model.evaluate(test_ds, verbose=0, return_dict=True)["accuracy"]
+
+
+def run_memory_recipe(data: Path) -> dict:
+    t0 = time.perf_counter()
+    accuracy = _guide_recipe(data, "val", 1, 1)
     return {
         "variant": "recipe",
         "test_images": sum(1 for p in (data / "test").rglob("*") if p.is_file()),
@@ -314,37 +322,9 @@ def whole_dataset(root: Path, name: str) -> Path:
 
 
 def run_whole_recipe(data: Path) -> dict:
-    """The Keras guide's recipe on ``data`` (train/ and test/): trains on all of train/ (test/ as its validation
-    data, as the guide's notebook does), 3 head + 2 fine-tune epochs, then ``evaluate`` on test/."""
-    import keras
-    from keras import layers
-
-    keras.utils.set_random_seed(42)
-
-    def split(name, shuffle):
-        ds = keras.utils.image_dataset_from_directory(
-            data / name, image_size=(SIZE, SIZE), batch_size=BATCH, label_mode="categorical", shuffle=shuffle, seed=42
-        )
-        return ds.prefetch(10).cache()
-
-    train_ds, test_ds = split("train", True), split("test", False)
-    classes = len([p for p in (data / "train").iterdir() if p.is_dir()])
-    augmentation = keras.Sequential([layers.RandomFlip("horizontal"), layers.RandomRotation(0.1)])
-    base = keras.applications.MobileNetV2(
-        weights="imagenet", input_shape=(SIZE, SIZE, 3), include_top=False, alpha=ALPHA
-    )
-    base.trainable = False
-    inputs = keras.Input(shape=(SIZE, SIZE, 3))
-    x = base(layers.Rescaling(1 / 127.5, offset=-1)(augmentation(inputs)), training=False)
-    outputs = layers.Dense(classes, activation="softmax")(layers.Dropout(0.2)(layers.GlobalAveragePooling2D()(x)))
-    model = keras.Model(inputs, outputs)
-    model.compile(optimizer=keras.optimizers.Adam(), loss="categorical_crossentropy", metrics=["accuracy"])
-    model.fit(train_ds, epochs=HEAD_EPOCHS, validation_data=test_ds, verbose=0)
-    base.trainable = True
-    model.compile(optimizer=keras.optimizers.Adam(1e-5), loss="categorical_crossentropy", metrics=["accuracy"])
-    model.fit(train_ds, epochs=FT_EPOCHS, validation_data=test_ds, verbose=0)
-    accuracy = model.evaluate(test_ds, verbose=0, return_dict=True)["accuracy"]
-    return {"variant": "recipe", "test_accuracy": round(accuracy, 4)}
+    """The recipe on ``data`` (train/ and test/): trains on all of train/ (test/ as its validation data, as the
+    guide's notebook does), 3 head + 2 fine-tune epochs, then ``evaluate`` on test/."""
+    return {"variant": "recipe", "test_accuracy": round(_guide_recipe(data, "test", HEAD_EPOCHS, FT_EPOCHS), 4)}
 
 
 # ``KEY=VALUE,...`` overrides for the studio runs of ``--memory`` (e.g. data.cache_memory_mb=2048: the image cache

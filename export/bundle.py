@@ -165,18 +165,20 @@ def export_run(
             tmp = paths.make_temp_dir(dest.parent, f".{dest.name}.tmp-")  # not mkdtemp's 0700: the umask's mode
             timer = _Timer(tmp / TIMES_NAME)
             try:
-                result = _build(
-                    run,
-                    cfg,
-                    splits,
-                    formats,
-                    tmp,
-                    timer,
-                    say,
-                    run_verify=run_verify,
-                    verify_limit=verify_limit,
-                    calibration_images=calibration_images,
-                )
+                with _second_process() as elsewhere:
+                    result = _build(
+                        run,
+                        cfg,
+                        splits,
+                        formats,
+                        tmp,
+                        timer,
+                        say,
+                        elsewhere,
+                        run_verify=run_verify,
+                        verify_limit=verify_limit,
+                        calibration_images=calibration_images,
+                    )
                 _replace_dir(tmp, dest)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -207,40 +209,6 @@ class _Timer:
 
     def total(self) -> None:
         self.record("total", time.perf_counter() - self.t0)
-
-
-def _build(
-    run,
-    cfg,
-    splits,
-    formats,
-    tmp: Path,
-    timer: _Timer,
-    say: ProgressFn,
-    *,
-    run_verify: bool,
-    verify_limit: int,
-    calibration_images: int,
-) -> dict[str, Any] | None:
-    """Writes every file of the bundle into ``tmp``; returns the verification result.
-
-    A second process (:func:`_second_process`) converts the formats of ``formats.CONVERTED_ELSEWHERE`` and checks
-    those of ``formats.CHECKED_ELSEWHERE`` while this one does the rest: two cores instead of one.
-    """
-    with _second_process() as elsewhere:
-        return _build_with(
-            run,
-            cfg,
-            splits,
-            formats,
-            tmp,
-            timer,
-            say,
-            elsewhere,
-            run_verify=run_verify,
-            verify_limit=verify_limit,
-            calibration_images=calibration_images,
-        )
 
 
 @contextlib.contextmanager
@@ -278,7 +246,7 @@ def _convert_elsewhere(fmt: str, job: _Conversion) -> tuple[dict | None, dict, f
     return job.int8_params, job.metadata, time.perf_counter() - t0
 
 
-def _build_with(
+def _build(
     run,
     cfg,
     splits,
@@ -292,6 +260,12 @@ def _build_with(
     verify_limit: int,
     calibration_images: int,
 ) -> dict[str, Any] | None:
+    """Writes every file of the bundle into ``tmp``; returns the verification result.
+
+    The second process ``elsewhere`` (:func:`_second_process`) converts the formats of
+    ``formats.CONVERTED_ELSEWHERE`` and checks those of ``formats.CHECKED_ELSEWHERE`` while this one does the rest:
+    two cores instead of one.
+    """
     # The second process computes the Keras reference first, while this one loads the model and writes the SavedModel
     reference = elsewhere.apply_async(_keras_reference_of, (run.root, verify_limit)) if run_verify else None
     say("loading the trained model")
