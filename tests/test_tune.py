@@ -21,9 +21,12 @@ from tests.conftest import ROOT, pipeline_cli
 from tests.test_backend_contract import ray_head  # noqa: F401 - a fixture
 
 # Every trial: the frozen base at 160 px, 6 head epochs; the study samples the rest (at 96 px the ImageNet
-# features of 48 photos barely separate the classes)
+# features of 48 photos barely separate the classes). An augmented trial's head epochs go through the base
+# (head_views=0): on cached views its six epochs of 48 photos end in a blink, before the pruner has a finished
+# trial to judge it against
 FIXED = [
     "model.image_size=160",
+    "augment.head_views=0",
     "train.strategy=feature_extraction",
     "train.head_epochs=6",
     "train.batch_size=16",
@@ -77,6 +80,12 @@ def test_the_space_is_what_the_weights_allow_and_a_fixed_field_is_not_sampled(tm
     assert out["model.image_size"] == 64 and out["train.strategy"] == "fine_tune" and out["model.weights"] == "imagenet"
     assert "strategy" not in sampler.asked and not any(a.startswith("size[") for a in sampler.asked)
     assert "fine_tune_learning_rate" in sampler.asked
+    assert "augment" in sampler.asked
+    cost_only = Fixed()  # head_views changes what a trial costs, not its augmentation: still sampled
+    space.sample(cost_only, archs, fixed={"augment.head_views": "0"})
+    policy = Fixed()  # an augmentation field fixed: the study does not sample one
+    space.sample(policy, archs, fixed={"augment.enabled": "false"})
+    assert "augment" in cost_only.asked and "augment" not in policy.asked
     with pytest.raises(ValueError, match="empty"):
         space.sample(Fixed(), archs, fixed={"model.backbone": "mobilenet"})
 

@@ -10,8 +10,9 @@ an ordinary run. The space:
 - **strategy**: feature_extraction (base frozen) or fine_tune (head, then the whole base at a low rate).
 - **learning rates**: the head's log-uniform in [1e-4, 1e-2] (or a decade either side of an LR-finder
   suggestion), the fine-tune phase's log-uniform in [1e-6, 1e-4] (the recipe's 1e-5 in the middle).
-- **augmentation**: off, light (flips, 10% rotation) or strong (flips, 20% rotation, zoom, contrast); off lets a
-  frozen phase run on cached features.
+- **augmentation**: off, light (flips, 10% rotation) or strong (flips, 20% rotation, zoom, contrast); a frozen
+  phase runs on cached features of ``augment.head_views`` views of each image (a study may fix that field and
+  still sample the augmentation).
 - **dropout** before the head: uniform in [0, 0.5].
 """
 
@@ -133,6 +134,10 @@ def lr_range(suggestion: float | None) -> tuple[float, float]:
     return suggestion / 10, min(suggestion * 10, 1.0)
 
 
+# augment fields that change what a run costs, not which augmentation it learns from: fixing one samples the rest
+COST_ONLY = ("augment.head_views",)
+
+
 def fixed_settings(overrides: list[str] | tuple[str, ...]) -> dict[str, str]:
     """The fields a study's ``--set`` overrides fix for every trial (``section.field`` -> text)."""
     return dict(o.split("=", 1) for o in overrides if "=" in o)
@@ -185,7 +190,7 @@ def sample(
         out["train.learning_rate"] = trial.suggest_float("learning_rate", lo, hi, log=True)
     if strategy == "fine_tune" and "train.fine_tune_learning_rate" not in fixed:
         out["train.fine_tune_learning_rate"] = trial.suggest_float("fine_tune_learning_rate", *FINE_TUNE_LR, log=True)
-    if not any(k.startswith("augment.") for k in fixed):
+    if not any(k.startswith("augment.") and k not in COST_ONLY for k in fixed):
         out.update(AUGMENT[trial.suggest_categorical("augment", list(AUGMENT))])
     if "model.dropout" not in fixed:
         out["model.dropout"] = round(trial.suggest_float("dropout", *DROPOUT), 3)
