@@ -63,7 +63,7 @@ def load(path: str | Path) -> Runtime:
 
         if problem := tfjs.node_available("cpu"):
             raise ModelFileError(f"--model {path}: TF.js cannot run here ({problem}).")
-        return Runtime("TF.js in Node", lambda x: tfjs.predict(path, x).probs, batch=512)
+        return Runtime("TF.js in Node", lambda x: tfjs.predict_many([path], x, latency_images=0)[0].probs, batch=512)
     raise ModelFileError(
         f"--model {path}: not an exported model (give a .tflite or .onnx file, or a savedmodel/ or TF.js folder "
         "from the run's exports/)."

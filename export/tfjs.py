@@ -53,28 +53,42 @@ def node_available(backend: str = "wasm") -> str | None:
 
 @dataclass(frozen=True)
 class TfjsResult:
-    """One TF.js run in Node.
+    """One model's TF.js run in Node.
 
     Attributes:
-        probs: Probabilities, one row per image.
-        latency_ms: Per-image forward-pass time in milliseconds (batch 1).
+        probs: Probabilities, one row per image (computed a batch at a time).
+        latency_ms: Per-image forward-pass time in milliseconds at batch 1, on the first few images.
         backend: The TF.js backend that ran ("wasm" or "cpu").
         note: Why the CPU backend ran instead of wasm ("" when wasm ran as asked).
+        seconds: The model's time in the runner: loading, warm-up, latency calls and probabilities.
     """
 
     probs: np.ndarray
     latency_ms: list[float]
     backend: str
     note: str
+    seconds: float = 0.0
 
 
-def predict(model_dir: Path, images, *, backend: str = "wasm", timeout: float = 1800, batch: int = 64) -> TfjsResult:
-    """Runs the graph model in Node with @tensorflow/tfjs, one image at a time.
+LATENCY_IMAGES = 20  # batch-1 calls timed per model (what a page makes); the probabilities go a batch at a time
+BATCH = 32
+
+
+def predict_many(
+    model_dirs: list[Path],
+    images,
+    *,
+    backend: str = "wasm",
+    timeout: float = 1800,
+    latency_images: int = LATENCY_IMAGES,
+) -> list[TfjsResult]:
+    """Runs graph models in one Node process with @tensorflow/tfjs (Node, the library and its backend start once).
 
     Args:
-        model_dir: The graph-model folder (model.json and shards).
-        images: Raw RGB pixels, [N, S, S, 3], 0..255 (uint8 or float; a memmap is read ``batch`` images at a time).
+        model_dirs: Graph-model folders (model.json and shards).
+        images: Raw RGB pixels, [N, S, S, 3], 0..255 (uint8 or float; a memmap is read a batch at a time).
         backend: "wasm" (falls back to "cpu" with a note when wasm cannot start) or "cpu".
+        latency_images: How many of the first images each model is timed on at batch 1.
 
     Raises:
         TfjsRuntimeMissing: Node or the npm packages are absent.
@@ -90,12 +104,13 @@ def predict(model_dir: Path, images, *, backend: str = "wasm", timeout: float = 
     with tempfile.TemporaryDirectory(prefix="tfjs-verify-") as tmp:
         inp, out = Path(tmp) / "input.u8", Path(tmp) / "out.json"
         with open(inp, "wb") as f:
-            for i in range(0, n, batch):
+            for i in range(0, n, BATCH):
                 f.write(
-                    np.ascontiguousarray(np.clip(np.round(images[i : i + batch]), 0, 255), dtype=np.uint8).tobytes()
+                    np.ascontiguousarray(np.clip(np.round(images[i : i + BATCH]), 0, 255), dtype=np.uint8).tobytes()
                 )
+        args = [str(inp), str(n), str(size), str(out), backend, str(latency_images), str(BATCH)]
         proc = subprocess.run(
-            ["node", str(RUNNER), str(model_dir), str(inp), str(n), str(size), str(out), backend],
+            ["node", str(RUNNER), *args, *map(str, model_dirs)],
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -108,4 +123,18 @@ def predict(model_dir: Path, images, *, backend: str = "wasm", timeout: float = 
         result = json.loads(out.read_text())
     if result.get("fallback"):
         note = f"CPU backend: {result['fallback']}"
-    return TfjsResult(np.array(result["probs"], dtype=np.float32), result["latency_ms"], result["backend"], note)
+    return [
+        TfjsResult(
+            np.array(m["probs"], dtype=np.float32).reshape(n, -1),
+            m["latency_ms"],
+            result["backend"],
+            note,
+            m["seconds"],
+        )
+        for m in result["models"]
+    ]
+
+
+def predict(model_dir: Path, images, *, backend: str = "wasm", timeout: float = 1800) -> TfjsResult:
+    """:func:`predict_many` of one graph model."""
+    return predict_many([model_dir], images, backend=backend, timeout=timeout)[0]

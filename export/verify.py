@@ -88,19 +88,37 @@ def run_format(bundle: Path, fmt: str, images) -> tuple[np.ndarray, float, str]:
         sess = onnx_export.session(path)
         probs, ms = _timed(lambda x: onnx_export.predict(sess, x), images, one_at_a_time=True)
         return probs, ms, spec.runtime
-    result = tfjs.predict(path, images)
+    return _tfjs_outcome(tfjs.predict(path, images))
+
+
+def _tfjs_outcome(result: tfjs.TfjsResult) -> tuple[np.ndarray, float, str]:
     note = f"TF.js {result.backend} backend in Node" + (f" ({result.note})" if result.note else "")
     return result.probs, float(np.mean(result.latency_ms)), note
 
 
-def run_format_timed(bundle: Path, fmt: str, images) -> tuple[tuple | BaseException, float]:
-    """:func:`run_format` in another process: its outcome (or the runtime's error, as the row says it) and seconds."""
-    t0 = time.perf_counter()
-    try:
-        outcome: tuple | BaseException = run_format(bundle, fmt, images)
-    except (tfjs.TfjsRuntimeMissing, RuntimeError) as exc:
-        outcome = exc
-    return outcome, time.perf_counter() - t0
+def run_formats_timed(bundle: Path, names: list[str], images) -> dict[str, tuple[tuple | BaseException, float]]:
+    """Each format's outcome (probabilities, latency, runtime note; or the runtime's error, as its row says it) and
+    seconds; the TF.js models share one Node process (Node and its backend start once)."""
+    out: dict[str, tuple[tuple | BaseException, float]] = {}
+    graph_models = [f for f in names if formats.get(f).family == "tfjs"]
+    if graph_models:
+        t0 = time.perf_counter()
+        try:
+            results = tfjs.predict_many([artifact_path(bundle, f) for f in graph_models], images)
+            out.update({f: (_tfjs_outcome(r), r.seconds) for f, r in zip(graph_models, results, strict=True)})
+        except (tfjs.TfjsRuntimeMissing, RuntimeError) as exc:
+            seconds = (time.perf_counter() - t0) / len(graph_models)
+            out.update({f: (exc, seconds) for f in graph_models})
+    for fmt in names:
+        if fmt in out:
+            continue
+        t0 = time.perf_counter()
+        try:
+            outcome: tuple | BaseException = run_format(bundle, fmt, images)
+        except (tfjs.TfjsRuntimeMissing, RuntimeError) as exc:
+            outcome = exc
+        out[fmt] = (outcome, time.perf_counter() - t0)
+    return out
 
 
 def keras_reference(model, images) -> tuple[np.ndarray, float]:
@@ -292,11 +310,15 @@ def verify(
     there = {}  # format -> its run in the second process, started first: it runs while this one works
     if elsewhere is not None:
         shipped = np.asarray(images)  # the pixels themselves (a map of a nameless file cannot be opened there)
-        there = {
-            fmt: elsewhere.apply_async(run_format_timed, (bundle, fmt, shipped))
-            for fmt in names
-            if formats.get(fmt).family in formats.CHECKED_ELSEWHERE
+        remote = [f for f in names if formats.get(f).family in formats.CHECKED_ELSEWHERE]
+        families = {
+            formats.get(f).family: [g for g in remote if formats.get(g).family == formats.get(f).family] for f in remote
         }
+        jobs = {
+            family: elsewhere.apply_async(run_formats_timed, (bundle, fmts, shipped))
+            for family, fmts in families.items()
+        }  # one job a family: both TF.js models in one Node run
+        there = {f: (jobs[formats.get(f).family], f) for f in remote}
     say(f"verifying keras (reference) on {n} images")
     t0 = time.perf_counter()
     if reference is not None:
@@ -340,16 +362,16 @@ def verify(
             "seconds": round(seconds, 2),
         }
 
-    for fmt in names:
-        if fmt in there:
-            continue
+    local = [f for f in names if f not in there]
+    graph_models = [f for f in local if formats.get(f).family == "tfjs"]
+    for fmt in graph_models:
         say(f"verifying {fmt} on {n} images")
-        t0 = time.perf_counter()
-        try:
-            outcome: tuple | BaseException = run_format(bundle, fmt, images)
-        except (tfjs.TfjsRuntimeMissing, RuntimeError) as exc:
-            outcome = exc
-        rows[fmt] = row(fmt, outcome, time.perf_counter() - t0)
+    done = run_formats_timed(bundle, graph_models, images)  # one Node run for all of them
+    for fmt in local:
+        if fmt not in done:
+            say(f"verifying {fmt} on {n} images")
+            done.update(run_formats_timed(bundle, [fmt], images))
+        rows[fmt] = row(fmt, *done[fmt])
     mediapipe_rows = {}  # checked before the second process's rows are awaited: meanwhile, it still runs
     for fmt, probs in litert.items():
         say(f"verifying {fmt} in MediaPipe on {n} images")
@@ -358,9 +380,9 @@ def verify(
         if "accuracy" in mp:
             mp["accuracy_change"] = round((mp["accuracy"] - keras_acc) * 100, 4)
         mediapipe_rows[formats.get(fmt).mediapipe_row] = {**mp, "seconds": round(time.perf_counter() - t0, 2)}
-    for fmt, pending in there.items():
+    for fmt, (pending, key) in there.items():
         say(f"verifying {fmt} on {n} images (second process)")
-        rows[fmt] = row(fmt, *pending.get())
+        rows[fmt] = row(fmt, *pending.get()[key])
     rows = {"keras": rows["keras"], **{fmt: rows[fmt] for fmt in names}}
     enforce_order(rows)
     rows.update(mediapipe_rows)

@@ -22,11 +22,9 @@ from pipeline.host.atomic import atomic_write_json, fault_point
 from pipeline.runs import events
 from pipeline.runs.confidence import confidence_threshold
 from pipeline.runs.folder import DamagedFileError, RunFolder, load_model, load_run
+from pipeline.training.feed import PREDICT_BATCH
 
 EventFn = Callable[[dict[str, Any]], None]
-# Images per forward pass, whatever the training batch: on 2 cores MobileNetV2 0.35 @ 224 runs 223 / 326 / 306
-# images/s at 16 / 32 / 64, and 64 raised a whole run's peak RSS by ~300 MB (BENCHMARKS.md, issue 26).
-PREDICT_BATCH = 32
 
 
 def predict_split(
@@ -59,7 +57,7 @@ def predict_split(
     done = 0
     for batch in decoded_batches(files, cfg.model.image_size, PREDICT_BATCH, cfg.data.max_image_pixels):
         whole = np.concatenate([batch, np.repeat(batch[-1:], PREDICT_BATCH - len(batch), axis=0)])  # one shape
-        probs[done : done + len(batch)] = np.asarray(model.predict_on_batch(whole.astype(np.float32)))[: len(batch)]
+        probs[done : done + len(batch)] = np.asarray(model.predict_on_batch(whole))[: len(batch)]  # uint8, as trained
         done += len(batch)
         fault_point("evaluate")
         if on_event:

@@ -130,6 +130,13 @@ def feature_batches(
     return image_batches(index_batches, lambda idx: features[idx], onehot, class_weight, clock)
 
 
+# Images per forward pass of the features, validation and evaluation, whatever the training batch: on 2 cores
+# MobileNetV2 0.35 @ 224 runs 223 / 326 / 306 images/s at 16 / 32 / 64, and 64 raised a whole run's peak RSS by
+# ~300 MB (BENCHMARKS.md, issue 26). One size (and uint8 pixels) for all: the inference model's predict step is
+# traced once, for validation, and evaluation reuses it.
+PREDICT_BATCH = 32
+
+
 def in_order(n: int, batch_size: int, take: Callable[[np.ndarray], np.ndarray], multiple_of: int = 1):
     """A re-iterable, finite ``keras.utils.PyDataset`` of every image once, in order (validation, features).
 

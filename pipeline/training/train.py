@@ -563,7 +563,8 @@ def _phase_options(shared: PhaseShared, phase: Phase, first_epoch: int) -> Phase
             return _feature_feed(feature_batches, features, np.tile(onehot["train"], (views, 1)))
 
         def predict(model, split):  # whole batches (the last one padded): one traced shape, not two
-            return feed.predict_all(model, len(caches[split]), bs, caches[split].take, multiple_of=bs)
+            pbs = feed.PREDICT_BATCH * replicas
+            return feed.predict_all(model, len(caches[split]), pbs, caches[split].take, multiple_of=pbs)
     else:
         steps, class_weight = feed.steps_per_epoch(n, bs, replicas), None  # the feed weights each image
 
@@ -585,7 +586,8 @@ def _phase_options(shared: PhaseShared, phase: Phase, first_epoch: int) -> Phase
             )
 
         def predict(model, split):
-            return feed.predict_all(model, len(caches[split]), bs, caches[split].take, multiple_of=replicas)
+            pbs = feed.PREDICT_BATCH * replicas
+            return feed.predict_all(model, len(caches[split]), pbs, caches[split].take, multiple_of=replicas)
 
     if phase.name != "head":
         # Validated by the inference model in whole batches: fit's validation_data would trace its test step twice
