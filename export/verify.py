@@ -307,18 +307,16 @@ def verify(
     say = progress or (lambda _msg: None)
     n = len(images)
     classes = classes or (bundle / "labels.txt").read_text(encoding="utf-8").splitlines()
-    there = {}  # format -> its run in the second process, started first: it runs while this one works
+    there = {}  # format -> (its job in the second process, its key there): they run while this process works
     if elsewhere is not None:
         shipped = np.asarray(images)  # the pixels themselves (a map of a nameless file cannot be opened there)
-        remote = [f for f in names if formats.get(f).family in formats.CHECKED_ELSEWHERE]
-        families = {
-            formats.get(f).family: [g for g in remote if formats.get(g).family == formats.get(f).family] for f in remote
-        }
-        jobs = {
-            family: elsewhere.apply_async(run_formats_timed, (bundle, fmts, shipped))
-            for family, fmts in families.items()
-        }  # one job a family: both TF.js models in one Node run
-        there = {f: (jobs[formats.get(f).family], f) for f in remote}
+        families: dict[str, list[str]] = {}  # one job a family: both TF.js models in one Node run
+        for fmt in names:
+            if formats.get(fmt).family in formats.CHECKED_ELSEWHERE:
+                families.setdefault(formats.get(fmt).family, []).append(fmt)
+        for fmts in families.values():
+            job = elsewhere.apply_async(run_formats_timed, (bundle, fmts, shipped))
+            there.update({fmt: (job, fmt) for fmt in fmts})
     say(f"verifying keras (reference) on {n} images")
     t0 = time.perf_counter()
     if reference is not None:

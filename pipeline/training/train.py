@@ -537,6 +537,7 @@ def _phase_options(shared: PhaseShared, phase: Phase, first_epoch: int) -> Phase
     cfg, models, labels, caches = shared.cfg, shared.models, shared.labels, shared.caches
     replicas = shared.placement.replicas
     bs, seed = cfg.train.batch_size * replicas, cfg.train.seed
+    pbs = feed.PREDICT_BATCH * replicas  # features, validation (and evaluation) predict at this batch
     if phase.name == "head":
         model_mod.freeze_base(models)
     elif phase.name == "fine_tune":
@@ -563,7 +564,6 @@ def _phase_options(shared: PhaseShared, phase: Phase, first_epoch: int) -> Phase
             return _feature_feed(feature_batches, features, np.tile(onehot["train"], (views, 1)))
 
         def predict(model, split):  # whole batches (the last one padded): one traced shape, not two
-            pbs = feed.PREDICT_BATCH * replicas
             return feed.predict_all(model, len(caches[split]), pbs, caches[split].take, multiple_of=pbs)
     else:
         steps, class_weight = feed.steps_per_epoch(n, bs, replicas), None  # the feed weights each image
@@ -586,7 +586,6 @@ def _phase_options(shared: PhaseShared, phase: Phase, first_epoch: int) -> Phase
             )
 
         def predict(model, split):
-            pbs = feed.PREDICT_BATCH * replicas
             return feed.predict_all(model, len(caches[split]), pbs, caches[split].take, multiple_of=replicas)
 
     if phase.name != "head":
